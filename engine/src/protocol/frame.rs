@@ -1,0 +1,108 @@
+//! The frames of the wire protocol, as typed values. `codec` turns them into bytes and back.
+//!
+//! Every record that occupies a place in the replication stream (`Write` and `Sync`) has
+//! a `seq` and a `stream_offset`: the byte position of the record in the stream, where a
+//! record costs `stream_cost(payload_len)` bytes. A data set `d` is the seq range
+//! `[first_seq, first_seq + write_count)` of writes, closed by the sync record whose own
+//! seq is `first_seq + write_count`.
+
+use super::ids::{DataSetId, GroupId, Seq, VolumeId};
+
+/// Most volumes one replication group may hold.
+pub const MAX_VOLUMES: usize = 64;
+/// Longest volume name, in bytes (UTF-8).
+pub const MAX_VOLUME_NAME_BYTES: usize = 32;
+/// Most seq ranges one `Ack` frame (or the resume list of a `Hello`) carries.
+pub const MAX_ACK_RANGES: usize = 128;
+/// Largest payload a `Write` frame may carry; engine configs use smaller bounds.
+pub const MAX_WRITE_PAYLOAD_BYTES: u32 = 16 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary = 1,
+    Secondary = 2,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// UTF-8, at most `MAX_VOLUME_NAME_BYTES` bytes.
+    pub name: String,
+    pub size_bytes: u64,
+    pub block_size: u32,
+}
+
+/// An inclusive seq range `[first, last]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqRange {
+    pub first: Seq,
+    pub last: Seq,
+}
+
+/// What the secondary has, sent in its `Hello` so the primary can resume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResumeState {
+    /// Last data set applied to the replica (0 = none).
+    pub applied_data_set: DataSetId,
+    /// Seq of the sync record that closed `applied_data_set` (0 = none).
+    pub applied_seq: Seq,
+    /// Stream offset just past that sync record.
+    pub applied_stream_end: u64,
+    /// How far past `applied_stream_end` the primary may send (journal window).
+    pub window_bytes: u64,
+    /// Seq ranges above `applied_seq` already staged durably (at most `MAX_ACK_RANGES`).
+    pub staged: Vec<SeqRange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub role: Role,
+    pub group: GroupId,
+    /// At most `MAX_VOLUMES`.
+    pub volumes: Vec<VolumeInfo>,
+    /// Meaningful when `role == Secondary`; zeroed by a primary.
+    pub resume: ResumeState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteFrame<'a> {
+    pub volume: VolumeId,
+    pub seq: Seq,
+    pub data_set: DataSetId,
+    /// Byte offset on the volume.
+    pub offset: u64,
+    pub stream_offset: u64,
+    pub payload: &'a [u8],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncFrame {
+    /// The sync record's own seq: `first_seq + write_count`.
+    pub seq: Seq,
+    pub data_set: DataSetId,
+    pub first_seq: Seq,
+    pub write_count: u64,
+    pub stream_offset: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckFrame {
+    /// At most `MAX_ACK_RANGES` ranges, each staged durably on the secondary.
+    pub ranges: Vec<SeqRange>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedFrame {
+    pub data_set: DataSetId,
+    /// Seq of the sync record that closed `data_set`.
+    pub applied_seq: Seq,
+    pub stream_end: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Hello(Hello),
+    Write(WriteFrame<'a>),
+    Sync(SyncFrame),
+    Ack(AckFrame),
+    Applied(AppliedFrame),
+}

@@ -1,0 +1,9 @@
+//! The replication protocol: identifiers, frames and their fixed, checked wire format.
+
+pub mod codec;
+pub mod frame;
+pub mod ids;
+
+pub use codec::{decode, encode, DecodeError, HEADER_BYTES};
+pub use frame::*;
+pub use ids::*;
