@@ -38,6 +38,23 @@ pub struct SeqRange {
     pub last: Seq,
 }
 
+/// Adds `seq` (ascending, after every seq already in `ranges`) to `ranges`, extending the
+/// last range or starting a new one; false if that would need more than `max` ranges.
+pub fn push_seq(ranges: &mut Vec<SeqRange>, seq: Seq, max: usize) -> bool {
+    if let Some(range) = ranges.last_mut() {
+        debug_assert!(seq > range.last, "seqs are pushed in ascending order");
+        if range.last.0 + 1 == seq.0 {
+            range.last = seq;
+            return true;
+        }
+    }
+    if ranges.len() == max {
+        return false;
+    }
+    ranges.push(SeqRange { first: seq, last: seq });
+    true
+}
+
 /// What the secondary has, sent in its `Hello` so the primary can resume.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResumeState {

@@ -2,8 +2,10 @@
 
 pub mod codec;
 pub mod frame;
+pub mod handshake;
 pub mod ids;
 
 pub use codec::{decode, encode, DecodeError, HEADER_BYTES};
 pub use frame::*;
+pub use handshake::{check_hello, PeerError};
 pub use ids::*;

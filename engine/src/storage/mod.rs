@@ -15,6 +15,7 @@
 //! - at most `max_in_flight` requests are in flight; one more is `QueueFull` (backpressure).
 
 pub mod file;
+pub mod inflight;
 pub mod mem;
 
 pub use file::FileStorage;

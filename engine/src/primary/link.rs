@@ -1,0 +1,269 @@
+//! The primary's side of the link: per-lane handshake, what the secondary has told us
+//! (its applied point and journal window, which bound what may be sent), acknowledgements,
+//! and resending what was lost. Records go to whichever ready lane asks for bytes next, so
+//! one data set spreads over all lanes and many data sets are in flight at once.
+
+use std::collections::VecDeque;
+
+use super::config::PrimaryConfig;
+use super::retention::{RecordKind, Retention, SentOn};
+use super::PrimaryStats;
+use crate::protocol::{
+    check_hello, encode, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame, VolumeInfo,
+    WriteFrame,
+};
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Lane {
+    up: bool,
+    hello_sent: bool,
+    /// The secondary's Hello arrived on this lane: data may flow.
+    ready: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Peer {
+    applied_data_set: DataSetId,
+    applied_seq: Seq,
+    applied_stream_end: u64,
+    window_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct Link {
+    hello: Hello,
+    lanes: Vec<Lane>,
+    peer: Option<Peer>,
+    /// Data sets can need this much journal window on the secondary.
+    max_data_set_stream_bytes: u64,
+    retransmit_ms: u64,
+    /// Next seq never sent yet.
+    next_unsent: Seq,
+    resend: VecDeque<Seq>,
+    next_timeout_scan_ms: u64,
+    stalled: Option<PeerError>,
+}
+
+impl Link {
+    pub fn new(config: &PrimaryConfig, volumes: Vec<VolumeInfo>) -> Link {
+        let max_records = (config.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 1) as usize;
+        Link {
+            hello: Hello {
+                role: Role::Primary,
+                group: config.group,
+                volumes,
+                resume: ResumeState::default(),
+            },
+            lanes: vec![Lane::default(); config.lanes],
+            peer: None,
+            max_data_set_stream_bytes: config.policy.max_stream_bytes(config.max_write_bytes),
+            retransmit_ms: config.retransmit_ms,
+            next_unsent: Seq(1),
+            resend: VecDeque::with_capacity(max_records),
+            next_timeout_scan_ms: 0,
+            stalled: None,
+        }
+    }
+
+    pub fn peer_applied(&self) -> DataSetId {
+        self.peer.map_or(DataSetId::NONE, |p| p.applied_data_set)
+    }
+
+    pub fn stalled(&self) -> Option<&PeerError> {
+        self.stalled.as_ref()
+    }
+
+    pub fn lane_up(&mut self, lane: usize) {
+        self.lanes[lane] = Lane {
+            up: true,
+            ..Lane::default()
+        };
+    }
+
+    pub fn lane_down(&mut self, lane: usize, retention: &mut Retention) {
+        self.lanes[lane] = Lane::default();
+        for record in retention.iter_mut() {
+            let sent_here = record.sent.is_some_and(|s| s.lane == lane);
+            if sent_here && !record.acked && !record.resend_queued {
+                record.resend_queued = true;
+                self.resend.push_back(record.seq);
+            }
+        }
+    }
+
+    /// Queues for resending every record sent at least `retransmit_ms` ago and still not
+    /// acknowledged. Scans a few times per interval, not on every tick.
+    pub fn schedule_timeouts(&mut self, now_ms: u64, retention: &mut Retention) {
+        if now_ms < self.next_timeout_scan_ms {
+            return;
+        }
+        self.next_timeout_scan_ms = now_ms + (self.retransmit_ms / 4).max(1);
+        for record in retention.iter_mut() {
+            let due = record
+                .sent
+                .is_some_and(|s| s.at_ms + self.retransmit_ms <= now_ms);
+            if due && !record.acked && !record.resend_queued {
+                record.resend_queued = true;
+                self.resend.push_back(record.seq);
+            }
+        }
+    }
+
+    pub fn handle_frame(&mut self, lane: usize, frame: &Frame<'_>, retention: &mut Retention) -> Result<(), PeerError> {
+        match frame {
+            Frame::Hello(hello) => self.handle_hello(lane, hello, retention),
+            Frame::Ack(ack) => {
+                for range in &ack.ranges {
+                    retention.ack_range(range.first, range.last);
+                }
+                Ok(())
+            }
+            Frame::Applied(applied) => {
+                let Some(peer) = &mut self.peer else {
+                    return Err(PeerError::Unexpected("Applied before Hello"));
+                };
+                if applied.data_set > peer.applied_data_set {
+                    peer.applied_data_set = applied.data_set;
+                    peer.applied_seq = applied.applied_seq;
+                    peer.applied_stream_end = applied.stream_end;
+                    retention.ack_range(Seq(0), applied.applied_seq);
+                }
+                Ok(())
+            }
+            Frame::Write(_) | Frame::Sync(_) => Err(PeerError::Unexpected("a Write or Sync frame")),
+        }
+    }
+
+    fn handle_hello(&mut self, lane: usize, hello: &Hello, retention: &mut Retention) -> Result<(), PeerError> {
+        let result = self.check_hello(hello);
+        if let Err(error) = &result {
+            self.stalled = Some(error.clone());
+            return result;
+        }
+        self.stalled = None;
+        let resume = &hello.resume;
+        if let Some(peer) = self.peer {
+            if resume.applied_data_set < peer.applied_data_set {
+                let error = PeerError::WentBackwards {
+                    was: peer.applied_data_set,
+                    now: resume.applied_data_set,
+                };
+                self.stalled = Some(error.clone());
+                return Err(error);
+            }
+        }
+        self.peer = Some(Peer {
+            applied_data_set: resume.applied_data_set,
+            applied_seq: resume.applied_seq,
+            applied_stream_end: resume.applied_stream_end,
+            window_bytes: resume.window_bytes,
+        });
+        retention.ack_range(Seq(0), resume.applied_seq);
+        for range in &resume.staged {
+            retention.ack_range(range.first, range.last);
+        }
+        self.lanes[lane].ready = true;
+        Ok(())
+    }
+
+    fn check_hello(&self, hello: &Hello) -> Result<(), PeerError> {
+        check_hello(&self.hello, hello, Role::Secondary)?;
+        if hello.resume.window_bytes < self.max_data_set_stream_bytes {
+            return Err(PeerError::WindowTooSmall {
+                window: hello.resume.window_bytes,
+                needed: self.max_data_set_stream_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn poll_transmit(
+        &mut self,
+        now_ms: u64,
+        lane: usize,
+        out: &mut Vec<u8>,
+        max_bytes: usize,
+        retention: &mut Retention,
+        stats: &mut PrimaryStats,
+    ) -> usize {
+        let start = out.len();
+        let state = &mut self.lanes[lane];
+        if !state.up {
+            return 0;
+        }
+        if !state.hello_sent {
+            encode(&Frame::Hello(self.hello.clone()), out);
+            state.hello_sent = true;
+        }
+        if !state.ready {
+            return out.len() - start;
+        }
+        let Some(peer) = self.peer else {
+            return out.len() - start;
+        };
+        let credit_end = peer.applied_stream_end + peer.window_bytes;
+        while out.len() - start < max_bytes {
+            if let Some(seq) = self.resend.pop_front() {
+                let Some(record) = retention.get_mut(seq) else {
+                    continue;
+                };
+                record.resend_queued = false;
+                if record.acked {
+                    continue;
+                }
+                send(now_ms, lane, seq, out, retention, stats);
+                stats.retransmits += 1;
+                continue;
+            }
+            if let Some(front) = retention.front_seq() {
+                self.next_unsent = self.next_unsent.max(front);
+            }
+            let Some(record) = retention.get(self.next_unsent) else {
+                break;
+            };
+            if record.acked {
+                self.next_unsent = self.next_unsent.next();
+                continue;
+            }
+            if record.stream_end() > credit_end {
+                stats.credit_stalls += 1;
+                break;
+            }
+            send(now_ms, lane, self.next_unsent, out, retention, stats);
+            self.next_unsent = self.next_unsent.next();
+        }
+        out.len() - start
+    }
+}
+
+fn send(now_ms: u64, lane: usize, seq: Seq, out: &mut Vec<u8>, retention: &mut Retention, stats: &mut PrimaryStats) {
+    let record = *retention.get(seq).expect("caller found it");
+    let before = out.len();
+    match record.kind {
+        RecordKind::Write { volume, offset, .. } => {
+            let frame = WriteFrame {
+                volume,
+                seq,
+                data_set: record.data_set,
+                offset,
+                stream_offset: record.stream_offset,
+                payload: retention.payload(&record),
+            };
+            encode(&Frame::Write(frame), out);
+        }
+        RecordKind::Sync { first_seq, write_count } => {
+            let frame = SyncFrame {
+                seq,
+                data_set: record.data_set,
+                first_seq,
+                write_count,
+                stream_offset: record.stream_offset,
+            };
+            encode(&Frame::Sync(frame), out);
+        }
+    }
+    stats.frames_sent += 1;
+    stats.bytes_sent += (out.len() - before) as u64;
+    let record = retention.get_mut(seq).expect("still there");
+    record.sent = Some(SentOn { lane, at_ms: now_ms });
+}

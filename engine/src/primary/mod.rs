@@ -1,0 +1,485 @@
+//! The primary: accepts writes, writes them locally and acknowledges them at once, stamps
+//! each with a `seq` and the open `data_set`, closes data sets by policy, and streams the
+//! records to the secondary over several lanes without waiting for any data set to be
+//! applied. A sans-I/O state machine: the driver feeds it writes, frames, storage polls and
+//! clock ticks, and pulls frames to send with `poll_transmit`.
+
+pub mod config;
+mod link;
+pub mod retention;
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+
+pub use config::{ConfigError, DataSetPolicy, PrimaryConfig};
+pub use crate::protocol::PeerError;
+use link::Link;
+use retention::{RecordKind, Retention};
+
+use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES};
+use crate::storage::inflight::InFlightWrites;
+use crate::storage::{Completion, Storage, StorageError};
+
+/// Storage tags: a local write is tagged with its seq; a volume flush has the top bit set.
+const FLUSH_TAG_BIT: u64 = 1 << 63;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrimaryEvent {
+    /// A write is on the primary's volume: acknowledge it to the application.
+    WriteDone {
+        token: u64,
+        seq: Seq,
+        result: Result<(), StorageError>,
+    },
+    /// A flush finished: `data_set` (closed by it, or the last closed one if nothing was
+    /// open) is closed and the primary's volumes are durable.
+    FlushDone {
+        token: u64,
+        data_set: DataSetId,
+        result: Result<(), StorageError>,
+    },
+    /// A data set was closed: its writes are the seqs `first_seq..sync_seq`.
+    DataSetClosed {
+        data_set: DataSetId,
+        first_seq: Seq,
+        sync_seq: Seq,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SubmitError {
+    /// The retention window is full: wait (the open data set was closed) and retry.
+    #[error("retention window full; retry once the secondary catches up")]
+    WindowFull,
+    #[error("no volume {0:?} in this group")]
+    UnknownVolume(VolumeId),
+    #[error("write of {len} bytes is larger than the {max}-byte limit")]
+    TooLarge { len: usize, max: u32 },
+    #[error(transparent)]
+    Invalid(#[from] StorageError),
+    #[error("too many flushes pending")]
+    TooManyFlushes,
+    #[error("a local volume failed: {0}")]
+    Failed(StorageError),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrimaryStats {
+    pub writes_accepted: u64,
+    /// Writes refused because the retention window was full (each was retried).
+    pub window_full: u64,
+    pub data_sets_closed: u64,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub retransmits: u64,
+    /// Times sending stopped because the secondary's journal window was used up.
+    pub credit_stalls: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OpenDataSet {
+    id: DataSetId,
+    first_seq: Seq,
+    writes: u64,
+    payload_bytes: u64,
+    opened_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum FlushState {
+    /// Waiting for every local write up to `through` to complete.
+    WaitingLocal { through: Seq },
+    /// Volume flushes submitted; this many still to complete.
+    Flushing { remaining: usize },
+}
+
+#[derive(Clone, Debug)]
+struct FlushWaiter {
+    id: u64,
+    token: u64,
+    data_set: DataSetId,
+    state: FlushState,
+    result: Result<(), StorageError>,
+}
+
+#[derive(Debug)]
+pub struct Primary<S: Storage> {
+    config: PrimaryConfig,
+    volumes: Vec<S>,
+    infos: Vec<VolumeInfo>,
+    retention: Retention,
+    next_seq: Seq,
+    open: OpenDataSet,
+    last_closed: DataSetId,
+    local_in_flight: InFlightWrites,
+    local_deferred: VecDeque<Seq>,
+    flushes: VecDeque<FlushWaiter>,
+    next_flush_id: u64,
+    events: VecDeque<PrimaryEvent>,
+    completions: Vec<Completion>,
+    link: Link,
+    failed: Option<StorageError>,
+    stats: PrimaryStats,
+}
+
+impl<S: Storage> Primary<S> {
+    pub fn new(config: PrimaryConfig, volumes: Vec<S>) -> Result<Primary<S>, ConfigError> {
+        config.validate()?;
+        if volumes.len() != config.volume_names.len() {
+            return Err(ConfigError::Invalid(format!(
+                "{} volume names for {} volumes",
+                config.volume_names.len(),
+                volumes.len()
+            )));
+        }
+        let infos = volume_infos(&config, &volumes);
+        let max_records = usize::try_from(config.window_bytes / RECORD_OVERHEAD_BYTES + 1)
+            .map_err(|_| ConfigError::Invalid("retention window too large".into()))?;
+        let in_flight: u32 = volumes.iter().map(|v| v.geometry().max_in_flight).sum();
+        let link = Link::new(&config, infos.clone());
+        Ok(Primary {
+            retention: Retention::new(config.window_bytes, config.max_write_bytes, max_records),
+            next_seq: Seq(1),
+            open: OpenDataSet {
+                id: DataSetId(1),
+                first_seq: Seq(1),
+                writes: 0,
+                payload_bytes: 0,
+                opened_at_ms: 0,
+            },
+            last_closed: DataSetId::NONE,
+            local_in_flight: InFlightWrites::with_capacity(in_flight as usize),
+            local_deferred: VecDeque::with_capacity(max_records),
+            flushes: VecDeque::with_capacity(config.max_pending_flushes),
+            next_flush_id: 0,
+            events: VecDeque::with_capacity(max_records),
+            completions: Vec::with_capacity(64),
+            link,
+            failed: None,
+            stats: PrimaryStats::default(),
+            infos,
+            volumes,
+            config,
+        })
+    }
+
+    pub fn volumes(&self) -> &[S] {
+        &self.volumes
+    }
+
+    pub fn volume_infos(&self) -> &[VolumeInfo] {
+        &self.infos
+    }
+
+    pub fn stats(&self) -> PrimaryStats {
+        self.stats
+    }
+
+    pub fn last_closed(&self) -> DataSetId {
+        self.last_closed
+    }
+
+    /// Last data set the secondary reported applied.
+    pub fn peer_applied(&self) -> DataSetId {
+        self.link.peer_applied()
+    }
+
+    /// Stream bytes held in the retention window.
+    pub fn retention_bytes(&self) -> u64 {
+        self.retention.used_bytes()
+    }
+
+    pub fn next_event(&mut self) -> Option<PrimaryEvent> {
+        self.events.pop_front()
+    }
+
+    /// Accepts a write: assigns its seq and data set, starts the local write (its
+    /// `WriteDone` event is the application's acknowledgement) and queues it for sending.
+    pub fn submit_write(
+        &mut self,
+        now_ms: u64,
+        volume: VolumeId,
+        offset: u64,
+        data: &[u8],
+        token: u64,
+    ) -> Result<Seq, SubmitError> {
+        if let Some(error) = &self.failed {
+            return Err(SubmitError::Failed(error.clone()));
+        }
+        let storage = self
+            .volumes
+            .get(usize::from(volume.0))
+            .ok_or(SubmitError::UnknownVolume(volume))?;
+        storage.geometry().check_io(offset, data.len())?;
+        if data.len() > self.config.max_write_bytes as usize {
+            return Err(SubmitError::TooLarge {
+                len: data.len(),
+                max: self.config.max_write_bytes,
+            });
+        }
+        let len = data.len() as u32; // Lossless: at most max_write_bytes.
+        if !self.retention.fits(stream_cost(len), RECORD_OVERHEAD_BYTES) {
+            // Backed up: cut a consistency point so what is retained can complete.
+            self.close_data_set(now_ms);
+            self.stats.window_full += 1;
+            return Err(SubmitError::WindowFull);
+        }
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        if self.open.writes == 0 {
+            self.open.first_seq = seq;
+            self.open.opened_at_ms = now_ms;
+        }
+        let kind = RecordKind::Write { volume, offset, len };
+        self.retention.push(seq, self.open.id, kind, data, token);
+        self.open.writes += 1;
+        self.open.payload_bytes += u64::from(len);
+        self.stats.writes_accepted += 1;
+        self.start_local_write(seq);
+        let policy = self.config.policy;
+        if self.open.writes >= policy.max_writes || self.open.payload_bytes >= policy.max_bytes {
+            self.close_data_set(now_ms);
+        }
+        Ok(seq)
+    }
+
+    /// A consistency point: closes the open data set and reports `FlushDone` once every
+    /// write accepted so far is durable on the primary's volumes. Returns the data set
+    /// the flush stands for.
+    pub fn flush(&mut self, now_ms: u64, token: u64) -> Result<DataSetId, SubmitError> {
+        if self.flushes.len() >= self.config.max_pending_flushes {
+            return Err(SubmitError::TooManyFlushes);
+        }
+        self.close_data_set(now_ms);
+        let id = self.next_flush_id;
+        self.next_flush_id += 1;
+        self.flushes.push_back(FlushWaiter {
+            id,
+            token,
+            data_set: self.last_closed,
+            state: FlushState::WaitingLocal {
+                through: Seq(self.next_seq.0 - 1),
+            },
+            result: Ok(()),
+        });
+        Ok(self.last_closed)
+    }
+
+    /// Advances time: closes a data set whose interval ran out and schedules resends of
+    /// records not acknowledged in time.
+    pub fn tick(&mut self, now_ms: u64) {
+        let interval = self.config.policy.interval_ms;
+        if interval > 0 && self.open.writes > 0 && now_ms >= self.open.opened_at_ms + interval {
+            self.close_data_set(now_ms);
+        }
+        self.link.schedule_timeouts(now_ms, &mut self.retention);
+    }
+
+    fn close_data_set(&mut self, _now_ms: u64) {
+        if self.open.writes == 0 {
+            return;
+        }
+        assert!(
+            self.retention.fits(RECORD_OVERHEAD_BYTES, 0),
+            "every accepted write reserved room for its data set's sync"
+        );
+        let sync_seq = self.next_seq;
+        self.next_seq = sync_seq.next();
+        let kind = RecordKind::Sync {
+            first_seq: self.open.first_seq,
+            write_count: self.open.writes,
+        };
+        assert_eq!(self.open.first_seq.0 + self.open.writes, sync_seq.0);
+        self.retention.push(sync_seq, self.open.id, kind, &[], 0);
+        self.events.push_back(PrimaryEvent::DataSetClosed {
+            data_set: self.open.id,
+            first_seq: self.open.first_seq,
+            sync_seq,
+        });
+        self.stats.data_sets_closed += 1;
+        self.last_closed = self.open.id;
+        self.open = OpenDataSet {
+            id: self.open.id.next(),
+            first_seq: self.next_seq,
+            writes: 0,
+            payload_bytes: 0,
+            opened_at_ms: 0,
+        };
+    }
+
+    fn start_local_write(&mut self, seq: Seq) {
+        // Keep local writes in seq order: once one waits, every later one waits behind it.
+        if !self.local_deferred.is_empty() || !self.try_submit_local(seq) {
+            self.local_deferred.push_back(seq);
+        }
+    }
+
+    /// Submits the local write of `seq` unless it overlaps one in flight or the volume's
+    /// queue is full; false if it must wait.
+    fn try_submit_local(&mut self, seq: Seq) -> bool {
+        let record = *self.retention.get(seq).expect("a write is retained until done locally");
+        let RecordKind::Write { volume, offset, len } = record.kind else {
+            unreachable!("only writes are written locally");
+        };
+        let storage = &mut self.volumes[usize::from(volume.0)];
+        if self.local_in_flight.is_full()
+            || storage.in_flight() >= storage.geometry().max_in_flight
+            || self.local_in_flight.overlaps(volume, offset, u64::from(len))
+        {
+            return false;
+        }
+        match storage.submit_write(seq.0, offset, self.retention.payload(&record)) {
+            Ok(()) => {
+                self.local_in_flight.insert(seq.0, volume, offset, u64::from(len));
+                true
+            }
+            Err(StorageError::QueueFull(_)) => false,
+            Err(error) => {
+                self.finish_local_write(seq, Err(error));
+                true
+            }
+        }
+    }
+
+    fn finish_local_write(&mut self, seq: Seq, result: Result<(), StorageError>) {
+        let record = self.retention.get_mut(seq).expect("retained until done locally");
+        assert!(!record.local_done, "a local write completes once");
+        record.local_done = true;
+        let token = record.token;
+        if let Err(error) = &result {
+            self.failed.get_or_insert(error.clone());
+        }
+        self.events.push_back(PrimaryEvent::WriteDone { token, seq, result });
+    }
+
+    /// Polls the local volumes: acknowledges finished writes, starts waiting ones and
+    /// advances flushes. Returns how many completions it handled.
+    pub fn poll_storage(&mut self) -> usize {
+        let mut handled = 0;
+        for index in 0..self.volumes.len() {
+            self.completions.clear();
+            let max = self.completions.capacity();
+            self.volumes[index].poll(&mut self.completions, max);
+            let mut batch = std::mem::take(&mut self.completions);
+            for completion in batch.drain(..) {
+                handled += 1;
+                if completion.tag & FLUSH_TAG_BIT != 0 {
+                    self.finish_volume_flush(completion.tag & !FLUSH_TAG_BIT, completion.result);
+                } else {
+                    assert!(self.local_in_flight.remove(completion.tag), "completion of a write in flight");
+                    self.finish_local_write(Seq(completion.tag), completion.result);
+                }
+            }
+            self.completions = batch;
+        }
+        while let Some(&seq) = self.local_deferred.front() {
+            if !self.try_submit_local(seq) {
+                break;
+            }
+            self.local_deferred.pop_front();
+        }
+        self.retention.release();
+        self.advance_flushes();
+        handled
+    }
+
+    fn oldest_local_pending(&self) -> Option<Seq> {
+        let in_flight = self.local_in_flight.min_tag().map(Seq);
+        let deferred = self.local_deferred.front().copied();
+        match (in_flight, deferred) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn advance_flushes(&mut self) {
+        let oldest = self.oldest_local_pending();
+        for index in 0..self.flushes.len() {
+            let FlushState::WaitingLocal { through } = self.flushes[index].state else {
+                continue;
+            };
+            if oldest.is_some_and(|seq| seq <= through) {
+                continue;
+            }
+            let id = self.flushes[index].id;
+            let mut submitted = 0;
+            for volume in &mut self.volumes {
+                match volume.submit_flush(FLUSH_TAG_BIT | id) {
+                    Ok(()) => submitted += 1,
+                    Err(error) => self.flushes[index].result = Err(error),
+                }
+            }
+            self.flushes[index].state = FlushState::Flushing { remaining: submitted };
+        }
+        while let Some(waiter) = self.flushes.front() {
+            if !matches!(waiter.state, FlushState::Flushing { remaining: 0 }) {
+                break;
+            }
+            let waiter = self.flushes.pop_front().expect("front exists");
+            self.events.push_back(PrimaryEvent::FlushDone {
+                token: waiter.token,
+                data_set: waiter.data_set,
+                result: waiter.result,
+            });
+        }
+    }
+
+    fn finish_volume_flush(&mut self, id: u64, result: Result<(), StorageError>) {
+        let waiter = self
+            .flushes
+            .iter_mut()
+            .find(|w| w.id == id)
+            .expect("a volume flush belongs to a pending flush");
+        let FlushState::Flushing { remaining } = &mut waiter.state else {
+            unreachable!("volume flushes are submitted in the Flushing state");
+        };
+        assert!(*remaining > 0);
+        *remaining -= 1;
+        if let Err(error) = result {
+            waiter.result = Err(error);
+        }
+    }
+
+    pub fn lane_up(&mut self, lane: usize) {
+        self.link.lane_up(lane);
+    }
+
+    /// The lane's connection is gone: what was sent on it and not acknowledged is resent.
+    pub fn lane_down(&mut self, lane: usize) {
+        self.link.lane_down(lane, &mut self.retention);
+    }
+
+    /// Handles a frame the secondary sent on `lane`. An error means the peer is wrong
+    /// (mismatched group or volumes, or it broke the protocol): drop the lane.
+    pub fn handle_frame(&mut self, lane: usize, frame: &crate::protocol::Frame<'_>) -> Result<(), PeerError> {
+        let result = self.link.handle_frame(lane, frame, &mut self.retention);
+        self.retention.release();
+        result
+    }
+
+    /// Appends frames for `lane` to `out` until about `max_bytes` were added; returns the
+    /// number of bytes appended.
+    pub fn poll_transmit(&mut self, now_ms: u64, lane: usize, out: &mut Vec<u8>, max_bytes: usize) -> usize {
+        self.link
+            .poll_transmit(now_ms, lane, out, max_bytes, &mut self.retention, &mut self.stats)
+    }
+
+    /// The handshake failure that stalls replication, if any (visible in status).
+    pub fn stalled(&self) -> Option<&PeerError> {
+        self.link.stalled()
+    }
+}
+
+fn volume_infos<S: Storage>(config: &PrimaryConfig, volumes: &[S]) -> Vec<VolumeInfo> {
+    config
+        .volume_names
+        .iter()
+        .zip(volumes)
+        .map(|(name, volume)| VolumeInfo {
+            name: name.clone(),
+            size_bytes: volume.geometry().size_bytes,
+            block_size: volume.geometry().block_size,
+        })
+        .collect()
+}

@@ -1,0 +1,821 @@
+//! The wire format: a fixed 16-byte little-endian header (magic, version, kind, body length,
+//! crc32c of header and body) followed by a body whose layout the kind fixes. `decode` is
+//! total and a fuzz target: any input gives a frame or a typed error, with bounded allocation.
+
+use super::frame::{
+    AckFrame, AppliedFrame, Frame, Hello, ResumeState, Role, SeqRange, SyncFrame, VolumeInfo,
+    WriteFrame, MAX_ACK_RANGES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
+};
+use super::ids::{DataSetId, GroupId, Seq, VolumeId};
+use DecodeError::{
+    BadLength, BadMagic, BadVersion, CrcMismatch, Incomplete, Malformed, UnknownKind,
+};
+
+pub const MAGIC: u32 = 0x4F52_444F;
+pub const VERSION: u8 = 1;
+pub const HEADER_BYTES: usize = 16;
+
+const KIND_HELLO: u8 = 1;
+const KIND_WRITE: u8 = 2;
+const KIND_SYNC: u8 = 3;
+const KIND_ACK: u8 = 4;
+const KIND_APPLIED: u8 = 5;
+
+const BODY_LEN_OFFSET: usize = 8;
+const CRC_OFFSET: usize = 12;
+
+const HELLO_FIXED_BYTES: usize = 56;
+const VOLUME_ENTRY_BYTES: usize = 48;
+const RANGE_BYTES: usize = 16;
+const WRITE_FIXED_BYTES: usize = 40;
+const SYNC_BYTES: usize = 40;
+const ACK_FIXED_BYTES: usize = 8;
+const APPLIED_BYTES: usize = 24;
+const HELLO_MAX_BYTES: usize =
+    HELLO_FIXED_BYTES + MAX_VOLUMES * VOLUME_ENTRY_BYTES + MAX_ACK_RANGES * RANGE_BYTES;
+const ACK_MAX_BYTES: usize = ACK_FIXED_BYTES + MAX_ACK_RANGES * RANGE_BYTES;
+/// Largest body any frame may declare: a `Write` carrying the largest payload.
+pub const MAX_BODY_BYTES: usize = WRITE_FIXED_BYTES + MAX_WRITE_PAYLOAD_BYTES as usize;
+
+// Layouts, field by field, so a changed field shows up here and not on the wire.
+const _: () = assert!(HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4);
+const _: () = assert!(BODY_LEN_OFFSET == 4 + 1 + 1 + 2 && CRC_OFFSET == BODY_LEN_OFFSET + 4);
+const _: () = assert!(HELLO_FIXED_BYTES == 1 + 7 + 8 + 2 + 2 + 4 + 4 * 8);
+const _: () = assert!(VOLUME_ENTRY_BYTES == 8 + 4 + 1 + 3 + MAX_VOLUME_NAME_BYTES);
+const _: () = assert!(MAX_VOLUME_NAME_BYTES == 32 && RANGE_BYTES == 2 * 8);
+const _: () = assert!(WRITE_FIXED_BYTES == 2 + 2 + 4 + 4 * 8);
+const _: () = assert!(SYNC_BYTES == 5 * 8 && ACK_FIXED_BYTES == 2 + 6 && APPLIED_BYTES == 3 * 8);
+// Counts fit their u16 fields, every body fits the u32 length, and body_len as usize is lossless.
+const _: () = assert!(MAX_VOLUMES <= u16::MAX as usize);
+const _: () = assert!(MAX_ACK_RANGES <= u16::MAX as usize);
+const _: () = assert!(HELLO_MAX_BYTES <= MAX_BODY_BYTES && ACK_MAX_BYTES <= MAX_BODY_BYTES);
+const _: () = assert!(MAX_BODY_BYTES <= u32::MAX as usize && usize::BITS >= 32);
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("incomplete frame: {needed} bytes needed")]
+    Incomplete { needed: usize },
+    #[error("bad magic {0:#010x}")]
+    BadMagic(u32),
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("body length {body_len} invalid for frame kind {kind}")]
+    BadLength { kind: u8, body_len: u32 },
+    #[error("crc mismatch: header says {expected:#010x}, frame bytes give {actual:#010x}")]
+    CrcMismatch { expected: u32, actual: u32 },
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+/// Appends one encoded frame to `out`. Panics on a frame that breaks the limits of
+/// `frame.rs` or an invariant `decode` checks: that is a bug of the caller.
+pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let (kind, body_len) = kind_and_body_len(frame);
+    assert!(body_len <= MAX_BODY_BYTES, "body of {body_len} bytes");
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&[VERSION, kind, 0, 0]);
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // crc, patched below
+    match frame {
+        Frame::Hello(hello) => encode_hello(hello, out),
+        Frame::Write(write) => {
+            out.extend_from_slice(&write.volume.0.to_le_bytes());
+            out.extend_from_slice(&[0; 2]);
+            out.extend_from_slice(&(write.payload.len() as u32).to_le_bytes());
+            put_u64s(out, &[write.seq.0, write.data_set.0]);
+            put_u64s(out, &[write.offset, write.stream_offset]);
+            out.extend_from_slice(write.payload);
+        }
+        Frame::Sync(sync) => {
+            let closing_seq = sync.first_seq.0.checked_add(sync.write_count);
+            assert_eq!(closing_seq, Some(sync.seq.0), "{sync:?}: bad seq");
+            put_u64s(out, &[sync.seq.0, sync.data_set.0, sync.first_seq.0]);
+            put_u64s(out, &[sync.write_count, sync.stream_offset]);
+        }
+        Frame::Ack(ack) => {
+            out.extend_from_slice(&(ack.ranges.len() as u16).to_le_bytes());
+            out.extend_from_slice(&[0; 6]);
+            encode_ranges(&ack.ranges, out);
+        }
+        Frame::Applied(applied) => {
+            put_u64s(out, &[applied.data_set.0, applied.applied_seq.0]);
+            put_u64s(out, &[applied.stream_end]);
+        }
+    }
+    let written = out.len() - start;
+    assert_eq!(
+        written,
+        HEADER_BYTES + body_len,
+        "body differs from its layout"
+    );
+    let crc = crc32c::crc32c(&out[start..]);
+    out[start + CRC_OFFSET..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes the first frame in `buf`, returning it and the bytes it took. A `Write` payload
+/// borrows from `buf`. Never panics; allocates at most `MAX_VOLUMES` names and
+/// `MAX_ACK_RANGES` ranges.
+pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
+    let header = decode_header(buf)?;
+    let needed = HEADER_BYTES + header.body_len as usize;
+    let frame = buf.get(..needed).ok_or(Incomplete { needed })?;
+    let (head, body) = frame
+        .split_first_chunk::<HEADER_BYTES>()
+        .ok_or(Incomplete { needed })?;
+    let actual = frame_crc(head, body);
+    if actual != header.crc {
+        return Err(CrcMismatch {
+            expected: header.crc,
+            actual,
+        });
+    }
+    let (r, body_len) = (&mut Reader { rest: body }, header.body_len);
+    let decoded = match header.kind {
+        KIND_HELLO => Frame::Hello(decode_hello(r, body_len)?),
+        KIND_WRITE => Frame::Write(decode_write(r, body_len)?),
+        KIND_SYNC => {
+            let [seq, data_set, first_seq, write_count, stream_offset] = r.u64s()?;
+            if first_seq.checked_add(write_count) != Some(seq) {
+                return Err(Malformed("sync seq is not first_seq + write_count"));
+            }
+            Frame::Sync(SyncFrame {
+                seq: Seq(seq),
+                data_set: DataSetId(data_set),
+                first_seq: Seq(first_seq),
+                write_count,
+                stream_offset,
+            })
+        }
+        KIND_ACK => Frame::Ack(decode_ack(r, body_len)?),
+        KIND_APPLIED => {
+            let [data_set, applied_seq, stream_end] = r.u64s()?;
+            Frame::Applied(AppliedFrame {
+                data_set: DataSetId(data_set),
+                applied_seq: Seq(applied_seq),
+                stream_end,
+            })
+        }
+        kind => return Err(UnknownKind(kind)),
+    };
+    r.finish()?;
+    Ok((decoded, needed))
+}
+
+/// crc32c of the header with its crc field zeroed, then of the body.
+fn frame_crc(head: &[u8; HEADER_BYTES], body: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&head[..CRC_OFFSET]);
+    let crc = crc32c::crc32c_append(crc, &[0; HEADER_BYTES - CRC_OFFSET]);
+    crc32c::crc32c_append(crc, body)
+}
+
+/// Total length of the first frame in `buf`, from its header alone, so a transport can
+/// reject a bad or oversized frame before buffering its body.
+pub fn frame_len(buf: &[u8]) -> Result<usize, DecodeError> {
+    Ok(HEADER_BYTES + decode_header(buf)?.body_len as usize)
+}
+
+struct Header {
+    kind: u8,
+    body_len: u32,
+    crc: u32,
+}
+
+fn decode_header(buf: &[u8]) -> Result<Header, DecodeError> {
+    let head = buf.get(..HEADER_BYTES).ok_or(Incomplete {
+        needed: HEADER_BYTES,
+    })?;
+    let r = &mut Reader { rest: head };
+    let magic = r.u32()?;
+    if magic != MAGIC {
+        return Err(BadMagic(magic));
+    }
+    let [version, kind] = r.array()?;
+    if version != VERSION {
+        return Err(BadVersion(version));
+    }
+    let (body_min, body_max) = match kind {
+        KIND_HELLO => (HELLO_FIXED_BYTES, HELLO_MAX_BYTES),
+        KIND_WRITE => (WRITE_FIXED_BYTES, MAX_BODY_BYTES),
+        KIND_SYNC => (SYNC_BYTES, SYNC_BYTES),
+        KIND_ACK => (ACK_FIXED_BYTES, ACK_MAX_BYTES),
+        KIND_APPLIED => (APPLIED_BYTES, APPLIED_BYTES),
+        _ => return Err(UnknownKind(kind)),
+    };
+    r.zeros(2, "non-zero reserved header field")?;
+    let body_len = r.u32()?;
+    if !(body_min..=body_max).contains(&(body_len as usize)) {
+        return Err(BadLength { kind, body_len });
+    }
+    Ok(Header {
+        kind,
+        body_len,
+        crc: r.u32()?,
+    })
+}
+
+fn decode_hello(r: &mut Reader<'_>, body_len: u32) -> Result<Hello, DecodeError> {
+    let role = match r.u8()? {
+        1 => Role::Primary,
+        2 => Role::Secondary,
+        _ => return Err(Malformed("unknown role in hello")),
+    };
+    r.zeros(7, "non-zero padding in hello")?;
+    let group = GroupId(r.u64()?);
+    let volume_count = usize::from(r.u16()?);
+    let range_count = usize::from(r.u16()?);
+    r.zeros(4, "non-zero padding in hello")?;
+    let [applied_data_set, applied_seq, applied_stream_end, window_bytes] = r.u64s()?;
+    if volume_count > MAX_VOLUMES {
+        return Err(Malformed("too many volumes in hello"));
+    }
+    if range_count > MAX_ACK_RANGES {
+        return Err(Malformed("too many seq ranges in hello"));
+    }
+    let expected =
+        HELLO_FIXED_BYTES + volume_count * VOLUME_ENTRY_BYTES + range_count * RANGE_BYTES;
+    if body_len as usize != expected {
+        return Err(BadLength {
+            kind: KIND_HELLO,
+            body_len,
+        });
+    }
+    let mut volumes = Vec::with_capacity(volume_count);
+    for _ in 0..volume_count {
+        volumes.push(decode_volume(r)?);
+    }
+    let staged = decode_ranges(r, range_count)?;
+    let resume = ResumeState {
+        applied_data_set: DataSetId(applied_data_set),
+        applied_seq: Seq(applied_seq),
+        applied_stream_end,
+        window_bytes,
+        staged,
+    };
+    Ok(Hello {
+        role,
+        group,
+        volumes,
+        resume,
+    })
+}
+
+fn decode_volume(r: &mut Reader<'_>) -> Result<VolumeInfo, DecodeError> {
+    let size_bytes = r.u64()?;
+    let block_size = r.u32()?;
+    let name_len = usize::from(r.u8()?);
+    r.zeros(3, "non-zero padding in volume entry")?;
+    let name_field: [u8; MAX_VOLUME_NAME_BYTES] = r.array()?;
+    let (name, tail) = name_field
+        .split_at_checked(name_len)
+        .ok_or(Malformed("volume name longer than 32 bytes"))?;
+    if tail.iter().any(|&byte| byte != 0) {
+        return Err(Malformed("non-zero bytes after volume name"));
+    }
+    let name = std::str::from_utf8(name).map_err(|_| Malformed("volume name is not UTF-8"))?;
+    Ok(VolumeInfo {
+        name: name.to_owned(),
+        size_bytes,
+        block_size,
+    })
+}
+
+fn decode_write<'a>(r: &mut Reader<'a>, body_len: u32) -> Result<WriteFrame<'a>, DecodeError> {
+    let volume = VolumeId(r.u16()?);
+    r.zeros(2, "non-zero padding in write")?;
+    let payload_len = r.u32()?;
+    let [seq, data_set, offset, stream_offset] = r.u64s()?;
+    if payload_len > MAX_WRITE_PAYLOAD_BYTES {
+        return Err(Malformed("write payload over MAX_WRITE_PAYLOAD_BYTES"));
+    }
+    if WRITE_FIXED_BYTES + payload_len as usize != body_len as usize {
+        return Err(BadLength {
+            kind: KIND_WRITE,
+            body_len,
+        });
+    }
+    Ok(WriteFrame {
+        volume,
+        seq: Seq(seq),
+        data_set: DataSetId(data_set),
+        offset,
+        stream_offset,
+        payload: r.bytes(payload_len as usize)?,
+    })
+}
+
+fn decode_ack(r: &mut Reader<'_>, body_len: u32) -> Result<AckFrame, DecodeError> {
+    let range_count = usize::from(r.u16()?);
+    r.zeros(6, "non-zero padding in ack")?;
+    if range_count > MAX_ACK_RANGES {
+        return Err(Malformed("too many seq ranges in ack"));
+    }
+    if body_len as usize != ACK_FIXED_BYTES + range_count * RANGE_BYTES {
+        let kind = KIND_ACK;
+        return Err(BadLength { kind, body_len });
+    }
+    let ranges = decode_ranges(r, range_count)?;
+    Ok(AckFrame { ranges })
+}
+
+/// `count` was checked against `MAX_ACK_RANGES` and the body length by the caller.
+fn decode_ranges(r: &mut Reader<'_>, count: usize) -> Result<Vec<SeqRange>, DecodeError> {
+    let mut ranges = Vec::with_capacity(count.min(MAX_ACK_RANGES));
+    for _ in 0..count {
+        let [first, last] = r.u64s()?;
+        if first > last {
+            return Err(Malformed("seq range with first > last"));
+        }
+        ranges.push(SeqRange {
+            first: Seq(first),
+            last: Seq(last),
+        });
+    }
+    Ok(ranges)
+}
+
+fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
+    let resume = &hello.resume;
+    out.extend_from_slice(&[hello.role as u8, 0, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&hello.group.0.to_le_bytes());
+    out.extend_from_slice(&(hello.volumes.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(resume.staged.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    put_u64s(out, &[resume.applied_data_set.0, resume.applied_seq.0]);
+    put_u64s(out, &[resume.applied_stream_end, resume.window_bytes]);
+    for volume in &hello.volumes {
+        let name = volume.name.as_bytes();
+        assert!(
+            name.len() <= MAX_VOLUME_NAME_BYTES,
+            "{volume:?}: name too long"
+        );
+        out.extend_from_slice(&volume.size_bytes.to_le_bytes());
+        out.extend_from_slice(&volume.block_size.to_le_bytes());
+        out.extend_from_slice(&[name.len() as u8, 0, 0, 0]);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&[0; MAX_VOLUME_NAME_BYTES][name.len()..]);
+    }
+    encode_ranges(&resume.staged, out);
+}
+
+fn encode_ranges(ranges: &[SeqRange], out: &mut Vec<u8>) {
+    for range in ranges {
+        assert!(range.first <= range.last, "{range:?} has first > last");
+        put_u64s(out, &[range.first.0, range.last.0]);
+    }
+}
+
+fn put_u64s(out: &mut Vec<u8>, values: &[u64]) {
+    for value in values {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// Kind and body length implied by the fields; asserts the limits the wire relies on.
+fn kind_and_body_len(frame: &Frame<'_>) -> (u8, usize) {
+    let ranges = |count: usize| {
+        assert!(count <= MAX_ACK_RANGES, "{count} seq ranges in one frame");
+        count * RANGE_BYTES
+    };
+    match frame {
+        Frame::Hello(hello) => {
+            let volumes = hello.volumes.len();
+            assert!(volumes <= MAX_VOLUMES, "{volumes} volumes in hello");
+            let body_len = HELLO_FIXED_BYTES + volumes * VOLUME_ENTRY_BYTES;
+            (KIND_HELLO, body_len + ranges(hello.resume.staged.len()))
+        }
+        Frame::Write(write) => {
+            let payload_len = write.payload.len();
+            let payload_max = MAX_WRITE_PAYLOAD_BYTES as usize;
+            assert!(payload_len <= payload_max, "payload of {payload_len} bytes");
+            (KIND_WRITE, WRITE_FIXED_BYTES + payload_len)
+        }
+        Frame::Sync(_) => (KIND_SYNC, SYNC_BYTES),
+        Frame::Ack(ack) => (KIND_ACK, ACK_FIXED_BYTES + ranges(ack.ranges.len())),
+        Frame::Applied(_) => (KIND_APPLIED, APPLIED_BYTES),
+    }
+}
+
+/// Reads little-endian fields off the front of a body. Lengths are checked before a body
+/// is parsed, so running short is unreachable; it is still an error, never a panic.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    const SHORT: DecodeError = Malformed("body shorter than its fields");
+
+    fn bytes(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+        let (head, rest) = self.rest.split_at_checked(len).ok_or(Self::SHORT)?;
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let (head, rest) = self.rest.split_first_chunk::<N>().ok_or(Self::SHORT)?;
+        self.rest = rest;
+        Ok(*head)
+    }
+
+    /// Skips `len` padding bytes, which must be zero so that every frame has one encoding.
+    fn zeros(&mut self, len: usize, what: &'static str) -> Result<(), DecodeError> {
+        if self.bytes(len)?.iter().any(|&byte| byte != 0) {
+            return Err(Malformed(what));
+        }
+        Ok(())
+    }
+
+    fn u64s<const N: usize>(&mut self) -> Result<[u64; N], DecodeError> {
+        let mut values = [0; N];
+        for value in &mut values {
+            *value = self.u64()?;
+        }
+        Ok(values)
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.array().map(u8::from_le_bytes)
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        if !self.rest.is_empty() {
+            return Err(Malformed("body longer than its fields"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    fn encoded(frame: &Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(frame, &mut out);
+        out
+    }
+
+    fn range(first: u64, last: u64) -> SeqRange {
+        SeqRange {
+            first: Seq(first),
+            last: Seq(last),
+        }
+    }
+
+    /// Recomputes the crc of the frame filling `buf`, so that edits reach the body parser.
+    fn reseal(buf: &mut [u8]) {
+        buf[CRC_OFFSET..HEADER_BYTES].fill(0);
+        let crc = crc32c::crc32c(buf);
+        buf[CRC_OFFSET..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    fn samples() -> Vec<Frame<'static>> {
+        let volume = |name: &str| VolumeInfo {
+            name: name.into(),
+            size_bytes: 1 << 30,
+            block_size: 512,
+        };
+        let staged = vec![range(41, 45), range(47, 47)];
+        let resume = ResumeState {
+            applied_data_set: DataSetId(3),
+            applied_seq: Seq(40),
+            staged,
+            ..Default::default()
+        };
+        let volumes = vec![volume("vol-a"), volume(&"é".repeat(16))];
+        let (seq, data_set, offset, stream_offset) = (Seq(41), DataSetId(4), 8192, 9000);
+        let write = WriteFrame {
+            volume: VolumeId(1),
+            seq,
+            data_set,
+            offset,
+            stream_offset,
+            payload: b"block",
+        };
+        let sync = SyncFrame {
+            seq: Seq(46),
+            data_set,
+            first_seq: seq,
+            write_count: 5,
+            stream_offset,
+        };
+        vec![
+            Frame::Hello(Hello {
+                role: Role::Secondary,
+                group: GroupId(7),
+                volumes,
+                resume,
+            }),
+            Frame::Hello(Hello {
+                role: Role::Primary,
+                group: GroupId(7),
+                volumes: vec![],
+                resume: Default::default(),
+            }),
+            Frame::Write(write),
+            Frame::Write(WriteFrame {
+                payload: &[],
+                ..write
+            }),
+            Frame::Sync(sync),
+            Frame::Ack(AckFrame {
+                ranges: vec![range(1, 10), range(12, 12)],
+            }),
+            Frame::Ack(AckFrame { ranges: vec![] }),
+            Frame::Applied(AppliedFrame {
+                data_set,
+                applied_seq: Seq(46),
+                stream_end: u64::MAX,
+            }),
+        ]
+    }
+
+    fn check_round_trip(frame: &Frame<'_>) {
+        let buf = encoded(frame);
+        assert_eq!(decode(&buf), Ok((frame.clone(), buf.len())));
+        assert_eq!(frame_len(&buf), Ok(buf.len()));
+    }
+
+    /// Decode accepts exactly what `encode` produces, and agrees with `frame_len`.
+    fn check_total(buf: &[u8]) {
+        match decode(buf) {
+            Ok((frame, consumed)) => {
+                assert_eq!(frame_len(buf), Ok(consumed));
+                assert_eq!(encoded(&frame), buf[..consumed]);
+            }
+            Err(Incomplete { needed }) => assert!(needed > buf.len()),
+            Err(_) => {}
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        samples().iter().for_each(check_round_trip);
+    }
+
+    #[test]
+    fn every_strict_prefix_is_incomplete() {
+        for buf in samples().iter().map(encoded) {
+            for len in 0..buf.len() {
+                let (prefix, header_complete) = (&buf[..len], len >= HEADER_BYTES);
+                let needed = if header_complete {
+                    buf.len()
+                } else {
+                    HEADER_BYTES
+                };
+                assert_eq!(decode(prefix), Err(Incomplete { needed }));
+                let from_header = if header_complete {
+                    Ok(needed)
+                } else {
+                    Err(Incomplete { needed })
+                };
+                assert_eq!(frame_len(prefix), from_header);
+            }
+        }
+    }
+
+    #[test]
+    fn every_single_byte_corruption_is_rejected() {
+        for buf in samples().iter().map(encoded) {
+            for at in 0..buf.len() {
+                for mask in 1..=u8::MAX {
+                    let mut corrupt = buf.clone();
+                    corrupt[at] ^= mask;
+                    assert!(decode(&corrupt).is_err(), "byte {at} ^ {mask:#x} accepted");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frames_back_to_back_decode_in_sequence() {
+        let frames = samples();
+        let mut buf = Vec::new();
+        frames.iter().for_each(|frame| encode(frame, &mut buf));
+        let mut rest = &buf[..];
+        for frame in &frames {
+            let (decoded, consumed) = decode(rest).expect("a frame encode wrote");
+            assert_eq!((&decoded, frame_len(rest)), (frame, Ok(consumed)));
+            rest = &rest[consumed..];
+        }
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn corrupt_body_is_a_crc_mismatch() {
+        let mut buf = encoded(&samples()[7]);
+        let expected = u32::from_le_bytes(buf[CRC_OFFSET..HEADER_BYTES].try_into().expect("4"));
+        buf[HEADER_BYTES] ^= 1;
+        let mut crc_zeroed = buf.clone();
+        crc_zeroed[CRC_OFFSET..HEADER_BYTES].fill(0);
+        let actual = crc32c::crc32c(&crc_zeroed);
+        assert_eq!(decode(&buf), Err(CrcMismatch { expected, actual }));
+    }
+
+    /// Each case edits one field of a valid frame and reseals it, so the crc passes.
+    #[test]
+    fn bad_fields_give_typed_errors() {
+        let samples = samples();
+        let [hello, write, sync, ack, applied] = [0, 2, 4, 5, 7].map(|i| encoded(&samples[i]));
+        let name_at = HEADER_BYTES + HELLO_FIXED_BYTES + 16;
+        let cases: &[(&[u8], usize, &[u8], &str)] = &[
+            (&applied, 0, &[0; 4], "bad magic 0x00000000"),
+            (&applied, 4, &[2], "unsupported protocol version 2"),
+            (&applied, 5, &[0], "unknown frame kind 0"),
+            (&applied, 6, &[1], "non-zero reserved header field"),
+            (&sync, 8, &[41], "body length 41 invalid for frame kind 3"),
+            (&write, 8, &[0xff; 4], "body length 4294967295 invalid"),
+            (&hello, 16, &[3], "unknown role in hello"),
+            (&hello, 17, &[1], "non-zero padding in hello"),
+            (&hello, 32, &[65], "too many volumes in hello"),
+            (&hello, 32, &[1], "body length 184 invalid for frame kind 1"),
+            (
+                &hello,
+                name_at - 4,
+                &[33],
+                "volume name longer than 32 bytes",
+            ),
+            (
+                &hello,
+                name_at + 5,
+                b"x",
+                "non-zero bytes after volume name",
+            ),
+            (&hello, name_at, &[0xff], "volume name is not UTF-8"),
+            (&write, 20, &[6], "body length 45 invalid for frame kind 2"),
+            (
+                &write,
+                20,
+                &[0xff; 4],
+                "write payload over MAX_WRITE_PAYLOAD_BYTES",
+            ),
+            (&sync, 16, &[47], "sync seq is not first_seq + write_count"),
+            (
+                &sync,
+                40,
+                &[0xff; 8],
+                "sync seq is not first_seq + write_count",
+            ),
+            (&ack, 18, &[1], "non-zero padding in ack"),
+            (&ack, 24, &[11], "seq range with first > last"),
+            (&ack, 16, &[129], "too many seq ranges in ack"),
+        ];
+        for &(frame, at, bytes, expected) in cases {
+            let mut buf = frame.to_vec();
+            buf[at..at + bytes.len()].copy_from_slice(bytes);
+            reseal(&mut buf);
+            let error = decode(&buf).map(|_| ()).expect_err(expected).to_string();
+            assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+        }
+    }
+
+    fn arb_range() -> impl Strategy<Value = SeqRange> {
+        (any::<u64>(), any::<u64>()).prop_map(|(a, b)| range(a.min(b), a.max(b)))
+    }
+
+    fn arb_hello() -> impl Strategy<Value = Hello> {
+        let role = prop_oneof![Just(Role::Primary), Just(Role::Secondary)];
+        // A char takes at most 4 bytes, so 8 of them fit a 32-byte name.
+        let volume = (vec(any::<char>(), 0..=8), any::<u64>(), any::<u32>());
+        let volumes = vec(volume, 0..=MAX_VOLUMES).prop_map(|volumes| {
+            let volume = |(name, size_bytes, block_size): (Vec<char>, _, _)| VolumeInfo {
+                name: name.into_iter().collect(),
+                size_bytes,
+                block_size,
+            };
+            volumes.into_iter().map(volume).collect()
+        });
+        let resume = (any::<[u64; 4]>(), vec(arb_range(), 0..=MAX_ACK_RANGES));
+        (role, any::<u64>(), volumes, resume).prop_map(|(role, group, volumes, resume)| {
+            let ([data_set, seq, stream_end, window_bytes], staged) = resume;
+            let resume = ResumeState {
+                applied_data_set: DataSetId(data_set),
+                applied_seq: Seq(seq),
+                applied_stream_end: stream_end,
+                window_bytes,
+                staged,
+            };
+            Hello {
+                role,
+                group: GroupId(group),
+                volumes,
+                resume,
+            }
+        })
+    }
+
+    /// Frames that own their contents: every kind but `Write`.
+    fn arb_owned_frame() -> impl Strategy<Value = Frame<'static>> {
+        let first_and_count =
+            any::<u64>().prop_flat_map(|first| (Just(first), 0..=u64::MAX - first));
+        let sync =
+            (first_and_count, any::<[u64; 2]>()).prop_map(|((first, count), [data_set, end])| {
+                Frame::Sync(SyncFrame {
+                    seq: Seq(first + count),
+                    data_set: DataSetId(data_set),
+                    first_seq: Seq(first),
+                    write_count: count,
+                    stream_offset: end,
+                })
+            });
+        let ack =
+            vec(arb_range(), 0..=MAX_ACK_RANGES).prop_map(|ranges| Frame::Ack(AckFrame { ranges }));
+        let applied = any::<[u64; 3]>().prop_map(|[data_set, seq, stream_end]| {
+            Frame::Applied(AppliedFrame {
+                data_set: DataSetId(data_set),
+                applied_seq: Seq(seq),
+                stream_end,
+            })
+        });
+        prop_oneof![arb_hello().prop_map(Frame::Hello), sync, ack, applied]
+    }
+
+    /// A `Write` borrows its payload, so strategies produce its fields and tests build it.
+    type WriteFields = (u16, [u64; 4], Vec<u8>);
+
+    fn arb_write_fields() -> impl Strategy<Value = WriteFields> {
+        (any::<u16>(), any::<[u64; 4]>(), vec(any::<u8>(), 0..1024))
+    }
+
+    fn write_frame((volume, fields, payload): &WriteFields) -> Frame<'_> {
+        let [seq, data_set, offset, stream_offset] = *fields;
+        Frame::Write(WriteFrame {
+            volume: VolumeId(*volume),
+            seq: Seq(seq),
+            data_set: DataSetId(data_set),
+            offset,
+            stream_offset,
+            payload,
+        })
+    }
+
+    fn arb_encoded() -> impl Strategy<Value = Vec<u8>> {
+        let write = arb_write_fields().prop_map(|fields| encoded(&write_frame(&fields)));
+        prop_oneof![arb_owned_frame().prop_map(|frame| encoded(&frame)), write]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn owned_frames_round_trip(frame in arb_owned_frame()) {
+            check_round_trip(&frame);
+        }
+
+        #[test]
+        fn write_frames_round_trip(fields in arb_write_fields()) {
+            check_round_trip(&write_frame(&fields));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(buf in vec(any::<u8>(), 0..4096)) {
+            check_total(&buf);
+        }
+
+        #[test]
+        fn arbitrary_body_behind_sealed_header_never_panics(
+            kind in 0u8..=6,
+            body in vec(any::<u8>(), 0..4096),
+        ) {
+            let mut buf = MAGIC.to_le_bytes().to_vec();
+            buf.extend_from_slice(&[VERSION, kind, 0, 0]);
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&[0; 4]);
+            buf.extend_from_slice(&body);
+            reseal(&mut buf);
+            check_total(&buf);
+        }
+
+        /// Valid frames with random body bytes overwritten and the crc recomputed, so
+        /// field validation (not the crc) is what must reject them.
+        #[test]
+        fn mutated_resealed_frames_never_panic(
+            mut buf in arb_encoded(),
+            edits in vec((any::<Index>(), any::<u8>()), 1..8),
+        ) {
+            let body_len = buf.len() - HEADER_BYTES;
+            for (at, byte) in edits {
+                buf[HEADER_BYTES + at.index(body_len)] = byte;
+            }
+            reseal(&mut buf);
+            check_total(&buf);
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The applier: takes the next complete data set, writes it to the replica volumes in seq
+//! order (an overlapping later write waits for the earlier one, so the higher seq wins),
+//! flushes the replicas, and only then persists the new watermark in the journal's
+//! superblock; once that is durable the data set's records and journal space are freed.
+//! A crash anywhere in between leaves the old watermark, and the data set is applied again.
+
+use super::config::InjectedBug;
+use super::journal::{Journal, Superblock};
+use super::staging::{CompleteDataSet, SlotBody, SlotState, Staging};
+use crate::protocol::Seq;
+use crate::storage::inflight::InFlightWrites;
+use crate::storage::{Storage, StorageError};
+
+/// Replica tags: a write is tagged with its seq; a flush has the top bit set.
+const TAG_REPLICA_FLUSH: u64 = 1 << 63;
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Idle,
+    Writing { data_set: CompleteDataSet, next: Seq },
+    FlushingReplicas { data_set: CompleteDataSet, remaining: usize },
+    PersistingWatermark { data_set: CompleteDataSet, superblock: Superblock, durable: bool },
+}
+
+#[derive(Debug)]
+pub struct Applier {
+    state: State,
+    in_flight: InFlightWrites,
+    bug: Option<InjectedBug>,
+    stalled: Option<String>,
+}
+
+impl Applier {
+    pub fn new(max_in_flight: usize, bug: Option<InjectedBug>) -> Applier {
+        Applier {
+            state: State::Idle,
+            in_flight: InFlightWrites::with_capacity(max_in_flight),
+            bug,
+            stalled: None,
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle)
+    }
+
+    pub fn stalled(&self) -> Option<&str> {
+        self.stalled.as_deref()
+    }
+
+    pub fn replica_completion(&mut self, tag: u64) {
+        if tag == TAG_REPLICA_FLUSH {
+            let State::FlushingReplicas { remaining, .. } = &mut self.state else {
+                unreachable!("replica flushes are only in flight while flushing replicas");
+            };
+            *remaining -= 1;
+        } else {
+            assert!(self.in_flight.remove(tag), "completion of a replica write in flight");
+        }
+    }
+
+    pub fn superblock_durable(&mut self) {
+        let State::PersistingWatermark { durable, .. } = &mut self.state else {
+            unreachable!("a superblock is only written while persisting the watermark");
+        };
+        *durable = true;
+    }
+
+    /// Makes all the progress possible now; true if at least one data set was applied.
+    pub fn drive<S: Storage>(
+        &mut self,
+        staging: &mut Staging,
+        journal: &mut Journal<S>,
+        replicas: &mut [S],
+        tag_superblock: u64,
+    ) -> bool {
+        let mut applied = false;
+        loop {
+            match self.state {
+                State::Idle => {
+                    if self.stalled.is_some() {
+                        return applied;
+                    }
+                    match staging.next_complete(self.bug == Some(InjectedBug::ApplyIncomplete)) {
+                        Ok(Some(data_set)) => {
+                            self.state = State::Writing { data_set, next: data_set.first_seq };
+                        }
+                        Ok(None) => return applied,
+                        Err(why) => {
+                            self.stalled = Some(format!("refusing to apply: {why}"));
+                            return applied;
+                        }
+                    }
+                }
+                State::Writing { data_set, next } => {
+                    let next = match self.submit_writes(staging, replicas, data_set, next) {
+                        Ok(next) => next,
+                        Err(error) => {
+                            self.stalled = Some(format!("replica write: {error}"));
+                            return applied;
+                        }
+                    };
+                    self.state = State::Writing { data_set, next };
+                    if next < data_set.sync_seq || !self.in_flight.is_empty() {
+                        return applied;
+                    }
+                    for replica in replicas.iter_mut() {
+                        if let Err(error) = replica.submit_flush(TAG_REPLICA_FLUSH) {
+                            // A replica queue is never full here: nothing else is in flight.
+                            self.stalled = Some(format!("replica flush: {error}"));
+                            return applied;
+                        }
+                    }
+                    self.state = State::FlushingReplicas { data_set, remaining: replicas.len() };
+                }
+                State::FlushingReplicas { data_set, remaining } => {
+                    if remaining > 0 {
+                        return applied;
+                    }
+                    let current = *journal.superblock();
+                    let superblock = Superblock {
+                        generation: current.generation + 1,
+                        applied_data_set: data_set.id,
+                        applied_seq: data_set.sync_seq,
+                        applied_stream_end: data_set.stream_end,
+                        head_lsn: journal.head_after(data_set.id),
+                        ..current
+                    };
+                    match journal.submit_superblock(tag_superblock, superblock) {
+                        Ok(()) => {}
+                        Err(StorageError::QueueFull(_)) => return applied,
+                        Err(error) => {
+                            self.stalled = Some(format!("journal superblock: {error}"));
+                            return applied;
+                        }
+                    }
+                    self.state = State::PersistingWatermark { data_set, superblock, durable: false };
+                }
+                State::PersistingWatermark { data_set, superblock, durable } => {
+                    if !durable {
+                        return applied;
+                    }
+                    journal.superblock_durable(superblock);
+                    staging.advance(&data_set);
+                    self.state = State::Idle;
+                    applied = true;
+                }
+            }
+        }
+    }
+
+    /// Submits the data set's writes from `next` on, in seq order, until one must wait.
+    /// Returns the first seq not yet submitted.
+    fn submit_writes<S: Storage>(
+        &mut self,
+        staging: &Staging,
+        replicas: &mut [S],
+        data_set: CompleteDataSet,
+        mut next: Seq,
+    ) -> Result<Seq, StorageError> {
+        while next < data_set.sync_seq {
+            let slot = match staging.slot(next) {
+                Some(slot) if slot.state == SlotState::Durable => *slot,
+                _ => {
+                    assert!(self.bug.is_some(), "a complete data set holds every write");
+                    next = next.next();
+                    continue;
+                }
+            };
+            let SlotBody::Write { volume, offset, len } = slot.body else {
+                unreachable!("seqs inside a data set are writes");
+            };
+            let replica = &mut replicas[usize::from(volume.0)];
+            if self.in_flight.is_full()
+                || replica.in_flight() >= replica.geometry().max_in_flight
+                || self.in_flight.overlaps(volume, offset, u64::from(len))
+            {
+                return Ok(next);
+            }
+            match replica.submit_write(next.0, offset, staging.payload(next)) {
+                Ok(()) => {}
+                Err(StorageError::QueueFull(_)) => return Ok(next),
+                Err(error) => return Err(error),
+            }
+            self.in_flight.insert(next.0, volume, offset, u64::from(len));
+            next = next.next();
+        }
+        Ok(next)
+    }
+}

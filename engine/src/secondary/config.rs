@@ -1,0 +1,60 @@
+//! The secondary's configuration.
+
+use crate::primary::ConfigError;
+use crate::protocol::{stream_cost, GroupId, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES};
+
+/// A fault built in on purpose, so tests can prove the simulator's checker catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// Apply a data set as soon as its sync is durable, whether or not its writes are.
+    ApplyIncomplete,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecondaryConfig {
+    pub group: GroupId,
+    /// One name per replica volume, in `VolumeId` order; must match the primary's.
+    pub volume_names: Vec<String>,
+    /// Journal window offered to the primary when the journal is formatted: stream bytes
+    /// past the applied point it may send. The journal needs about twice this.
+    pub window_bytes: u64,
+    pub max_write_bytes: u32,
+    pub lanes: usize,
+    pub bug: Option<InjectedBug>,
+}
+
+impl Default for SecondaryConfig {
+    fn default() -> Self {
+        SecondaryConfig {
+            group: GroupId(1),
+            volume_names: vec!["vol0".to_string()],
+            window_bytes: 128 << 20,
+            max_write_bytes: 1 << 20,
+            lanes: 4,
+            bug: None,
+        }
+    }
+}
+
+impl SecondaryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let names = &self.volume_names;
+        if names.is_empty() || names.len() > MAX_VOLUMES {
+            return invalid(format!("a group holds 1 to {MAX_VOLUMES} volumes, not {}", names.len()));
+        }
+        if names.iter().any(|n| n.is_empty() || n.len() > MAX_VOLUME_NAME_BYTES) {
+            return invalid(format!("volume names must be 1 to {MAX_VOLUME_NAME_BYTES} bytes"));
+        }
+        if self.max_write_bytes < 512 || self.max_write_bytes % 512 != 0 || self.max_write_bytes > MAX_WRITE_PAYLOAD_BYTES {
+            return invalid(format!("max write {} must be a multiple of 512 up to {MAX_WRITE_PAYLOAD_BYTES}", self.max_write_bytes));
+        }
+        if self.window_bytes < 2 * stream_cost(self.max_write_bytes) {
+            return invalid(format!("journal window {} is below two largest writes", self.window_bytes));
+        }
+        if self.lanes == 0 || self.lanes > 64 {
+            return invalid(format!("lanes must be 1 to 64, not {}", self.lanes));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,464 @@
+//! The staging journal: a circular log of self-describing records on its own Storage, and
+//! two alternating superblocks that hold the applied watermark.
+//!
+//! Layout: superblock copies at byte 0 and 4096 (one block each), the log from byte 8192.
+//! A record is a 64-byte header and its payload, padded to the journal's block size; it
+//! carries its own log position (`lsn`, bytes since the log began, never reused) and a
+//! crc32c over header and payload, so stale records from an earlier lap and a torn tail
+//! are both recognised and the scan stops there. A record never straddles the end of the
+//! log: when it would, the writer skips to the next lap.
+//!
+//! Why the log can never fill up: the secondary journals a record only if its stream end
+//! is at most `applied_stream_end + window_bytes` and its seq is neither applied nor already
+//! held. The live log, from the first record of an unapplied data set to the tail, then
+//! holds distinct records whose stream ranges lie in an interval of at most twice the
+//! window (the records of the next data sets, plus at most a window's worth of records of
+//! data sets applied after that first record arrived). A record's size on disk is at most
+//! its stream cost, so `log_bytes >= 2 * window_bytes + max_record_bytes` suffices, and
+//! `append` asserts it.
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+
+use crate::protocol::{DataSetId, GroupId, Seq, VolumeId};
+use crate::storage::{read_blocking, Completion, IoTag, Storage, StorageError};
+
+pub const RECORD_HEADER_BYTES: usize = 64;
+const SUPERBLOCK_BYTES: usize = 88;
+const SUPERBLOCK_COPY_OFFSETS: [u64; 2] = [0, 4096];
+pub const LOG_START: u64 = 8192;
+const RECORD_MAGIC: u32 = 0x524A_524F; // "ORJR"
+const SUPER_MAGIC: u64 = 0x4C4E_524A_4F44_524F; // "ORDOJRNL"
+const JOURNAL_VERSION: u32 = 1;
+
+const _: () = assert!(RECORD_HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4 + 6 * 8);
+const _: () = assert!(SUPERBLOCK_BYTES <= 512);
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum JournalError {
+    #[error("journal storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("journal is not formatted (no valid superblock)")]
+    NotFormatted,
+    #[error("journal belongs to group {found}, not {expected}")]
+    WrongGroup { expected: u64, found: u64 },
+    #[error("journal of {size} bytes is too small: it needs {needed}")]
+    TooSmall { size: u64, needed: u64 },
+}
+
+/// The persistent applied state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Superblock {
+    pub generation: u64,
+    pub group: GroupId,
+    pub applied_data_set: DataSetId,
+    pub applied_seq: Seq,
+    pub applied_stream_end: u64,
+    /// First log position still needed.
+    pub head_lsn: u64,
+    pub log_bytes: u64,
+    pub window_bytes: u64,
+    pub max_write_bytes: u32,
+}
+
+impl Superblock {
+    fn encode(&self, out: &mut [u8]) {
+        out.fill(0);
+        put_u64(out, 0, SUPER_MAGIC);
+        put_u32(out, 8, JOURNAL_VERSION);
+        put_u64(out, 16, self.generation);
+        put_u64(out, 24, self.group.0);
+        put_u64(out, 32, self.applied_data_set.0);
+        put_u64(out, 40, self.applied_seq.0);
+        put_u64(out, 48, self.applied_stream_end);
+        put_u64(out, 56, self.head_lsn);
+        put_u64(out, 64, self.log_bytes);
+        put_u64(out, 72, self.window_bytes);
+        put_u32(out, 80, self.max_write_bytes);
+        let crc = crc32c::crc32c(&out[..SUPERBLOCK_BYTES]);
+        put_u32(out, 12, crc);
+    }
+
+    fn decode(block: &[u8]) -> Option<Superblock> {
+        if get_u64(block, 0) != SUPER_MAGIC || get_u32(block, 8) != JOURNAL_VERSION {
+            return None;
+        }
+        let mut copy = [0u8; SUPERBLOCK_BYTES];
+        copy.copy_from_slice(&block[..SUPERBLOCK_BYTES]);
+        put_u32(&mut copy, 12, 0);
+        if crc32c::crc32c(&copy) != get_u32(block, 12) {
+            return None;
+        }
+        Some(Superblock {
+            generation: get_u64(block, 16),
+            group: GroupId(get_u64(block, 24)),
+            applied_data_set: DataSetId(get_u64(block, 32)),
+            applied_seq: Seq(get_u64(block, 40)),
+            applied_stream_end: get_u64(block, 48),
+            head_lsn: get_u64(block, 56),
+            log_bytes: get_u64(block, 64),
+            window_bytes: get_u64(block, 72),
+            max_write_bytes: get_u32(block, 80),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordBody {
+    Write { volume: VolumeId, offset: u64 },
+    Sync { first_seq: Seq, write_count: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub lsn: u64,
+    pub seq: Seq,
+    pub data_set: DataSetId,
+    pub stream_offset: u64,
+    pub payload_len: u32,
+    pub body: RecordBody,
+}
+
+impl RecordHeader {
+    /// Writes header and payload into `out` (sized to the record) with the crc set.
+    fn encode(&self, payload: &[u8], out: &mut [u8]) {
+        out.fill(0);
+        put_u32(out, 0, RECORD_MAGIC);
+        let (kind, volume, a, b) = match self.body {
+            RecordBody::Write { volume, offset } => (1u8, volume.0, offset, 0),
+            RecordBody::Sync { first_seq, write_count } => (2u8, 0, first_seq.0, write_count),
+        };
+        out[4] = kind;
+        out[6..8].copy_from_slice(&volume.to_le_bytes());
+        put_u32(out, 8, self.payload_len);
+        put_u64(out, 16, self.lsn);
+        put_u64(out, 24, self.seq.0);
+        put_u64(out, 32, self.data_set.0);
+        put_u64(out, 40, a);
+        put_u64(out, 48, self.stream_offset);
+        put_u64(out, 56, b);
+        out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload.len()].copy_from_slice(payload);
+        let end = RECORD_HEADER_BYTES + payload.len();
+        let crc = crc32c::crc32c(&out[..end]);
+        put_u32(out, 12, crc);
+    }
+
+    /// Parses a header; the crc is checked separately once the payload is read.
+    fn decode(block: &[u8], max_payload: u32) -> Option<RecordHeader> {
+        if get_u32(block, 0) != RECORD_MAGIC {
+            return None;
+        }
+        let payload_len = get_u32(block, 8);
+        let (a, b) = (get_u64(block, 40), get_u64(block, 56));
+        let body = match block[4] {
+            1 if payload_len > 0 && payload_len <= max_payload => RecordBody::Write {
+                volume: VolumeId(u16::from_le_bytes([block[6], block[7]])),
+                offset: a,
+            },
+            2 if payload_len == 0 => RecordBody::Sync {
+                first_seq: Seq(a),
+                write_count: b,
+            },
+            _ => return None,
+        };
+        Some(RecordHeader {
+            lsn: get_u64(block, 16),
+            seq: Seq(get_u64(block, 24)),
+            data_set: DataSetId(get_u64(block, 32)),
+            stream_offset: get_u64(block, 48),
+            payload_len,
+            body,
+        })
+    }
+
+    fn crc_ok(record: &[u8], payload_len: u32) -> bool {
+        let end = RECORD_HEADER_BYTES + payload_len as usize;
+        let stored = get_u32(record, 12);
+        let mut crc = crc32c::crc32c(&record[..12]);
+        crc = crc32c::crc32c_append(crc, &[0; 4]);
+        crc = crc32c::crc32c_append(crc, &record[16..end]);
+        crc == stored
+    }
+}
+
+fn put_u32(out: &mut [u8], at: usize, value: u32) {
+    out[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+fn put_u64(out: &mut [u8], at: usize, value: u64) {
+    out[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+fn get_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn get_u64(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn round_up(value: u64, to: u64) -> u64 {
+    value.div_ceil(to) * to
+}
+
+/// Size of a record on disk.
+pub fn record_bytes(payload_len: u32, block_size: u32) -> u64 {
+    round_up(RECORD_HEADER_BYTES as u64 + u64::from(payload_len), u64::from(block_size))
+}
+
+/// Journal size needed for a window and largest write.
+pub fn required_bytes(window_bytes: u64, max_write_bytes: u32, block_size: u32) -> u64 {
+    LOG_START + 2 * window_bytes + record_bytes(max_write_bytes, block_size)
+}
+
+/// A record found by the recovery scan, with its payload.
+#[derive(Debug)]
+pub struct ScannedRecord<'a> {
+    pub header: RecordHeader,
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug)]
+pub struct Journal<S: Storage> {
+    storage: S,
+    block_size: u32,
+    superblock: Superblock,
+    /// Next log position to write.
+    tail_lsn: u64,
+    /// (lsn, data set) of every record from the head on, in log order.
+    index: VecDeque<(u64, DataSetId)>,
+    /// Scratch for building one record (and for superblocks).
+    scratch: Vec<u8>,
+}
+
+impl<S: Storage> Journal<S> {
+    /// Formats `storage` as an empty journal for `group` and waits until it is durable.
+    pub fn format(
+        storage: S,
+        group: GroupId,
+        window_bytes: u64,
+        max_write_bytes: u32,
+    ) -> Result<Journal<S>, JournalError> {
+        let geometry = storage.geometry();
+        let needed = required_bytes(window_bytes, max_write_bytes, geometry.block_size);
+        if geometry.size_bytes < needed {
+            return Err(JournalError::TooSmall {
+                size: geometry.size_bytes,
+                needed,
+            });
+        }
+        let log_bytes = (geometry.size_bytes - LOG_START) / u64::from(geometry.block_size)
+            * u64::from(geometry.block_size);
+        let superblock = Superblock {
+            generation: 1,
+            group,
+            log_bytes,
+            window_bytes,
+            max_write_bytes,
+            ..Superblock::default()
+        };
+        let mut journal = Journal::with_superblock(storage, superblock);
+        // Both copies, so no stale superblock of an earlier journal can win later.
+        for generation in [1, 2] {
+            journal.superblock.generation = generation;
+            journal.write_superblock_blocking()?;
+        }
+        Ok(journal)
+    }
+
+    fn with_superblock(storage: S, superblock: Superblock) -> Journal<S> {
+        let block_size = storage.geometry().block_size;
+        let max_record = record_bytes(superblock.max_write_bytes, block_size) as usize;
+        let max_records = (2 * superblock.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 2) as usize;
+        Journal {
+            storage,
+            block_size,
+            tail_lsn: superblock.head_lsn,
+            superblock,
+            index: VecDeque::with_capacity(max_records),
+            scratch: vec![0; max_record.max(4096)],
+        }
+    }
+
+    fn write_superblock_blocking(&mut self) -> Result<(), JournalError> {
+        let mut others = Vec::new();
+        let at = SUPERBLOCK_COPY_OFFSETS[(self.superblock.generation % 2) as usize];
+        let block = self.block_size as usize;
+        self.superblock.encode(&mut self.scratch[..block]);
+        self.storage.submit_write(u64::MAX - 1, at, &self.scratch[..block])?;
+        wait_for(&mut self.storage, u64::MAX - 1, &mut others)?;
+        self.storage.submit_flush(u64::MAX - 1)?;
+        wait_for(&mut self.storage, u64::MAX - 1, &mut others)?;
+        assert!(others.is_empty(), "nothing else in flight while formatting");
+        Ok(())
+    }
+
+    /// Opens a formatted journal: reads the newer valid superblock. Call `scan` next.
+    pub fn open(mut storage: S, group: GroupId) -> Result<Journal<S>, JournalError> {
+        let block = storage.geometry().block_size as usize;
+        let mut buf = vec![0u8; block];
+        let mut others = Vec::new();
+        let mut best: Option<Superblock> = None;
+        for at in SUPERBLOCK_COPY_OFFSETS {
+            read_blocking(&mut storage, at, &mut buf, &mut others)?;
+            if let Some(sb) = Superblock::decode(&buf) {
+                if best.is_none_or(|b| sb.generation > b.generation) {
+                    best = Some(sb);
+                }
+            }
+        }
+        let superblock = best.ok_or(JournalError::NotFormatted)?;
+        if superblock.group != group {
+            return Err(JournalError::WrongGroup {
+                expected: group.0,
+                found: superblock.group.0,
+            });
+        }
+        Ok(Journal::with_superblock(storage, superblock))
+    }
+
+    /// Scans the log from the head, calling `found` with each valid record in log order
+    /// until the first missing, stale or torn one, where the tail is set.
+    pub fn scan(&mut self, mut found: impl FnMut(&ScannedRecord<'_>)) -> Result<(), JournalError> {
+        assert!(self.index.is_empty() && self.tail_lsn == self.superblock.head_lsn, "scan once, at open");
+        let mut others = Vec::new();
+        let mut lsn = self.superblock.head_lsn;
+        loop {
+            let header = match self.read_record(lsn, &mut others)? {
+                Some(header) => header,
+                None => {
+                    let next_lap = round_up(lsn, self.superblock.log_bytes);
+                    if next_lap == lsn {
+                        break;
+                    }
+                    match self.read_record(next_lap, &mut others)? {
+                        Some(header) => header,
+                        None => break,
+                    }
+                }
+            };
+            let payload = &self.scratch[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.payload_len as usize];
+            found(&ScannedRecord { header, payload });
+            self.index.push_back((header.lsn, header.data_set));
+            lsn = header.lsn + record_bytes(header.payload_len, self.block_size);
+        }
+        self.tail_lsn = lsn;
+        assert!(others.is_empty(), "nothing else in flight while scanning");
+        Ok(())
+    }
+
+    /// Reads the record at `lsn` into scratch if a valid one of that lsn is there.
+    fn read_record(&mut self, lsn: u64, others: &mut Vec<Completion>) -> Result<Option<RecordHeader>, JournalError> {
+        let log_bytes = self.superblock.log_bytes;
+        let block = self.block_size as usize;
+        let at = lsn % log_bytes;
+        if at + block as u64 > log_bytes {
+            return Ok(None);
+        }
+        read_blocking(&mut self.storage, LOG_START + at, &mut self.scratch[..block], others)?;
+        let max_payload = self.superblock.max_write_bytes;
+        let Some(header) = RecordHeader::decode(&self.scratch[..block], max_payload) else {
+            return Ok(None);
+        };
+        let size = record_bytes(header.payload_len, self.block_size);
+        if header.lsn != lsn || at + size > log_bytes {
+            return Ok(None);
+        }
+        if size as usize > block {
+            let rest = LOG_START + at + block as u64;
+            read_blocking(&mut self.storage, rest, &mut self.scratch[block..size as usize], others)?;
+        }
+        Ok(RecordHeader::crc_ok(&self.scratch, header.payload_len).then_some(header))
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.superblock
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// Log bytes in use, head to tail.
+    pub fn used_bytes(&self) -> u64 {
+        self.tail_lsn - self.superblock.head_lsn
+    }
+
+    pub fn log_bytes(&self) -> u64 {
+        self.superblock.log_bytes
+    }
+
+    /// Starts writing a record at the tail (tagged `tag`); returns its lsn. The caller
+    /// checked the storage queue has room.
+    pub fn append(&mut self, tag: IoTag, mut header: RecordHeader, payload: &[u8]) -> Result<u64, StorageError> {
+        let log_bytes = self.superblock.log_bytes;
+        let size = record_bytes(header.payload_len, self.block_size);
+        assert_eq!(payload.len(), header.payload_len as usize);
+        let mut lsn = self.tail_lsn;
+        if lsn % log_bytes + size > log_bytes {
+            lsn = round_up(lsn, log_bytes);
+        }
+        assert!(
+            lsn + size - self.superblock.head_lsn <= log_bytes,
+            "journal full: the window admission rule must make this impossible"
+        );
+        header.lsn = lsn;
+        header.encode(payload, &mut self.scratch[..size as usize]);
+        self.storage
+            .submit_write(tag, LOG_START + lsn % log_bytes, &self.scratch[..size as usize])?;
+        self.tail_lsn = lsn + size;
+        self.index.push_back((lsn, header.data_set));
+        Ok(lsn)
+    }
+
+    /// The head the log would have once `applied` is the watermark: the first record
+    /// belonging to a later data set (or the tail).
+    pub fn head_after(&self, applied: DataSetId) -> u64 {
+        self.index
+            .iter()
+            .find(|(_, data_set)| *data_set > applied)
+            .map_or(self.tail_lsn, |(lsn, _)| *lsn)
+    }
+
+    /// Starts writing the next superblock generation (tagged `tag`): the caller flushes
+    /// after it completes, then calls `superblock_durable`.
+    pub fn submit_superblock(&mut self, tag: IoTag, next: Superblock) -> Result<(), StorageError> {
+        assert_eq!(next.generation, self.superblock.generation + 1);
+        assert!(next.head_lsn >= self.superblock.head_lsn && next.head_lsn <= self.tail_lsn);
+        let block = self.block_size as usize;
+        next.encode(&mut self.scratch[..block]);
+        let at = SUPERBLOCK_COPY_OFFSETS[(next.generation % 2) as usize];
+        self.storage.submit_write(tag, at, &self.scratch[..block])
+    }
+
+    /// The superblock `next` is durable: its head takes effect and log space is freed.
+    pub fn superblock_durable(&mut self, next: Superblock) {
+        while self.index.front().is_some_and(|(lsn, _)| *lsn < next.head_lsn) {
+            self.index.pop_front();
+        }
+        self.superblock = next;
+    }
+}
+
+fn wait_for<S: Storage>(storage: &mut S, tag: IoTag, others: &mut Vec<Completion>) -> Result<(), StorageError> {
+    let mut batch = Vec::with_capacity(8);
+    loop {
+        batch.clear();
+        storage.poll(&mut batch, 8);
+        for completion in batch.drain(..) {
+            if completion.tag == tag {
+                return completion.result;
+            }
+            others.push(completion);
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The secondary: stages every received record in its journal and acknowledges it once
+//! durable (group commit), tracks which data sets are complete, and applies complete data
+//! sets to the replica strictly in order, each as a unit, persisting the applied watermark
+//! only after the replica is durable. Restarted on its journal and replica, it re-applies
+//! complete data sets past the watermark and keeps collecting the rest.
+
+mod applier;
+pub mod config;
+pub mod journal;
+pub mod staging;
+
+use thiserror::Error;
+
+use applier::Applier;
+pub use config::{InjectedBug, SecondaryConfig};
+use journal::{Journal, JournalError, RecordBody, RecordHeader};
+use staging::{Admission, Slot, SlotBody, SlotState, Staging};
+
+use crate::primary::ConfigError;
+use crate::protocol::{
+    check_hello, encode, push_seq, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq,
+    SeqRange, VolumeInfo, MAX_ACK_RANGES,
+};
+use crate::storage::{Completion, Storage, StorageError};
+
+/// Journal device tags: a record is tagged with its seq; these have the top bits set.
+const TAG_SUPERBLOCK: u64 = 1 << 62;
+const TAG_FLUSH_RECORDS: u64 = 1 << 63;
+const TAG_FLUSH_SUPERBLOCK: u64 = (1 << 63) | 1;
+
+#[derive(Debug, Error)]
+pub enum SecondaryError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("replica volume {name}: {error}")]
+    Replica { name: String, error: StorageError },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecondaryStats {
+    pub records_staged: u64,
+    pub duplicates: u64,
+    pub out_of_window: u64,
+    /// Records dropped because they arrived on a lane before its handshake.
+    pub before_hello: u64,
+    /// Records dropped because the journal device queue was full.
+    pub journal_busy: u64,
+    pub journal_flushes: u64,
+    pub acks_sent: u64,
+    pub data_sets_applied: u64,
+    /// Records found in the journal at the last start.
+    pub recovered_records: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Lane {
+    up: bool,
+    hello_pending: bool,
+    ready: bool,
+}
+
+#[derive(Debug)]
+pub struct Secondary<S: Storage> {
+    config: SecondaryConfig,
+    hello: Hello,
+    journal: Journal<S>,
+    replicas: Vec<S>,
+    staging: Staging,
+    applier: Applier,
+    lanes: Vec<Lane>,
+    /// Journal writes completed and not yet covered by a flush.
+    written: Vec<Seq>,
+    /// Journal writes covered by the flush in flight.
+    flushing: Vec<Seq>,
+    flush_in_flight: bool,
+    pending_acks: Vec<Seq>,
+    ack_ranges: Vec<SeqRange>,
+    applied_dirty: bool,
+    completions: Vec<Completion>,
+    failed: Option<String>,
+    stats: SecondaryStats,
+}
+
+impl<S: Storage> Secondary<S> {
+    /// Formats `journal` and starts a secondary with nothing applied.
+    pub fn create(config: SecondaryConfig, journal: S, replicas: Vec<S>) -> Result<Secondary<S>, SecondaryError> {
+        config.validate()?;
+        check_replicas(&config, &replicas)?;
+        let journal = Journal::format(journal, config.group, config.window_bytes, config.max_write_bytes)?;
+        Ok(Secondary::assemble(config, journal, replicas))
+    }
+
+    /// Restarts a secondary from its journal and replica: what the journal holds past the
+    /// applied watermark is staged again (and applied once complete).
+    pub fn open(config: SecondaryConfig, journal: S, replicas: Vec<S>) -> Result<Secondary<S>, SecondaryError> {
+        config.validate()?;
+        check_replicas(&config, &replicas)?;
+        let journal = Journal::open(journal, config.group)?;
+        let mut secondary = Secondary::assemble(config, journal, replicas);
+        let mut recovered = 0;
+        let staging = &mut secondary.staging;
+        secondary.journal.scan(|record| {
+            if restage(staging, &record.header, record.payload) {
+                recovered += 1;
+            }
+        })?;
+        secondary.stats.recovered_records = recovered;
+        Ok(secondary)
+    }
+
+    fn assemble(config: SecondaryConfig, journal: Journal<S>, replicas: Vec<S>) -> Secondary<S> {
+        let sb = *journal.superblock();
+        let staging = Staging::new(sb.window_bytes, sb.max_write_bytes, sb.applied_data_set, sb.applied_seq, sb.applied_stream_end);
+        let volumes = config
+            .volume_names
+            .iter()
+            .zip(&replicas)
+            .map(|(name, r)| VolumeInfo {
+                name: name.clone(),
+                size_bytes: r.geometry().size_bytes,
+                block_size: r.geometry().block_size,
+            })
+            .collect();
+        let max_records = (sb.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 1) as usize;
+        let in_flight: u32 = replicas.iter().map(|r| r.geometry().max_in_flight).sum();
+        Secondary {
+            hello: Hello {
+                role: Role::Secondary,
+                group: config.group,
+                volumes,
+                resume: ResumeState::default(),
+            },
+            lanes: vec![Lane::default(); config.lanes],
+            applier: Applier::new(in_flight as usize, config.bug),
+            written: Vec::with_capacity(max_records),
+            flushing: Vec::with_capacity(max_records),
+            flush_in_flight: false,
+            pending_acks: Vec::with_capacity(max_records),
+            ack_ranges: Vec::with_capacity(MAX_ACK_RANGES),
+            applied_dirty: false,
+            completions: Vec::with_capacity(64),
+            failed: None,
+            stats: SecondaryStats::default(),
+            staging,
+            journal,
+            replicas,
+            config,
+        }
+    }
+
+    pub fn applied(&self) -> DataSetId {
+        self.staging.applied()
+    }
+
+    /// True when no data set is being applied: the replica is one data set's image.
+    pub fn is_between_data_sets(&self) -> bool {
+        self.applier.is_idle()
+    }
+
+    pub fn replicas(&self) -> &[S] {
+        &self.replicas
+    }
+
+    pub fn stats(&self) -> SecondaryStats {
+        self.stats
+    }
+
+    /// A storage failure or protocol violation that stopped applying, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref().or(self.applier.stalled())
+    }
+
+    /// Log bytes of the journal in use, and its size.
+    pub fn journal_use(&self) -> (u64, u64) {
+        (self.journal.used_bytes(), self.journal.log_bytes())
+    }
+
+    /// Gives back the journal and replica storage (to restart on them).
+    pub fn into_storages(self) -> (S, Vec<S>) {
+        (self.journal.into_storage(), self.replicas)
+    }
+
+    pub fn lane_up(&mut self, lane: usize) {
+        self.lanes[lane] = Lane { up: true, ..Lane::default() };
+    }
+
+    pub fn lane_down(&mut self, lane: usize) {
+        self.lanes[lane] = Lane::default();
+    }
+
+    /// Handles a frame from the primary on `lane`. An error means the peer is wrong or
+    /// broke the protocol: drop the lane (nothing it sent was staged).
+    pub fn handle_frame(&mut self, lane: usize, frame: &Frame<'_>) -> Result<(), PeerError> {
+        match frame {
+            Frame::Hello(hello) => {
+                check_hello(&self.hello, hello, Role::Primary)?;
+                let state = &mut self.lanes[lane];
+                state.ready = true;
+                state.hello_pending = true;
+                Ok(())
+            }
+            Frame::Write(write) => {
+                let volume = self.replicas.get(usize::from(write.volume.0)).ok_or(PeerError::BadWrite(format!("no volume {}", write.volume.0)))?;
+                volume
+                    .geometry()
+                    .check_io(write.offset, write.payload.len())
+                    .map_err(|e| PeerError::BadWrite(e.to_string()))?;
+                if write.payload.len() > self.journal.superblock().max_write_bytes as usize {
+                    return Err(PeerError::BadWrite(format!("{} bytes is over the journal's largest write", write.payload.len())));
+                }
+                let slot = Slot {
+                    seq: write.seq,
+                    data_set: write.data_set,
+                    stream_offset: write.stream_offset,
+                    body: SlotBody::Write { volume: write.volume, offset: write.offset, len: write.payload.len() as u32 },
+                    state: SlotState::Journaling,
+                };
+                self.receive(lane, slot, write.payload)
+            }
+            Frame::Sync(sync) => {
+                let slot = Slot {
+                    seq: sync.seq,
+                    data_set: sync.data_set,
+                    stream_offset: sync.stream_offset,
+                    body: SlotBody::Sync { first_seq: sync.first_seq, write_count: sync.write_count },
+                    state: SlotState::Journaling,
+                };
+                self.receive(lane, slot, &[])
+            }
+            Frame::Ack(_) | Frame::Applied(_) => Err(PeerError::Unexpected("an Ack or Applied frame")),
+        }
+    }
+
+    fn receive(&mut self, lane: usize, slot: Slot, payload: &[u8]) -> Result<(), PeerError> {
+        if !self.lanes[lane].ready {
+            self.stats.before_hello += 1;
+            return Ok(());
+        }
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        match self.staging.admit(slot.seq, slot.data_set, slot.stream_offset, payload.len() as u32) {
+            Admission::Accept => {}
+            Admission::Duplicate { durable } => {
+                self.stats.duplicates += 1;
+                if durable {
+                    self.pending_acks.push(slot.seq);
+                }
+                return Ok(());
+            }
+            Admission::AlreadyApplied => {
+                self.stats.duplicates += 1;
+                self.applied_dirty = true;
+                return Ok(());
+            }
+            Admission::OutOfWindow => {
+                self.stats.out_of_window += 1;
+                return Ok(());
+            }
+            Admission::Conflict(why) => return Err(PeerError::Violation(why)),
+        }
+        let storage = self.journal.storage();
+        if storage.in_flight() + 2 >= storage.geometry().max_in_flight {
+            // Keep room for a flush and a superblock; the primary resends after a timeout.
+            self.stats.journal_busy += 1;
+            return Ok(());
+        }
+        self.staging.insert(slot, payload, SlotState::Journaling).map_err(PeerError::Violation)?;
+        let header = RecordHeader {
+            lsn: 0,
+            seq: slot.seq,
+            data_set: slot.data_set,
+            stream_offset: slot.stream_offset,
+            payload_len: payload.len() as u32,
+            body: match slot.body {
+                SlotBody::Write { volume, offset, .. } => RecordBody::Write { volume, offset },
+                SlotBody::Sync { first_seq, write_count } => RecordBody::Sync { first_seq, write_count },
+            },
+        };
+        if let Err(error) = self.journal.append(slot.seq.0, header, payload) {
+            self.fail(format!("journal write: {error}"));
+        }
+        self.stats.records_staged += 1;
+        Ok(())
+    }
+
+    fn fail(&mut self, why: String) {
+        self.failed.get_or_insert(why);
+    }
+
+    /// Polls journal and replicas, commits staged records (one flush for all written since
+    /// the last), and drives the applier. Returns how many completions it handled.
+    pub fn poll_storage(&mut self) -> usize {
+        let mut handled = 0;
+        let mut batch = std::mem::take(&mut self.completions);
+        batch.clear();
+        let max = batch.capacity();
+        self.journal.storage_mut().poll(&mut batch, max);
+        for completion in batch.drain(..) {
+            handled += 1;
+            self.journal_completion(completion);
+        }
+        for index in 0..self.replicas.len() {
+            self.replicas[index].poll(&mut batch, max);
+            for completion in batch.drain(..) {
+                handled += 1;
+                if let Err(error) = &completion.result {
+                    let name = &self.config.volume_names[index];
+                    self.fail(format!("replica {name}: {error}"));
+                }
+                self.applier.replica_completion(completion.tag);
+            }
+        }
+        self.completions = batch;
+        if !self.flush_in_flight && !self.written.is_empty() && self.failed.is_none() {
+            match self.journal.storage_mut().submit_flush(TAG_FLUSH_RECORDS) {
+                Ok(()) => {
+                    std::mem::swap(&mut self.written, &mut self.flushing);
+                    self.flush_in_flight = true;
+                    self.stats.journal_flushes += 1;
+                }
+                Err(StorageError::QueueFull(_)) => {}
+                Err(error) => self.fail(format!("journal flush: {error}")),
+            }
+        }
+        if self.failed.is_none() {
+            let applied = self.applier.drive(&mut self.staging, &mut self.journal, &mut self.replicas, TAG_SUPERBLOCK);
+            if applied {
+                self.stats.data_sets_applied += 1;
+                self.applied_dirty = true;
+            }
+        }
+        handled
+    }
+
+    fn journal_completion(&mut self, completion: Completion) {
+        if let Err(error) = completion.result {
+            self.fail(format!("journal: {error}"));
+            return;
+        }
+        match completion.tag {
+            TAG_FLUSH_RECORDS => {
+                assert!(self.flush_in_flight);
+                self.flush_in_flight = false;
+                for seq in self.flushing.drain(..) {
+                    self.staging.set_state(seq, SlotState::Durable);
+                    self.pending_acks.push(seq);
+                }
+            }
+            TAG_SUPERBLOCK => {
+                if let Err(error) = self.journal.storage_mut().submit_flush(TAG_FLUSH_SUPERBLOCK) {
+                    self.fail(format!("journal flush: {error}"));
+                }
+            }
+            TAG_FLUSH_SUPERBLOCK => self.applier.superblock_durable(),
+            seq => {
+                self.staging.set_state(Seq(seq), SlotState::Written);
+                self.written.push(Seq(seq));
+            }
+        }
+    }
+
+    /// Appends frames for `lane` (its handshake reply, acknowledgements, the applied
+    /// watermark) to `out`, about `max_bytes` at most; returns the bytes appended.
+    pub fn poll_transmit(&mut self, lane: usize, out: &mut Vec<u8>, max_bytes: usize) -> usize {
+        let start = out.len();
+        let state = self.lanes[lane];
+        if !state.up || !state.ready {
+            return 0;
+        }
+        if state.hello_pending {
+            self.staging.durable_ranges(MAX_ACK_RANGES, &mut self.ack_ranges);
+            let sb = self.journal.superblock();
+            self.hello.resume = ResumeState {
+                applied_data_set: self.staging.applied(),
+                applied_seq: self.staging.applied_seq(),
+                applied_stream_end: self.staging.applied_stream_end(),
+                window_bytes: sb.window_bytes,
+                staged: self.ack_ranges.clone(),
+            };
+            encode(&Frame::Hello(self.hello.clone()), out);
+            self.lanes[lane].hello_pending = false;
+        }
+        if self.applied_dirty {
+            let applied = AppliedFrame {
+                data_set: self.staging.applied(),
+                applied_seq: self.staging.applied_seq(),
+                stream_end: self.staging.applied_stream_end(),
+            };
+            encode(&Frame::Applied(applied), out);
+            self.applied_dirty = false;
+        }
+        while !self.pending_acks.is_empty() && out.len() - start < max_bytes {
+            self.encode_ack(out);
+        }
+        out.len() - start
+    }
+
+    /// Encodes one Ack frame of up to `MAX_ACK_RANGES` ranges from the pending acks.
+    fn encode_ack(&mut self, out: &mut Vec<u8>) {
+        self.pending_acks.sort_unstable();
+        self.pending_acks.dedup();
+        let mut ranges = std::mem::take(&mut self.ack_ranges);
+        ranges.clear();
+        let mut used = 0;
+        for &seq in &self.pending_acks {
+            if !push_seq(&mut ranges, seq, MAX_ACK_RANGES) {
+                break;
+            }
+            used += 1;
+        }
+        self.pending_acks.drain(..used);
+        let frame = Frame::Ack(AckFrame { ranges });
+        encode(&frame, out);
+        self.stats.acks_sent += 1;
+        let Frame::Ack(AckFrame { ranges }) = frame else { unreachable!() };
+        self.ack_ranges = ranges;
+    }
+}
+
+/// Stages a record found in the journal at start-up; true if it was taken.
+fn restage(staging: &mut Staging, header: &RecordHeader, payload: &[u8]) -> bool {
+    if staging.admit(header.seq, header.data_set, header.stream_offset, header.payload_len) != Admission::Accept {
+        return false;
+    }
+    let body = match header.body {
+        RecordBody::Write { volume, offset } => SlotBody::Write { volume, offset, len: header.payload_len },
+        RecordBody::Sync { first_seq, write_count } => SlotBody::Sync { first_seq, write_count },
+    };
+    let slot = Slot {
+        seq: header.seq,
+        data_set: header.data_set,
+        stream_offset: header.stream_offset,
+        body,
+        state: SlotState::Durable,
+    };
+    staging.insert(slot, payload, SlotState::Durable).is_ok()
+}
+
+fn check_replicas<S: Storage>(config: &SecondaryConfig, replicas: &[S]) -> Result<(), SecondaryError> {
+    if replicas.len() != config.volume_names.len() {
+        return Err(ConfigError::Invalid(format!("{} volume names for {} replicas", config.volume_names.len(), replicas.len())).into());
+    }
+    for (name, replica) in config.volume_names.iter().zip(replicas) {
+        if replica.geometry().max_io_bytes < config.max_write_bytes {
+            return Err(SecondaryError::Replica {
+                name: name.clone(),
+                error: StorageError::TooLarge { len: u64::from(config.max_write_bytes), max: replica.geometry().max_io_bytes },
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! An in-memory volume, the analogue of an SPDK malloc bdev: the simulator's and the tests'
+//! storage. Everything is allocated in `new`; a request does its copy at submit and queues
+//! its completion, which only `poll` hands out, so callers see the same completion model as
+//! with a real device.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::ops::Range;
+
+use super::{Completion, Geometry, IoTag, Storage, StorageError};
+
+/// A preallocated, zero-filled volume held in memory. A flush is a no-op on the data: for
+/// this backend memory is the durable medium.
+pub struct MemStorage {
+    geometry: Geometry,
+    volume: Vec<u8>,
+    /// Finished requests not yet reported by `poll`; its length is the in-flight count.
+    completions: VecDeque<Completion>,
+    /// Capacity reserved in `new`; asserted unchanged so that submit never allocates.
+    completions_capacity: usize,
+}
+
+impl MemStorage {
+    /// Validates `geometry`, then allocates and zeroes the whole volume and a completion
+    /// queue for `max_in_flight` requests. An allocation the machine cannot satisfy is an
+    /// `Io` error of kind `OutOfMemory` rather than an abort, since the size comes from
+    /// configuration.
+    pub fn new(geometry: Geometry) -> Result<MemStorage, StorageError> {
+        geometry.validate()?;
+        let size_bytes = usize::try_from(geometry.size_bytes).map_err(|_| {
+            StorageError::BadGeometry("size does not fit in this machine's address space")
+        })?;
+        let max_in_flight = geometry.max_in_flight as usize;
+
+        let mut volume = Vec::new();
+        volume
+            .try_reserve_exact(size_bytes)
+            .map_err(out_of_memory)?;
+        // Zero (and so touch) every page now, not on the first write to it.
+        volume.resize(size_bytes, 0);
+        let mut completions = VecDeque::new();
+        completions
+            .try_reserve_exact(max_in_flight)
+            .map_err(out_of_memory)?;
+
+        assert_eq!(volume.len(), size_bytes);
+        assert!(completions.capacity() >= max_in_flight);
+        Ok(MemStorage {
+            geometry,
+            volume,
+            completions_capacity: completions.capacity(),
+            completions,
+        })
+    }
+
+    /// The whole volume, for verify and tests.
+    pub fn contents(&self) -> &[u8] {
+        &self.volume
+    }
+
+    /// Validates a read or write and admits it to the queue; returns its byte range.
+    fn admit_io(&self, offset: u64, len: usize) -> Result<Range<usize>, StorageError> {
+        self.geometry.check_io(offset, len)?;
+        self.admit()?;
+        // check_io bounds offset + len by size_bytes, which `new` proved fits in usize.
+        let start = offset as usize;
+        let end = start + len;
+        debug_assert!(end <= self.volume.len());
+        Ok(start..end)
+    }
+
+    fn admit(&self) -> Result<(), StorageError> {
+        let max_in_flight = self.geometry.max_in_flight;
+        debug_assert!(self.in_flight() <= max_in_flight);
+        if self.in_flight() == max_in_flight {
+            return Err(StorageError::QueueFull(max_in_flight));
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, tag: IoTag, result: Result<(), StorageError>) {
+        assert!(self.completions.len() < self.geometry.max_in_flight as usize);
+        self.completions.push_back(Completion { tag, result });
+        debug_assert_eq!(self.completions.capacity(), self.completions_capacity);
+    }
+}
+
+fn out_of_memory(e: std::collections::TryReserveError) -> StorageError {
+    StorageError::Io {
+        kind: std::io::ErrorKind::OutOfMemory,
+        message: e.to_string(),
+    }
+}
+
+impl Storage for MemStorage {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        let range = self.admit_io(offset, data.len())?;
+        self.volume[range].copy_from_slice(data);
+        self.complete(tag, Ok(()));
+        Ok(())
+    }
+
+    fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        let range = self.admit_io(offset, buf.len())?;
+        buf.copy_from_slice(&self.volume[range]);
+        self.complete(tag, Ok(()));
+        Ok(())
+    }
+
+    fn submit_flush(&mut self, tag: IoTag) -> Result<(), StorageError> {
+        self.admit()?;
+        self.complete(tag, Ok(()));
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+        let count = max.min(self.completions.len());
+        out.extend(self.completions.drain(..count));
+        count
+    }
+
+    fn in_flight(&self) -> u32 {
+        debug_assert!(self.completions.len() <= self.geometry.max_in_flight as usize);
+        self.completions.len() as u32
+    }
+}
+
+impl fmt::Debug for MemStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemStorage")
+            .field("geometry", &self.geometry)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::read_blocking;
+
+    const BLOCK_SIZES: [u32; 2] = [512, 4096];
+    const VOLUME_BLOCKS: u64 = 16;
+    const MAX_IO_BLOCKS: u32 = 4;
+    const MAX_IN_FLIGHT: u32 = 4;
+
+    fn small(block_size: u32) -> MemStorage {
+        let geometry = Geometry {
+            max_io_bytes: MAX_IO_BLOCKS * block_size,
+            max_in_flight: MAX_IN_FLIGHT,
+            ..Geometry::new(VOLUME_BLOCKS * u64::from(block_size), block_size).unwrap()
+        };
+        MemStorage::new(geometry).unwrap()
+    }
+
+    /// `len` bytes that differ from block to block and from zero.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| ((i / 7) as u8 ^ seed) | 1).collect()
+    }
+
+    fn ok(tag: IoTag) -> Completion {
+        Completion {
+            tag,
+            result: Ok(()),
+        }
+    }
+
+    fn poll_all(storage: &mut MemStorage) -> Vec<Completion> {
+        let mut out = Vec::new();
+        storage.poll(&mut out, usize::MAX);
+        out
+    }
+
+    #[test]
+    fn new_rejects_bad_geometry_and_zeroes_the_volume() {
+        let bad = Geometry {
+            size_bytes: 4096,
+            block_size: 1024,
+            max_io_bytes: 4096,
+            max_in_flight: 1,
+        };
+        assert!(matches!(
+            MemStorage::new(bad),
+            Err(StorageError::BadGeometry(_))
+        ));
+        let zero_in_flight = Geometry {
+            max_in_flight: 0,
+            ..Geometry::new(4096, 4096).unwrap()
+        };
+        assert!(matches!(
+            MemStorage::new(zero_in_flight),
+            Err(StorageError::BadGeometry(_))
+        ));
+
+        let storage = small(4096);
+        assert_eq!(storage.contents().len(), 16 * 4096);
+        assert!(storage.contents().iter().all(|&b| b == 0));
+        assert_eq!(storage.in_flight(), 0);
+    }
+
+    #[test]
+    fn write_then_read_back() {
+        for block_size in BLOCK_SIZES {
+            let block = block_size as usize;
+            let mut storage = small(block_size);
+            let data = pattern(3 * block, 0x5a);
+            let offset = 2 * u64::from(block_size);
+            storage.submit_write(1, offset, &data).unwrap();
+            assert_eq!(poll_all(&mut storage), [ok(1)]);
+
+            // Through submit and poll.
+            let mut buf = vec![0u8; 3 * block];
+            storage.submit_read(2, offset, &mut buf).unwrap();
+            assert_eq!(poll_all(&mut storage), [ok(2)]);
+            assert_eq!(buf, data);
+
+            // Through read_blocking, which hands back an unrelated completion.
+            storage.submit_flush(3).unwrap();
+            let mut buf = vec![0u8; block];
+            let mut others = Vec::new();
+            read_blocking(
+                &mut storage,
+                offset + u64::from(block_size),
+                &mut buf,
+                &mut others,
+            )
+            .unwrap();
+            assert_eq!(buf, data[block..2 * block]);
+            assert_eq!(others, [ok(3)]);
+            assert_eq!(storage.in_flight(), 0);
+
+            // Against an independent image.
+            let mut image = vec![0u8; VOLUME_BLOCKS as usize * block];
+            image[2 * block..5 * block].copy_from_slice(&data);
+            assert_eq!(storage.contents(), image);
+        }
+    }
+
+    #[test]
+    fn invalid_requests_are_typed_errors_and_touch_nothing() {
+        for block_size in BLOCK_SIZES {
+            let block = u64::from(block_size);
+            let size = VOLUME_BLOCKS * block;
+            let mut storage = small(block_size);
+            let one = vec![0xffu8; block_size as usize];
+            let two = vec![0xffu8; 2 * block_size as usize];
+            let too_large = vec![0xffu8; (MAX_IO_BLOCKS + 1) as usize * block_size as usize];
+            let last_aligned = u64::MAX - block + 1;
+
+            let unaligned = |offset: u64, len: usize| StorageError::Unaligned {
+                offset,
+                len: len as u64,
+                block_size,
+            };
+            let out_of_range = |offset: u64, len: usize| StorageError::OutOfRange {
+                offset,
+                len: len as u64,
+                size,
+            };
+            let cases: [(u64, &[u8], StorageError); 8] = [
+                (1, &one, unaligned(1, one.len())),
+                (block / 2, &one, unaligned(block / 2, one.len())),
+                (0, &one[1..], unaligned(0, one.len() - 1)),
+                (0, &[], unaligned(0, 0)),
+                (size, &one, out_of_range(size, one.len())),
+                (size - block, &two, out_of_range(size - block, two.len())),
+                (last_aligned, &one, out_of_range(last_aligned, one.len())),
+                (
+                    0,
+                    &too_large,
+                    StorageError::TooLarge {
+                        len: too_large.len() as u64,
+                        max: MAX_IO_BLOCKS * block_size,
+                    },
+                ),
+            ];
+            for (offset, data, expected) in cases {
+                assert_eq!(storage.submit_write(9, offset, data), Err(expected.clone()));
+                let mut buf = vec![0xaau8; data.len()];
+                assert_eq!(storage.submit_read(9, offset, &mut buf), Err(expected));
+                assert!(buf.iter().all(|&b| b == 0xaa), "read buffer untouched");
+            }
+            assert_eq!(storage.in_flight(), 0);
+            assert!(poll_all(&mut storage).is_empty());
+            assert!(
+                storage.contents().iter().all(|&b| b == 0),
+                "nothing written"
+            );
+
+            // The last block itself is in range.
+            storage.submit_write(1, size - block, &one).unwrap();
+            assert_eq!(poll_all(&mut storage).len(), 1);
+        }
+    }
+
+    #[test]
+    fn queue_full_at_max_in_flight_and_recovers_after_poll() {
+        for block_size in BLOCK_SIZES {
+            let mut storage = small(block_size);
+            let data = pattern(block_size as usize, 1);
+            let mut buf = vec![0u8; block_size as usize];
+            storage.submit_write(0, 0, &data).unwrap();
+            storage.submit_read(1, 0, &mut buf).unwrap();
+            storage.submit_flush(2).unwrap();
+            storage.submit_flush(3).unwrap();
+            assert_eq!(storage.in_flight(), MAX_IN_FLIGHT);
+
+            let full = Err(StorageError::QueueFull(MAX_IN_FLIGHT));
+            let other = pattern(block_size as usize, 2);
+            let offset = u64::from(block_size);
+            assert_eq!(storage.submit_write(4, offset, &other), full);
+            assert_eq!(storage.submit_read(4, 0, &mut buf), full);
+            assert_eq!(storage.submit_flush(4), full);
+            assert_eq!(storage.in_flight(), MAX_IN_FLIGHT);
+            assert!(
+                storage.contents()[block_size as usize..]
+                    .iter()
+                    .all(|&b| b == 0),
+                "a refused write writes nothing"
+            );
+
+            let mut out = Vec::new();
+            assert_eq!(storage.poll(&mut out, 1), 1);
+            assert_eq!(out[0].tag, 0);
+            storage.submit_write(4, offset, &other).unwrap();
+            assert_eq!(storage.in_flight(), MAX_IN_FLIGHT);
+            let tags: Vec<IoTag> = poll_all(&mut storage).iter().map(|c| c.tag).collect();
+            assert_eq!(tags, [1, 2, 3, 4]);
+            assert_eq!(buf, data);
+        }
+    }
+
+    #[test]
+    fn completions_come_only_from_poll_in_order_and_bounded_by_max() {
+        let mut storage = small(512);
+        let data = pattern(512, 3);
+        storage.submit_write(10, 0, &data).unwrap();
+        storage.submit_flush(11).unwrap();
+        storage.submit_write(12, 512, &data).unwrap();
+        assert_eq!(storage.in_flight(), 3, "nothing completed inside submit");
+
+        let mut out = vec![ok(99)];
+        assert_eq!(storage.poll(&mut out, 0), 0);
+        assert_eq!(storage.poll(&mut out, 2), 2);
+        assert_eq!(storage.in_flight(), 1);
+        assert_eq!(storage.poll(&mut out, 2), 1);
+        assert_eq!(storage.poll(&mut out, 2), 0);
+        let tags: Vec<IoTag> = out.iter().map(|c| c.tag).collect();
+        assert_eq!(tags, [99, 10, 11, 12], "appended, in submission order");
+        assert!(out.iter().all(|c| c.result.is_ok()));
+        assert_eq!(storage.in_flight(), 0);
+    }
+
+    #[test]
+    fn flush_completes_and_leaves_data_alone() {
+        let mut storage = small(4096);
+        let data = pattern(4096, 4);
+        storage.submit_write(1, 4096, &data).unwrap();
+        storage.submit_flush(2).unwrap();
+        let completions = poll_all(&mut storage);
+        assert_eq!(completions[1], ok(2));
+        assert_eq!(&storage.contents()[4096..8192], &data[..]);
+    }
+
+    #[test]
+    fn debug_shows_geometry_not_contents() {
+        let storage = small(512);
+        let text = format!("{storage:?}");
+        assert!(text.contains("geometry") && text.contains("in_flight"));
+        assert!(text.len() < 300, "{text}");
+    }
+}
