@@ -10,5 +10,5 @@
 pub mod primary;
 pub mod protocol;
 pub mod secondary;
-// pub mod sim;
+pub mod sim;
 pub mod storage;

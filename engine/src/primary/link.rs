@@ -16,7 +16,8 @@ use crate::protocol::{
 #[derive(Clone, Copy, Debug, Default)]
 struct Lane {
     up: bool,
-    hello_sent: bool,
+    /// When our Hello was last sent on it (resent until the secondary answers).
+    hello_sent_ms: Option<u64>,
     /// The secondary's Hello arrived on this lane: data may flow.
     ready: bool,
 }
@@ -120,7 +121,8 @@ impl Link {
             }
             Frame::Applied(applied) => {
                 let Some(peer) = &mut self.peer else {
-                    return Err(PeerError::Unexpected("Applied before Hello"));
+                    // Overtook the Hello; the watermark is announced again shortly.
+                    return Ok(());
                 };
                 if applied.data_set > peer.applied_data_set {
                     peer.applied_data_set = applied.data_set;
@@ -142,22 +144,17 @@ impl Link {
         }
         self.stalled = None;
         let resume = &hello.resume;
-        if let Some(peer) = self.peer {
-            if resume.applied_data_set < peer.applied_data_set {
-                let error = PeerError::WentBackwards {
-                    was: peer.applied_data_set,
-                    now: resume.applied_data_set,
-                };
-                self.stalled = Some(error.clone());
-                return Err(error);
-            }
+        // Lanes reorder: a Hello built before an Applied frame we already have is stale,
+        // and the secondary's watermark is durable, so the newer state stands.
+        let stale = self.peer.is_some_and(|p| p.applied_data_set > resume.applied_data_set);
+        if !stale {
+            self.peer = Some(Peer {
+                applied_data_set: resume.applied_data_set,
+                applied_seq: resume.applied_seq,
+                applied_stream_end: resume.applied_stream_end,
+                window_bytes: resume.window_bytes,
+            });
         }
-        self.peer = Some(Peer {
-            applied_data_set: resume.applied_data_set,
-            applied_seq: resume.applied_seq,
-            applied_stream_end: resume.applied_stream_end,
-            window_bytes: resume.window_bytes,
-        });
         retention.ack_range(Seq(0), resume.applied_seq);
         for range in &resume.staged {
             retention.ack_range(range.first, range.last);
@@ -191,9 +188,13 @@ impl Link {
         if !state.up {
             return 0;
         }
-        if !state.hello_sent {
+        let hello_due = match state.hello_sent_ms {
+            None => true,
+            Some(at) => !state.ready && now_ms >= at + self.retransmit_ms,
+        };
+        if hello_due {
             encode(&Frame::Hello(self.hello.clone()), out);
-            state.hello_sent = true;
+            state.hello_sent_ms = Some(now_ms);
         }
         if !state.ready {
             return out.len() - start;

@@ -90,8 +90,9 @@ struct OpenDataSet {
 enum FlushState {
     /// Waiting for every local write up to `through` to complete.
     WaitingLocal { through: Seq },
-    /// Volume flushes submitted; this many still to complete.
-    Flushing { remaining: usize },
+    /// Flushing: volumes (a bit each) whose flush is still to be submitted (their queue
+    /// was full), and how many submitted flushes are still to complete.
+    Flushing { to_submit: u64, remaining: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -395,25 +396,32 @@ impl<S: Storage> Primary<S> {
 
     fn advance_flushes(&mut self) {
         let oldest = self.oldest_local_pending();
+        let all_volumes = u64::MAX >> (64 - self.volumes.len());
         for index in 0..self.flushes.len() {
-            let FlushState::WaitingLocal { through } = self.flushes[index].state else {
-                continue;
-            };
-            if oldest.is_some_and(|seq| seq <= through) {
-                continue;
-            }
-            let id = self.flushes[index].id;
-            let mut submitted = 0;
-            for volume in &mut self.volumes {
-                match volume.submit_flush(FLUSH_TAG_BIT | id) {
-                    Ok(()) => submitted += 1,
-                    Err(error) => self.flushes[index].result = Err(error),
+            let waiter = &mut self.flushes[index];
+            if let FlushState::WaitingLocal { through } = waiter.state {
+                if oldest.is_some_and(|seq| seq <= through) {
+                    continue;
                 }
+                waiter.state = FlushState::Flushing { to_submit: all_volumes, remaining: 0 };
             }
-            self.flushes[index].state = FlushState::Flushing { remaining: submitted };
+            let FlushState::Flushing { to_submit, remaining } = &mut waiter.state else {
+                unreachable!("set just above");
+            };
+            for (bit, volume) in self.volumes.iter_mut().enumerate() {
+                if *to_submit & (1 << bit) == 0 {
+                    continue;
+                }
+                match volume.submit_flush(FLUSH_TAG_BIT | waiter.id) {
+                    Ok(()) => *remaining += 1,
+                    Err(StorageError::QueueFull(_)) => continue,
+                    Err(error) => waiter.result = Err(error),
+                }
+                *to_submit &= !(1 << bit);
+            }
         }
         while let Some(waiter) = self.flushes.front() {
-            if !matches!(waiter.state, FlushState::Flushing { remaining: 0 }) {
+            if !matches!(waiter.state, FlushState::Flushing { to_submit: 0, remaining: 0 }) {
                 break;
             }
             let waiter = self.flushes.pop_front().expect("front exists");
@@ -431,7 +439,7 @@ impl<S: Storage> Primary<S> {
             .iter_mut()
             .find(|w| w.id == id)
             .expect("a volume flush belongs to a pending flush");
-        let FlushState::Flushing { remaining } = &mut waiter.state else {
+        let FlushState::Flushing { remaining, .. } = &mut waiter.state else {
             unreachable!("volume flushes are submitted in the Flushing state");
         };
         assert!(*remaining > 0);

@@ -4,7 +4,6 @@
 use thiserror::Error;
 
 use super::frame::{Hello, Role};
-use super::ids::DataSetId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum PeerError {
@@ -16,8 +15,6 @@ pub enum PeerError {
     },
     #[error("the secondary's journal window ({window} bytes) is smaller than one data set can be ({needed} bytes)")]
     WindowTooSmall { window: u64, needed: u64 },
-    #[error("the secondary went back from {was} to {now}: its state was lost; a full resync is needed")]
-    WentBackwards { was: DataSetId, now: DataSetId },
     #[error("unexpected frame from the peer: {0}")]
     Unexpected(&'static str),
     #[error("invalid write from the peer: {0}")]

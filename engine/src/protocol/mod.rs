@@ -5,7 +5,7 @@ pub mod frame;
 pub mod handshake;
 pub mod ids;
 
-pub use codec::{decode, encode, DecodeError, HEADER_BYTES};
+pub use codec::{decode, encode, frame_len, DecodeError, HEADER_BYTES};
 pub use frame::*;
 pub use handshake::{check_hello, PeerError};
 pub use ids::*;

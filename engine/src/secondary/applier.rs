@@ -28,20 +28,25 @@ pub struct Applier {
     in_flight: InFlightWrites,
     bug: Option<InjectedBug>,
     stalled: Option<String>,
+    /// Just restarted: the replica may hold part of the data set after the watermark
+    /// (a crash mid-apply) until the complete ones found in the journal are applied.
+    recovering: bool,
 }
 
 impl Applier {
-    pub fn new(max_in_flight: usize, bug: Option<InjectedBug>) -> Applier {
+    pub fn new(max_in_flight: usize, bug: Option<InjectedBug>, recovering: bool) -> Applier {
         Applier {
             state: State::Idle,
             in_flight: InFlightWrites::with_capacity(max_in_flight),
             bug,
             stalled: None,
+            recovering,
         }
     }
 
-    pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Idle)
+    /// The replica is exactly the image of the applied data set.
+    pub fn is_between_data_sets(&self) -> bool {
+        matches!(self.state, State::Idle) && !self.recovering
     }
 
     pub fn stalled(&self) -> Option<&str> {
@@ -85,7 +90,11 @@ impl Applier {
                         Ok(Some(data_set)) => {
                             self.state = State::Writing { data_set, next: data_set.first_seq };
                         }
-                        Ok(None) => return applied,
+                        Ok(None) => {
+                            // Nothing complete past the watermark: no apply was cut short.
+                            self.recovering = false;
+                            return applied;
+                        }
                         Err(why) => {
                             self.stalled = Some(format!("refusing to apply: {why}"));
                             return applied;
@@ -143,6 +152,7 @@ impl Applier {
                     journal.superblock_durable(superblock);
                     staging.advance(&data_set);
                     self.state = State::Idle;
+                    self.recovering = false;
                     applied = true;
                 }
             }

@@ -1,7 +1,7 @@
 //! The secondary's configuration.
 
 use crate::primary::ConfigError;
-use crate::protocol::{stream_cost, GroupId, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES};
+use crate::protocol::{stream_cost, GroupId, RECORD_OVERHEAD_BYTES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES};
 
 /// A fault built in on purpose, so tests can prove the simulator's checker catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +20,9 @@ pub struct SecondaryConfig {
     pub window_bytes: u64,
     pub max_write_bytes: u32,
     pub lanes: usize,
+    /// Announce the applied watermark at least this often, even when it has not moved,
+    /// so a lost `Applied` frame never leaves the primary waiting for credit.
+    pub applied_interval_ms: u64,
     pub bug: Option<InjectedBug>,
 }
 
@@ -31,6 +34,7 @@ impl Default for SecondaryConfig {
             window_bytes: 128 << 20,
             max_write_bytes: 1 << 20,
             lanes: 4,
+            applied_interval_ms: 50,
             bug: None,
         }
     }
@@ -49,8 +53,12 @@ impl SecondaryConfig {
         if self.max_write_bytes < 512 || self.max_write_bytes % 512 != 0 || self.max_write_bytes > MAX_WRITE_PAYLOAD_BYTES {
             return invalid(format!("max write {} must be a multiple of 512 up to {MAX_WRITE_PAYLOAD_BYTES}", self.max_write_bytes));
         }
-        if self.window_bytes < 2 * stream_cost(self.max_write_bytes) {
-            return invalid(format!("journal window {} is below two largest writes", self.window_bytes));
+        let floor = stream_cost(self.max_write_bytes) + RECORD_OVERHEAD_BYTES;
+        if self.window_bytes < floor {
+            return invalid(format!("journal window {} is below {floor}, one largest write and its sync", self.window_bytes));
+        }
+        if self.applied_interval_ms == 0 {
+            return invalid("applied interval must be positive".to_string());
         }
         if self.lanes == 0 || self.lanes > 64 {
             return invalid(format!("lanes must be 1 to 64, not {}", self.lanes));

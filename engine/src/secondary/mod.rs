@@ -9,6 +9,8 @@ pub mod config;
 pub mod journal;
 pub mod staging;
 
+use std::collections::VecDeque;
+
 use thiserror::Error;
 
 use applier::Applier;
@@ -70,14 +72,18 @@ pub struct Secondary<S: Storage> {
     staging: Staging,
     applier: Applier,
     lanes: Vec<Lane>,
-    /// Journal writes completed and not yet covered by a flush.
-    written: Vec<Seq>,
+    /// Journal records not yet covered by a flush, in log order, with whether their write
+    /// completed. Only a prefix of completed records may be committed: recovery scans the
+    /// log in order and stops at the first hole, so a record behind an unfinished one is
+    /// not durable even if its own write is.
+    appended: VecDeque<(Seq, bool)>,
     /// Journal writes covered by the flush in flight.
     flushing: Vec<Seq>,
     flush_in_flight: bool,
     pending_acks: Vec<Seq>,
     ack_ranges: Vec<SeqRange>,
     applied_dirty: bool,
+    next_applied_ms: u64,
     completions: Vec<Completion>,
     failed: Option<String>,
     stats: SecondaryStats,
@@ -89,7 +95,7 @@ impl<S: Storage> Secondary<S> {
         config.validate()?;
         check_replicas(&config, &replicas)?;
         let journal = Journal::format(journal, config.group, config.window_bytes, config.max_write_bytes)?;
-        Ok(Secondary::assemble(config, journal, replicas))
+        Ok(Secondary::assemble(config, journal, replicas, false))
     }
 
     /// Restarts a secondary from its journal and replica: what the journal holds past the
@@ -98,7 +104,7 @@ impl<S: Storage> Secondary<S> {
         config.validate()?;
         check_replicas(&config, &replicas)?;
         let journal = Journal::open(journal, config.group)?;
-        let mut secondary = Secondary::assemble(config, journal, replicas);
+        let mut secondary = Secondary::assemble(config, journal, replicas, true);
         let mut recovered = 0;
         let staging = &mut secondary.staging;
         secondary.journal.scan(|record| {
@@ -110,7 +116,7 @@ impl<S: Storage> Secondary<S> {
         Ok(secondary)
     }
 
-    fn assemble(config: SecondaryConfig, journal: Journal<S>, replicas: Vec<S>) -> Secondary<S> {
+    fn assemble(config: SecondaryConfig, journal: Journal<S>, replicas: Vec<S>, recovering: bool) -> Secondary<S> {
         let sb = *journal.superblock();
         let staging = Staging::new(sb.window_bytes, sb.max_write_bytes, sb.applied_data_set, sb.applied_seq, sb.applied_stream_end);
         let volumes = config
@@ -133,13 +139,14 @@ impl<S: Storage> Secondary<S> {
                 resume: ResumeState::default(),
             },
             lanes: vec![Lane::default(); config.lanes],
-            applier: Applier::new(in_flight as usize, config.bug),
-            written: Vec::with_capacity(max_records),
+            applier: Applier::new(in_flight as usize, config.bug, recovering),
+            appended: VecDeque::with_capacity(max_records),
             flushing: Vec::with_capacity(max_records),
             flush_in_flight: false,
             pending_acks: Vec::with_capacity(max_records),
             ack_ranges: Vec::with_capacity(MAX_ACK_RANGES),
             applied_dirty: false,
+            next_applied_ms: 0,
             completions: Vec::with_capacity(64),
             failed: None,
             stats: SecondaryStats::default(),
@@ -154,9 +161,10 @@ impl<S: Storage> Secondary<S> {
         self.staging.applied()
     }
 
-    /// True when no data set is being applied: the replica is one data set's image.
+    /// True when no data set is being applied (and recovery has re-applied what a crash
+    /// cut short): the replica is exactly the image of `applied()`.
     pub fn is_between_data_sets(&self) -> bool {
-        self.applier.is_idle()
+        self.applier.is_between_data_sets()
     }
 
     pub fn replicas(&self) -> &[S] {
@@ -177,9 +185,22 @@ impl<S: Storage> Secondary<S> {
         (self.journal.used_bytes(), self.journal.log_bytes())
     }
 
+    /// The journal and replica storage.
+    pub fn storages(&self) -> (&S, &[S]) {
+        (self.journal.storage(), &self.replicas)
+    }
+
     /// Gives back the journal and replica storage (to restart on them).
     pub fn into_storages(self) -> (S, Vec<S>) {
         (self.journal.into_storage(), self.replicas)
+    }
+
+    /// Advances time: re-announces the applied watermark every `applied_interval_ms`.
+    pub fn tick(&mut self, now_ms: u64) {
+        if now_ms >= self.next_applied_ms {
+            self.applied_dirty = true;
+            self.next_applied_ms = now_ms + self.config.applied_interval_ms;
+        }
     }
 
     pub fn lane_up(&mut self, lane: usize) {
@@ -279,8 +300,9 @@ impl<S: Storage> Secondary<S> {
                 SlotBody::Sync { first_seq, write_count } => RecordBody::Sync { first_seq, write_count },
             },
         };
-        if let Err(error) = self.journal.append(slot.seq.0, header, payload) {
-            self.fail(format!("journal write: {error}"));
+        match self.journal.append(slot.seq.0, header, payload) {
+            Ok(_) => self.appended.push_back((slot.seq, false)),
+            Err(error) => self.fail(format!("journal write: {error}")),
         }
         self.stats.records_staged += 1;
         Ok(())
@@ -314,10 +336,12 @@ impl<S: Storage> Secondary<S> {
             }
         }
         self.completions = batch;
-        if !self.flush_in_flight && !self.written.is_empty() && self.failed.is_none() {
+        let committable = self.appended.iter().take_while(|(_, done)| *done).count();
+        if !self.flush_in_flight && committable > 0 && self.failed.is_none() {
             match self.journal.storage_mut().submit_flush(TAG_FLUSH_RECORDS) {
                 Ok(()) => {
-                    std::mem::swap(&mut self.written, &mut self.flushing);
+                    assert!(self.flushing.is_empty());
+                    self.flushing.extend(self.appended.drain(..committable).map(|(seq, _)| seq));
                     self.flush_in_flight = true;
                     self.stats.journal_flushes += 1;
                 }
@@ -357,7 +381,8 @@ impl<S: Storage> Secondary<S> {
             TAG_FLUSH_SUPERBLOCK => self.applier.superblock_durable(),
             seq => {
                 self.staging.set_state(Seq(seq), SlotState::Written);
-                self.written.push(Seq(seq));
+                let entry = self.appended.iter_mut().find(|(s, _)| s.0 == seq);
+                entry.expect("a completed record was appended").1 = true;
             }
         }
     }

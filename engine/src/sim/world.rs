@@ -1,0 +1,442 @@
+//! One simulated world: a primary and a secondary on simulated disks, joined by a faulty
+//! multi-lane network, driven step by step from one seeded PRNG, with the invariant
+//! checked after every step.
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::disk::SimDisk;
+use super::model::{digest, Model};
+use super::net::{Direction, Network};
+use super::swarm::SwarmConfig;
+use super::{SimStats, Violation};
+use crate::primary::{Primary, PrimaryEvent, SubmitError};
+use crate::protocol::{decode, frame_len, DataSetId, VolumeId};
+use crate::secondary::{InjectedBug, Secondary};
+use crate::storage::Storage;
+
+/// Simulated time allowed after the workload ends for the secondary to reach the last
+/// closed data set: generous next to the longest fault (a 100 ms partition).
+const LIVENESS_US: u64 = 20_000_000;
+/// Simulated time the workload may take, faults included.
+const WORKLOAD_US: u64 = 300_000_000;
+const TRANSMIT_BUDGET_BYTES: usize = 64 << 10;
+
+#[derive(Debug)]
+pub struct World {
+    seed: u64,
+    rng: ChaCha8Rng,
+    config: SwarmConfig,
+    now_us: u64,
+    step: u64,
+    primary: Primary<SimDisk>,
+    secondary: Option<Secondary<SimDisk>>,
+    crashed: Option<(SimDisk, Vec<SimDisk>)>,
+    restart_at_us: u64,
+    net: Network,
+    reconnect_at_us: Vec<u64>,
+    partition_until_us: u64,
+    faults_on: bool,
+    model: Model,
+    /// Highest watermark the secondary has shown; it must never go below it.
+    reported_applied: DataSetId,
+    checked_applied: Option<DataSetId>,
+    writes_left: u64,
+    next_token: u64,
+    buf: Vec<u8>,
+    pub stats: SimStats,
+}
+
+impl World {
+    pub fn new(seed: u64, bug: Option<InjectedBug>) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let config = SwarmConfig::draw(&mut rng, bug);
+        let disk = |rng: &mut ChaCha8Rng, geometry| SimDisk::new(geometry, config.disk_complete_percent, rng.next_u64());
+        let primary_disks = config.volumes.iter().map(|&g| disk(&mut rng, g)).collect();
+        let replicas = config.volumes.iter().map(|&g| disk(&mut rng, g)).collect();
+        let journal = disk(&mut rng, config.journal);
+        let primary = Primary::new(config.primary.clone(), primary_disks).expect("swarm draws a valid primary config");
+        let secondary = Secondary::create(config.secondary.clone(), journal, replicas).expect("swarm draws a valid secondary");
+        let lanes = config.primary.lanes;
+        let sizes: Vec<usize> = config.volumes.iter().map(|g| g.size_bytes as usize).collect();
+        World {
+            seed,
+            net: Network::new(lanes, config.latency_us_max, config.net_faults),
+            writes_left: config.writes,
+            model: Model::new(&sizes),
+            rng,
+            config,
+            now_us: 0,
+            step: 0,
+            primary,
+            secondary: Some(secondary),
+            crashed: None,
+            restart_at_us: 0,
+            reconnect_at_us: vec![0; lanes],
+            partition_until_us: 0,
+            faults_on: true,
+            reported_applied: DataSetId::NONE,
+            checked_applied: None,
+            next_token: 0,
+            buf: Vec::with_capacity(TRANSMIT_BUDGET_BYTES * 2),
+            stats: SimStats::default(),
+        }
+    }
+
+    /// Adds what the network and the primary counted to `stats`.
+    pub fn add_link_stats(&self, stats: &mut SimStats) {
+        let net = self.net.stats;
+        stats.packets += net.packets;
+        stats.dropped += net.dropped;
+        stats.duplicated += net.duplicated;
+        stats.delayed += net.delayed;
+        stats.lost_in_breaks += net.lost_in_breaks;
+        stats.retransmits += self.primary.stats().retransmits;
+    }
+
+    pub fn config(&self) -> &SwarmConfig {
+        &self.config
+    }
+
+    fn violation(&self, what: String) -> Violation {
+        Violation { seed: self.seed, step: self.step, what }
+    }
+
+    /// Runs the workload with faults, then heals everything and waits for the secondary to
+    /// reach the last closed data set.
+    pub fn run(&mut self) -> Result<(), Violation> {
+        while self.writes_left > 0 {
+            self.step()?;
+            if self.now_us >= WORKLOAD_US {
+                return Err(self.violation(format!(
+                    "liveness: {} writes still to go after {} s: {}",
+                    self.writes_left,
+                    WORKLOAD_US / 1_000_000,
+                    self.describe()
+                )));
+            }
+        }
+        self.primary_call(|p, now_ms, token| p.flush(now_ms, token).map(|_| ()))?;
+        self.faults_on = false;
+        self.partition_until_us = 0;
+        self.reconnect_at_us.fill(0);
+        self.restart_at_us = 0;
+        let deadline_us = self.now_us + LIVENESS_US;
+        loop {
+            self.step()?;
+            let target = self.model.last_closed();
+            if let Some(secondary) = &self.secondary {
+                if secondary.applied() == target && secondary.is_between_data_sets() {
+                    break;
+                }
+            }
+            if self.now_us >= deadline_us {
+                return Err(self.violation(format!(
+                    "liveness: {} s after the workload the secondary has not reached {target}: {}",
+                    LIVENESS_US / 1_000_000,
+                    self.describe()
+                )));
+            }
+        }
+        self.check_final_image()
+    }
+
+    /// The state of both sides, for a violation report.
+    fn describe(&self) -> String {
+        let primary = format!(
+            "primary: last closed {}, peer applied {}, retention {} bytes, {:?}, stalled {:?}",
+            self.primary.last_closed(),
+            self.primary.peer_applied(),
+            self.primary.retention_bytes(),
+            self.primary.stats(),
+            self.primary.stalled()
+        );
+        let secondary = match &self.secondary {
+            Some(s) => format!(
+                "secondary: applied {}, between data sets {}, journal use {:?}, {:?}",
+                s.applied(),
+                s.is_between_data_sets(),
+                s.journal_use(),
+                s.stats()
+            ),
+            None => "secondary: crashed".to_string(),
+        };
+        let lanes: Vec<bool> = (0..self.net.lanes()).map(|l| self.net.is_up(l)).collect();
+        format!("{primary}; {secondary}; lanes up {lanes:?}")
+    }
+
+    fn step(&mut self) -> Result<(), Violation> {
+        self.step += 1;
+        self.stats.steps += 1;
+        self.now_us += self.rng.random_range(1..=self.config.step_us_max);
+        let now_ms = self.now_us / 1000;
+        self.workload()?;
+        self.primary.tick(now_ms);
+        self.primary.poll_storage();
+        self.drain_primary_events()?;
+        self.transmit();
+        self.deliver()?;
+        if let Some(secondary) = &mut self.secondary {
+            secondary.tick(now_ms);
+            secondary.poll_storage();
+        }
+        if self.faults_on {
+            self.inject_faults();
+        }
+        self.reconnect()?;
+        self.check()
+    }
+
+    fn workload(&mut self) -> Result<(), Violation> {
+        if self.writes_left == 0 {
+            return Ok(());
+        }
+        if self.rng.random_ratio(self.config.write_percent, 100) {
+            let volume = self.rng.random_range(0..self.config.volumes.len());
+            let geometry = self.config.volumes[volume];
+            let block = u64::from(geometry.block_size);
+            let max_blocks = u64::from(self.config.primary.max_write_bytes) / block;
+            let blocks = self.rng.random_range(1..=max_blocks.min(geometry.size_bytes / block));
+            let offset = block * self.rng.random_range(0..=geometry.size_bytes / block - blocks);
+            let mut data = vec![0u8; (blocks * block) as usize];
+            self.rng.fill_bytes(&mut data);
+            let token = self.next_token;
+            self.next_token += 1;
+            let now_ms = self.now_us / 1000;
+            match self.primary.submit_write(now_ms, VolumeId(volume as u16), offset, &data, token) {
+                Ok(seq) => {
+                    self.writes_left -= 1;
+                    self.stats.writes += 1;
+                    self.model.write(seq, volume, offset, &data).map_err(|e| self.violation(e))?;
+                }
+                Err(SubmitError::WindowFull) => self.stats.window_full += 1,
+                Err(error) => return Err(self.violation(format!("write refused: {error}"))),
+            }
+            self.drain_primary_events()?;
+        }
+        if self.rng.random_ratio(self.config.flush_per_mille, 1000) {
+            self.primary_call(|p, now_ms, token| p.flush(now_ms, token).map(|_| ()))?;
+        }
+        Ok(())
+    }
+
+    fn primary_call(&mut self, call: impl FnOnce(&mut Primary<SimDisk>, u64, u64) -> Result<(), SubmitError>) -> Result<(), Violation> {
+        let token = self.next_token;
+        self.next_token += 1;
+        match call(&mut self.primary, self.now_us / 1000, token) {
+            Ok(()) => self.stats.flushes += 1,
+            Err(SubmitError::TooManyFlushes) => {}
+            Err(error) => return Err(self.violation(format!("flush refused: {error}"))),
+        }
+        self.drain_primary_events()
+    }
+
+    fn drain_primary_events(&mut self) -> Result<(), Violation> {
+        while let Some(event) = self.primary.next_event() {
+            match event {
+                PrimaryEvent::DataSetClosed { data_set, sync_seq, .. } => {
+                    self.stats.data_sets += 1;
+                    self.model.close(data_set, sync_seq).map_err(|e| self.violation(e))?;
+                }
+                PrimaryEvent::WriteDone { result: Err(e), .. } | PrimaryEvent::FlushDone { result: Err(e), .. } => {
+                    return Err(self.violation(format!("primary I/O failed: {e}")));
+                }
+                PrimaryEvent::WriteDone { .. } | PrimaryEvent::FlushDone { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn transmit(&mut self) {
+        let now_ms = self.now_us / 1000;
+        for lane in 0..self.net.lanes() {
+            if !self.net.is_up(lane) {
+                continue;
+            }
+            self.buf.clear();
+            self.primary.poll_transmit(now_ms, lane, &mut self.buf, TRANSMIT_BUDGET_BYTES);
+            send_frames(&mut self.net, &mut self.rng, self.now_us, lane, Direction::ToSecondary, &self.buf);
+            if let Some(secondary) = &mut self.secondary {
+                self.buf.clear();
+                secondary.poll_transmit(lane, &mut self.buf, TRANSMIT_BUDGET_BYTES);
+                send_frames(&mut self.net, &mut self.rng, self.now_us, lane, Direction::ToPrimary, &self.buf);
+            }
+        }
+    }
+
+    fn deliver(&mut self) -> Result<(), Violation> {
+        for _ in 0..256 {
+            let Some((lane, direction, bytes)) = self.net.next_due(&mut self.rng, self.now_us) else {
+                break;
+            };
+            let (frame, used) = decode(&bytes).map_err(|e| self.violation(format!("undecodable frame: {e}")))?;
+            assert_eq!(used, bytes.len());
+            let result = match direction {
+                Direction::ToPrimary => self.primary.handle_frame(lane, &frame),
+                Direction::ToSecondary => match &mut self.secondary {
+                    Some(secondary) => secondary.handle_frame(lane, &frame),
+                    None => Ok(()),
+                },
+            };
+            result.map_err(|e| self.violation(format!("peer error on lane {lane} ({direction:?}): {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn break_lane(&mut self, lane: usize, down_us: u64) {
+        if self.net.is_up(lane) {
+            self.net.disconnect(lane);
+            self.primary.lane_down(lane);
+            if let Some(secondary) = &mut self.secondary {
+                secondary.lane_down(lane);
+            }
+        }
+        self.reconnect_at_us[lane] = self.reconnect_at_us[lane].max(self.now_us + down_us);
+    }
+
+    fn inject_faults(&mut self) {
+        let lanes = self.net.lanes();
+        if self.rng.random_ratio(self.config.lane_break, 10_000) {
+            let lane = self.rng.random_range(0..lanes);
+            let down_us = self.rng.random_range(0..=20_000);
+            self.break_lane(lane, down_us);
+            self.stats.lane_breaks += 1;
+        }
+        if self.rng.random_ratio(self.config.partition, 10_000) {
+            let down_us = self.rng.random_range(5_000..=100_000);
+            (0..lanes).for_each(|lane| self.break_lane(lane, down_us));
+            self.partition_until_us = self.now_us + down_us;
+            self.stats.partitions += 1;
+        }
+        if self.secondary.is_some() && self.rng.random_ratio(self.config.crash, 10_000) {
+            self.crash_secondary();
+        }
+    }
+
+    fn crash_secondary(&mut self) {
+        (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
+        let secondary = self.secondary.take().expect("running");
+        let (mut journal, mut replicas) = secondary.into_storages();
+        journal.crash();
+        replicas.iter_mut().for_each(SimDisk::crash);
+        self.crashed = Some((journal, replicas));
+        self.restart_at_us = self.now_us + self.rng.random_range(0..=50_000);
+        self.stats.crashes += 1;
+    }
+
+    fn reconnect(&mut self) -> Result<(), Violation> {
+        if self.now_us >= self.restart_at_us {
+            if let Some((journal, replicas)) = self.crashed.take() {
+                self.stats.torn_writes += journal.torn_writes + replicas.iter().map(|r| r.torn_writes).sum::<u64>();
+                let restarted = Secondary::open(self.config.secondary.clone(), journal, replicas)
+                    .map_err(|e| self.violation(format!("restart failed: {e}")))?;
+                self.stats.recovered_records += restarted.stats().recovered_records;
+                self.secondary = Some(restarted);
+                self.checked_applied = None;
+            }
+        }
+        if self.secondary.is_none() || self.now_us < self.partition_until_us {
+            return Ok(());
+        }
+        for lane in 0..self.net.lanes() {
+            if !self.net.is_up(lane) && self.now_us >= self.reconnect_at_us[lane] {
+                self.net.connect(lane);
+                self.primary.lane_up(lane);
+                self.secondary.as_mut().expect("running").lane_up(lane);
+            }
+        }
+        Ok(())
+    }
+
+    /// The invariant: the watermark never goes back; between data sets the replica is the
+    /// image of the data set it reports; and a crash now would recover to a closed data
+    /// set no older than that.
+    fn check(&mut self) -> Result<(), Violation> {
+        let Some(secondary) = &self.secondary else {
+            return Ok(());
+        };
+        if let Some(why) = secondary.failure() {
+            return Err(self.violation(format!("secondary stopped: {why}")));
+        }
+        let applied = secondary.applied();
+        if applied < self.reported_applied {
+            return Err(self.violation(format!("watermark went back from {} to {applied}", self.reported_applied)));
+        }
+        if applied > self.model.last_closed() {
+            return Err(self.violation(format!("applied {applied} was never closed")));
+        }
+        self.reported_applied = applied;
+        if secondary.is_between_data_sets() && self.checked_applied != Some(applied) {
+            let replicas = secondary.replicas().iter().map(|r| r.contents());
+            self.compare(applied, digest(replicas), "replica")?;
+            self.checked_applied = Some(applied);
+        }
+        if self.rng.random_ratio(self.config.fork_check, 10_000) {
+            self.check_recovery_now()?;
+        }
+        Ok(())
+    }
+
+    fn compare(&self, applied: DataSetId, actual: u64, what: &str) -> Result<(), Violation> {
+        let expected = self.model.digest_at(applied).expect("applied was closed");
+        if actual != expected {
+            return Err(self.violation(format!(
+                "{what} at {applied} differs from the primary's image of {applied} (digest {actual:#x}, expected {expected:#x})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Crashes a copy of the secondary's disks now, recovers it and checks what it holds.
+    fn check_recovery_now(&mut self) -> Result<(), Violation> {
+        let Some(secondary) = &self.secondary else {
+            return Ok(());
+        };
+        self.stats.recovery_checks += 1;
+        let (journal, replicas) = secondary.storages();
+        let mut journal = journal.clone();
+        let mut replicas: Vec<SimDisk> = replicas.to_vec();
+        journal.crash();
+        replicas.iter_mut().for_each(SimDisk::crash);
+        let mut copy = Secondary::open(self.config.secondary.clone(), journal, replicas)
+            .map_err(|e| self.violation(format!("recovery of a crashed copy failed: {e}")))?;
+        loop {
+            let handled = copy.poll_storage();
+            if (handled == 0 && copy.is_between_data_sets()) || copy.failure().is_some() {
+                break;
+            }
+        }
+        if let Some(why) = copy.failure() {
+            return Err(self.violation(format!("recovered copy stopped: {why}")));
+        }
+        let applied = copy.applied();
+        if applied < self.reported_applied {
+            return Err(self.violation(format!("a crash now recovers to {applied}, older than {} reported", self.reported_applied)));
+        }
+        let replicas = copy.replicas().iter().map(|r| r.contents());
+        self.compare(applied, digest(replicas), "recovered replica")
+    }
+
+    fn check_final_image(&self) -> Result<(), Violation> {
+        let secondary = self.secondary.as_ref().expect("running after healing");
+        for (index, (replica, expected)) in secondary.replicas().iter().zip(self.model.image()).enumerate() {
+            let actual = replica.contents();
+            if let Some(at) = actual.iter().zip(expected).position(|(a, b)| a != b) {
+                return Err(self.violation(format!(
+                    "final image: volume {index} differs from the primary at byte {at} (block {})",
+                    at / replica.geometry().block_size as usize
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a transmit buffer into frames, each its own packet.
+fn send_frames(net: &mut Network, rng: &mut ChaCha8Rng, now_us: u64, lane: usize, direction: Direction, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let len = frame_len(bytes).expect("the engine encodes whole, valid frames");
+        net.send(rng, now_us, lane, direction, &bytes[..len]);
+        bytes = &bytes[len..];
+    }
+}
