@@ -369,6 +369,11 @@ impl<S: Storage> Secondary<S> {
                 assert!(self.flush_in_flight);
                 self.flush_in_flight = false;
                 for seq in self.flushing.drain(..) {
+                    if self.staging.slot(seq).is_none() {
+                        // Only an applier that does not wait for durability gets here.
+                        assert!(self.config.bug.is_some(), "{seq} left staging before it was durable");
+                        continue;
+                    }
                     self.staging.set_state(seq, SlotState::Durable);
                     self.pending_acks.push(seq);
                 }
@@ -380,7 +385,11 @@ impl<S: Storage> Secondary<S> {
             }
             TAG_FLUSH_SUPERBLOCK => self.applier.superblock_durable(),
             seq => {
-                self.staging.set_state(Seq(seq), SlotState::Written);
+                if self.staging.slot(Seq(seq)).is_some() {
+                    self.staging.set_state(Seq(seq), SlotState::Written);
+                } else {
+                    assert!(self.config.bug.is_some(), "seq {seq} left staging before it was durable");
+                }
                 let entry = self.appended.iter_mut().find(|(s, _)| s.0 == seq);
                 entry.expect("a completed record was appended").1 = true;
             }
