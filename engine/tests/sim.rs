@@ -13,7 +13,11 @@ const REGRESSION_SEEDS: [u64; 5] = [37, 124, 400, 952, 994];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
-    Some(value.parse().unwrap_or_else(|_| panic!("{name}={value} is not a number")))
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
+    )
 }
 
 fn run(seeds: impl IntoIterator<Item = u64>, bug: Option<InjectedBug>) -> (SimStats, Vec<String>) {
@@ -37,8 +41,16 @@ fn simulation_holds_the_invariant() {
     };
     let (stats, violations) = run(seeds.iter().copied(), None);
     eprintln!("sim: {} seeds: {stats}", seeds.len());
-    assert!(violations.is_empty(), "{} violations:\n{}", violations.len(), violations.join("\n"));
-    assert!(stats.data_sets > 0 && stats.writes > 0, "the simulation did work");
+    assert!(
+        violations.is_empty(),
+        "{} violations:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    assert!(
+        stats.data_sets > 0 && stats.writes > 0,
+        "the simulation did work"
+    );
 }
 
 #[test]

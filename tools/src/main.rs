@@ -7,7 +7,11 @@ mod sim;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ordo", version, about = "Asynchronous, crash-consistent block replication")]
+#[command(
+    name = "ordo",
+    version,
+    about = "Asynchronous, crash-consistent block replication"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

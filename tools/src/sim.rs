@@ -33,7 +33,9 @@ pub fn run(args: &SimArgs) -> Result<ExitCode> {
     let (first, count) = match args.seed {
         Some(seed) => (seed, 1),
         None if args.first == "random" => {
-            let first = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+            let first = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as u64;
             (first, args.seeds)
         }
         None => (args.first.parse()?, args.seeds),
@@ -43,12 +45,21 @@ pub fn run(args: &SimArgs) -> Result<ExitCode> {
     let mut total = SimStats::default();
     let mut violations = 0u64;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "sim: seeds {first}..{} (broken applier: {})", first.wrapping_add(count), args.broken_applier)?;
+    writeln!(
+        out,
+        "sim: seeds {first}..{} (broken applier: {})",
+        first.wrapping_add(count),
+        args.broken_applier
+    )?;
     for seed in (0..count).map(|i| first.wrapping_add(i)) {
         let (stats, result) = run_seed(seed, bug);
         total.add(&stats);
         match result {
-            Ok(()) if args.verbose => writeln!(out, "seed {seed}: ok ({} steps, {} data sets)", stats.steps, stats.data_sets)?,
+            Ok(()) if args.verbose => writeln!(
+                out,
+                "seed {seed}: ok ({} steps, {} data sets)",
+                stats.steps, stats.data_sets
+            )?,
             Ok(()) => {}
             Err(violation) => {
                 violations += 1;
@@ -59,5 +70,9 @@ pub fn run(args: &SimArgs) -> Result<ExitCode> {
     writeln!(out, "sim: exercised {total}")?;
     writeln!(out, "sim: {:.1} s", started.elapsed().as_secs_f64())?;
     writeln!(out, "sim: {count} seeds, {violations} violations")?;
-    Ok(if violations == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

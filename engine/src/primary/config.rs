@@ -2,7 +2,10 @@
 
 use thiserror::Error;
 
-use crate::protocol::{stream_cost, GroupId, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES, RECORD_OVERHEAD_BYTES};
+use crate::protocol::{
+    stream_cost, GroupId, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
+    RECORD_OVERHEAD_BYTES,
+};
 
 /// What closes a data set. A flush (consistency point) always does; whichever of these
 /// limits is reached first does too.
@@ -82,32 +85,53 @@ impl PrimaryConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let names = &self.volume_names;
         if names.is_empty() || names.len() > MAX_VOLUMES {
-            return Err(invalid(format!("a group holds 1 to {MAX_VOLUMES} volumes, not {}", names.len())));
+            return Err(invalid(format!(
+                "a group holds 1 to {MAX_VOLUMES} volumes, not {}",
+                names.len()
+            )));
         }
         for (i, name) in names.iter().enumerate() {
             if name.is_empty() || name.len() > MAX_VOLUME_NAME_BYTES {
-                return Err(invalid(format!("volume name {name:?} must be 1 to {MAX_VOLUME_NAME_BYTES} bytes")));
+                return Err(invalid(format!(
+                    "volume name {name:?} must be 1 to {MAX_VOLUME_NAME_BYTES} bytes"
+                )));
             }
             if names[..i].contains(name) {
                 return Err(invalid(format!("volume name {name:?} appears twice")));
             }
         }
-        if self.max_write_bytes < 512 || self.max_write_bytes % 512 != 0 || self.max_write_bytes > MAX_WRITE_PAYLOAD_BYTES {
-            return Err(invalid(format!("max write {} must be a multiple of 512 up to {MAX_WRITE_PAYLOAD_BYTES}", self.max_write_bytes)));
+        if self.max_write_bytes < 512
+            || self.max_write_bytes % 512 != 0
+            || self.max_write_bytes > MAX_WRITE_PAYLOAD_BYTES
+        {
+            return Err(invalid(format!(
+                "max write {} must be a multiple of 512 up to {MAX_WRITE_PAYLOAD_BYTES}",
+                self.max_write_bytes
+            )));
         }
         let policy = &self.policy;
         if policy.max_writes == 0 || policy.max_bytes == 0 {
-            return Err(invalid("data-set policy: max writes and max bytes must be positive"));
+            return Err(invalid(
+                "data-set policy: max writes and max bytes must be positive",
+            ));
         }
         let floor = 2 * (stream_cost(self.max_write_bytes) + RECORD_OVERHEAD_BYTES);
         if self.window_bytes < floor {
-            return Err(invalid(format!("retention window {} bytes is below {floor}, two largest writes with their syncs", self.window_bytes)));
+            return Err(invalid(format!(
+                "retention window {} bytes is below {floor}, two largest writes with their syncs",
+                self.window_bytes
+            )));
         }
         if self.lanes == 0 || self.lanes > 64 {
-            return Err(invalid(format!("lanes must be 1 to 64, not {}", self.lanes)));
+            return Err(invalid(format!(
+                "lanes must be 1 to 64, not {}",
+                self.lanes
+            )));
         }
         if self.retransmit_ms == 0 || self.max_pending_flushes == 0 {
-            return Err(invalid("retransmit interval and pending flushes must be positive"));
+            return Err(invalid(
+                "retransmit interval and pending flushes must be positive",
+            ));
         }
         Ok(())
     }

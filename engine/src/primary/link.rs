@@ -9,8 +9,8 @@ use super::config::PrimaryConfig;
 use super::retention::{RecordKind, Retention, SentOn};
 use super::PrimaryStats;
 use crate::protocol::{
-    check_hello, encode, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame, VolumeInfo,
-    WriteFrame,
+    check_hello, encode, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame,
+    VolumeInfo, WriteFrame,
 };
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -47,7 +47,8 @@ pub struct Link {
 
 impl Link {
     pub fn new(config: &PrimaryConfig, volumes: Vec<VolumeInfo>) -> Link {
-        let max_records = (config.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 1) as usize;
+        let max_records =
+            (config.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 1) as usize;
         Link {
             hello: Hello {
                 role: Role::Primary,
@@ -110,7 +111,12 @@ impl Link {
         }
     }
 
-    pub fn handle_frame(&mut self, lane: usize, frame: &Frame<'_>, retention: &mut Retention) -> Result<(), PeerError> {
+    pub fn handle_frame(
+        &mut self,
+        lane: usize,
+        frame: &Frame<'_>,
+        retention: &mut Retention,
+    ) -> Result<(), PeerError> {
         match frame {
             Frame::Hello(hello) => self.handle_hello(lane, hello, retention),
             Frame::Ack(ack) => {
@@ -136,7 +142,12 @@ impl Link {
         }
     }
 
-    fn handle_hello(&mut self, lane: usize, hello: &Hello, retention: &mut Retention) -> Result<(), PeerError> {
+    fn handle_hello(
+        &mut self,
+        lane: usize,
+        hello: &Hello,
+        retention: &mut Retention,
+    ) -> Result<(), PeerError> {
         let result = self.check_hello(hello);
         if let Err(error) = &result {
             self.stalled = Some(error.clone());
@@ -146,7 +157,9 @@ impl Link {
         let resume = &hello.resume;
         // Lanes reorder: a Hello built before an Applied frame we already have is stale,
         // and the secondary's watermark is durable, so the newer state stands.
-        let stale = self.peer.is_some_and(|p| p.applied_data_set > resume.applied_data_set);
+        let stale = self
+            .peer
+            .is_some_and(|p| p.applied_data_set > resume.applied_data_set);
         if !stale {
             self.peer = Some(Peer {
                 applied_data_set: resume.applied_data_set,
@@ -237,7 +250,14 @@ impl Link {
     }
 }
 
-fn send(now_ms: u64, lane: usize, seq: Seq, out: &mut Vec<u8>, retention: &mut Retention, stats: &mut PrimaryStats) {
+fn send(
+    now_ms: u64,
+    lane: usize,
+    seq: Seq,
+    out: &mut Vec<u8>,
+    retention: &mut Retention,
+    stats: &mut PrimaryStats,
+) {
     let record = *retention.get(seq).expect("caller found it");
     let before = out.len();
     match record.kind {
@@ -252,7 +272,10 @@ fn send(now_ms: u64, lane: usize, seq: Seq, out: &mut Vec<u8>, retention: &mut R
             };
             encode(&Frame::Write(frame), out);
         }
-        RecordKind::Sync { first_seq, write_count } => {
+        RecordKind::Sync {
+            first_seq,
+            write_count,
+        } => {
             let frame = SyncFrame {
                 seq,
                 data_set: record.data_set,
@@ -266,5 +289,8 @@ fn send(now_ms: u64, lane: usize, seq: Seq, out: &mut Vec<u8>, retention: &mut R
     stats.frames_sent += 1;
     stats.bytes_sent += (out.len() - before) as u64;
     let record = retention.get_mut(seq).expect("still there");
-    record.sent = Some(SentOn { lane, at_ms: now_ms });
+    record.sent = Some(SentOn {
+        lane,
+        at_ms: now_ms,
+    });
 }

@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
-pub use config::{ConfigError, DataSetPolicy, PrimaryConfig};
 pub use crate::protocol::PeerError;
+pub use config::{ConfigError, DataSetPolicy, PrimaryConfig};
 use link::Link;
 use retention::{RecordKind, Retention};
 
@@ -232,7 +232,11 @@ impl<S: Storage> Primary<S> {
             self.open.first_seq = seq;
             self.open.opened_at_ms = now_ms;
         }
-        let kind = RecordKind::Write { volume, offset, len };
+        let kind = RecordKind::Write {
+            volume,
+            offset,
+            len,
+        };
         self.retention.push(seq, self.open.id, kind, data, token);
         self.open.writes += 1;
         self.open.payload_bytes += u64::from(len);
@@ -319,20 +323,31 @@ impl<S: Storage> Primary<S> {
     /// Submits the local write of `seq` unless it overlaps one in flight or the volume's
     /// queue is full; false if it must wait.
     fn try_submit_local(&mut self, seq: Seq) -> bool {
-        let record = *self.retention.get(seq).expect("a write is retained until done locally");
-        let RecordKind::Write { volume, offset, len } = record.kind else {
+        let record = *self
+            .retention
+            .get(seq)
+            .expect("a write is retained until done locally");
+        let RecordKind::Write {
+            volume,
+            offset,
+            len,
+        } = record.kind
+        else {
             unreachable!("only writes are written locally");
         };
         let storage = &mut self.volumes[usize::from(volume.0)];
         if self.local_in_flight.is_full()
             || storage.in_flight() >= storage.geometry().max_in_flight
-            || self.local_in_flight.overlaps(volume, offset, u64::from(len))
+            || self
+                .local_in_flight
+                .overlaps(volume, offset, u64::from(len))
         {
             return false;
         }
         match storage.submit_write(seq.0, offset, self.retention.payload(&record)) {
             Ok(()) => {
-                self.local_in_flight.insert(seq.0, volume, offset, u64::from(len));
+                self.local_in_flight
+                    .insert(seq.0, volume, offset, u64::from(len));
                 true
             }
             Err(StorageError::QueueFull(_)) => false,
@@ -344,14 +359,18 @@ impl<S: Storage> Primary<S> {
     }
 
     fn finish_local_write(&mut self, seq: Seq, result: Result<(), StorageError>) {
-        let record = self.retention.get_mut(seq).expect("retained until done locally");
+        let record = self
+            .retention
+            .get_mut(seq)
+            .expect("retained until done locally");
         assert!(!record.local_done, "a local write completes once");
         record.local_done = true;
         let token = record.token;
         if let Err(error) = &result {
             self.failed.get_or_insert(error.clone());
         }
-        self.events.push_back(PrimaryEvent::WriteDone { token, seq, result });
+        self.events
+            .push_back(PrimaryEvent::WriteDone { token, seq, result });
     }
 
     /// Polls the local volumes: acknowledges finished writes, starts waiting ones and
@@ -368,7 +387,10 @@ impl<S: Storage> Primary<S> {
                 if completion.tag & FLUSH_TAG_BIT != 0 {
                     self.finish_volume_flush(completion.tag & !FLUSH_TAG_BIT, completion.result);
                 } else {
-                    assert!(self.local_in_flight.remove(completion.tag), "completion of a write in flight");
+                    assert!(
+                        self.local_in_flight.remove(completion.tag),
+                        "completion of a write in flight"
+                    );
                     self.finish_local_write(Seq(completion.tag), completion.result);
                 }
             }
@@ -403,9 +425,16 @@ impl<S: Storage> Primary<S> {
                 if oldest.is_some_and(|seq| seq <= through) {
                     continue;
                 }
-                waiter.state = FlushState::Flushing { to_submit: all_volumes, remaining: 0 };
+                waiter.state = FlushState::Flushing {
+                    to_submit: all_volumes,
+                    remaining: 0,
+                };
             }
-            let FlushState::Flushing { to_submit, remaining } = &mut waiter.state else {
+            let FlushState::Flushing {
+                to_submit,
+                remaining,
+            } = &mut waiter.state
+            else {
                 unreachable!("set just above");
             };
             for (bit, volume) in self.volumes.iter_mut().enumerate() {
@@ -421,7 +450,13 @@ impl<S: Storage> Primary<S> {
             }
         }
         while let Some(waiter) = self.flushes.front() {
-            if !matches!(waiter.state, FlushState::Flushing { to_submit: 0, remaining: 0 }) {
+            if !matches!(
+                waiter.state,
+                FlushState::Flushing {
+                    to_submit: 0,
+                    remaining: 0
+                }
+            ) {
                 break;
             }
             let waiter = self.flushes.pop_front().expect("front exists");
@@ -460,7 +495,11 @@ impl<S: Storage> Primary<S> {
 
     /// Handles a frame the secondary sent on `lane`. An error means the peer is wrong
     /// (mismatched group or volumes, or it broke the protocol): drop the lane.
-    pub fn handle_frame(&mut self, lane: usize, frame: &crate::protocol::Frame<'_>) -> Result<(), PeerError> {
+    pub fn handle_frame(
+        &mut self,
+        lane: usize,
+        frame: &crate::protocol::Frame<'_>,
+    ) -> Result<(), PeerError> {
         let result = self.link.handle_frame(lane, frame, &mut self.retention);
         self.retention.release();
         result
@@ -468,9 +507,21 @@ impl<S: Storage> Primary<S> {
 
     /// Appends frames for `lane` to `out` until about `max_bytes` were added; returns the
     /// number of bytes appended.
-    pub fn poll_transmit(&mut self, now_ms: u64, lane: usize, out: &mut Vec<u8>, max_bytes: usize) -> usize {
-        self.link
-            .poll_transmit(now_ms, lane, out, max_bytes, &mut self.retention, &mut self.stats)
+    pub fn poll_transmit(
+        &mut self,
+        now_ms: u64,
+        lane: usize,
+        out: &mut Vec<u8>,
+        max_bytes: usize,
+    ) -> usize {
+        self.link.poll_transmit(
+            now_ms,
+            lane,
+            out,
+            max_bytes,
+            &mut self.retention,
+            &mut self.stats,
+        )
     }
 
     /// The handshake failure that stalls replication, if any (visible in status).

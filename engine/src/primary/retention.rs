@@ -13,8 +13,15 @@ use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, RECORD_OVERHEAD_BYT
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
-    Write { volume: VolumeId, offset: u64, len: u32 },
-    Sync { first_seq: Seq, write_count: u64 },
+    Write {
+        volume: VolumeId,
+        offset: u64,
+        len: u32,
+    },
+    Sync {
+        first_seq: Seq,
+        write_count: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +117,14 @@ impl Retention {
     }
 
     /// Appends a record (the caller checked `fits`), copying `payload` into the arena.
-    pub fn push(&mut self, seq: Seq, data_set: DataSetId, kind: RecordKind, payload: &[u8], token: u64) {
+    pub fn push(
+        &mut self,
+        seq: Seq,
+        data_set: DataSetId,
+        kind: RecordKind,
+        payload: &[u8],
+        token: u64,
+    ) {
         if let Some(last) = self.records.back() {
             assert_eq!(last.seq.next(), seq, "retention is contiguous in seq");
         }
@@ -120,7 +134,10 @@ impl Retention {
         };
         assert_eq!(payload.len(), len as usize);
         let cost = stream_cost(len);
-        assert!(self.used_bytes() + cost <= self.window_bytes, "admission was checked");
+        assert!(
+            self.used_bytes() + cost <= self.window_bytes,
+            "admission was checked"
+        );
         let at = self.arena_pos(self.stream_next);
         self.arena[at..at + payload.len()].copy_from_slice(payload);
         self.records.push_back(Record {
@@ -222,8 +239,7 @@ mod tests {
     fn payloads_never_overlap_across_the_arena_end() {
         let window = 4 * stream_cost(4096);
         let mut retention = Retention::new(window, 8192, 64);
-        let mut seq = 1;
-        for round in 0..20u8 {
+        for (seq, round) in (1..).zip(0..20u8) {
             let len = if round % 3 == 0 { 8192 } else { 4096 };
             while !retention.fits(stream_cost(len), RECORD_OVERHEAD_BYTES) {
                 let front = retention.front_seq().unwrap();
@@ -233,9 +249,8 @@ mod tests {
             }
             let payload = vec![round; len as usize];
             retention.push(Seq(seq), DataSetId(1), write(len), &payload, 0);
-            seq += 1;
             let front = retention.front_seq().unwrap().0;
-            for s in front..seq {
+            for s in front..=seq {
                 let record = *retention.get(Seq(s)).unwrap();
                 let byte = retention.payload(&record)[0];
                 assert!(retention.payload(&record).iter().all(|&b| b == byte));

@@ -51,7 +51,10 @@ pub fn push_seq(ranges: &mut Vec<SeqRange>, seq: Seq, max: usize) -> bool {
     if ranges.len() == max {
         return false;
     }
-    ranges.push(SeqRange { first: seq, last: seq });
+    ranges.push(SeqRange {
+        first: seq,
+        last: seq,
+    });
     true
 }
 

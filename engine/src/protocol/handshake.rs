@@ -26,15 +26,33 @@ pub enum PeerError {
 /// Checks that `theirs` comes from the role we expect and describes the same group and
 /// volumes (names, sizes, block sizes, in order) as `ours`.
 pub fn check_hello(ours: &Hello, theirs: &Hello, expected_role: Role) -> Result<(), PeerError> {
-    let mismatch = |field, ours: String, theirs: String| Err(PeerError::Mismatch { field, ours, theirs });
+    let mismatch = |field, ours: String, theirs: String| {
+        Err(PeerError::Mismatch {
+            field,
+            ours,
+            theirs,
+        })
+    };
     if theirs.role != expected_role {
-        return mismatch("role", format!("{expected_role:?} expected"), format!("{:?}", theirs.role));
+        return mismatch(
+            "role",
+            format!("{expected_role:?} expected"),
+            format!("{:?}", theirs.role),
+        );
     }
     if theirs.group != ours.group {
-        return mismatch("group id", ours.group.0.to_string(), theirs.group.0.to_string());
+        return mismatch(
+            "group id",
+            ours.group.0.to_string(),
+            theirs.group.0.to_string(),
+        );
     }
     if theirs.volumes.len() != ours.volumes.len() {
-        return mismatch("volume count", ours.volumes.len().to_string(), theirs.volumes.len().to_string());
+        return mismatch(
+            "volume count",
+            ours.volumes.len().to_string(),
+            theirs.volumes.len().to_string(),
+        );
     }
     for (mine, other) in ours.volumes.iter().zip(&theirs.volumes) {
         if mine.name != other.name {
@@ -42,11 +60,19 @@ pub fn check_hello(ours: &Hello, theirs: &Hello, expected_role: Role) -> Result<
         }
         if mine.size_bytes != other.size_bytes {
             let field = "volume size";
-            return mismatch(field, format!("{}: {}", mine.name, mine.size_bytes), other.size_bytes.to_string());
+            return mismatch(
+                field,
+                format!("{}: {}", mine.name, mine.size_bytes),
+                other.size_bytes.to_string(),
+            );
         }
         if mine.block_size != other.block_size {
             let field = "block size";
-            return mismatch(field, format!("{}: {}", mine.name, mine.block_size), other.block_size.to_string());
+            return mismatch(
+                field,
+                format!("{}: {}", mine.name, mine.block_size),
+                other.block_size.to_string(),
+            );
         }
     }
     Ok(())

@@ -17,9 +17,19 @@ const TAG_REPLICA_FLUSH: u64 = 1 << 63;
 #[derive(Clone, Copy, Debug)]
 enum State {
     Idle,
-    Writing { data_set: CompleteDataSet, next: Seq },
-    FlushingReplicas { data_set: CompleteDataSet, remaining: usize },
-    PersistingWatermark { data_set: CompleteDataSet, superblock: Superblock, durable: bool },
+    Writing {
+        data_set: CompleteDataSet,
+        next: Seq,
+    },
+    FlushingReplicas {
+        data_set: CompleteDataSet,
+        remaining: usize,
+    },
+    PersistingWatermark {
+        data_set: CompleteDataSet,
+        superblock: Superblock,
+        durable: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -60,7 +70,10 @@ impl Applier {
             };
             *remaining -= 1;
         } else {
-            assert!(self.in_flight.remove(tag), "completion of a replica write in flight");
+            assert!(
+                self.in_flight.remove(tag),
+                "completion of a replica write in flight"
+            );
         }
     }
 
@@ -88,7 +101,10 @@ impl Applier {
                     }
                     match staging.next_complete(self.bug == Some(InjectedBug::ApplyIncomplete)) {
                         Ok(Some(data_set)) => {
-                            self.state = State::Writing { data_set, next: data_set.first_seq };
+                            self.state = State::Writing {
+                                data_set,
+                                next: data_set.first_seq,
+                            };
                         }
                         Ok(None) => {
                             // Nothing complete past the watermark: no apply was cut short.
@@ -120,9 +136,15 @@ impl Applier {
                             return applied;
                         }
                     }
-                    self.state = State::FlushingReplicas { data_set, remaining: replicas.len() };
+                    self.state = State::FlushingReplicas {
+                        data_set,
+                        remaining: replicas.len(),
+                    };
                 }
-                State::FlushingReplicas { data_set, remaining } => {
+                State::FlushingReplicas {
+                    data_set,
+                    remaining,
+                } => {
                     if remaining > 0 {
                         return applied;
                     }
@@ -143,9 +165,17 @@ impl Applier {
                             return applied;
                         }
                     }
-                    self.state = State::PersistingWatermark { data_set, superblock, durable: false };
+                    self.state = State::PersistingWatermark {
+                        data_set,
+                        superblock,
+                        durable: false,
+                    };
                 }
-                State::PersistingWatermark { data_set, superblock, durable } => {
+                State::PersistingWatermark {
+                    data_set,
+                    superblock,
+                    durable,
+                } => {
                     if !durable {
                         return applied;
                     }
@@ -177,7 +207,12 @@ impl Applier {
                     continue;
                 }
             };
-            let SlotBody::Write { volume, offset, len } = slot.body else {
+            let SlotBody::Write {
+                volume,
+                offset,
+                len,
+            } = slot.body
+            else {
                 unreachable!("seqs inside a data set are writes");
             };
             let replica = &mut replicas[usize::from(volume.0)];
@@ -192,7 +227,8 @@ impl Applier {
                 Err(StorageError::QueueFull(_)) => return Ok(next),
                 Err(error) => return Err(error),
             }
-            self.in_flight.insert(next.0, volume, offset, u64::from(len));
+            self.in_flight
+                .insert(next.0, volume, offset, u64::from(len));
             next = next.next();
         }
         Ok(next)

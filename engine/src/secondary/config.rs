@@ -1,7 +1,10 @@
 //! The secondary's configuration.
 
 use crate::primary::ConfigError;
-use crate::protocol::{stream_cost, GroupId, RECORD_OVERHEAD_BYTES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES};
+use crate::protocol::{
+    stream_cost, GroupId, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
+    RECORD_OVERHEAD_BYTES,
+};
 
 /// A fault built in on purpose, so tests can prove the simulator's checker catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,17 +48,34 @@ impl SecondaryConfig {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let names = &self.volume_names;
         if names.is_empty() || names.len() > MAX_VOLUMES {
-            return invalid(format!("a group holds 1 to {MAX_VOLUMES} volumes, not {}", names.len()));
+            return invalid(format!(
+                "a group holds 1 to {MAX_VOLUMES} volumes, not {}",
+                names.len()
+            ));
         }
-        if names.iter().any(|n| n.is_empty() || n.len() > MAX_VOLUME_NAME_BYTES) {
-            return invalid(format!("volume names must be 1 to {MAX_VOLUME_NAME_BYTES} bytes"));
+        if names
+            .iter()
+            .any(|n| n.is_empty() || n.len() > MAX_VOLUME_NAME_BYTES)
+        {
+            return invalid(format!(
+                "volume names must be 1 to {MAX_VOLUME_NAME_BYTES} bytes"
+            ));
         }
-        if self.max_write_bytes < 512 || self.max_write_bytes % 512 != 0 || self.max_write_bytes > MAX_WRITE_PAYLOAD_BYTES {
-            return invalid(format!("max write {} must be a multiple of 512 up to {MAX_WRITE_PAYLOAD_BYTES}", self.max_write_bytes));
+        if self.max_write_bytes < 512
+            || self.max_write_bytes % 512 != 0
+            || self.max_write_bytes > MAX_WRITE_PAYLOAD_BYTES
+        {
+            return invalid(format!(
+                "max write {} must be a multiple of 512 up to {MAX_WRITE_PAYLOAD_BYTES}",
+                self.max_write_bytes
+            ));
         }
         let floor = stream_cost(self.max_write_bytes) + RECORD_OVERHEAD_BYTES;
         if self.window_bytes < floor {
-            return invalid(format!("journal window {} is below {floor}, one largest write and its sync", self.window_bytes));
+            return invalid(format!(
+                "journal window {} is below {floor}, one largest write and its sync",
+                self.window_bytes
+            ));
         }
         if self.applied_interval_ms == 0 {
             return invalid("applied interval must be positive".to_string());

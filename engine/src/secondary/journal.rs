@@ -127,7 +127,10 @@ impl RecordHeader {
         put_u32(out, 0, RECORD_MAGIC);
         let (kind, volume, a, b) = match self.body {
             RecordBody::Write { volume, offset } => (1u8, volume.0, offset, 0),
-            RecordBody::Sync { first_seq, write_count } => (2u8, 0, first_seq.0, write_count),
+            RecordBody::Sync {
+                first_seq,
+                write_count,
+            } => (2u8, 0, first_seq.0, write_count),
         };
         out[4] = kind;
         out[6..8].copy_from_slice(&volume.to_le_bytes());
@@ -204,7 +207,10 @@ fn round_up(value: u64, to: u64) -> u64 {
 
 /// Size of a record on disk.
 pub fn record_bytes(payload_len: u32, block_size: u32) -> u64 {
-    round_up(RECORD_HEADER_BYTES as u64 + u64::from(payload_len), u64::from(block_size))
+    round_up(
+        RECORD_HEADER_BYTES as u64 + u64::from(payload_len),
+        u64::from(block_size),
+    )
 }
 
 /// Journal size needed for a window and largest write.
@@ -270,7 +276,8 @@ impl<S: Storage> Journal<S> {
     fn with_superblock(storage: S, superblock: Superblock) -> Journal<S> {
         let block_size = storage.geometry().block_size;
         let max_record = record_bytes(superblock.max_write_bytes, block_size) as usize;
-        let max_records = (2 * superblock.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 2) as usize;
+        let max_records =
+            (2 * superblock.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 2) as usize;
         Journal {
             storage,
             block_size,
@@ -286,7 +293,8 @@ impl<S: Storage> Journal<S> {
         let at = SUPERBLOCK_COPY_OFFSETS[(self.superblock.generation % 2) as usize];
         let block = self.block_size as usize;
         self.superblock.encode(&mut self.scratch[..block]);
-        self.storage.submit_write(u64::MAX - 1, at, &self.scratch[..block])?;
+        self.storage
+            .submit_write(u64::MAX - 1, at, &self.scratch[..block])?;
         wait_for(&mut self.storage, u64::MAX - 1, &mut others)?;
         self.storage.submit_flush(u64::MAX - 1)?;
         wait_for(&mut self.storage, u64::MAX - 1, &mut others)?;
@@ -321,7 +329,10 @@ impl<S: Storage> Journal<S> {
     /// Scans the log from the head, calling `found` with each valid record in log order
     /// until the first missing, stale or torn one, where the tail is set.
     pub fn scan(&mut self, mut found: impl FnMut(&ScannedRecord<'_>)) -> Result<(), JournalError> {
-        assert!(self.index.is_empty() && self.tail_lsn == self.superblock.head_lsn, "scan once, at open");
+        assert!(
+            self.index.is_empty() && self.tail_lsn == self.superblock.head_lsn,
+            "scan once, at open"
+        );
         let mut others = Vec::new();
         let mut lsn = self.superblock.head_lsn;
         loop {
@@ -338,7 +349,8 @@ impl<S: Storage> Journal<S> {
                     }
                 }
             };
-            let payload = &self.scratch[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.payload_len as usize];
+            let payload = &self.scratch
+                [RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.payload_len as usize];
             found(&ScannedRecord { header, payload });
             self.index.push_back((header.lsn, header.data_set));
             lsn = header.lsn + record_bytes(header.payload_len, self.block_size);
@@ -349,14 +361,23 @@ impl<S: Storage> Journal<S> {
     }
 
     /// Reads the record at `lsn` into scratch if a valid one of that lsn is there.
-    fn read_record(&mut self, lsn: u64, others: &mut Vec<Completion>) -> Result<Option<RecordHeader>, JournalError> {
+    fn read_record(
+        &mut self,
+        lsn: u64,
+        others: &mut Vec<Completion>,
+    ) -> Result<Option<RecordHeader>, JournalError> {
         let log_bytes = self.superblock.log_bytes;
         let block = self.block_size as usize;
         let at = lsn % log_bytes;
         if at + block as u64 > log_bytes {
             return Ok(None);
         }
-        read_blocking(&mut self.storage, LOG_START + at, &mut self.scratch[..block], others)?;
+        read_blocking(
+            &mut self.storage,
+            LOG_START + at,
+            &mut self.scratch[..block],
+            others,
+        )?;
         let max_payload = self.superblock.max_write_bytes;
         let Some(header) = RecordHeader::decode(&self.scratch[..block], max_payload) else {
             return Ok(None);
@@ -367,7 +388,12 @@ impl<S: Storage> Journal<S> {
         }
         if size as usize > block {
             let rest = LOG_START + at + block as u64;
-            read_blocking(&mut self.storage, rest, &mut self.scratch[block..size as usize], others)?;
+            read_blocking(
+                &mut self.storage,
+                rest,
+                &mut self.scratch[block..size as usize],
+                others,
+            )?;
         }
         Ok(RecordHeader::crc_ok(&self.scratch, header.payload_len).then_some(header))
     }
@@ -399,7 +425,12 @@ impl<S: Storage> Journal<S> {
 
     /// Starts writing a record at the tail (tagged `tag`); returns its lsn. The caller
     /// checked the storage queue has room.
-    pub fn append(&mut self, tag: IoTag, mut header: RecordHeader, payload: &[u8]) -> Result<u64, StorageError> {
+    pub fn append(
+        &mut self,
+        tag: IoTag,
+        mut header: RecordHeader,
+        payload: &[u8],
+    ) -> Result<u64, StorageError> {
         let log_bytes = self.superblock.log_bytes;
         let size = record_bytes(header.payload_len, self.block_size);
         assert_eq!(payload.len(), header.payload_len as usize);
@@ -413,8 +444,11 @@ impl<S: Storage> Journal<S> {
         );
         header.lsn = lsn;
         header.encode(payload, &mut self.scratch[..size as usize]);
-        self.storage
-            .submit_write(tag, LOG_START + lsn % log_bytes, &self.scratch[..size as usize])?;
+        self.storage.submit_write(
+            tag,
+            LOG_START + lsn % log_bytes,
+            &self.scratch[..size as usize],
+        )?;
         self.tail_lsn = lsn + size;
         self.index.push_back((lsn, header.data_set));
         Ok(lsn)
@@ -442,14 +476,22 @@ impl<S: Storage> Journal<S> {
 
     /// The superblock `next` is durable: its head takes effect and log space is freed.
     pub fn superblock_durable(&mut self, next: Superblock) {
-        while self.index.front().is_some_and(|(lsn, _)| *lsn < next.head_lsn) {
+        while self
+            .index
+            .front()
+            .is_some_and(|(lsn, _)| *lsn < next.head_lsn)
+        {
             self.index.pop_front();
         }
         self.superblock = next;
     }
 }
 
-fn wait_for<S: Storage>(storage: &mut S, tag: IoTag, others: &mut Vec<Completion>) -> Result<(), StorageError> {
+fn wait_for<S: Storage>(
+    storage: &mut S,
+    tag: IoTag,
+    others: &mut Vec<Completion>,
+) -> Result<(), StorageError> {
     let mut batch = Vec::with_capacity(8);
     loop {
         batch.clear();

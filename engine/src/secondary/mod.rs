@@ -20,8 +20,8 @@ use staging::{Admission, Slot, SlotBody, SlotState, Staging};
 
 use crate::primary::ConfigError;
 use crate::protocol::{
-    check_hello, encode, push_seq, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq,
-    SeqRange, VolumeInfo, MAX_ACK_RANGES,
+    check_hello, encode, push_seq, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError,
+    ResumeState, Role, Seq, SeqRange, VolumeInfo, MAX_ACK_RANGES,
 };
 use crate::storage::{Completion, Storage, StorageError};
 
@@ -91,16 +91,29 @@ pub struct Secondary<S: Storage> {
 
 impl<S: Storage> Secondary<S> {
     /// Formats `journal` and starts a secondary with nothing applied.
-    pub fn create(config: SecondaryConfig, journal: S, replicas: Vec<S>) -> Result<Secondary<S>, SecondaryError> {
+    pub fn create(
+        config: SecondaryConfig,
+        journal: S,
+        replicas: Vec<S>,
+    ) -> Result<Secondary<S>, SecondaryError> {
         config.validate()?;
         check_replicas(&config, &replicas)?;
-        let journal = Journal::format(journal, config.group, config.window_bytes, config.max_write_bytes)?;
+        let journal = Journal::format(
+            journal,
+            config.group,
+            config.window_bytes,
+            config.max_write_bytes,
+        )?;
         Ok(Secondary::assemble(config, journal, replicas, false))
     }
 
     /// Restarts a secondary from its journal and replica: what the journal holds past the
     /// applied watermark is staged again (and applied once complete).
-    pub fn open(config: SecondaryConfig, journal: S, replicas: Vec<S>) -> Result<Secondary<S>, SecondaryError> {
+    pub fn open(
+        config: SecondaryConfig,
+        journal: S,
+        replicas: Vec<S>,
+    ) -> Result<Secondary<S>, SecondaryError> {
         config.validate()?;
         check_replicas(&config, &replicas)?;
         let journal = Journal::open(journal, config.group)?;
@@ -116,9 +129,20 @@ impl<S: Storage> Secondary<S> {
         Ok(secondary)
     }
 
-    fn assemble(config: SecondaryConfig, journal: Journal<S>, replicas: Vec<S>, recovering: bool) -> Secondary<S> {
+    fn assemble(
+        config: SecondaryConfig,
+        journal: Journal<S>,
+        replicas: Vec<S>,
+        recovering: bool,
+    ) -> Secondary<S> {
         let sb = *journal.superblock();
-        let staging = Staging::new(sb.window_bytes, sb.max_write_bytes, sb.applied_data_set, sb.applied_seq, sb.applied_stream_end);
+        let staging = Staging::new(
+            sb.window_bytes,
+            sb.max_write_bytes,
+            sb.applied_data_set,
+            sb.applied_seq,
+            sb.applied_stream_end,
+        );
         let volumes = config
             .volume_names
             .iter()
@@ -204,7 +228,10 @@ impl<S: Storage> Secondary<S> {
     }
 
     pub fn lane_up(&mut self, lane: usize) {
-        self.lanes[lane] = Lane { up: true, ..Lane::default() };
+        self.lanes[lane] = Lane {
+            up: true,
+            ..Lane::default()
+        };
     }
 
     pub fn lane_down(&mut self, lane: usize) {
@@ -223,19 +250,29 @@ impl<S: Storage> Secondary<S> {
                 Ok(())
             }
             Frame::Write(write) => {
-                let volume = self.replicas.get(usize::from(write.volume.0)).ok_or(PeerError::BadWrite(format!("no volume {}", write.volume.0)))?;
+                let volume = self
+                    .replicas
+                    .get(usize::from(write.volume.0))
+                    .ok_or(PeerError::BadWrite(format!("no volume {}", write.volume.0)))?;
                 volume
                     .geometry()
                     .check_io(write.offset, write.payload.len())
                     .map_err(|e| PeerError::BadWrite(e.to_string()))?;
                 if write.payload.len() > self.journal.superblock().max_write_bytes as usize {
-                    return Err(PeerError::BadWrite(format!("{} bytes is over the journal's largest write", write.payload.len())));
+                    return Err(PeerError::BadWrite(format!(
+                        "{} bytes is over the journal's largest write",
+                        write.payload.len()
+                    )));
                 }
                 let slot = Slot {
                     seq: write.seq,
                     data_set: write.data_set,
                     stream_offset: write.stream_offset,
-                    body: SlotBody::Write { volume: write.volume, offset: write.offset, len: write.payload.len() as u32 },
+                    body: SlotBody::Write {
+                        volume: write.volume,
+                        offset: write.offset,
+                        len: write.payload.len() as u32,
+                    },
                     state: SlotState::Journaling,
                 };
                 self.receive(lane, slot, write.payload)
@@ -245,12 +282,17 @@ impl<S: Storage> Secondary<S> {
                     seq: sync.seq,
                     data_set: sync.data_set,
                     stream_offset: sync.stream_offset,
-                    body: SlotBody::Sync { first_seq: sync.first_seq, write_count: sync.write_count },
+                    body: SlotBody::Sync {
+                        first_seq: sync.first_seq,
+                        write_count: sync.write_count,
+                    },
                     state: SlotState::Journaling,
                 };
                 self.receive(lane, slot, &[])
             }
-            Frame::Ack(_) | Frame::Applied(_) => Err(PeerError::Unexpected("an Ack or Applied frame")),
+            Frame::Ack(_) | Frame::Applied(_) => {
+                Err(PeerError::Unexpected("an Ack or Applied frame"))
+            }
         }
     }
 
@@ -262,7 +304,12 @@ impl<S: Storage> Secondary<S> {
         if self.failed.is_some() {
             return Ok(());
         }
-        match self.staging.admit(slot.seq, slot.data_set, slot.stream_offset, payload.len() as u32) {
+        match self.staging.admit(
+            slot.seq,
+            slot.data_set,
+            slot.stream_offset,
+            payload.len() as u32,
+        ) {
             Admission::Accept => {}
             Admission::Duplicate { durable } => {
                 self.stats.duplicates += 1;
@@ -288,7 +335,9 @@ impl<S: Storage> Secondary<S> {
             self.stats.journal_busy += 1;
             return Ok(());
         }
-        self.staging.insert(slot, payload, SlotState::Journaling).map_err(PeerError::Violation)?;
+        self.staging
+            .insert(slot, payload, SlotState::Journaling)
+            .map_err(PeerError::Violation)?;
         let header = RecordHeader {
             lsn: 0,
             seq: slot.seq,
@@ -297,7 +346,13 @@ impl<S: Storage> Secondary<S> {
             payload_len: payload.len() as u32,
             body: match slot.body {
                 SlotBody::Write { volume, offset, .. } => RecordBody::Write { volume, offset },
-                SlotBody::Sync { first_seq, write_count } => RecordBody::Sync { first_seq, write_count },
+                SlotBody::Sync {
+                    first_seq,
+                    write_count,
+                } => RecordBody::Sync {
+                    first_seq,
+                    write_count,
+                },
             },
         };
         match self.journal.append(slot.seq.0, header, payload) {
@@ -341,7 +396,8 @@ impl<S: Storage> Secondary<S> {
             match self.journal.storage_mut().submit_flush(TAG_FLUSH_RECORDS) {
                 Ok(()) => {
                     assert!(self.flushing.is_empty());
-                    self.flushing.extend(self.appended.drain(..committable).map(|(seq, _)| seq));
+                    self.flushing
+                        .extend(self.appended.drain(..committable).map(|(seq, _)| seq));
                     self.flush_in_flight = true;
                     self.stats.journal_flushes += 1;
                 }
@@ -350,7 +406,12 @@ impl<S: Storage> Secondary<S> {
             }
         }
         if self.failed.is_none() {
-            let applied = self.applier.drive(&mut self.staging, &mut self.journal, &mut self.replicas, TAG_SUPERBLOCK);
+            let applied = self.applier.drive(
+                &mut self.staging,
+                &mut self.journal,
+                &mut self.replicas,
+                TAG_SUPERBLOCK,
+            );
             if applied {
                 self.stats.data_sets_applied += 1;
                 self.applied_dirty = true;
@@ -371,7 +432,10 @@ impl<S: Storage> Secondary<S> {
                 for seq in self.flushing.drain(..) {
                     if self.staging.slot(seq).is_none() {
                         // Only an applier that does not wait for durability gets here.
-                        assert!(self.config.bug.is_some(), "{seq} left staging before it was durable");
+                        assert!(
+                            self.config.bug.is_some(),
+                            "{seq} left staging before it was durable"
+                        );
                         continue;
                     }
                     self.staging.set_state(seq, SlotState::Durable);
@@ -379,7 +443,11 @@ impl<S: Storage> Secondary<S> {
                 }
             }
             TAG_SUPERBLOCK => {
-                if let Err(error) = self.journal.storage_mut().submit_flush(TAG_FLUSH_SUPERBLOCK) {
+                if let Err(error) = self
+                    .journal
+                    .storage_mut()
+                    .submit_flush(TAG_FLUSH_SUPERBLOCK)
+                {
                     self.fail(format!("journal flush: {error}"));
                 }
             }
@@ -388,7 +456,10 @@ impl<S: Storage> Secondary<S> {
                 if self.staging.slot(Seq(seq)).is_some() {
                     self.staging.set_state(Seq(seq), SlotState::Written);
                 } else {
-                    assert!(self.config.bug.is_some(), "seq {seq} left staging before it was durable");
+                    assert!(
+                        self.config.bug.is_some(),
+                        "seq {seq} left staging before it was durable"
+                    );
                 }
                 let entry = self.appended.iter_mut().find(|(s, _)| s.0 == seq);
                 entry.expect("a completed record was appended").1 = true;
@@ -405,7 +476,8 @@ impl<S: Storage> Secondary<S> {
             return 0;
         }
         if state.hello_pending {
-            self.staging.durable_ranges(MAX_ACK_RANGES, &mut self.ack_ranges);
+            self.staging
+                .durable_ranges(MAX_ACK_RANGES, &mut self.ack_ranges);
             let sb = self.journal.superblock();
             self.hello.resume = ResumeState {
                 applied_data_set: self.staging.applied(),
@@ -449,19 +521,37 @@ impl<S: Storage> Secondary<S> {
         let frame = Frame::Ack(AckFrame { ranges });
         encode(&frame, out);
         self.stats.acks_sent += 1;
-        let Frame::Ack(AckFrame { ranges }) = frame else { unreachable!() };
+        let Frame::Ack(AckFrame { ranges }) = frame else {
+            unreachable!()
+        };
         self.ack_ranges = ranges;
     }
 }
 
 /// Stages a record found in the journal at start-up; true if it was taken.
 fn restage(staging: &mut Staging, header: &RecordHeader, payload: &[u8]) -> bool {
-    if staging.admit(header.seq, header.data_set, header.stream_offset, header.payload_len) != Admission::Accept {
+    if staging.admit(
+        header.seq,
+        header.data_set,
+        header.stream_offset,
+        header.payload_len,
+    ) != Admission::Accept
+    {
         return false;
     }
     let body = match header.body {
-        RecordBody::Write { volume, offset } => SlotBody::Write { volume, offset, len: header.payload_len },
-        RecordBody::Sync { first_seq, write_count } => SlotBody::Sync { first_seq, write_count },
+        RecordBody::Write { volume, offset } => SlotBody::Write {
+            volume,
+            offset,
+            len: header.payload_len,
+        },
+        RecordBody::Sync {
+            first_seq,
+            write_count,
+        } => SlotBody::Sync {
+            first_seq,
+            write_count,
+        },
     };
     let slot = Slot {
         seq: header.seq,
@@ -473,15 +563,26 @@ fn restage(staging: &mut Staging, header: &RecordHeader, payload: &[u8]) -> bool
     staging.insert(slot, payload, SlotState::Durable).is_ok()
 }
 
-fn check_replicas<S: Storage>(config: &SecondaryConfig, replicas: &[S]) -> Result<(), SecondaryError> {
+fn check_replicas<S: Storage>(
+    config: &SecondaryConfig,
+    replicas: &[S],
+) -> Result<(), SecondaryError> {
     if replicas.len() != config.volume_names.len() {
-        return Err(ConfigError::Invalid(format!("{} volume names for {} replicas", config.volume_names.len(), replicas.len())).into());
+        return Err(ConfigError::Invalid(format!(
+            "{} volume names for {} replicas",
+            config.volume_names.len(),
+            replicas.len()
+        ))
+        .into());
     }
     for (name, replica) in config.volume_names.iter().zip(replicas) {
         if replica.geometry().max_io_bytes < config.max_write_bytes {
             return Err(SecondaryError::Replica {
                 name: name.clone(),
-                error: StorageError::TooLarge { len: u64::from(config.max_write_bytes), max: replica.geometry().max_io_bytes },
+                error: StorageError::TooLarge {
+                    len: u64::from(config.max_write_bytes),
+                    max: replica.geometry().max_io_bytes,
+                },
             });
         }
     }

@@ -10,7 +10,9 @@
 //! likewise live in a small ring indexed by id, holding their sync and how many of their
 //! records are durable. Nothing allocates after construction.
 
-use crate::protocol::{push_seq, stream_cost, DataSetId, Seq, SeqRange, VolumeId, RECORD_OVERHEAD_BYTES};
+use crate::protocol::{
+    push_seq, stream_cost, DataSetId, Seq, SeqRange, VolumeId, RECORD_OVERHEAD_BYTES,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotState {
@@ -25,8 +27,15 @@ pub enum SlotState {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotBody {
-    Write { volume: VolumeId, offset: u64, len: u32 },
-    Sync { first_seq: Seq, write_count: u64 },
+    Write {
+        volume: VolumeId,
+        offset: u64,
+        len: u32,
+    },
+    Sync {
+        first_seq: Seq,
+        write_count: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -64,7 +73,9 @@ struct DataSetSlot {
 pub enum Admission {
     Accept,
     /// Held already; `durable` says whether it may be acked again now.
-    Duplicate { durable: bool },
+    Duplicate {
+        durable: bool,
+    },
     /// Part of an applied data set: the `Applied` frame acknowledges it.
     AlreadyApplied,
     /// Past the window the primary was given: dropped, the primary resends it later.
@@ -105,7 +116,13 @@ const EMPTY_SLOT: Slot = Slot {
 };
 
 impl Staging {
-    pub fn new(window_bytes: u64, max_write_bytes: u32, applied: DataSetId, applied_seq: Seq, applied_stream_end: u64) -> Staging {
+    pub fn new(
+        window_bytes: u64,
+        max_write_bytes: u32,
+        applied: DataSetId,
+        applied_seq: Seq,
+        applied_stream_end: u64,
+    ) -> Staging {
         let seqs = (window_bytes / RECORD_OVERHEAD_BYTES + 1) as usize;
         // A data set is at least one write and its sync.
         let data_sets = (window_bytes / (2 * RECORD_OVERHEAD_BYTES) + 2) as usize;
@@ -147,18 +164,28 @@ impl Staging {
     }
 
     /// Decides what to do with a record arriving with these fields.
-    pub fn admit(&self, seq: Seq, data_set: DataSetId, stream_offset: u64, payload_len: u32) -> Admission {
+    pub fn admit(
+        &self,
+        seq: Seq,
+        data_set: DataSetId,
+        stream_offset: u64,
+        payload_len: u32,
+    ) -> Admission {
         if seq <= self.applied_seq {
             return Admission::AlreadyApplied;
         }
         if data_set <= self.applied {
-            return Admission::Conflict("a record above the applied seq claims an applied data set");
+            return Admission::Conflict(
+                "a record above the applied seq claims an applied data set",
+            );
         }
         let Some(stream_end) = stream_offset.checked_add(stream_cost(payload_len)) else {
             return Admission::Conflict("stream offset overflows");
         };
         if stream_offset < self.applied_stream_end {
-            return Admission::Conflict("a record above the applied seq lies before the applied stream end");
+            return Admission::Conflict(
+                "a record above the applied seq lies before the applied stream end",
+            );
         }
         let seq_room = self.slots.len() as u64 - 1;
         let data_set_room = self.data_sets.len() as u64 - 1;
@@ -197,13 +224,29 @@ impl Staging {
     }
 
     /// Holds an admitted record (state `state`) and copies its payload into the arena.
-    pub fn insert(&mut self, slot: Slot, payload: &[u8], state: SlotState) -> Result<(), &'static str> {
-        debug_assert_eq!(self.admit(slot.seq, slot.data_set, slot.stream_offset, slot.payload_len()), Admission::Accept);
+    pub fn insert(
+        &mut self,
+        slot: Slot,
+        payload: &[u8],
+        state: SlotState,
+    ) -> Result<(), &'static str> {
+        debug_assert_eq!(
+            self.admit(
+                slot.seq,
+                slot.data_set,
+                slot.stream_offset,
+                slot.payload_len()
+            ),
+            Admission::Accept
+        );
         assert_eq!(payload.len(), slot.payload_len() as usize);
         let index = self.data_set_index(slot.data_set);
         let entry = &mut self.data_sets[index];
         if entry.id != slot.data_set {
-            assert!(entry.id <= self.applied, "data-set ring entry reused while live");
+            assert!(
+                entry.id <= self.applied,
+                "data-set ring entry reused while live"
+            );
             *entry = DataSetSlot {
                 id: slot.data_set,
                 ..DataSetSlot::default()
@@ -234,7 +277,10 @@ impl Staging {
     pub fn set_state(&mut self, seq: Seq, state: SlotState) {
         let index = self.slot_index(seq);
         let slot = &mut self.slots[index];
-        assert!(slot.seq == seq && slot.state != SlotState::Empty, "state change of a held record");
+        assert!(
+            slot.seq == seq && slot.state != SlotState::Empty,
+            "state change of a held record"
+        );
         assert!(state != SlotState::Empty && slot.state != SlotState::Durable);
         slot.state = state;
         if state == SlotState::Durable {
@@ -256,7 +302,10 @@ impl Staging {
     /// The next data set to apply, if it is complete. `Err` if its records contradict
     /// each other (then it must never be applied). With `ignore_missing` (a deliberately
     /// broken applier, for proving the simulator's checker) a durable sync is enough.
-    pub fn next_complete(&self, ignore_missing: bool) -> Result<Option<CompleteDataSet>, &'static str> {
+    pub fn next_complete(
+        &self,
+        ignore_missing: bool,
+    ) -> Result<Option<CompleteDataSet>, &'static str> {
         let id = self.applied.next();
         let entry = &self.data_sets[self.data_set_index(id)];
         if entry.id != id || !entry.sync_durable {
@@ -264,14 +313,23 @@ impl Staging {
         }
         let sync_seq = entry.sync_seq.expect("a durable sync was recorded");
         let sync = *self.slot(sync_seq).expect("sync held");
-        let SlotBody::Sync { first_seq, write_count } = sync.body else {
+        let SlotBody::Sync {
+            first_seq,
+            write_count,
+        } = sync.body
+        else {
             return Err("sync slot holds a write");
         };
         if first_seq != self.applied_seq.next() {
             return Err("data set does not start right after the applied one");
         }
         if ignore_missing {
-            return Ok(Some(CompleteDataSet { id, first_seq, sync_seq, stream_end: sync.stream_end() }));
+            return Ok(Some(CompleteDataSet {
+                id,
+                first_seq,
+                sync_seq,
+                stream_end: sync.stream_end(),
+            }));
         }
         if entry.durable_writes < write_count {
             return Ok(None);
@@ -295,12 +353,21 @@ impl Staging {
         if sync.stream_offset != expected_offset {
             return Err("sync does not follow its data set's last write");
         }
-        Ok(Some(CompleteDataSet { id, first_seq, sync_seq, stream_end: sync.stream_end() }))
+        Ok(Some(CompleteDataSet {
+            id,
+            first_seq,
+            sync_seq,
+            stream_end: sync.stream_end(),
+        }))
     }
 
     /// `data_set` is applied and its watermark durable: forget its records.
     pub fn advance(&mut self, data_set: &CompleteDataSet) {
-        assert_eq!(data_set.id, self.applied.next(), "data sets are applied in order");
+        assert_eq!(
+            data_set.id,
+            self.applied.next(),
+            "data sets are applied in order"
+        );
         for seq in data_set.first_seq.0..=data_set.sync_seq.0 {
             let index = self.slot_index(Seq(seq));
             if self.slots[index].seq == Seq(seq) {
@@ -317,7 +384,10 @@ impl Staging {
         out.clear();
         let highest = self.applied_seq.0 + self.slots.len() as u64 - 1;
         for seq in self.applied_seq.0 + 1..=highest {
-            if !self.slot(Seq(seq)).is_some_and(|s| s.state == SlotState::Durable) {
+            if !self
+                .slot(Seq(seq))
+                .is_some_and(|s| s.state == SlotState::Durable)
+            {
                 continue;
             }
             if !push_seq(out, Seq(seq), max) {

@@ -18,7 +18,9 @@ enum Op {
     Write,
     Read,
     /// Covers the writes that had completed when it was submitted.
-    Flush { covers: u64 },
+    Flush {
+        covers: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -122,7 +124,10 @@ impl Storage for SimDisk {
         self.check_queue()?;
         let at = offset as usize;
         self.visible[at..at + data.len()].copy_from_slice(data);
-        let write = UnflushedWrite { offset, data: data.to_vec() };
+        let write = UnflushedWrite {
+            offset,
+            data: data.to_vec(),
+        };
         self.in_flight.push((tag, Op::Write, Some(write)));
         Ok(())
     }
@@ -153,11 +158,16 @@ impl Storage for SimDisk {
             }
             let (tag, op, write) = self.in_flight.swap_remove(index);
             match op {
-                Op::Write => self.unflushed.push(write.expect("a write carries its data")),
+                Op::Write => self
+                    .unflushed
+                    .push(write.expect("a write carries its data")),
                 Op::Read => {}
                 Op::Flush { covers } => self.persist_through(covers),
             }
-            out.push(Completion { tag, result: Ok(()) });
+            out.push(Completion {
+                tag,
+                result: Ok(()),
+            });
             done += 1;
         }
         done
@@ -207,6 +217,9 @@ mod tests {
             copy.crash();
             survived += usize::from(copy.contents()[0] == 7);
         }
-        assert!(survived > 0 && survived < 64, "kept {survived} of 64 crashes");
+        assert!(
+            survived > 0 && survived < 64,
+            "kept {survived} of 64 crashes"
+        );
     }
 }

@@ -37,7 +37,13 @@ impl Model {
         }
     }
 
-    pub fn write(&mut self, seq: Seq, volume: usize, offset: u64, data: &[u8]) -> Result<(), String> {
+    pub fn write(
+        &mut self,
+        seq: Seq,
+        volume: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
         if seq <= self.last_write {
             return Err(format!("write got {seq} after {}", self.last_write));
         }
@@ -51,12 +57,19 @@ impl Model {
     /// far must belong to it or an earlier one, and none may be missing.
     pub fn close(&mut self, data_set: DataSetId, sync_seq: Seq) -> Result<(), String> {
         if data_set.0 != self.closed.len() as u64 + 1 {
-            return Err(format!("closed {data_set} after {} data sets", self.closed.len()));
+            return Err(format!(
+                "closed {data_set} after {} data sets",
+                self.closed.len()
+            ));
         }
         if sync_seq.0 != self.last_write.0 + 1 {
-            return Err(format!("{data_set} closed at {sync_seq} but the last write is {}", self.last_write));
+            return Err(format!(
+                "{data_set} closed at {sync_seq} but the last write is {}",
+                self.last_write
+            ));
         }
-        self.closed.push(digest(self.volumes.iter().map(Vec::as_slice)));
+        self.closed
+            .push(digest(self.volumes.iter().map(Vec::as_slice)));
         Ok(())
     }
 

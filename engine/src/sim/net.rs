@@ -89,7 +89,14 @@ impl Network {
     }
 
     /// Sends one encoded frame on `lane`.
-    pub fn send(&mut self, rng: &mut ChaCha8Rng, now_us: u64, lane: usize, direction: Direction, frame: &[u8]) {
+    pub fn send(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        now_us: u64,
+        lane: usize,
+        direction: Direction,
+        frame: &[u8],
+    ) {
         assert!(self.up[lane], "send on a connected lane");
         self.stats.packets += 1;
         if Self::one_in(rng, self.faults.drop) {
@@ -120,9 +127,17 @@ impl Network {
 
     /// Removes and returns one packet due by `now_us` (a random one of those due), with
     /// its lane and direction; packets of broken connections are discarded on the way.
-    pub fn next_due(&mut self, rng: &mut ChaCha8Rng, now_us: u64) -> Option<(usize, Direction, Vec<u8>)> {
+    pub fn next_due(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        now_us: u64,
+    ) -> Option<(usize, Direction, Vec<u8>)> {
         loop {
-            let due: usize = self.packets.iter().filter(|p| p.deliver_at_us <= now_us).count();
+            let due: usize = self
+                .packets
+                .iter()
+                .filter(|p| p.deliver_at_us <= now_us)
+                .count();
             if due == 0 {
                 return None;
             }
@@ -143,5 +158,4 @@ impl Network {
             return Some((packet.lane, packet.direction, packet.bytes));
         }
     }
-
 }

@@ -43,11 +43,20 @@ impl SwarmConfig {
             .map(|_| {
                 let block_size = if rng.random_bool(0.3) { 512 } else { 4096 };
                 let size_bytes = 4096 * rng.random_range(8..=48u64);
-                Geometry { size_bytes, block_size, max_io_bytes: 1 << 20, max_in_flight }
+                Geometry {
+                    size_bytes,
+                    block_size,
+                    max_io_bytes: 1 << 20,
+                    max_in_flight,
+                }
             })
             .collect();
         let policy = DataSetPolicy {
-            interval_ms: if rng.random_bool(0.3) { 0 } else { rng.random_range(1..=30) },
+            interval_ms: if rng.random_bool(0.3) {
+                0
+            } else {
+                rng.random_range(1..=30)
+            },
             max_writes: rng.random_range(1..=32),
             max_bytes: 4096 * rng.random_range(1..=64),
         };
@@ -60,7 +69,8 @@ impl SwarmConfig {
         let names: Vec<String> = (0..volumes.len()).map(|i| format!("vol{i}")).collect();
         let group = GroupId(rng.random_range(1..=1000));
         let faulty = rng.random_bool(0.85);
-        let rate = |rng: &mut ChaCha8Rng, max: u32| if faulty { rng.random_range(0..=max) } else { 0 };
+        let rate =
+            |rng: &mut ChaCha8Rng, max: u32| if faulty { rng.random_range(0..=max) } else { 0 };
         SwarmConfig {
             primary: PrimaryConfig {
                 group,

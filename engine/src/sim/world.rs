@@ -51,14 +51,22 @@ impl World {
     pub fn new(seed: u64, bug: Option<InjectedBug>) -> World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let config = SwarmConfig::draw(&mut rng, bug);
-        let disk = |rng: &mut ChaCha8Rng, geometry| SimDisk::new(geometry, config.disk_complete_percent, rng.next_u64());
+        let disk = |rng: &mut ChaCha8Rng, geometry| {
+            SimDisk::new(geometry, config.disk_complete_percent, rng.next_u64())
+        };
         let primary_disks = config.volumes.iter().map(|&g| disk(&mut rng, g)).collect();
         let replicas = config.volumes.iter().map(|&g| disk(&mut rng, g)).collect();
         let journal = disk(&mut rng, config.journal);
-        let primary = Primary::new(config.primary.clone(), primary_disks).expect("swarm draws a valid primary config");
-        let secondary = Secondary::create(config.secondary.clone(), journal, replicas).expect("swarm draws a valid secondary");
+        let primary = Primary::new(config.primary.clone(), primary_disks)
+            .expect("swarm draws a valid primary config");
+        let secondary = Secondary::create(config.secondary.clone(), journal, replicas)
+            .expect("swarm draws a valid secondary");
         let lanes = config.primary.lanes;
-        let sizes: Vec<usize> = config.volumes.iter().map(|g| g.size_bytes as usize).collect();
+        let sizes: Vec<usize> = config
+            .volumes
+            .iter()
+            .map(|g| g.size_bytes as usize)
+            .collect();
         World {
             seed,
             net: Network::new(lanes, config.latency_us_max, config.net_faults),
@@ -99,7 +107,11 @@ impl World {
     }
 
     fn violation(&self, what: String) -> Violation {
-        Violation { seed: self.seed, step: self.step, what }
+        Violation {
+            seed: self.seed,
+            step: self.step,
+            what,
+        }
     }
 
     /// Runs the workload with faults, then heals everything and waits for the secondary to
@@ -196,18 +208,28 @@ impl World {
             let geometry = self.config.volumes[volume];
             let block = u64::from(geometry.block_size);
             let max_blocks = u64::from(self.config.primary.max_write_bytes) / block;
-            let blocks = self.rng.random_range(1..=max_blocks.min(geometry.size_bytes / block));
-            let offset = block * self.rng.random_range(0..=geometry.size_bytes / block - blocks);
+            let blocks = self
+                .rng
+                .random_range(1..=max_blocks.min(geometry.size_bytes / block));
+            let offset = block
+                * self
+                    .rng
+                    .random_range(0..=geometry.size_bytes / block - blocks);
             let mut data = vec![0u8; (blocks * block) as usize];
             self.rng.fill_bytes(&mut data);
             let token = self.next_token;
             self.next_token += 1;
             let now_ms = self.now_us / 1000;
-            match self.primary.submit_write(now_ms, VolumeId(volume as u16), offset, &data, token) {
+            match self
+                .primary
+                .submit_write(now_ms, VolumeId(volume as u16), offset, &data, token)
+            {
                 Ok(seq) => {
                     self.writes_left -= 1;
                     self.stats.writes += 1;
-                    self.model.write(seq, volume, offset, &data).map_err(|e| self.violation(e))?;
+                    self.model
+                        .write(seq, volume, offset, &data)
+                        .map_err(|e| self.violation(e))?;
                 }
                 Err(SubmitError::WindowFull) => self.stats.window_full += 1,
                 Err(error) => return Err(self.violation(format!("write refused: {error}"))),
@@ -220,7 +242,10 @@ impl World {
         Ok(())
     }
 
-    fn primary_call(&mut self, call: impl FnOnce(&mut Primary<SimDisk>, u64, u64) -> Result<(), SubmitError>) -> Result<(), Violation> {
+    fn primary_call(
+        &mut self,
+        call: impl FnOnce(&mut Primary<SimDisk>, u64, u64) -> Result<(), SubmitError>,
+    ) -> Result<(), Violation> {
         let token = self.next_token;
         self.next_token += 1;
         match call(&mut self.primary, self.now_us / 1000, token) {
@@ -234,11 +259,16 @@ impl World {
     fn drain_primary_events(&mut self) -> Result<(), Violation> {
         while let Some(event) = self.primary.next_event() {
             match event {
-                PrimaryEvent::DataSetClosed { data_set, sync_seq, .. } => {
+                PrimaryEvent::DataSetClosed {
+                    data_set, sync_seq, ..
+                } => {
                     self.stats.data_sets += 1;
-                    self.model.close(data_set, sync_seq).map_err(|e| self.violation(e))?;
+                    self.model
+                        .close(data_set, sync_seq)
+                        .map_err(|e| self.violation(e))?;
                 }
-                PrimaryEvent::WriteDone { result: Err(e), .. } | PrimaryEvent::FlushDone { result: Err(e), .. } => {
+                PrimaryEvent::WriteDone { result: Err(e), .. }
+                | PrimaryEvent::FlushDone { result: Err(e), .. } => {
                     return Err(self.violation(format!("primary I/O failed: {e}")));
                 }
                 PrimaryEvent::WriteDone { .. } | PrimaryEvent::FlushDone { .. } => {}
@@ -254,22 +284,39 @@ impl World {
                 continue;
             }
             self.buf.clear();
-            self.primary.poll_transmit(now_ms, lane, &mut self.buf, TRANSMIT_BUDGET_BYTES);
-            send_frames(&mut self.net, &mut self.rng, self.now_us, lane, Direction::ToSecondary, &self.buf);
+            self.primary
+                .poll_transmit(now_ms, lane, &mut self.buf, TRANSMIT_BUDGET_BYTES);
+            send_frames(
+                &mut self.net,
+                &mut self.rng,
+                self.now_us,
+                lane,
+                Direction::ToSecondary,
+                &self.buf,
+            );
             if let Some(secondary) = &mut self.secondary {
                 self.buf.clear();
                 secondary.poll_transmit(lane, &mut self.buf, TRANSMIT_BUDGET_BYTES);
-                send_frames(&mut self.net, &mut self.rng, self.now_us, lane, Direction::ToPrimary, &self.buf);
+                send_frames(
+                    &mut self.net,
+                    &mut self.rng,
+                    self.now_us,
+                    lane,
+                    Direction::ToPrimary,
+                    &self.buf,
+                );
             }
         }
     }
 
     fn deliver(&mut self) -> Result<(), Violation> {
         for _ in 0..256 {
-            let Some((lane, direction, bytes)) = self.net.next_due(&mut self.rng, self.now_us) else {
+            let Some((lane, direction, bytes)) = self.net.next_due(&mut self.rng, self.now_us)
+            else {
                 break;
             };
-            let (frame, used) = decode(&bytes).map_err(|e| self.violation(format!("undecodable frame: {e}")))?;
+            let (frame, used) =
+                decode(&bytes).map_err(|e| self.violation(format!("undecodable frame: {e}")))?;
             assert_eq!(used, bytes.len());
             let result = match direction {
                 Direction::ToPrimary => self.primary.handle_frame(lane, &frame),
@@ -278,7 +325,9 @@ impl World {
                     None => Ok(()),
                 },
             };
-            result.map_err(|e| self.violation(format!("peer error on lane {lane} ({direction:?}): {e}")))?;
+            result.map_err(|e| {
+                self.violation(format!("peer error on lane {lane} ({direction:?}): {e}"))
+            })?;
         }
         Ok(())
     }
@@ -327,7 +376,8 @@ impl World {
     fn reconnect(&mut self) -> Result<(), Violation> {
         if self.now_us >= self.restart_at_us {
             if let Some((journal, replicas)) = self.crashed.take() {
-                self.stats.torn_writes += journal.torn_writes + replicas.iter().map(|r| r.torn_writes).sum::<u64>();
+                self.stats.torn_writes +=
+                    journal.torn_writes + replicas.iter().map(|r| r.torn_writes).sum::<u64>();
                 let restarted = Secondary::open(self.config.secondary.clone(), journal, replicas)
                     .map_err(|e| self.violation(format!("restart failed: {e}")))?;
                 self.stats.recovered_records += restarted.stats().recovered_records;
@@ -360,7 +410,10 @@ impl World {
         }
         let applied = secondary.applied();
         if applied < self.reported_applied {
-            return Err(self.violation(format!("watermark went back from {} to {applied}", self.reported_applied)));
+            return Err(self.violation(format!(
+                "watermark went back from {} to {applied}",
+                self.reported_applied
+            )));
         }
         if applied > self.model.last_closed() {
             return Err(self.violation(format!("applied {applied} was never closed")));
@@ -411,7 +464,10 @@ impl World {
         }
         let applied = copy.applied();
         if applied < self.reported_applied {
-            return Err(self.violation(format!("a crash now recovers to {applied}, older than {} reported", self.reported_applied)));
+            return Err(self.violation(format!(
+                "a crash now recovers to {applied}, older than {} reported",
+                self.reported_applied
+            )));
         }
         let replicas = copy.replicas().iter().map(|r| r.contents());
         self.compare(applied, digest(replicas), "recovered replica")
@@ -419,7 +475,12 @@ impl World {
 
     fn check_final_image(&self) -> Result<(), Violation> {
         let secondary = self.secondary.as_ref().expect("running after healing");
-        for (index, (replica, expected)) in secondary.replicas().iter().zip(self.model.image()).enumerate() {
+        for (index, (replica, expected)) in secondary
+            .replicas()
+            .iter()
+            .zip(self.model.image())
+            .enumerate()
+        {
             let actual = replica.contents();
             if let Some(at) = actual.iter().zip(expected).position(|(a, b)| a != b) {
                 return Err(self.violation(format!(
@@ -433,7 +494,14 @@ impl World {
 }
 
 /// Splits a transmit buffer into frames, each its own packet.
-fn send_frames(net: &mut Network, rng: &mut ChaCha8Rng, now_us: u64, lane: usize, direction: Direction, mut bytes: &[u8]) {
+fn send_frames(
+    net: &mut Network,
+    rng: &mut ChaCha8Rng,
+    now_us: u64,
+    lane: usize,
+    direction: Direction,
+    mut bytes: &[u8],
+) {
     while !bytes.is_empty() {
         let len = frame_len(bytes).expect("the engine encodes whole, valid frames");
         net.send(rng, now_us, lane, direction, &bytes[..len]);

@@ -84,7 +84,10 @@ mod tests {
         writes.insert(1, VolumeId(0), 4096, 8192);
         assert!(writes.overlaps(VolumeId(0), 8192, 4096));
         assert!(writes.overlaps(VolumeId(0), 0, 8192));
-        assert!(!writes.overlaps(VolumeId(0), 0, 4096), "ends touch, no overlap");
+        assert!(
+            !writes.overlaps(VolumeId(0), 0, 4096),
+            "ends touch, no overlap"
+        );
         assert!(!writes.overlaps(VolumeId(0), 12288, 4096));
         assert!(!writes.overlaps(VolumeId(1), 4096, 4096), "other volume");
         assert!(writes.remove(1));

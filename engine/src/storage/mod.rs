@@ -108,8 +108,14 @@ impl Geometry {
 pub enum StorageError {
     #[error("bad geometry: {0}")]
     BadGeometry(&'static str),
-    #[error("request at offset {offset} length {len} is not aligned to the {block_size}-byte block")]
-    Unaligned { offset: u64, len: u64, block_size: u32 },
+    #[error(
+        "request at offset {offset} length {len} is not aligned to the {block_size}-byte block"
+    )]
+    Unaligned {
+        offset: u64,
+        len: u64,
+        block_size: u32,
+    },
     #[error("request at offset {offset} length {len} is past the end of the {size}-byte volume")]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("request of {len} bytes is larger than the {max}-byte limit")]
