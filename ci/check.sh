@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# What CI runs, in order: toolchain check, format, lints, the README's test command, a
+# thousand simulation seeds, and the demo. Each step must pass; the script stops at the
+# first failure. Runs from any directory; needs only a Rust toolchain (cargo, rustfmt,
+# clippy) and crates.io.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain"
+if ! command -v cargo >/dev/null; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+cargo --version
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        rustup component add "$component"
+    fi
+done
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (the README's test command)"
+cargo test --workspace --locked
+
+step "simulation: 1000 seeds"
+cargo build --release --locked -p ordo-tools
+sim_log=$(mktemp)
+./target/release/ordo sim --seeds 1000 | tee "$sim_log"
+tail -n 1 "$sim_log" | grep -qx 'sim: 1000 seeds, 0 violations'
+
+step "demo"
+demo_log=$(mktemp)
+./target/release/ordo demo | tee "$demo_log"
+tail -n 1 "$demo_log" | grep -qE '^replica verified at data set [0-9]+$'
+
+step "done"
