@@ -2,13 +2,13 @@
 //! Each request runs its syscall inside `submit_*` (so a submit may block on the disk) and
 //! queues the outcome; `poll` only hands out queued completions and never makes a syscall.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
+use super::completions::CompletionQueue;
 use super::{Completion, Geometry, IoTag, Storage, StorageError};
 
 /// A volume backed by a regular file or a block device, opened read+write.
@@ -17,9 +17,7 @@ pub struct FileStorage {
     file: File,
     geometry: Geometry,
     /// Finished requests not yet reported by `poll`; its length is the in-flight count.
-    completions: VecDeque<Completion>,
-    /// Capacity reserved in `open`; asserted unchanged so that submit never allocates.
-    completions_capacity: usize,
+    completions: CompletionQueue,
 }
 
 impl FileStorage {
@@ -61,18 +59,11 @@ impl FileStorage {
         let geometry = Geometry::new(size_bytes, block_size)?;
         debug_assert!(volume_len(&file).is_ok_and(|len| len >= geometry.size_bytes));
 
-        let mut completions = VecDeque::new();
-        completions
-            .try_reserve_exact(geometry.max_in_flight as usize)
-            .map_err(|e| StorageError::Io {
-                kind: std::io::ErrorKind::OutOfMemory,
-                message: e.to_string(),
-            })?;
+        let completions = CompletionQueue::new(geometry.max_in_flight)?;
         Ok(FileStorage {
             path: path.to_path_buf(),
             file,
             geometry,
-            completions_capacity: completions.capacity(),
             completions,
         })
     }
@@ -82,19 +73,12 @@ impl FileStorage {
     }
 
     fn admit(&self) -> Result<(), StorageError> {
-        let max_in_flight = self.geometry.max_in_flight;
-        debug_assert!(self.in_flight() <= max_in_flight);
-        if self.in_flight() == max_in_flight {
-            return Err(StorageError::QueueFull(max_in_flight));
-        }
-        Ok(())
+        self.completions.admit()
     }
 
     fn complete(&mut self, tag: IoTag, result: std::io::Result<()>) {
-        assert!(self.completions.len() < self.geometry.max_in_flight as usize);
-        let result = result.map_err(StorageError::from);
-        self.completions.push_back(Completion { tag, result });
-        debug_assert_eq!(self.completions.capacity(), self.completions_capacity);
+        self.completions
+            .push(tag, result.map_err(StorageError::from));
     }
 }
 
@@ -141,14 +125,11 @@ impl Storage for FileStorage {
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
-        let count = max.min(self.completions.len());
-        out.extend(self.completions.drain(..count));
-        count
+        self.completions.poll(out, max)
     }
 
     fn in_flight(&self) -> u32 {
-        debug_assert!(self.completions.len() <= self.geometry.max_in_flight as usize);
-        self.completions.len() as u32
+        self.completions.len()
     }
 }
 

@@ -3,10 +3,10 @@
 //! its completion, which only `poll` hands out, so callers see the same completion model as
 //! with a real device.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
 
+use super::completions::{out_of_memory, CompletionQueue};
 use super::{Completion, Geometry, IoTag, Storage, StorageError};
 
 /// A preallocated, zero-filled volume held in memory. A flush is a no-op on the data: for
@@ -14,10 +14,8 @@ use super::{Completion, Geometry, IoTag, Storage, StorageError};
 pub struct MemStorage {
     geometry: Geometry,
     volume: Vec<u8>,
-    /// Finished requests not yet reported by `poll`; its length is the in-flight count.
-    completions: VecDeque<Completion>,
-    /// Capacity reserved in `new`; asserted unchanged so that submit never allocates.
-    completions_capacity: usize,
+    /// Finished requests not yet reported by `poll`.
+    completions: CompletionQueue,
 }
 
 impl MemStorage {
@@ -30,7 +28,6 @@ impl MemStorage {
         let size_bytes = usize::try_from(geometry.size_bytes).map_err(|_| {
             StorageError::BadGeometry("size does not fit in this machine's address space")
         })?;
-        let max_in_flight = geometry.max_in_flight as usize;
 
         let mut volume = Vec::new();
         volume
@@ -38,17 +35,12 @@ impl MemStorage {
             .map_err(out_of_memory)?;
         // Zero (and so touch) every page now, not on the first write to it.
         volume.resize(size_bytes, 0);
-        let mut completions = VecDeque::new();
-        completions
-            .try_reserve_exact(max_in_flight)
-            .map_err(out_of_memory)?;
+        let completions = CompletionQueue::new(geometry.max_in_flight)?;
 
         assert_eq!(volume.len(), size_bytes);
-        assert!(completions.capacity() >= max_in_flight);
         Ok(MemStorage {
             geometry,
             volume,
-            completions_capacity: completions.capacity(),
             completions,
         })
     }
@@ -70,25 +62,11 @@ impl MemStorage {
     }
 
     fn admit(&self) -> Result<(), StorageError> {
-        let max_in_flight = self.geometry.max_in_flight;
-        debug_assert!(self.in_flight() <= max_in_flight);
-        if self.in_flight() == max_in_flight {
-            return Err(StorageError::QueueFull(max_in_flight));
-        }
-        Ok(())
+        self.completions.admit()
     }
 
     fn complete(&mut self, tag: IoTag, result: Result<(), StorageError>) {
-        assert!(self.completions.len() < self.geometry.max_in_flight as usize);
-        self.completions.push_back(Completion { tag, result });
-        debug_assert_eq!(self.completions.capacity(), self.completions_capacity);
-    }
-}
-
-fn out_of_memory(e: std::collections::TryReserveError) -> StorageError {
-    StorageError::Io {
-        kind: std::io::ErrorKind::OutOfMemory,
-        message: e.to_string(),
+        self.completions.push(tag, result);
     }
 }
 
@@ -118,14 +96,11 @@ impl Storage for MemStorage {
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
-        let count = max.min(self.completions.len());
-        out.extend(self.completions.drain(..count));
-        count
+        self.completions.poll(out, max)
     }
 
     fn in_flight(&self) -> u32 {
-        debug_assert!(self.completions.len() <= self.geometry.max_in_flight as usize);
-        self.completions.len() as u32
+        self.completions.len()
     }
 }
 

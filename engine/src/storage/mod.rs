@@ -14,6 +14,7 @@
 //!   is durable;
 //! - at most `max_in_flight` requests are in flight; one more is `QueueFull` (backpressure).
 
+pub mod completions;
 pub mod file;
 pub mod inflight;
 pub mod mem;

@@ -1,0 +1,357 @@
+//! Tests of the wire codec: round trips, every prefix, every corruption, and fuzzing.
+use super::*;
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+fn encoded(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(frame, &mut out);
+    out
+}
+
+fn range(first: u64, last: u64) -> SeqRange {
+    SeqRange {
+        first: Seq(first),
+        last: Seq(last),
+    }
+}
+
+/// Recomputes the crc of the frame filling `buf`, so that edits reach the body parser.
+fn reseal(buf: &mut [u8]) {
+    buf[CRC_OFFSET..HEADER_BYTES].fill(0);
+    let crc = crc32c::crc32c(buf);
+    buf[CRC_OFFSET..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn samples() -> Vec<Frame<'static>> {
+    let volume = |name: &str| VolumeInfo {
+        name: name.into(),
+        size_bytes: 1 << 30,
+        block_size: 512,
+    };
+    let staged = vec![range(41, 45), range(47, 47)];
+    let resume = ResumeState {
+        applied_data_set: DataSetId(3),
+        applied_seq: Seq(40),
+        staged,
+        ..Default::default()
+    };
+    let volumes = vec![volume("vol-a"), volume(&"é".repeat(16))];
+    let (seq, data_set, offset, stream_offset) = (Seq(41), DataSetId(4), 8192, 9000);
+    let write = WriteFrame {
+        volume: VolumeId(1),
+        seq,
+        data_set,
+        offset,
+        stream_offset,
+        payload: b"block",
+    };
+    let sync = SyncFrame {
+        seq: Seq(46),
+        data_set,
+        first_seq: seq,
+        write_count: 5,
+        stream_offset,
+    };
+    vec![
+        Frame::Hello(Hello {
+            role: Role::Secondary,
+            group: GroupId(7),
+            volumes,
+            resume,
+        }),
+        Frame::Hello(Hello {
+            role: Role::Primary,
+            group: GroupId(7),
+            volumes: vec![],
+            resume: Default::default(),
+        }),
+        Frame::Write(write),
+        Frame::Write(WriteFrame {
+            payload: &[],
+            ..write
+        }),
+        Frame::Sync(sync),
+        Frame::Ack(AckFrame {
+            ranges: vec![range(1, 10), range(12, 12)],
+        }),
+        Frame::Ack(AckFrame { ranges: vec![] }),
+        Frame::Applied(AppliedFrame {
+            data_set,
+            applied_seq: Seq(46),
+            stream_end: u64::MAX,
+        }),
+    ]
+}
+
+fn check_round_trip(frame: &Frame<'_>) {
+    let buf = encoded(frame);
+    assert_eq!(decode(&buf), Ok((frame.clone(), buf.len())));
+    assert_eq!(frame_len(&buf), Ok(buf.len()));
+}
+
+/// Decode accepts exactly what `encode` produces, and agrees with `frame_len`.
+fn check_total(buf: &[u8]) {
+    match decode(buf) {
+        Ok((frame, consumed)) => {
+            assert_eq!(frame_len(buf), Ok(consumed));
+            assert_eq!(encoded(&frame), buf[..consumed]);
+        }
+        Err(Incomplete { needed }) => assert!(needed > buf.len()),
+        Err(_) => {}
+    }
+}
+
+#[test]
+fn every_kind_round_trips() {
+    samples().iter().for_each(check_round_trip);
+}
+
+#[test]
+fn every_strict_prefix_is_incomplete() {
+    for buf in samples().iter().map(encoded) {
+        for len in 0..buf.len() {
+            let (prefix, header_complete) = (&buf[..len], len >= HEADER_BYTES);
+            let needed = if header_complete {
+                buf.len()
+            } else {
+                HEADER_BYTES
+            };
+            assert_eq!(decode(prefix), Err(Incomplete { needed }));
+            let from_header = if header_complete {
+                Ok(needed)
+            } else {
+                Err(Incomplete { needed })
+            };
+            assert_eq!(frame_len(prefix), from_header);
+        }
+    }
+}
+
+#[test]
+fn every_single_byte_corruption_is_rejected() {
+    for buf in samples().iter().map(encoded) {
+        for at in 0..buf.len() {
+            for mask in 1..=u8::MAX {
+                let mut corrupt = buf.clone();
+                corrupt[at] ^= mask;
+                assert!(decode(&corrupt).is_err(), "byte {at} ^ {mask:#x} accepted");
+            }
+        }
+    }
+}
+
+#[test]
+fn frames_back_to_back_decode_in_sequence() {
+    let frames = samples();
+    let mut buf = Vec::new();
+    frames.iter().for_each(|frame| encode(frame, &mut buf));
+    let mut rest = &buf[..];
+    for frame in &frames {
+        let (decoded, consumed) = decode(rest).expect("a frame encode wrote");
+        assert_eq!((&decoded, frame_len(rest)), (frame, Ok(consumed)));
+        rest = &rest[consumed..];
+    }
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn corrupt_body_is_a_crc_mismatch() {
+    let mut buf = encoded(&samples()[7]);
+    let expected = u32::from_le_bytes(buf[CRC_OFFSET..HEADER_BYTES].try_into().expect("4"));
+    buf[HEADER_BYTES] ^= 1;
+    let mut crc_zeroed = buf.clone();
+    crc_zeroed[CRC_OFFSET..HEADER_BYTES].fill(0);
+    let actual = crc32c::crc32c(&crc_zeroed);
+    assert_eq!(decode(&buf), Err(CrcMismatch { expected, actual }));
+}
+
+/// Each case edits one field of a valid frame and reseals it, so the crc passes.
+#[test]
+fn bad_fields_give_typed_errors() {
+    let samples = samples();
+    let [hello, write, sync, ack, applied] = [0, 2, 4, 5, 7].map(|i| encoded(&samples[i]));
+    let name_at = HEADER_BYTES + HELLO_FIXED_BYTES + 16;
+    let cases: &[(&[u8], usize, &[u8], &str)] = &[
+        (&applied, 0, &[0; 4], "bad magic 0x00000000"),
+        (&applied, 4, &[2], "unsupported protocol version 2"),
+        (&applied, 5, &[0], "unknown frame kind 0"),
+        (&applied, 6, &[1], "non-zero reserved header field"),
+        (&sync, 8, &[41], "body length 41 invalid for frame kind 3"),
+        (&write, 8, &[0xff; 4], "body length 4294967295 invalid"),
+        (&hello, 16, &[3], "unknown role in hello"),
+        (&hello, 17, &[1], "non-zero padding in hello"),
+        (&hello, 32, &[65], "too many volumes in hello"),
+        (&hello, 32, &[1], "body length 184 invalid for frame kind 1"),
+        (
+            &hello,
+            name_at - 4,
+            &[33],
+            "volume name longer than 32 bytes",
+        ),
+        (
+            &hello,
+            name_at + 5,
+            b"x",
+            "non-zero bytes after volume name",
+        ),
+        (&hello, name_at, &[0xff], "volume name is not UTF-8"),
+        (&write, 20, &[6], "body length 45 invalid for frame kind 2"),
+        (
+            &write,
+            20,
+            &[0xff; 4],
+            "write payload over MAX_WRITE_PAYLOAD_BYTES",
+        ),
+        (&sync, 16, &[47], "sync seq is not first_seq + write_count"),
+        (
+            &sync,
+            40,
+            &[0xff; 8],
+            "sync seq is not first_seq + write_count",
+        ),
+        (&ack, 18, &[1], "non-zero padding in ack"),
+        (&ack, 24, &[11], "seq range with first > last"),
+        (&ack, 16, &[129], "too many seq ranges in ack"),
+    ];
+    for &(frame, at, bytes, expected) in cases {
+        let mut buf = frame.to_vec();
+        buf[at..at + bytes.len()].copy_from_slice(bytes);
+        reseal(&mut buf);
+        let error = decode(&buf).map(|_| ()).expect_err(expected).to_string();
+        assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+    }
+}
+
+fn arb_range() -> impl Strategy<Value = SeqRange> {
+    (any::<u64>(), any::<u64>()).prop_map(|(a, b)| range(a.min(b), a.max(b)))
+}
+
+fn arb_hello() -> impl Strategy<Value = Hello> {
+    let role = prop_oneof![Just(Role::Primary), Just(Role::Secondary)];
+    // A char takes at most 4 bytes, so 8 of them fit a 32-byte name.
+    let volume = (vec(any::<char>(), 0..=8), any::<u64>(), any::<u32>());
+    let volumes = vec(volume, 0..=MAX_VOLUMES).prop_map(|volumes| {
+        let volume = |(name, size_bytes, block_size): (Vec<char>, _, _)| VolumeInfo {
+            name: name.into_iter().collect(),
+            size_bytes,
+            block_size,
+        };
+        volumes.into_iter().map(volume).collect()
+    });
+    let resume = (any::<[u64; 4]>(), vec(arb_range(), 0..=MAX_ACK_RANGES));
+    (role, any::<u64>(), volumes, resume).prop_map(|(role, group, volumes, resume)| {
+        let ([data_set, seq, stream_end, window_bytes], staged) = resume;
+        let resume = ResumeState {
+            applied_data_set: DataSetId(data_set),
+            applied_seq: Seq(seq),
+            applied_stream_end: stream_end,
+            window_bytes,
+            staged,
+        };
+        Hello {
+            role,
+            group: GroupId(group),
+            volumes,
+            resume,
+        }
+    })
+}
+
+/// Frames that own their contents: every kind but `Write`.
+fn arb_owned_frame() -> impl Strategy<Value = Frame<'static>> {
+    let first_and_count = any::<u64>().prop_flat_map(|first| (Just(first), 0..=u64::MAX - first));
+    let sync =
+        (first_and_count, any::<[u64; 2]>()).prop_map(|((first, count), [data_set, end])| {
+            Frame::Sync(SyncFrame {
+                seq: Seq(first + count),
+                data_set: DataSetId(data_set),
+                first_seq: Seq(first),
+                write_count: count,
+                stream_offset: end,
+            })
+        });
+    let ack =
+        vec(arb_range(), 0..=MAX_ACK_RANGES).prop_map(|ranges| Frame::Ack(AckFrame { ranges }));
+    let applied = any::<[u64; 3]>().prop_map(|[data_set, seq, stream_end]| {
+        Frame::Applied(AppliedFrame {
+            data_set: DataSetId(data_set),
+            applied_seq: Seq(seq),
+            stream_end,
+        })
+    });
+    prop_oneof![arb_hello().prop_map(Frame::Hello), sync, ack, applied]
+}
+
+/// A `Write` borrows its payload, so strategies produce its fields and tests build it.
+type WriteFields = (u16, [u64; 4], Vec<u8>);
+
+fn arb_write_fields() -> impl Strategy<Value = WriteFields> {
+    (any::<u16>(), any::<[u64; 4]>(), vec(any::<u8>(), 0..1024))
+}
+
+fn write_frame((volume, fields, payload): &WriteFields) -> Frame<'_> {
+    let [seq, data_set, offset, stream_offset] = *fields;
+    Frame::Write(WriteFrame {
+        volume: VolumeId(*volume),
+        seq: Seq(seq),
+        data_set: DataSetId(data_set),
+        offset,
+        stream_offset,
+        payload,
+    })
+}
+
+fn arb_encoded() -> impl Strategy<Value = Vec<u8>> {
+    let write = arb_write_fields().prop_map(|fields| encoded(&write_frame(&fields)));
+    prop_oneof![arb_owned_frame().prop_map(|frame| encoded(&frame)), write]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn owned_frames_round_trip(frame in arb_owned_frame()) {
+        check_round_trip(&frame);
+    }
+
+    #[test]
+    fn write_frames_round_trip(fields in arb_write_fields()) {
+        check_round_trip(&write_frame(&fields));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(buf in vec(any::<u8>(), 0..4096)) {
+        check_total(&buf);
+    }
+
+    #[test]
+    fn arbitrary_body_behind_sealed_header_never_panics(
+        kind in 0u8..=6,
+        body in vec(any::<u8>(), 0..4096),
+    ) {
+        let mut buf = MAGIC.to_le_bytes().to_vec();
+        buf.extend_from_slice(&[VERSION, kind, 0, 0]);
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&body);
+        reseal(&mut buf);
+        check_total(&buf);
+    }
+
+    /// Valid frames with random body bytes overwritten and the crc recomputed, so
+    /// field validation (not the crc) is what must reject them.
+    #[test]
+    fn mutated_resealed_frames_never_panic(
+        mut buf in arb_encoded(),
+        edits in vec((any::<Index>(), any::<u8>()), 1..8),
+    ) {
+        let body_len = buf.len() - HEADER_BYTES;
+        for (at, byte) in edits {
+            buf[HEADER_BYTES + at.index(body_len)] = byte;
+        }
+        reseal(&mut buf);
+        check_total(&buf);
+    }
+}
