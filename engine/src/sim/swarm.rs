@@ -26,6 +26,8 @@ pub struct SwarmConfig {
     pub lane_break: u32,
     pub partition: u32,
     pub crash: u32,
+    /// Recovery checks (a copy of the secondary crashed and recovered on the side), per
+    /// 10,000 steps between data sets; ten times as many mid-apply.
     pub fork_check: u32,
     /// Per 100 steps.
     pub write_percent: u32,
@@ -109,7 +111,7 @@ impl SwarmConfig {
             lane_break: rate(rng, 30),
             partition: rate(rng, 5),
             crash: rate(rng, 10),
-            fork_check: rng.random_range(50..=300),
+            fork_check: rng.random_range(100..=500),
             write_percent: rng.random_range(5..=60),
             flush_per_mille: rng.random_range(0..=30),
             writes: rng.random_range(50..=400),

@@ -424,7 +424,14 @@ impl World {
             self.compare(applied, digest(replicas), "replica")?;
             self.checked_applied = Some(applied);
         }
-        if self.rng.random_ratio(self.config.fork_check, 10_000) {
+        // Crashing mid-apply is where an applier can go wrong: check those instants ten
+        // times as often.
+        let rate = if secondary.is_between_data_sets() {
+            self.config.fork_check
+        } else {
+            (self.config.fork_check * 10).min(10_000)
+        };
+        if self.rng.random_ratio(rate, 10_000) {
             self.check_recovery_now()?;
         }
         Ok(())
