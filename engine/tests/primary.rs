@@ -134,6 +134,9 @@ fn ack(p: &mut Primary<MemStorage>, lane: usize, first: u64, last: u64) {
     deliver(p, lane, &Frame::Ack(AckFrame { ranges })).unwrap();
 }
 
+/// What a variant of a config or frame is called, and how it differs from the good one.
+type Change<'a, T> = (&'a str, &'a dyn Fn(&mut T));
+
 /// A frame the primary sent, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Sent {
@@ -231,10 +234,7 @@ fn the_interval_closes_a_data_set_on_tick_after_it_ran_out_never_an_empty_one() 
     p.tick(105);
     assert_eq!(write_block(&mut p, 107, 1, 2), Seq(2));
     p.tick(109);
-    assert!(
-        closed(&events(&mut p)).is_empty(),
-        "9 ms after the first write"
-    );
+    assert!(closed(&events(&mut p)).is_empty(), "9 ms after");
     p.tick(110);
     assert_eq!(closed(&events(&mut p)), [(1, 1, 3)]);
     p.tick(200);
@@ -259,7 +259,7 @@ fn flush_closes_the_open_data_set_and_is_done_only_after_every_earlier_write() {
             .unwrap();
         model[*offset as usize..][..bytes.len()].copy_from_slice(bytes);
     }
-    assert_eq!(p.flush(0, 99), Ok(DataSetId(1)));
+    assert_eq!(p.flush(99), Ok(DataSetId(1)));
     assert_eq!(closed(&events(&mut p)), [(1, 1, 4)]);
 
     let mut done_writes = Vec::new();
@@ -292,7 +292,7 @@ fn flush_closes_the_open_data_set_and_is_done_only_after_every_earlier_write() {
     assert!(p.volumes()[0].contents() == model, "the higher seq wins");
 
     // Nothing open: the flush stands for the last closed data set and closes none.
-    assert_eq!(p.flush(5, 100), Ok(DataSetId(1)));
+    assert_eq!(p.flush(100), Ok(DataSetId(1)));
     p.poll_storage();
     p.poll_storage();
     let after = events(&mut p);
@@ -312,9 +312,9 @@ fn writes_and_syncs_share_one_increasing_seq_space_and_stream() {
     for i in 0..3 {
         write_seqs.push(write_block(&mut p, 0, i, i as u8 + 1).0);
     }
-    p.flush(0, 0).unwrap();
+    p.flush(0).unwrap();
     write_seqs.push(write_block(&mut p, 0, 9, 9).0);
-    p.flush(0, 0).unwrap();
+    p.flush(0).unwrap();
     let data_sets = closed(&events(&mut p));
     assert_eq!(data_sets, [(1, 1, 3), (2, 4, 5), (3, 6, 7)]);
     assert_eq!(write_seqs, [1, 2, 4, 6]);
@@ -391,7 +391,7 @@ fn bad_writes_get_a_typed_error_and_take_no_seq() {
     assert_eq!(p.stats().writes_accepted, 0);
     assert_eq!(p.retention_bytes(), 0);
     assert_eq!(p.submit_write(0, VOL, 0, &block, 0), Ok(Seq(1)));
-    p.flush(0, 0).unwrap();
+    p.flush(0).unwrap();
     assert_eq!(closed(&events(&mut p)), [(1, 1, 2)]);
 }
 
@@ -405,19 +405,15 @@ fn invalid_configs_are_rejected() {
         config.validate()
     };
     let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-    assert_eq!(
-        with(&|c| c.volume_names = names(&[&"x".repeat(32)])),
-        Ok(())
-    );
+    let (longest, too_long) = ("x".repeat(32), "x".repeat(33));
+    assert_eq!(with(&|c| c.volume_names = names(&[&longest])), Ok(()));
     let floor = 2 * (stream_cost(MAX_WRITE) + stream_cost(0));
     assert_eq!(with(&|c| c.window_bytes = floor), Ok(()));
-    let bad: [(&str, &dyn Fn(&mut PrimaryConfig)); 7] = [
+    let bad: [Change<PrimaryConfig>; 7] = [
         ("no volumes", &|c| c.volume_names.clear()),
         ("empty name", &|c| c.volume_names = names(&["a", ""])),
         ("duplicate name", &|c| c.volume_names = names(&["a", "a"])),
-        ("33-byte name", &|c| {
-            c.volume_names = names(&[&"x".repeat(33)])
-        }),
+        ("33-byte name", &|c| c.volume_names = names(&[&too_long])),
         ("window too small", &|c| c.window_bytes = floor - 1),
         ("no lanes", &|c| c.lanes = 0),
         ("unaligned max write", &|c| c.max_write_bytes = 1000),
@@ -455,17 +451,11 @@ fn a_full_window_refuses_writes_closes_the_data_set_and_drains_after_acks() {
     };
     assert_eq!((refused, accepted), (SubmitError::WindowFull, fit));
     let closed_sets = closed(&events(&mut p));
-    assert_eq!(
-        closed_sets,
-        [(1, 1, fit + 1)],
-        "a full window cuts a data set"
-    );
+    assert_eq!(closed_sets, [(1, 1, fit + 1)], "a full window cuts one");
     assert_eq!(p.stats().window_full, 1);
     assert_eq!(p.retention_bytes(), fit * write_cost + sync_cost);
-    assert_eq!(
-        p.submit_write(0, VOL, 0, &data(1, 1), 0),
-        Err(SubmitError::WindowFull)
-    );
+    let retry = p.submit_write(0, VOL, 0, &data(1, 1), 0);
+    assert_eq!(retry, Err(SubmitError::WindowFull));
     assert_eq!(p.stats().window_full, 2);
     assert!(closed(&events(&mut p)).is_empty(), "nothing open to close");
 
@@ -491,7 +481,7 @@ fn a_secondary_hello_that_does_not_match_is_refused_and_reported() {
         size_bytes,
         block_size,
     };
-    let wrong: [(&str, &dyn Fn(&mut Hello)); 6] = [
+    let wrong: [Change<Hello>; 6] = [
         ("role", &|h| h.role = Role::Primary),
         ("group id", &|h| h.group = GroupId(8)),
         ("volume name", &|h| h.volumes[0].name = "other".into()),
@@ -541,7 +531,7 @@ fn a_secondary_hello_that_does_not_match_is_refused_and_reported() {
 fn nothing_but_the_primary_hello_is_sent_before_the_secondary_answers() {
     let mut p = primary(config(open_ended()));
     write_block(&mut p, 0, 0, 1);
-    p.flush(0, 0).unwrap();
+    p.flush(0).unwrap();
     assert!(transmit(&mut p, 0, 0).is_empty(), "lane down");
     p.lane_up(0);
     let sent = transmit(&mut p, 0, 0);
@@ -553,10 +543,7 @@ fn nothing_but_the_primary_hello_is_sent_before_the_secondary_answers() {
     assert_eq!(hello.volumes, expected);
     assert!(transmit(&mut p, RETRANSMIT_MS - 1, 0).is_empty());
     let again = transmit(&mut p, RETRANSMIT_MS, 0);
-    assert!(
-        matches!(&again[..], [Sent::Hello(_)]),
-        "unanswered Hello resent"
-    );
+    assert!(matches!(&again[..], [Sent::Hello(_)]), "Hello resent");
     let window = open_ended().max_stream_bytes(MAX_WRITE);
     deliver(&mut p, 0, &Frame::Hello(secondary_hello(resume(window)))).unwrap();
     let sent = transmit(&mut p, RETRANSMIT_MS + 1, 0);

@@ -10,7 +10,7 @@ use ordo_engine::protocol::{
 };
 use ordo_engine::secondary::journal::{required_bytes, JournalError};
 use ordo_engine::secondary::{Secondary, SecondaryConfig, SecondaryError};
-use ordo_engine::storage::{Geometry, MemStorage};
+use ordo_engine::storage::{Geometry, MemStorage, Storage};
 
 const GROUP: GroupId = GroupId(7);
 const BLOCK: u32 = 4096;
@@ -37,17 +37,12 @@ fn mem(size_bytes: u64) -> MemStorage {
 
 /// A blank journal of the size the window needs, and blank replicas.
 fn blank_storages() -> (MemStorage, Vec<MemStorage>) {
-    let journal_bytes = required_bytes(WINDOW, MAX_WRITE, BLOCK).next_multiple_of(4096);
-    (
-        mem(journal_bytes),
-        vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)],
-    )
+    let journal = mem(required_bytes(WINDOW, MAX_WRITE, BLOCK).next_multiple_of(4096));
+    (journal, vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)])
 }
 
-fn start(secondary: Secondary<MemStorage>) -> Secondary<MemStorage> {
-    let mut secondary = secondary;
-    secondary.lane_up(0);
-    secondary.lane_up(1);
+fn start(mut secondary: Secondary<MemStorage>) -> Secondary<MemStorage> {
+    (0..2).for_each(|lane| secondary.lane_up(lane));
     secondary
 }
 
@@ -62,69 +57,34 @@ fn restart(secondary: Secondary<MemStorage>) -> Secondary<MemStorage> {
 }
 
 fn primary_hello() -> Hello {
-    let volume = |name: &str| VolumeInfo {
+    let volume = |name: &&str| VolumeInfo {
         name: name.to_string(),
         size_bytes: VOLUME_BYTES,
         block_size: BLOCK,
     };
+    let volumes = NAMES.iter().map(volume).collect();
+    let resume = ResumeState::default();
+    let (role, group) = (Role::Primary, GROUP);
     Hello {
-        role: Role::Primary,
-        group: GROUP,
-        volumes: NAMES.iter().map(|n| volume(n)).collect(),
-        resume: ResumeState::default(),
+        role,
+        group,
+        volumes,
+        resume,
     }
 }
 
-/// One record of the primary's stream, owned.
+/// One record of the primary's stream: its frame on the wire, and for a write what it
+/// puts where (volume, byte offset, payload).
 #[derive(Clone, Debug)]
 struct Record {
     seq: Seq,
-    data_set: DataSetId,
     stream_offset: u64,
-    body: Body,
+    wire: Vec<u8>,
+    write: Option<Placed>,
 }
 
-#[derive(Clone, Debug)]
-enum Body {
-    Write {
-        volume: VolumeId,
-        offset: u64,
-        payload: Vec<u8>,
-    },
-    Sync {
-        first_seq: Seq,
-        write_count: u64,
-    },
-}
-
-impl Record {
-    fn frame(&self) -> Frame<'_> {
-        match &self.body {
-            Body::Write {
-                volume,
-                offset,
-                payload,
-            } => Frame::Write(WriteFrame {
-                volume: *volume,
-                seq: self.seq,
-                data_set: self.data_set,
-                offset: *offset,
-                stream_offset: self.stream_offset,
-                payload,
-            }),
-            Body::Sync {
-                first_seq,
-                write_count,
-            } => Frame::Sync(SyncFrame {
-                seq: self.seq,
-                data_set: self.data_set,
-                first_seq: *first_seq,
-                write_count: *write_count,
-                stream_offset: self.stream_offset,
-            }),
-        }
-    }
-}
+/// Volume index, byte offset and payload of a write.
+type Placed = (usize, usize, Vec<u8>);
 
 #[derive(Clone, Debug)]
 struct DataSet {
@@ -135,80 +95,77 @@ struct DataSet {
 }
 
 impl DataSet {
-    fn stream_end(&self) -> u64 {
-        self.sync.stream_offset + stream_cost(0)
-    }
-
     fn records(&self) -> impl Iterator<Item = &Record> {
         self.writes.iter().chain([&self.sync])
+    }
+
+    /// The watermark the secondary announces once this data set is applied.
+    fn applied(&self) -> AppliedFrame {
+        AppliedFrame {
+            data_set: self.id,
+            applied_seq: self.sync.seq,
+            stream_end: self.sync.stream_offset + stream_cost(0),
+        }
     }
 }
 
 /// A write of `blocks` blocks at block `block` of `volume`; each 512 bytes of its payload
 /// differ, so a misplaced or torn copy shows.
-fn w(volume: u16, block: u64, blocks: usize, fill: u8) -> (VolumeId, u64, Vec<u8>) {
-    let len = blocks * BLOCK as usize;
-    let payload = (0..len)
-        .map(|i| fill.wrapping_add((i / 512) as u8))
-        .collect();
-    (VolumeId(volume), block * u64::from(BLOCK), payload)
+fn w(volume: u16, block: u64, blocks: usize, fill: u8) -> (u16, u64, Vec<u8>) {
+    let payload = (0..blocks * BLOCK as usize).map(|i| fill.wrapping_add((i / 512) as u8));
+    (volume, block * u64::from(BLOCK), payload.collect())
 }
 
 /// The primary's numbering: seqs from 1 shared by writes and syncs, data sets from 1, and
 /// each record at the stream offset where the previous one's stream cost ends.
+#[derive(Default)]
 struct Stream {
-    next_seq: u64,
-    next_data_set: u64,
-    next_offset: u64,
+    records: u64,
+    data_sets: u64,
+    stream_end: u64,
 }
 
 impl Stream {
-    fn new() -> Stream {
-        Stream {
-            next_seq: 1,
-            next_data_set: 1,
-            next_offset: 0,
+    fn data_set(&mut self, writes: Vec<(u16, u64, Vec<u8>)>) -> DataSet {
+        self.data_sets += 1;
+        let (id, first_seq) = (DataSetId(self.data_sets), Seq(self.records + 1));
+        let mut records = Vec::new();
+        for (volume, offset, payload) in &writes {
+            let frame = Frame::Write(WriteFrame {
+                volume: VolumeId(*volume),
+                seq: Seq(self.records + 1),
+                data_set: id,
+                offset: *offset,
+                stream_offset: self.stream_end,
+                payload,
+            });
+            let write = (usize::from(*volume), *offset as usize, payload.clone());
+            records.push(self.record(&frame, payload.len(), Some(write)));
         }
-    }
-
-    fn record(&mut self, data_set: DataSetId, body: Body) -> Record {
-        let payload_len = match &body {
-            Body::Write { payload, .. } => payload.len() as u32,
-            Body::Sync { .. } => 0,
-        };
-        let record = Record {
-            seq: Seq(self.next_seq),
-            data_set,
-            stream_offset: self.next_offset,
-            body,
-        };
-        self.next_seq += 1;
-        self.next_offset += stream_cost(payload_len);
-        record
-    }
-
-    fn data_set(&mut self, writes: Vec<(VolumeId, u64, Vec<u8>)>) -> DataSet {
-        let id = DataSetId(self.next_data_set);
-        self.next_data_set += 1;
-        let first_seq = Seq(self.next_seq);
-        let write_count = writes.len() as u64;
-        let writes = writes
-            .into_iter()
-            .map(|(volume, offset, payload)| {
-                let body = Body::Write {
-                    volume,
-                    offset,
-                    payload,
-                };
-                self.record(id, body)
-            })
-            .collect();
-        let sync = Body::Sync {
+        let sync = Frame::Sync(SyncFrame {
+            seq: Seq(self.records + 1),
+            data_set: id,
             first_seq,
-            write_count,
-        };
-        let sync = self.record(id, sync);
+            write_count: writes.len() as u64,
+            stream_offset: self.stream_end,
+        });
+        let sync = self.record(&sync, 0, None);
+        let writes = records;
         DataSet { id, writes, sync }
+    }
+
+    fn record(&mut self, frame: &Frame<'_>, len: usize, write: Option<Placed>) -> Record {
+        let mut wire = Vec::new();
+        encode(frame, &mut wire);
+        self.records += 1;
+        let (seq, stream_offset) = (Seq(self.records), self.stream_end);
+        self.stream_end += stream_cost(len as u32);
+        Record {
+            seq,
+            stream_offset,
+            wire,
+            write,
+        }
     }
 }
 
@@ -222,33 +179,16 @@ impl Model {
     }
 
     fn apply(&mut self, data_set: &DataSet) {
-        for record in &data_set.writes {
-            let Body::Write {
-                volume,
-                offset,
-                payload,
-            } = &record.body
-            else {
-                unreachable!()
-            };
-            let image = &mut self.0[usize::from(volume.0)];
-            image[*offset as usize..][..payload.len()].copy_from_slice(payload);
+        for (volume, offset, payload) in data_set.writes.iter().filter_map(|r| r.write.as_ref()) {
+            self.0[*volume][*offset..][..payload.len()].copy_from_slice(payload);
         }
     }
 }
 
-fn assert_replica(secondary: &Secondary<MemStorage>, model: &Model) {
-    for (index, (replica, image)) in secondary.replicas().iter().zip(&model.0).enumerate() {
-        let differs = replica
-            .contents()
-            .iter()
-            .zip(image)
-            .position(|(a, b)| a != b);
-        assert_eq!(
-            differs, None,
-            "replica {} differs at that byte",
-            NAMES[index]
-        );
+fn assert_replica(s: &Secondary<MemStorage>, model: &Model) {
+    for (index, image) in model.0.iter().enumerate() {
+        let same = s.replicas()[index].contents() == &image[..];
+        assert!(same, "replica {} differs from the model", NAMES[index]);
     }
 }
 
@@ -256,9 +196,13 @@ fn assert_replica(secondary: &Secondary<MemStorage>, model: &Model) {
 fn deliver(s: &mut Secondary<MemStorage>, lane: usize, frame: &Frame<'_>) -> Result<(), PeerError> {
     let mut wire = Vec::new();
     encode(frame, &mut wire);
-    let (decoded, used) = decode(&wire).unwrap();
+    receive(s, lane, &wire)
+}
+
+fn receive(s: &mut Secondary<MemStorage>, lane: usize, wire: &[u8]) -> Result<(), PeerError> {
+    let (frame, used) = decode(wire).unwrap();
     assert_eq!(used, wire.len());
-    s.handle_frame(lane, &decoded)
+    s.handle_frame(lane, &frame)
 }
 
 fn hello(s: &mut Secondary<MemStorage>, lane: usize) {
@@ -271,7 +215,7 @@ fn send<'a>(
     records: impl IntoIterator<Item = &'a Record>,
 ) {
     for record in records {
-        deliver(s, lane, &record.frame()).unwrap();
+        receive(s, lane, &record.wire).unwrap();
     }
 }
 
@@ -287,6 +231,9 @@ fn settle(s: &mut Secondary<MemStorage>) {
     }
     panic!("the secondary's storage never went quiet");
 }
+
+/// What a variant of the primary's Hello is called, and how it differs from the good one.
+type Change<'a> = (&'a str, &'a dyn Fn(&mut Hello));
 
 /// What the secondary sent on a lane, decoded.
 #[derive(Debug, Default)]
@@ -330,14 +277,6 @@ fn seqs<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<u64> {
     seqs
 }
 
-fn applied_frame(data_set: &DataSet) -> AppliedFrame {
-    AppliedFrame {
-        data_set: data_set.id,
-        applied_seq: data_set.sync.seq,
-        stream_end: data_set.stream_end(),
-    }
-}
-
 /// After bad input: a fresh Hello on lane 0 and the next data set still work.
 fn still_works(s: &mut Secondary<MemStorage>, stream: &mut Stream, model: &mut Model) {
     s.lane_down(0);
@@ -357,7 +296,7 @@ fn a_data_set_arriving_out_of_order_on_two_lanes_is_acked_then_applied_as_a_unit
     let mut s = create();
     hello(&mut s, 0);
     hello(&mut s, 1);
-    let mut stream = Stream::new();
+    let mut stream = Stream::default();
     let ds1 = stream.data_set(vec![
         w(0, 0, 2, 0x10),
         w(1, 3, 1, 0x20),
@@ -372,17 +311,11 @@ fn a_data_set_arriving_out_of_order_on_two_lanes_is_acked_then_applied_as_a_unit
     let (lane0, lane1) = (transmit(&mut s, 0), transmit(&mut s, 1));
     assert_eq!((lane0.hellos.len(), lane1.hellos.len()), (1, 1));
     let resume = &lane0.hellos[0].resume;
-    assert_eq!(
-        (resume.applied_data_set, resume.window_bytes),
-        (DataSetId(0), WINDOW)
-    );
+    assert_eq!(resume.applied_data_set, DataSetId(0));
+    assert_eq!(resume.window_bytes, WINDOW);
     let mut acked = [lane0.acked, lane1.acked].concat();
     acked.sort_unstable();
-    assert_eq!(
-        acked,
-        seqs(&ds1.writes),
-        "every write staged durably is acked"
-    );
+    assert_eq!(acked, seqs(&ds1.writes), "each write acked once durable");
     assert!(lane0.applied.is_empty() && lane1.applied.is_empty());
     assert_eq!(s.applied(), DataSetId(0), "no sync yet");
     assert_replica(&s, &Model::zeros());
@@ -396,7 +329,7 @@ fn a_data_set_arriving_out_of_order_on_two_lanes_is_acked_then_applied_as_a_unit
     assert_replica(&s, &model);
     let reply = transmit(&mut s, 1);
     assert_eq!(reply.acked, [ds1.sync.seq.0]);
-    assert_eq!(reply.applied, [applied_frame(&ds1)]);
+    assert_eq!(reply.applied, [ds1.applied()]);
     assert_eq!(s.stats().data_sets_applied, 1);
 }
 
@@ -413,7 +346,7 @@ fn overlapping_writes_in_a_data_set_the_higher_seq_wins_in_any_arrival_order() {
     for order in orders {
         let mut s = create();
         hello(&mut s, 0);
-        let mut stream = Stream::new();
+        let mut stream = Stream::default();
         let ds1 = stream.data_set(vec![w(0, 0, 4, 1), w(0, 1, 2, 2), w(0, 2, 1, 3)]);
         for index in order {
             send(&mut s, 0, [&ds1.writes[index]]);
@@ -431,32 +364,26 @@ fn overlapping_writes_in_a_data_set_the_higher_seq_wins_in_any_arrival_order() {
 fn a_data_set_waits_for_its_missing_write_and_for_the_data_set_before_it() {
     let mut s = create();
     hello(&mut s, 0);
-    let mut stream = Stream::new();
+    let mut stream = Stream::default();
     let ds1 = stream.data_set(vec![w(0, 0, 2, 1), w(1, 0, 1, 2), w(0, 4, 1, 3)]);
     let ds2 = stream.data_set(vec![w(0, 1, 4, 4), w(1, 0, 2, 5)]);
     let missing = &ds1.writes[1];
     send(&mut s, 0, ds1.records().filter(|r| r.seq != missing.seq));
     settle(&mut s);
-    assert_eq!(
-        s.applied(),
-        DataSetId(0),
-        "a write of data set 1 is missing"
-    );
+    assert_eq!(s.applied(), DataSetId(0), "a write of 1 is missing");
     assert_replica(&s, &Model::zeros());
 
     send(&mut s, 0, ds2.records());
     settle(&mut s);
-    assert_eq!(
-        s.applied(),
-        DataSetId(0),
-        "data set 2 is complete, 1 is not"
-    );
+    assert_eq!(s.applied(), DataSetId(0), "2 is complete, 1 is not");
     assert!(s.is_between_data_sets());
     assert_replica(&s, &Model::zeros());
     let reply = transmit(&mut s, 0);
-    let held: Vec<&Record> = ds1.records().chain(ds2.records()).collect();
-    let expected: Vec<u64> = seqs(held.iter().copied().filter(|r| r.seq != missing.seq));
-    assert_eq!(reply.acked, expected);
+    let held = ds1
+        .records()
+        .chain(ds2.records())
+        .filter(|r| r.seq != missing.seq);
+    assert_eq!(reply.acked, seqs(held));
     assert!(reply.applied.is_empty());
 
     send(&mut s, 0, [missing]);
@@ -468,14 +395,14 @@ fn a_data_set_waits_for_its_missing_write_and_for_the_data_set_before_it() {
     assert_replica(&s, &model);
     let reply = transmit(&mut s, 0);
     assert_eq!(reply.acked, [missing.seq.0]);
-    assert_eq!(reply.applied.last(), Some(&applied_frame(&ds2)));
+    assert_eq!(reply.applied.last(), Some(&ds2.applied()));
 }
 
 #[test]
 fn a_duplicate_write_is_harmless_and_acknowledged_again() {
     let mut s = create();
     hello(&mut s, 0);
-    let mut stream = Stream::new();
+    let mut stream = Stream::default();
     let ds1 = stream.data_set(vec![w(0, 0, 1, 1), w(0, 1, 1, 2)]);
     let first = &ds1.writes[0];
     send(&mut s, 0, [first]);
@@ -500,7 +427,7 @@ fn a_duplicate_write_is_harmless_and_acknowledged_again() {
     settle(&mut s);
     let reply = transmit(&mut s, 0);
     assert!(reply.acked.is_empty());
-    assert_eq!(reply.applied, [applied_frame(&ds1)]);
+    assert_eq!(reply.applied, [ds1.applied()]);
     assert_eq!(s.stats().duplicates, 3);
     assert_eq!(s.stats().data_sets_applied, 1);
     assert_replica(&s, &model);
@@ -510,26 +437,19 @@ fn a_duplicate_write_is_harmless_and_acknowledged_again() {
 fn a_restarted_secondary_reapplies_what_its_journal_holds_and_finishes_the_rest() {
     let mut s = create();
     hello(&mut s, 0);
-    let mut stream = Stream::new();
+    let mut stream = Stream::default();
     let ds1 = stream.data_set(vec![w(0, 0, 3, 1), w(1, 2, 1, 2), w(0, 1, 1, 3)]);
     let ds2 = stream.data_set(vec![w(0, 0, 1, 4), w(1, 2, 2, 5), w(1, 9, 1, 6)]);
     let missing = &ds2.writes[2];
     send(&mut s, 0, ds1.records());
     send(&mut s, 0, ds2.records().filter(|r| r.seq != missing.seq));
     s.poll_storage();
-    assert_eq!(
-        s.applied(),
-        DataSetId(0),
-        "crashed before applying anything"
-    );
+    assert_eq!(s.applied(), DataSetId(0), "crashed before any apply");
 
     let mut s = restart(s);
     assert_eq!(s.stats().recovered_records, 4 + 3);
     assert_eq!(s.applied(), DataSetId(0));
-    assert!(
-        !s.is_between_data_sets(),
-        "data set 1 still to be re-applied"
-    );
+    assert!(!s.is_between_data_sets(), "1 is still to be re-applied");
     settle(&mut s);
     assert_eq!(s.applied(), DataSetId(1));
     assert!(s.is_between_data_sets());
@@ -545,7 +465,7 @@ fn a_restarted_secondary_reapplies_what_its_journal_holds_and_finishes_the_rest(
     let resume = &answer.resume;
     assert_eq!(resume.applied_data_set, DataSetId(1));
     assert_eq!(resume.applied_seq, ds1.sync.seq);
-    assert_eq!(resume.applied_stream_end, ds1.stream_end());
+    assert_eq!(resume.applied_stream_end, ds1.applied().stream_end);
     let held = seqs(ds2.records().filter(|r| r.seq != missing.seq));
     assert_eq!(expand(&resume.staged), held, "staged records resume");
 
@@ -557,41 +477,9 @@ fn a_restarted_secondary_reapplies_what_its_journal_holds_and_finishes_the_rest(
 }
 
 #[test]
-fn a_restart_after_an_apply_keeps_the_watermark_and_the_later_records() {
-    let mut s = create();
-    hello(&mut s, 0);
-    let mut stream = Stream::new();
-    let ds1 = stream.data_set(vec![w(0, 0, 1, 1)]);
-    let ds2 = stream.data_set(vec![w(0, 0, 1, 2), w(1, 0, 1, 3)]);
-    send(&mut s, 0, ds1.records());
-    settle(&mut s);
-    send(&mut s, 0, ds2.records().skip(1));
-    settle(&mut s);
-    assert_eq!(s.applied(), DataSetId(1));
-
-    let mut s = restart(s);
-    assert_eq!(s.applied(), DataSetId(1), "the watermark is durable");
-    assert_eq!(
-        s.stats().recovered_records,
-        2,
-        "data set 1 left the journal"
-    );
-    settle(&mut s);
-    let mut model = Model::zeros();
-    model.apply(&ds1);
-    assert_replica(&s, &model);
-    hello(&mut s, 0);
-    send(&mut s, 0, [&ds2.writes[0]]);
-    settle(&mut s);
-    assert_eq!(s.applied(), DataSetId(2));
-    model.apply(&ds2);
-    assert_replica(&s, &model);
-}
-
-#[test]
 fn records_before_the_hello_are_dropped_and_counted() {
     let mut s = create();
-    let mut stream = Stream::new();
+    let mut stream = Stream::default();
     let ds1 = stream.data_set(vec![w(0, 0, 1, 1), w(1, 1, 1, 2)]);
     send(&mut s, 0, ds1.records());
     settle(&mut s);
@@ -614,7 +502,7 @@ fn records_before_the_hello_are_dropped_and_counted() {
 
 #[test]
 fn a_hello_from_another_group_or_with_other_volumes_is_refused() {
-    let wrong: [(&str, &dyn Fn(&mut Hello)); 6] = [
+    let wrong: [Change; 6] = [
         ("role", &|h| h.role = Role::Secondary),
         ("group id", &|h| h.group = GroupId(8)),
         ("volume count", &|h| h.volumes.truncate(1)),
@@ -631,30 +519,33 @@ fn a_hello_from_another_group_or_with_other_volumes_is_refused() {
             panic!("{expected_field}: {error:?}");
         };
         assert_eq!(field, expected_field);
-        let mut stream = Stream::new();
+        let mut stream = Stream::default();
         let ds1 = stream.data_set(vec![w(0, 0, 1, 1)]);
         send(&mut s, 0, ds1.records());
         settle(&mut s);
-        assert_eq!(
-            s.stats().before_hello,
-            2,
-            "{expected_field}: lane not ready"
-        );
-        assert!(
-            transmit(&mut s, 0).hellos.is_empty(),
-            "no answer to a bad Hello"
-        );
+        assert_eq!(s.stats().before_hello, 2, "{expected_field}");
+        assert!(transmit(&mut s, 0).hellos.is_empty(), "{expected_field}");
         assert_replica(&s, &Model::zeros());
-        still_works(&mut s, &mut Stream::new(), &mut Model::zeros());
+        still_works(&mut s, &mut Stream::default(), &mut Model::zeros());
     }
 }
 
 #[test]
-fn a_bad_write_is_refused_without_touching_the_replica() {
+fn a_bad_write_or_a_frame_only_a_secondary_sends_is_refused_without_touching_the_replica() {
     let mut s = create();
     hello(&mut s, 0);
     let (_, _, block) = w(0, 0, 1, 9);
-    let bad = |volume: u16, offset: u64, payload: &[u8]| {
+    let two_blocks = [block.clone(), block.clone()].concat();
+    let too_large = vec![9; 2 * MAX_WRITE as usize];
+    let bad_writes = [
+        (2, 0, &block[..]),
+        (0, 100, &block[..]),
+        (0, 0, &block[..1000]),
+        (0, VOLUME_BYTES - 4096, &two_blocks[..]),
+        (1, VOLUME_BYTES, &block[..]),
+        (0, 0, &too_large[..]),
+    ];
+    for (volume, offset, payload) in bad_writes {
         let write = WriteFrame {
             volume: VolumeId(volume),
             seq: Seq(1),
@@ -663,35 +554,32 @@ fn a_bad_write_is_refused_without_touching_the_replica() {
             stream_offset: 0,
             payload,
         };
-        deliver(&mut s, 0, &Frame::Write(write))
-    };
-    let errors = [
-        bad(2, 0, &block),
-        bad(0, 100, &block),
-        bad(0, 0, &block[..1000]),
-        bad(
-            0,
-            VOLUME_BYTES - 4096,
-            &[block.clone(), block.clone()].concat(),
-        ),
-        bad(1, VOLUME_BYTES, &block),
-        bad(0, 0, &vec![9; 2 * MAX_WRITE as usize]),
-    ];
-    for error in errors {
+        let error = deliver(&mut s, 0, &Frame::Write(write));
         assert!(matches!(error, Err(PeerError::BadWrite(_))), "{error:?}");
+    }
+    let ack = Frame::Ack(AckFrame { ranges: Vec::new() });
+    let applied = Frame::Applied(AppliedFrame {
+        data_set: DataSetId(1),
+        applied_seq: Seq(3),
+        stream_end: 20480,
+    });
+    for frame in [ack, applied] {
+        let error = deliver(&mut s, 0, &frame);
+        assert!(matches!(error, Err(PeerError::Unexpected(_))), "{error:?}");
     }
     settle(&mut s);
     assert_eq!(s.stats().records_staged, 0);
     assert!(transmit(&mut s, 0).acked.is_empty());
+    assert_eq!(s.applied(), DataSetId(0));
     assert_replica(&s, &Model::zeros());
-    still_works(&mut s, &mut Stream::new(), &mut Model::zeros());
+    still_works(&mut s, &mut Stream::default(), &mut Model::zeros());
 }
 
 #[test]
 fn a_record_overlapping_a_held_one_in_the_stream_is_a_violation() {
     let mut s = create();
     hello(&mut s, 0);
-    let mut stream = Stream::new();
+    let mut stream = Stream::default();
     let ds1 = stream.data_set(vec![w(0, 0, 1, 1), w(0, 1, 1, 2), w(0, 2, 1, 3)]);
     let [first, second, third] = &ds1.writes[..] else {
         unreachable!()
@@ -726,60 +614,65 @@ fn a_record_overlapping_a_held_one_in_the_stream_is_a_violation() {
     still_works(&mut s, &mut stream, &mut model);
 }
 
-#[test]
-fn ack_and_applied_frames_from_the_primary_are_unexpected() {
-    let mut s = create();
-    hello(&mut s, 0);
-    let ack = Frame::Ack(AckFrame {
-        ranges: vec![SeqRange {
-            first: Seq(1),
-            last: Seq(3),
-        }],
-    });
-    let applied = Frame::Applied(AppliedFrame {
-        data_set: DataSetId(1),
-        applied_seq: Seq(3),
-        stream_end: 20480,
-    });
-    for frame in [ack, applied] {
-        let error = deliver(&mut s, 0, &frame);
-        assert!(matches!(error, Err(PeerError::Unexpected(_))), "{error:?}");
+fn journal_error(started: Result<Secondary<MemStorage>, SecondaryError>) -> JournalError {
+    match started {
+        Err(SecondaryError::Journal(error)) => error,
+        other => panic!("{:?}", other.map(|_| "started")),
     }
-    settle(&mut s);
-    assert_eq!(s.applied(), DataSetId(0));
-    assert_replica(&s, &Model::zeros());
-    still_works(&mut s, &mut Stream::new(), &mut Model::zeros());
 }
 
 #[test]
 fn opening_a_journal_that_is_not_formatted_or_not_ours_fails() {
     let (journal, replicas) = blank_storages();
-    let error = Secondary::open(config(), journal, replicas).unwrap_err();
-    let not_formatted = matches!(error, SecondaryError::Journal(JournalError::NotFormatted));
-    assert!(not_formatted, "{error}");
+    let error = journal_error(Secondary::open(config(), journal, replicas));
+    assert_eq!(error, JournalError::NotFormatted);
 
     let (journal, replicas) = create().into_storages();
     let other_group = SecondaryConfig {
         group: GroupId(8),
         ..config()
     };
-    let error = Secondary::open(other_group, journal, replicas).unwrap_err();
-    let wrong_group = JournalError::WrongGroup {
-        expected: 8,
-        found: 7,
-    };
-    assert!(
-        matches!(&error, SecondaryError::Journal(e) if *e == wrong_group),
-        "{error}"
-    );
+    let error = journal_error(Secondary::open(other_group, journal, replicas));
+    let (expected, found) = (8, 7);
+    assert_eq!(error, JournalError::WrongGroup { expected, found });
 
-    let journal_bytes = required_bytes(WINDOW, MAX_WRITE, BLOCK).next_multiple_of(4096);
-    let small = mem(journal_bytes - 4096);
-    let replicas = vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)];
-    let error = Secondary::create(config(), small, replicas).unwrap_err();
-    let too_small = matches!(
-        error,
-        SecondaryError::Journal(JournalError::TooSmall { .. })
-    );
-    assert!(too_small, "{error}");
+    let (journal, replicas) = blank_storages();
+    let small = mem(journal.geometry().size_bytes - u64::from(BLOCK));
+    let error = journal_error(Secondary::create(config(), small, replicas));
+    assert!(matches!(error, JournalError::TooSmall { .. }), "{error}");
+}
+
+#[test]
+fn a_crash_at_any_step_of_an_apply_recovers_to_a_closed_data_set_then_catches_up() {
+    let mut stream = Stream::default();
+    let ds1 = stream.data_set(vec![w(0, 0, 2, 1), w(0, 1, 1, 2), w(1, 5, 1, 3)]);
+    let ds2 = stream.data_set(vec![w(0, 0, 1, 4), w(1, 5, 2, 5)]);
+    let missing = &ds2.writes[0];
+    let mut model = Model::zeros();
+    model.apply(&ds1);
+    // Each poll takes the apply one step: journal writes, their flush, replica writes,
+    // replica flush, watermark write, its flush. Crash after each.
+    for polls in 0..12 {
+        let mut s = create();
+        hello(&mut s, 0);
+        send(&mut s, 0, ds1.records().chain(ds2.records().skip(1)));
+        for _ in 0..polls {
+            s.poll_storage();
+        }
+        let mut s = restart(s);
+        // Once data set 1 is applied its records leave the journal.
+        let journal_holds = if s.applied() == ds1.id { 2 } else { 4 + 2 };
+        assert_eq!(s.stats().recovered_records, journal_holds, "{polls} polls");
+        settle(&mut s);
+        assert_eq!(s.applied(), ds1.id, "crash after {polls} polls");
+        assert_replica(&s, &model);
+
+        hello(&mut s, 0);
+        send(&mut s, 0, [missing]);
+        settle(&mut s);
+        assert_eq!(s.applied(), ds2.id, "crash after {polls} polls");
+        let mut model = model.clone();
+        model.apply(&ds2);
+        assert_replica(&s, &model);
+    }
 }

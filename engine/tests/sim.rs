@@ -8,8 +8,10 @@ use ordo_engine::sim::{run_seed, SimStats};
 /// 37: a journal record acked behind an unfinished one was lost in a crash;
 /// 124: a primary flush meeting a full device queue failed instead of waiting;
 /// 400, 952: a dropped `Applied` frame left the primary waiting for credit forever;
-/// 994: an `Applied` frame overtaking the `Hello` on its lane was treated as an error.
-const REGRESSION_SEEDS: [u64; 5] = [37, 124, 400, 952, 994];
+/// 994: an `Applied` frame overtaking the `Hello` on its lane was treated as an error;
+/// 214, 445, 448, 988: after a process crash, journal records (and a superblock) written
+/// but never flushed were trusted as durable, and a later power loss took them away.
+const REGRESSION_SEEDS: [u64; 9] = [37, 124, 400, 952, 994, 214, 445, 448, 988];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

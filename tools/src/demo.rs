@@ -84,7 +84,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             pair.random_write(&mut rng, &mut data)?;
         }
         if now >= next_flush {
-            pair.primary.flush(pair.now_ms(), 0)?;
+            pair.primary.flush(0)?;
             next_flush = now + Duration::from_millis(100);
         }
         pair.turn()?;
@@ -104,7 +104,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             next_report = now + Duration::from_millis(500);
         }
     }
-    pair.primary.flush(pair.now_ms(), 1)?;
+    pair.primary.flush(1)?;
     writeln!(
         out,
         "{:>5.1}s writes stopped; waiting for the secondary to catch up",

@@ -222,7 +222,7 @@ impl<S: Storage> Primary<S> {
         let len = data.len() as u32; // Lossless: at most max_write_bytes.
         if !self.retention.fits(stream_cost(len), RECORD_OVERHEAD_BYTES) {
             // Backed up: cut a consistency point so what is retained can complete.
-            self.close_data_set(now_ms);
+            self.close_data_set();
             self.stats.window_full += 1;
             return Err(SubmitError::WindowFull);
         }
@@ -244,7 +244,7 @@ impl<S: Storage> Primary<S> {
         self.start_local_write(seq);
         let policy = self.config.policy;
         if self.open.writes >= policy.max_writes || self.open.payload_bytes >= policy.max_bytes {
-            self.close_data_set(now_ms);
+            self.close_data_set();
         }
         Ok(seq)
     }
@@ -252,11 +252,11 @@ impl<S: Storage> Primary<S> {
     /// A consistency point: closes the open data set and reports `FlushDone` once every
     /// write accepted so far is durable on the primary's volumes. Returns the data set
     /// the flush stands for.
-    pub fn flush(&mut self, now_ms: u64, token: u64) -> Result<DataSetId, SubmitError> {
+    pub fn flush(&mut self, token: u64) -> Result<DataSetId, SubmitError> {
         if self.flushes.len() >= self.config.max_pending_flushes {
             return Err(SubmitError::TooManyFlushes);
         }
-        self.close_data_set(now_ms);
+        self.close_data_set();
         let id = self.next_flush_id;
         self.next_flush_id += 1;
         self.flushes.push_back(FlushWaiter {
@@ -276,12 +276,12 @@ impl<S: Storage> Primary<S> {
     pub fn tick(&mut self, now_ms: u64) {
         let interval = self.config.policy.interval_ms;
         if interval > 0 && self.open.writes > 0 && now_ms >= self.open.opened_at_ms + interval {
-            self.close_data_set(now_ms);
+            self.close_data_set();
         }
         self.link.schedule_timeouts(now_ms, &mut self.retention);
     }
 
-    fn close_data_set(&mut self, _now_ms: u64) {
+    fn close_data_set(&mut self) {
         if self.open.writes == 0 {
             return;
         }

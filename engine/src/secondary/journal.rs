@@ -288,6 +288,15 @@ impl<S: Storage> Journal<S> {
         }
     }
 
+    /// Flushes the journal device and waits.
+    fn sync_blocking(&mut self) -> Result<(), JournalError> {
+        let mut others = Vec::new();
+        self.storage.submit_flush(u64::MAX - 1)?;
+        wait_for(&mut self.storage, u64::MAX - 1, &mut others)?;
+        assert!(others.is_empty(), "nothing else in flight at open");
+        Ok(())
+    }
+
     fn write_superblock_blocking(&mut self) -> Result<(), JournalError> {
         let mut others = Vec::new();
         let at = SUPERBLOCK_COPY_OFFSETS[(self.superblock.generation % 2) as usize];
@@ -323,7 +332,11 @@ impl<S: Storage> Journal<S> {
                 found: superblock.group.0,
             });
         }
-        Ok(Journal::with_superblock(storage, superblock))
+        let mut journal = Journal::with_superblock(storage, superblock);
+        // A process that died may have written the newer superblock, and records, without
+        // flushing them: make them durable before anything relies on them.
+        journal.sync_blocking()?;
+        Ok(journal)
     }
 
     /// Scans the log from the head, calling `found` with each valid record in log order

@@ -23,7 +23,7 @@ use crate::protocol::{
     check_hello, encode, push_seq, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError,
     ResumeState, Role, Seq, SeqRange, VolumeInfo, MAX_ACK_RANGES,
 };
-use crate::storage::{Completion, Storage, StorageError};
+use crate::storage::{drain, Completion, Storage, StorageError};
 
 /// Journal device tags: a record is tagged with its seq; these have the top bits set.
 const TAG_SUPERBLOCK: u64 = 1 << 62;
@@ -80,6 +80,8 @@ pub struct Secondary<S: Storage> {
     /// Journal writes covered by the flush in flight.
     flushing: Vec<Seq>,
     flush_in_flight: bool,
+    /// The new superblock is written and its flush still has to be submitted.
+    superblock_flush_due: bool,
     pending_acks: Vec<Seq>,
     ack_ranges: Vec<SeqRange>,
     applied_dirty: bool,
@@ -167,6 +169,7 @@ impl<S: Storage> Secondary<S> {
             appended: VecDeque::with_capacity(max_records),
             flushing: Vec::with_capacity(max_records),
             flush_in_flight: false,
+            superblock_flush_due: false,
             pending_acks: Vec::with_capacity(max_records),
             ack_ranges: Vec::with_capacity(MAX_ACK_RANGES),
             applied_dirty: false,
@@ -214,9 +217,12 @@ impl<S: Storage> Secondary<S> {
         (self.journal.storage(), &self.replicas)
     }
 
-    /// Gives back the journal and replica storage (to restart on them).
+    /// Gives back the journal and replica storage (to restart on them), once nothing is
+    /// in flight on them. What was not yet durable stays as the device left it.
     pub fn into_storages(self) -> (S, Vec<S>) {
-        (self.journal.into_storage(), self.replicas)
+        let (mut journal, mut replicas) = (self.journal.into_storage(), self.replicas);
+        drain_all(&mut journal, &mut replicas);
+        (journal, replicas)
     }
 
     /// Advances time: re-announces the applied watermark every `applied_interval_ms`.
@@ -391,6 +397,17 @@ impl<S: Storage> Secondary<S> {
             }
         }
         self.completions = batch;
+        if self.superblock_flush_due {
+            match self
+                .journal
+                .storage_mut()
+                .submit_flush(TAG_FLUSH_SUPERBLOCK)
+            {
+                Ok(()) => self.superblock_flush_due = false,
+                Err(StorageError::QueueFull(_)) => {}
+                Err(error) => self.fail(format!("journal flush: {error}")),
+            }
+        }
         let committable = self.appended.iter().take_while(|(_, done)| *done).count();
         if !self.flush_in_flight && committable > 0 && self.failed.is_none() {
             match self.journal.storage_mut().submit_flush(TAG_FLUSH_RECORDS) {
@@ -561,6 +578,11 @@ fn restage(staging: &mut Staging, header: &RecordHeader, payload: &[u8]) -> bool
         state: SlotState::Durable,
     };
     staging.insert(slot, payload, SlotState::Durable).is_ok()
+}
+
+fn drain_all<S: Storage>(journal: &mut S, replicas: &mut [S]) {
+    drain(journal);
+    replicas.iter_mut().for_each(|r| drain(r));
 }
 
 fn check_replicas<S: Storage>(

@@ -102,6 +102,8 @@ pub struct Staging {
     applied: DataSetId,
     applied_seq: Seq,
     applied_stream_end: u64,
+    /// Highest seq ever held: bounds the neighbour search above a new record.
+    highest_held: Seq,
 }
 
 const EMPTY_SLOT: Slot = Slot {
@@ -134,6 +136,7 @@ impl Staging {
             applied,
             applied_seq,
             applied_stream_end,
+            highest_held: applied_seq,
         }
     }
 
@@ -208,8 +211,9 @@ impl Staging {
     /// Records held must keep seq order in the stream: the nearest held seq below must end
     /// before this one starts, and the nearest above must start after it ends.
     fn check_neighbours(&self, seq: Seq, stream_offset: u64, stream_end: u64) -> Admission {
+        // Records mostly arrive in seq order, so both searches usually stop at once.
         let lowest = self.applied_seq.0 + 1;
-        let highest = self.applied_seq.0 + self.slots.len() as u64 - 1;
+        let highest = self.highest_held.0;
         if let Some(below) = (lowest..seq.0).rev().find_map(|s| self.slot(Seq(s))) {
             if below.stream_end() > stream_offset {
                 return Admission::Conflict("stream ranges of two records overlap");
@@ -262,6 +266,7 @@ impl Staging {
         self.arena[at..at + payload.len()].copy_from_slice(payload);
         let index = self.slot_index(slot.seq);
         self.slots[index] = Slot { state, ..slot };
+        self.highest_held = self.highest_held.max(slot.seq);
         if state == SlotState::Durable {
             self.count_durable(slot.seq);
         }

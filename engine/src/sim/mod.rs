@@ -36,6 +36,8 @@ pub struct SimStats {
     pub lane_breaks: u64,
     pub partitions: u64,
     pub crashes: u64,
+    /// Of the crashes, those that lost the process but not the disks' unflushed writes.
+    pub process_crashes: u64,
     pub torn_writes: u64,
     pub recovered_records: u64,
     pub recovery_checks: u64,
@@ -58,6 +60,7 @@ impl SimStats {
         self.lane_breaks += other.lane_breaks;
         self.partitions += other.partitions;
         self.crashes += other.crashes;
+        self.process_crashes += other.process_crashes;
         self.torn_writes += other.torn_writes;
         self.recovered_records += other.recovered_records;
         self.recovery_checks += other.recovery_checks;
@@ -68,7 +71,7 @@ impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "steps {} writes {} flushes {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} torn writes {} records recovered {} recovery checks {}",
+            "steps {} writes {} flushes {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {}",
             self.steps,
             self.writes,
             self.flushes,
@@ -83,6 +86,7 @@ impl fmt::Display for SimStats {
             self.lane_breaks,
             self.partitions,
             self.crashes,
+            self.process_crashes,
             self.torn_writes,
             self.recovered_records,
             self.recovery_checks

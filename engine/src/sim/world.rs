@@ -128,7 +128,7 @@ impl World {
                 )));
             }
         }
-        self.primary_call(|p, now_ms, token| p.flush(now_ms, token).map(|_| ()))?;
+        self.flush_primary()?;
         self.faults_on = false;
         self.partition_until_us = 0;
         self.reconnect_at_us.fill(0);
@@ -237,19 +237,16 @@ impl World {
             self.drain_primary_events()?;
         }
         if self.rng.random_ratio(self.config.flush_per_mille, 1000) {
-            self.primary_call(|p, now_ms, token| p.flush(now_ms, token).map(|_| ()))?;
+            self.flush_primary()?;
         }
         Ok(())
     }
 
-    fn primary_call(
-        &mut self,
-        call: impl FnOnce(&mut Primary<SimDisk>, u64, u64) -> Result<(), SubmitError>,
-    ) -> Result<(), Violation> {
+    fn flush_primary(&mut self) -> Result<(), Violation> {
         let token = self.next_token;
         self.next_token += 1;
-        match call(&mut self.primary, self.now_us / 1000, token) {
-            Ok(()) => self.stats.flushes += 1,
+        match self.primary.flush(token) {
+            Ok(_) => self.stats.flushes += 1,
             Err(SubmitError::TooManyFlushes) => {}
             Err(error) => return Err(self.violation(format!("flush refused: {error}"))),
         }
@@ -366,8 +363,14 @@ impl World {
         (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
         let secondary = self.secondary.take().expect("running");
         let (mut journal, mut replicas) = secondary.into_storages();
-        journal.crash();
-        replicas.iter_mut().for_each(SimDisk::crash);
+        if self.rng.random_bool(0.5) {
+            // Power loss: what was not flushed may be lost or torn.
+            journal.crash();
+            replicas.iter_mut().for_each(SimDisk::crash);
+        } else {
+            // The process died; the disks keep every write.
+            self.stats.process_crashes += 1;
+        }
         self.crashed = Some((journal, replicas));
         self.restart_at_us = self.now_us + self.rng.random_range(0..=50_000);
         self.stats.crashes += 1;

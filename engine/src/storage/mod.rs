@@ -190,3 +190,13 @@ pub fn read_blocking<S: Storage + ?Sized>(
         }
     }
 }
+
+/// Waits until nothing is in flight on `storage`, discarding the completions: for handing
+/// storage from one owner to the next (a restart), never the hot path.
+pub fn drain<S: Storage + ?Sized>(storage: &mut S) {
+    let mut discarded = Vec::with_capacity(64);
+    while storage.in_flight() > 0 {
+        discarded.clear();
+        storage.poll(&mut discarded, 64);
+    }
+}
