@@ -9,20 +9,8 @@
 
 use std::collections::VecDeque;
 
-use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, RECORD_OVERHEAD_BYTES};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    Write {
-        volume: VolumeId,
-        offset: u64,
-        len: u32,
-    },
-    Sync {
-        first_seq: Seq,
-        write_count: u64,
-    },
-}
+pub use crate::protocol::RecordKind;
+use crate::protocol::{stream_cost, DataSetId, Seq, RECORD_OVERHEAD_BYTES};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SentOn {
@@ -49,10 +37,7 @@ pub struct Record {
 
 impl Record {
     pub fn payload_len(&self) -> u32 {
-        match self.kind {
-            RecordKind::Write { len, .. } => len,
-            RecordKind::Sync { .. } => 0,
-        }
+        self.kind.payload_len()
     }
 
     pub fn stream_end(&self) -> u64 {
@@ -128,10 +113,7 @@ impl Retention {
         if let Some(last) = self.records.back() {
             assert_eq!(last.seq.next(), seq, "retention is contiguous in seq");
         }
-        let len = match kind {
-            RecordKind::Write { len, .. } => len,
-            RecordKind::Sync { .. } => 0,
-        };
+        let len = kind.payload_len();
         assert_eq!(payload.len(), len as usize);
         let cost = stream_cost(len);
         assert!(
@@ -226,6 +208,7 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::VolumeId;
 
     fn write(len: u32) -> RecordKind {
         RecordKind::Write {

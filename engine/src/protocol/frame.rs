@@ -8,6 +8,30 @@
 
 use super::ids::{DataSetId, GroupId, Seq, VolumeId};
 
+/// What a record of the replication stream is: a write (where it goes, how long it is) or
+/// the sync that closes a data set. Retention, staging and the journal all keep this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Write {
+        volume: VolumeId,
+        offset: u64,
+        len: u32,
+    },
+    Sync {
+        first_seq: Seq,
+        write_count: u64,
+    },
+}
+
+impl RecordKind {
+    pub fn payload_len(&self) -> u32 {
+        match self {
+            RecordKind::Write { len, .. } => *len,
+            RecordKind::Sync { .. } => 0,
+        }
+    }
+}
+
 /// Most volumes one replication group may hold.
 pub const MAX_VOLUMES: usize = 64;
 /// Longest volume name, in bytes (UTF-8).

@@ -6,7 +6,8 @@
 
 use super::config::InjectedBug;
 use super::journal::{Journal, Superblock};
-use super::staging::{CompleteDataSet, SlotBody, SlotState, Staging};
+use super::staging::{CompleteDataSet, SlotState, Staging};
+use crate::protocol::RecordKind;
 use crate::protocol::Seq;
 use crate::storage::inflight::InFlightWrites;
 use crate::storage::{Storage, StorageError};
@@ -207,11 +208,11 @@ impl Applier {
                     continue;
                 }
             };
-            let SlotBody::Write {
+            let RecordKind::Write {
                 volume,
                 offset,
                 len,
-            } = slot.body
+            } = slot.kind
             else {
                 unreachable!("seqs inside a data set are writes");
             };

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
-use crate::protocol::{DataSetId, GroupId, Seq, VolumeId};
+use crate::protocol::{DataSetId, GroupId, RecordKind, Seq, VolumeId};
 use crate::storage::{read_blocking, Completion, IoTag, Storage, StorageError};
 
 pub const RECORD_HEADER_BYTES: usize = 64;
@@ -105,19 +105,12 @@ impl Superblock {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordBody {
-    Write { volume: VolumeId, offset: u64 },
-    Sync { first_seq: Seq, write_count: u64 },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     pub lsn: u64,
     pub seq: Seq,
     pub data_set: DataSetId,
     pub stream_offset: u64,
-    pub payload_len: u32,
-    pub body: RecordBody,
+    pub kind: RecordKind,
 }
 
 impl RecordHeader {
@@ -125,16 +118,16 @@ impl RecordHeader {
     fn encode(&self, payload: &[u8], out: &mut [u8]) {
         out.fill(0);
         put_u32(out, 0, RECORD_MAGIC);
-        let (kind, volume, a, b) = match self.body {
-            RecordBody::Write { volume, offset } => (1u8, volume.0, offset, 0),
-            RecordBody::Sync {
+        let (kind, volume, a, b) = match self.kind {
+            RecordKind::Write { volume, offset, .. } => (1u8, volume.0, offset, 0),
+            RecordKind::Sync {
                 first_seq,
                 write_count,
             } => (2u8, 0, first_seq.0, write_count),
         };
         out[4] = kind;
         out[6..8].copy_from_slice(&volume.to_le_bytes());
-        put_u32(out, 8, self.payload_len);
+        put_u32(out, 8, self.kind.payload_len());
         put_u64(out, 16, self.lsn);
         put_u64(out, 24, self.seq.0);
         put_u64(out, 32, self.data_set.0);
@@ -154,12 +147,13 @@ impl RecordHeader {
         }
         let payload_len = get_u32(block, 8);
         let (a, b) = (get_u64(block, 40), get_u64(block, 56));
-        let body = match block[4] {
-            1 if payload_len > 0 && payload_len <= max_payload => RecordBody::Write {
+        let kind = match block[4] {
+            1 if payload_len > 0 && payload_len <= max_payload => RecordKind::Write {
                 volume: VolumeId(u16::from_le_bytes([block[6], block[7]])),
                 offset: a,
+                len: payload_len,
             },
-            2 if payload_len == 0 => RecordBody::Sync {
+            2 if payload_len == 0 => RecordKind::Sync {
                 first_seq: Seq(a),
                 write_count: b,
             },
@@ -170,8 +164,7 @@ impl RecordHeader {
             seq: Seq(get_u64(block, 24)),
             data_set: DataSetId(get_u64(block, 32)),
             stream_offset: get_u64(block, 48),
-            payload_len,
-            body,
+            kind,
         })
     }
 
@@ -363,10 +356,10 @@ impl<S: Storage> Journal<S> {
                 }
             };
             let payload = &self.scratch
-                [RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.payload_len as usize];
+                [RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.kind.payload_len() as usize];
             found(&ScannedRecord { header, payload });
             self.index.push_back((header.lsn, header.data_set));
-            lsn = header.lsn + record_bytes(header.payload_len, self.block_size);
+            lsn = header.lsn + record_bytes(header.kind.payload_len(), self.block_size);
         }
         self.tail_lsn = lsn;
         assert!(others.is_empty(), "nothing else in flight while scanning");
@@ -395,7 +388,7 @@ impl<S: Storage> Journal<S> {
         let Some(header) = RecordHeader::decode(&self.scratch[..block], max_payload) else {
             return Ok(None);
         };
-        let size = record_bytes(header.payload_len, self.block_size);
+        let size = record_bytes(header.kind.payload_len(), self.block_size);
         if header.lsn != lsn || at + size > log_bytes {
             return Ok(None);
         }
@@ -408,7 +401,7 @@ impl<S: Storage> Journal<S> {
                 others,
             )?;
         }
-        Ok(RecordHeader::crc_ok(&self.scratch, header.payload_len).then_some(header))
+        Ok(RecordHeader::crc_ok(&self.scratch, header.kind.payload_len()).then_some(header))
     }
 
     pub fn superblock(&self) -> &Superblock {
@@ -445,8 +438,8 @@ impl<S: Storage> Journal<S> {
         payload: &[u8],
     ) -> Result<u64, StorageError> {
         let log_bytes = self.superblock.log_bytes;
-        let size = record_bytes(header.payload_len, self.block_size);
-        assert_eq!(payload.len(), header.payload_len as usize);
+        let size = record_bytes(header.kind.payload_len(), self.block_size);
+        assert_eq!(payload.len(), header.kind.payload_len() as usize);
         let mut lsn = self.tail_lsn;
         if lsn % log_bytes + size > log_bytes {
             lsn = round_up(lsn, log_bytes);
@@ -539,10 +532,10 @@ mod tests {
             seq: Seq(seq),
             data_set: DataSetId(1),
             stream_offset: seq * 100_000,
-            payload_len,
-            body: RecordBody::Write {
+            kind: RecordKind::Write {
                 volume: VolumeId(0),
                 offset: seq * 4096,
+                len: payload_len,
             },
         }
     }

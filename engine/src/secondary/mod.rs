@@ -15,13 +15,13 @@ use thiserror::Error;
 
 use applier::Applier;
 pub use config::{InjectedBug, SecondaryConfig};
-use journal::{Journal, JournalError, RecordBody, RecordHeader};
-use staging::{Admission, Slot, SlotBody, SlotState, Staging};
+use journal::{Journal, JournalError, RecordHeader};
+use staging::{Admission, Slot, SlotState, Staging};
 
 use crate::primary::ConfigError;
 use crate::protocol::{
     check_hello, encode, push_seq, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError,
-    ResumeState, Role, Seq, SeqRange, VolumeInfo, MAX_ACK_RANGES,
+    RecordKind, ResumeState, Role, Seq, SeqRange, VolumeInfo, MAX_ACK_RANGES,
 };
 use crate::storage::{drain, Completion, Storage, StorageError};
 
@@ -274,7 +274,7 @@ impl<S: Storage> Secondary<S> {
                     seq: write.seq,
                     data_set: write.data_set,
                     stream_offset: write.stream_offset,
-                    body: SlotBody::Write {
+                    kind: RecordKind::Write {
                         volume: write.volume,
                         offset: write.offset,
                         len: write.payload.len() as u32,
@@ -288,7 +288,7 @@ impl<S: Storage> Secondary<S> {
                     seq: sync.seq,
                     data_set: sync.data_set,
                     stream_offset: sync.stream_offset,
-                    body: SlotBody::Sync {
+                    kind: RecordKind::Sync {
                         first_seq: sync.first_seq,
                         write_count: sync.write_count,
                     },
@@ -349,17 +349,7 @@ impl<S: Storage> Secondary<S> {
             seq: slot.seq,
             data_set: slot.data_set,
             stream_offset: slot.stream_offset,
-            payload_len: payload.len() as u32,
-            body: match slot.body {
-                SlotBody::Write { volume, offset, .. } => RecordBody::Write { volume, offset },
-                SlotBody::Sync {
-                    first_seq,
-                    write_count,
-                } => RecordBody::Sync {
-                    first_seq,
-                    write_count,
-                },
-            },
+            kind: slot.kind,
         };
         match self.journal.append(slot.seq.0, header, payload) {
             Ok(_) => self.appended.push_back((slot.seq, false)),
@@ -547,34 +537,15 @@ impl<S: Storage> Secondary<S> {
 
 /// Stages a record found in the journal at start-up; true if it was taken.
 fn restage(staging: &mut Staging, header: &RecordHeader, payload: &[u8]) -> bool {
-    if staging.admit(
-        header.seq,
-        header.data_set,
-        header.stream_offset,
-        header.payload_len,
-    ) != Admission::Accept
-    {
+    let len = header.kind.payload_len();
+    if staging.admit(header.seq, header.data_set, header.stream_offset, len) != Admission::Accept {
         return false;
     }
-    let body = match header.body {
-        RecordBody::Write { volume, offset } => SlotBody::Write {
-            volume,
-            offset,
-            len: header.payload_len,
-        },
-        RecordBody::Sync {
-            first_seq,
-            write_count,
-        } => SlotBody::Sync {
-            first_seq,
-            write_count,
-        },
-    };
     let slot = Slot {
         seq: header.seq,
         data_set: header.data_set,
         stream_offset: header.stream_offset,
-        body,
+        kind: header.kind,
         state: SlotState::Durable,
     };
     staging.insert(slot, payload, SlotState::Durable).is_ok()

@@ -11,7 +11,7 @@
 //! records are durable. Nothing allocates after construction.
 
 use crate::protocol::{
-    push_seq, stream_cost, DataSetId, Seq, SeqRange, VolumeId, RECORD_OVERHEAD_BYTES,
+    push_seq, stream_cost, DataSetId, RecordKind, Seq, SeqRange, RECORD_OVERHEAD_BYTES,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,34 +25,18 @@ pub enum SlotState {
     Durable,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SlotBody {
-    Write {
-        volume: VolumeId,
-        offset: u64,
-        len: u32,
-    },
-    Sync {
-        first_seq: Seq,
-        write_count: u64,
-    },
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct Slot {
     pub seq: Seq,
     pub data_set: DataSetId,
     pub stream_offset: u64,
-    pub body: SlotBody,
+    pub kind: RecordKind,
     pub state: SlotState,
 }
 
 impl Slot {
     fn payload_len(&self) -> u32 {
-        match self.body {
-            SlotBody::Write { len, .. } => len,
-            SlotBody::Sync { .. } => 0,
-        }
+        self.kind.payload_len()
     }
 
     fn stream_end(&self) -> u64 {
@@ -110,7 +94,7 @@ const EMPTY_SLOT: Slot = Slot {
     seq: Seq::NONE,
     data_set: DataSetId::NONE,
     stream_offset: 0,
-    body: SlotBody::Sync {
+    kind: RecordKind::Sync {
         first_seq: Seq::NONE,
         write_count: 0,
     },
@@ -256,7 +240,7 @@ impl Staging {
                 ..DataSetSlot::default()
             };
         }
-        if let SlotBody::Sync { .. } = slot.body {
+        if let RecordKind::Sync { .. } = slot.kind {
             if entry.sync_seq.is_some_and(|s| s != slot.seq) {
                 return Err("two syncs for one data set");
             }
@@ -298,9 +282,9 @@ impl Staging {
         let index = self.data_set_index(slot.data_set);
         let entry = &mut self.data_sets[index];
         assert_eq!(entry.id, slot.data_set);
-        match slot.body {
-            SlotBody::Write { .. } => entry.durable_writes += 1,
-            SlotBody::Sync { .. } => entry.sync_durable = true,
+        match slot.kind {
+            RecordKind::Write { .. } => entry.durable_writes += 1,
+            RecordKind::Sync { .. } => entry.sync_durable = true,
         }
     }
 
@@ -318,10 +302,10 @@ impl Staging {
         }
         let sync_seq = entry.sync_seq.expect("a durable sync was recorded");
         let sync = *self.slot(sync_seq).expect("sync held");
-        let SlotBody::Sync {
+        let RecordKind::Sync {
             first_seq,
             write_count,
-        } = sync.body
+        } = sync.kind
         else {
             return Err("sync slot holds a write");
         };
@@ -347,7 +331,7 @@ impl Staging {
             if slot.state != SlotState::Durable {
                 return Ok(None);
             }
-            if slot.data_set != id || !matches!(slot.body, SlotBody::Write { .. }) {
+            if slot.data_set != id || !matches!(slot.kind, RecordKind::Write { .. }) {
                 return Err("a seq inside a data set belongs elsewhere");
             }
             if slot.stream_offset != expected_offset {
