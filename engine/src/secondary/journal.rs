@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use thiserror::Error;
 
 use crate::protocol::{DataSetId, GroupId, RecordKind, Seq, VolumeId};
-use crate::storage::{read_blocking, Completion, IoTag, Storage, StorageError};
+use crate::storage::{read_blocking, wait_for, Completion, IoTag, Storage, StorageError};
 
 pub const RECORD_HEADER_BYTES: usize = 64;
 const SUPERBLOCK_BYTES: usize = 88;
@@ -490,24 +490,6 @@ impl<S: Storage> Journal<S> {
             self.index.pop_front();
         }
         self.superblock = next;
-    }
-}
-
-fn wait_for<S: Storage>(
-    storage: &mut S,
-    tag: IoTag,
-    others: &mut Vec<Completion>,
-) -> Result<(), StorageError> {
-    let mut batch = Vec::with_capacity(8);
-    loop {
-        batch.clear();
-        storage.poll(&mut batch, 8);
-        for completion in batch.drain(..) {
-            if completion.tag == tag {
-                return completion.result;
-            }
-            others.push(completion);
-        }
     }
 }
 

@@ -178,12 +178,22 @@ pub fn read_blocking<S: Storage + ?Sized>(
 ) -> Result<(), StorageError> {
     const READ_TAG: IoTag = u64::MAX;
     storage.submit_read(READ_TAG, offset, buf)?;
+    wait_for(storage, READ_TAG, others)
+}
+
+/// Polls until the completion for `tag` arrives and returns its result; completions of
+/// other requests go to `others`. For start-up, recovery and tests, never the hot path.
+pub fn wait_for<S: Storage + ?Sized>(
+    storage: &mut S,
+    tag: IoTag,
+    others: &mut Vec<Completion>,
+) -> Result<(), StorageError> {
     let mut batch = Vec::with_capacity(8);
     loop {
         batch.clear();
         storage.poll(&mut batch, 8);
         for completion in batch.drain(..) {
-            if completion.tag == READ_TAG {
+            if completion.tag == tag {
                 return completion.result;
             }
             others.push(completion);
