@@ -9,6 +9,7 @@
 
 pub mod primary;
 pub mod protocol;
+pub mod runtime;
 pub mod secondary;
 pub mod sim;
 pub mod storage;

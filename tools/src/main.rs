@@ -2,7 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod demo;
-#[expect(dead_code, reason = "the primary's NBD export that drives it comes with the runtime (issue 4)")]
+#[expect(
+    dead_code,
+    reason = "the primary's NBD export that drives it comes with the runtime (issue 4)"
+)]
 mod nbd;
 mod sim;
 

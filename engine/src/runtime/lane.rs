@@ -1,0 +1,260 @@
+//! One lane: a non-blocking TCP connection carrying whole frames. Incoming bytes collect in
+//! a buffer bounded by the largest frame this side accepts, and every whole frame is handed
+//! to the caller; outgoing bytes wait in a buffer the state machine fills with
+//! `poll_transmit` until the socket takes them. A frame that could never fit, bad bytes, or
+//! a closed connection is an error: the caller drops the lane.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use thiserror::Error;
+
+use crate::protocol::{decode, frame_len, DecodeError, Frame, PeerError, HEADER_BYTES};
+
+#[derive(Debug, Error)]
+pub enum LaneError {
+    #[error("connection closed by the peer")]
+    Closed,
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("frame of {len} bytes is larger than the {max}-byte limit")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
+
+#[derive(Debug)]
+pub struct Lane {
+    stream: TcpStream,
+    rx: Vec<u8>,
+    /// Bytes of `rx` holding data.
+    rx_len: usize,
+    tx: Vec<u8>,
+    /// Bytes of `tx` already written to the socket.
+    tx_sent: usize,
+}
+
+impl Lane {
+    /// Wraps a connected stream (made non-blocking, Nagle off). `max_frame_bytes` bounds
+    /// what one incoming frame may be; `tx_bytes` is the outgoing buffer's capacity.
+    pub fn new(stream: TcpStream, max_frame_bytes: usize, tx_bytes: usize) -> io::Result<Lane> {
+        assert!(max_frame_bytes >= HEADER_BYTES);
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        Ok(Lane {
+            stream,
+            rx: vec![0; max_frame_bytes],
+            rx_len: 0,
+            tx: Vec::with_capacity(tx_bytes),
+            tx_sent: 0,
+        })
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Reads what the socket has and hands each whole frame to `handle`. Returns the
+    /// number of frames handled (0 when nothing was there).
+    pub fn receive(
+        &mut self,
+        mut handle: impl FnMut(&Frame<'_>) -> Result<(), PeerError>,
+    ) -> Result<usize, LaneError> {
+        let mut frames = 0;
+        loop {
+            match self.stream.read(&mut self.rx[self.rx_len..]) {
+                Ok(0) => return Err(LaneError::Closed),
+                Ok(read) => self.rx_len += read,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(frames),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let mut at = 0;
+            while self.rx_len - at >= HEADER_BYTES {
+                let len = frame_len(&self.rx[at..self.rx_len])?;
+                if len > self.rx.len() {
+                    return Err(LaneError::FrameTooLarge {
+                        len,
+                        max: self.rx.len(),
+                    });
+                }
+                if self.rx_len - at < len {
+                    break;
+                }
+                let (frame, used) = decode(&self.rx[at..at + len])?;
+                debug_assert_eq!(used, len);
+                handle(&frame)?;
+                frames += 1;
+                at += len;
+            }
+            self.rx.copy_within(at..self.rx_len, 0);
+            self.rx_len -= at;
+        }
+    }
+
+    /// The outgoing buffer, for the state machine's `poll_transmit` to append to, and how
+    /// much room it has left.
+    pub fn tx_room(&mut self) -> (&mut Vec<u8>, usize) {
+        if self.tx_sent == self.tx.len() {
+            self.tx.clear();
+            self.tx_sent = 0;
+        }
+        let room = self.tx.capacity().saturating_sub(self.tx.len());
+        (&mut self.tx, room)
+    }
+
+    /// Writes as much of the outgoing buffer as the socket takes; true once it is empty.
+    pub fn send(&mut self) -> Result<bool, LaneError> {
+        while self.tx_sent < self.tx.len() {
+            match self.stream.write(&self.tx[self.tx_sent..]) {
+                Ok(0) => return Err(LaneError::Closed),
+                Ok(written) => self.tx_sent += written,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::protocol::{encode, AppliedFrame, DataSetId, Seq, SyncFrame};
+
+    fn pair(max_frame: usize) -> (Lane, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (Lane::new(server, max_frame, 1 << 16).unwrap(), client)
+    }
+
+    fn sync(seq: u64) -> Frame<'static> {
+        Frame::Sync(SyncFrame {
+            seq: Seq(seq),
+            data_set: DataSetId(1),
+            first_seq: Seq(1),
+            write_count: seq - 1,
+            stream_offset: 0,
+        })
+    }
+
+    /// Receives until `want` frames arrived (the peer wrote them all already). The deadline
+    /// only keeps a broken test from hanging CI; nothing is timed.
+    fn receive_all(lane: &mut Lane, want: usize) -> Result<Vec<Frame<'static>>, LaneError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut got = Vec::new();
+        while got.len() < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "loopback bytes never arrived"
+            );
+            lane.receive(|frame| {
+                let Frame::Sync(sync) = frame else {
+                    panic!("only syncs are sent")
+                };
+                got.push(Frame::Sync(*sync));
+                Ok(())
+            })?;
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn frames_split_anywhere_arrive_whole_and_in_order() {
+        let (mut lane, mut client) = pair(4096);
+        let mut bytes = Vec::new();
+        (2..40).for_each(|seq| encode(&sync(seq), &mut bytes));
+        // Dribble the bytes in uneven pieces, so frames straddle reads.
+        for piece in bytes.chunks(7) {
+            client.write_all(piece).unwrap();
+        }
+        let got = receive_all(&mut lane, 38).unwrap();
+        let expected: Vec<Frame<'_>> = (2..40).map(sync).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn garbage_a_bad_crc_and_an_oversized_frame_are_errors() {
+        let (mut lane, mut client) = pair(4096);
+        client.write_all(&[0x55; 64]).unwrap();
+        assert!(matches!(
+            receive_all(&mut lane, 1),
+            Err(LaneError::Decode(DecodeError::BadMagic(_)))
+        ));
+
+        let (mut lane, mut client) = pair(4096);
+        let mut bytes = Vec::new();
+        encode(&sync(5), &mut bytes);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        client.write_all(&bytes).unwrap();
+        assert!(matches!(
+            receive_all(&mut lane, 1),
+            Err(LaneError::Decode(DecodeError::CrcMismatch { .. }))
+        ));
+
+        let (mut lane, mut client) = pair(64);
+        let mut bytes = Vec::new();
+        let frame = Frame::Applied(AppliedFrame {
+            data_set: DataSetId(1),
+            applied_seq: Seq(2),
+            stream_end: 3,
+        });
+        encode(&frame, &mut bytes);
+        encode(&sync(9), &mut bytes);
+        let big = crate::protocol::WriteFrame {
+            volume: crate::protocol::VolumeId(0),
+            seq: Seq(1),
+            data_set: DataSetId(1),
+            offset: 0,
+            stream_offset: 0,
+            payload: &[0; 512],
+        };
+        encode(&Frame::Write(big), &mut bytes);
+        client.write_all(&bytes).unwrap();
+        let mut handled = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let error = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "loopback bytes never arrived"
+            );
+            match lane.receive(|_| {
+                handled += 1;
+                Ok(())
+            }) {
+                Ok(_) => continue,
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(
+            handled, 2,
+            "the frames before the oversized one were handled"
+        );
+        assert!(
+            matches!(error, LaneError::FrameTooLarge { max: 64, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_closed_peer_is_reported_and_sending_drains_the_buffer() {
+        let (mut lane, client) = pair(4096);
+        let (tx, room) = lane.tx_room();
+        assert_eq!(room, 1 << 16);
+        encode(&sync(3), tx);
+        assert!(lane.send().unwrap());
+        let mut reader = client.try_clone().unwrap();
+        let mut buf = [0u8; 56];
+        reader.read_exact(&mut buf).unwrap();
+        assert_eq!(decode(&buf).unwrap().0, sync(3));
+        drop((client, reader));
+        assert!(matches!(receive_all(&mut lane, 1), Err(LaneError::Closed)));
+    }
+}
