@@ -90,6 +90,7 @@ fn secondary_hello(resume: ResumeState) -> Hello {
     Hello {
         role: Role::Secondary,
         group: GROUP,
+        max_write_bytes: MAX_WRITE,
         volumes: vec![VolumeInfo {
             name: "data".to_string(),
             size_bytes: VOLUME_BYTES,

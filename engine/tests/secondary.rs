@@ -48,7 +48,7 @@ fn start(mut secondary: Secondary<MemStorage>) -> Secondary<MemStorage> {
 
 fn create() -> Secondary<MemStorage> {
     let (journal, replicas) = blank_storages();
-    start(Secondary::create(config(), journal, replicas).unwrap())
+    start(Secondary::create(config(), 0x5eed, journal, replicas).unwrap())
 }
 
 fn restart(secondary: Secondary<MemStorage>) -> Secondary<MemStorage> {
@@ -68,6 +68,7 @@ fn primary_hello() -> Hello {
     Hello {
         role,
         group,
+        max_write_bytes: MAX_WRITE,
         volumes,
         resume,
     }
@@ -638,7 +639,7 @@ fn opening_a_journal_that_is_not_formatted_or_not_ours_fails() {
 
     let (journal, replicas) = blank_storages();
     let small = mem(journal.geometry().size_bytes - u64::from(BLOCK));
-    let error = journal_error(Secondary::create(config(), small, replicas));
+    let error = journal_error(Secondary::create(config(), 0x5eed, small, replicas));
     assert!(matches!(error, JournalError::TooSmall { .. }), "{error}");
 }
 

@@ -4,7 +4,9 @@
 use ordo_engine::secondary::InjectedBug;
 use ordo_engine::sim::{run_seed, SimStats};
 
-/// Seeds that once found a bug, kept so the bug stays fixed:
+/// Seeds that once found a bug, kept so the bug stays fixed. (A seed draws its whole
+/// configuration, so when the swarm's draws change a seed explores a different corner;
+/// the bugs below also have scenario tests in secondary.rs and regressions.rs.)
 /// 37: a journal record acked behind an unfinished one was lost in a crash;
 /// 124: a primary flush meeting a full device queue failed instead of waiting;
 /// 400, 952: a dropped `Applied` frame left the primary waiting for credit forever;

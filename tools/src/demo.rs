@@ -157,7 +157,11 @@ impl Pair {
         let journal = mem(Geometry::new(journal_bytes.next_multiple_of(4096), 4096)?)?;
         let primary = Primary::new(primary_config, vec![mem(geometry)?, mem(geometry)?])?;
         let replicas = vec![mem(geometry)?, mem(geometry)?];
-        let mut secondary = Secondary::create(secondary_config.clone(), journal, replicas)?;
+        let journal_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64;
+        let mut secondary =
+            Secondary::create(secondary_config.clone(), journal_id, journal, replicas)?;
         let mut primary = primary;
         for lane in 0..args.lanes {
             primary.lane_up(lane);

@@ -28,6 +28,7 @@ struct Peer {
     applied_seq: Seq,
     applied_stream_end: u64,
     window_bytes: u64,
+    journal_id: u64,
 }
 
 #[derive(Debug)]
@@ -53,6 +54,7 @@ impl Link {
             hello: Hello {
                 role: Role::Primary,
                 group: config.group,
+                max_write_bytes: config.max_write_bytes,
                 volumes,
                 resume: ResumeState::default(),
             },
@@ -157,6 +159,18 @@ impl Link {
         let resume = &hello.resume;
         // Lanes reorder: a Hello built before an Applied frame we already have is stale,
         // and the secondary's watermark is durable, so the newer state stands.
+        if let Some(peer) = self.peer {
+            if peer.journal_id != resume.journal_id {
+                // Another journal: the secondary we streamed to lost its state, and what it
+                // had acknowledged is no longer retained here.
+                let error = PeerError::StateLost {
+                    known: peer.journal_id,
+                    now: resume.journal_id,
+                };
+                self.stalled = Some(error.clone());
+                return Err(error);
+            }
+        }
         let stale = self
             .peer
             .is_some_and(|p| p.applied_data_set > resume.applied_data_set);
@@ -166,6 +180,7 @@ impl Link {
                 applied_seq: resume.applied_seq,
                 applied_stream_end: resume.applied_stream_end,
                 window_bytes: resume.window_bytes,
+                journal_id: resume.journal_id,
             });
         }
         retention.ack_range(Seq(0), resume.applied_seq);
@@ -178,6 +193,13 @@ impl Link {
 
     fn check_hello(&self, hello: &Hello) -> Result<(), PeerError> {
         check_hello(&self.hello, hello, Role::Secondary)?;
+        if hello.max_write_bytes < self.hello.max_write_bytes {
+            return Err(PeerError::Mismatch {
+                field: "largest write",
+                ours: format!("{} bytes", self.hello.max_write_bytes),
+                theirs: format!("{} bytes (journal)", hello.max_write_bytes),
+            });
+        }
         if hello.resume.window_bytes < self.max_data_set_stream_bytes {
             return Err(PeerError::WindowTooSmall {
                 window: hello.resume.window_bytes,
@@ -215,7 +237,8 @@ impl Link {
         let Some(peer) = self.peer else {
             return out.len() - start;
         };
-        let credit_end = peer.applied_stream_end + peer.window_bytes;
+        // Both come from the peer: a lie must not overflow.
+        let credit_end = peer.applied_stream_end.saturating_add(peer.window_bytes);
         while out.len() - start < max_bytes {
             if let Some(seq) = self.resend.pop_front() {
                 let Some(record) = retention.get_mut(seq) else {

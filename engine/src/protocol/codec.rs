@@ -24,7 +24,7 @@ const KIND_APPLIED: u8 = 5;
 const BODY_LEN_OFFSET: usize = 8;
 const CRC_OFFSET: usize = 12;
 
-const HELLO_FIXED_BYTES: usize = 56;
+const HELLO_FIXED_BYTES: usize = 64;
 const VOLUME_ENTRY_BYTES: usize = 48;
 const RANGE_BYTES: usize = 16;
 const WRITE_FIXED_BYTES: usize = 40;
@@ -40,7 +40,7 @@ pub const MAX_BODY_BYTES: usize = WRITE_FIXED_BYTES + MAX_WRITE_PAYLOAD_BYTES as
 // Layouts, field by field, so a changed field shows up here and not on the wire.
 const _: () = assert!(HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4);
 const _: () = assert!(BODY_LEN_OFFSET == 4 + 1 + 1 + 2 && CRC_OFFSET == BODY_LEN_OFFSET + 4);
-const _: () = assert!(HELLO_FIXED_BYTES == 1 + 7 + 8 + 2 + 2 + 4 + 4 * 8);
+const _: () = assert!(HELLO_FIXED_BYTES == 1 + 3 + 4 + 8 + 2 + 2 + 4 + 5 * 8);
 const _: () = assert!(VOLUME_ENTRY_BYTES == 8 + 4 + 1 + 3 + MAX_VOLUME_NAME_BYTES);
 const _: () = assert!(MAX_VOLUME_NAME_BYTES == 32 && RANGE_BYTES == 2 * 8);
 const _: () = assert!(WRITE_FIXED_BYTES == 2 + 2 + 4 + 4 * 8);
@@ -222,12 +222,14 @@ fn decode_hello(r: &mut Reader<'_>, body_len: u32) -> Result<Hello, DecodeError>
         2 => Role::Secondary,
         _ => return Err(Malformed("unknown role in hello")),
     };
-    r.zeros(7, "non-zero padding in hello")?;
+    r.zeros(3, "non-zero padding in hello")?;
+    let max_write_bytes = r.u32()?;
     let group = GroupId(r.u64()?);
     let volume_count = usize::from(r.u16()?);
     let range_count = usize::from(r.u16()?);
     r.zeros(4, "non-zero padding in hello")?;
     let [applied_data_set, applied_seq, applied_stream_end, window_bytes] = r.u64s()?;
+    let journal_id = r.u64()?;
     if volume_count > MAX_VOLUMES {
         return Err(Malformed("too many volumes in hello"));
     }
@@ -252,11 +254,13 @@ fn decode_hello(r: &mut Reader<'_>, body_len: u32) -> Result<Hello, DecodeError>
         applied_seq: Seq(applied_seq),
         applied_stream_end,
         window_bytes,
+        journal_id,
         staged,
     };
     Ok(Hello {
         role,
         group,
+        max_write_bytes,
         volumes,
         resume,
     })
@@ -338,13 +342,21 @@ fn decode_ranges(r: &mut Reader<'_>, count: usize) -> Result<Vec<SeqRange>, Deco
 
 fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
     let resume = &hello.resume;
-    out.extend_from_slice(&[hello.role as u8, 0, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[hello.role as u8, 0, 0, 0]);
+    out.extend_from_slice(&hello.max_write_bytes.to_le_bytes());
     out.extend_from_slice(&hello.group.0.to_le_bytes());
     out.extend_from_slice(&(hello.volumes.len() as u16).to_le_bytes());
     out.extend_from_slice(&(resume.staged.len() as u16).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     put_u64s(out, &[resume.applied_data_set.0, resume.applied_seq.0]);
-    put_u64s(out, &[resume.applied_stream_end, resume.window_bytes]);
+    put_u64s(
+        out,
+        &[
+            resume.applied_stream_end,
+            resume.window_bytes,
+            resume.journal_id,
+        ],
+    );
     for volume in &hello.volumes {
         let name = volume.name.as_bytes();
         assert!(

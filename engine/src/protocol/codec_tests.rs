@@ -58,12 +58,14 @@ fn samples() -> Vec<Frame<'static>> {
         Frame::Hello(Hello {
             role: Role::Secondary,
             group: GroupId(7),
+            max_write_bytes: 1 << 20,
             volumes,
             resume,
         }),
         Frame::Hello(Hello {
             role: Role::Primary,
             group: GroupId(7),
+            max_write_bytes: 4096,
             volumes: vec![],
             resume: Default::default(),
         }),
@@ -183,7 +185,7 @@ fn bad_fields_give_typed_errors() {
         (&hello, 16, &[3], "unknown role in hello"),
         (&hello, 17, &[1], "non-zero padding in hello"),
         (&hello, 32, &[65], "too many volumes in hello"),
-        (&hello, 32, &[1], "body length 184 invalid for frame kind 1"),
+        (&hello, 32, &[1], "body length 192 invalid for frame kind 1"),
         (
             &hello,
             name_at - 4,
@@ -240,19 +242,22 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
         };
         volumes.into_iter().map(volume).collect()
     });
-    let resume = (any::<[u64; 4]>(), vec(arb_range(), 0..=MAX_ACK_RANGES));
-    (role, any::<u64>(), volumes, resume).prop_map(|(role, group, volumes, resume)| {
-        let ([data_set, seq, stream_end, window_bytes], staged) = resume;
+    let resume = (any::<[u64; 5]>(), vec(arb_range(), 0..=MAX_ACK_RANGES));
+    let ids = (any::<u64>(), any::<u32>());
+    (role, ids, volumes, resume).prop_map(|(role, (group, max_write_bytes), volumes, resume)| {
+        let ([data_set, seq, stream_end, window_bytes, journal_id], staged) = resume;
         let resume = ResumeState {
             applied_data_set: DataSetId(data_set),
             applied_seq: Seq(seq),
             applied_stream_end: stream_end,
             window_bytes,
+            journal_id,
             staged,
         };
         Hello {
             role,
             group: GroupId(group),
+            max_write_bytes,
             volumes,
             resume,
         }

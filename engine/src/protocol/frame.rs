@@ -93,6 +93,9 @@ pub struct ResumeState {
     pub applied_stream_end: u64,
     /// How far past `applied_stream_end` the primary may send (journal window).
     pub window_bytes: u64,
+    /// Random id of the secondary's journal, chosen when it was formatted: a different id
+    /// with less applied means the secondary lost its state, not that a frame was late.
+    pub journal_id: u64,
     /// Seq ranges above `applied_seq` already staged durably (at most `MAX_ACK_RANGES`).
     pub staged: Vec<SeqRange>,
 }
@@ -101,6 +104,8 @@ pub struct ResumeState {
 pub struct Hello {
     pub role: Role,
     pub group: GroupId,
+    /// Largest write this side sends (primary) or accepts (secondary).
+    pub max_write_bytes: u32,
     /// At most `MAX_VOLUMES`.
     pub volumes: Vec<VolumeInfo>,
     /// Meaningful when `role == Secondary`; zeroed by a primary.

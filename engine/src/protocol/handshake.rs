@@ -15,6 +15,8 @@ pub enum PeerError {
     },
     #[error("the secondary's journal window ({window} bytes) is smaller than one data set can be ({needed} bytes)")]
     WindowTooSmall { window: u64, needed: u64 },
+    #[error("the secondary's journal changed (id {known:#x} is now {now:#x}): it lost the state it had acknowledged; replication is stalled until it is resynchronised from scratch")]
+    StateLost { known: u64, now: u64 },
     #[error("unexpected frame from the peer: {0}")]
     Unexpected(&'static str),
     #[error("invalid write from the peer: {0}")]

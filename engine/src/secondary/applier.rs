@@ -130,23 +130,30 @@ impl Applier {
                     if next < data_set.sync_seq || !self.in_flight.is_empty() {
                         return applied;
                     }
+                    // Count only the flushes submitted, so their completions find this state
+                    // even when a later one fails. Nothing else is in flight on a replica
+                    // now, so a queue is never full here.
+                    let mut submitted = 0;
+                    let mut failed = None;
                     for replica in replicas.iter_mut() {
-                        if let Err(error) = replica.submit_flush(TAG_REPLICA_FLUSH) {
-                            // A replica queue is never full here: nothing else is in flight.
-                            self.stalled = Some(format!("replica flush: {error}"));
-                            return applied;
+                        match replica.submit_flush(TAG_REPLICA_FLUSH) {
+                            Ok(()) => submitted += 1,
+                            Err(error) => failed = Some(error),
                         }
                     }
                     self.state = State::FlushingReplicas {
                         data_set,
-                        remaining: replicas.len(),
+                        remaining: submitted,
                     };
+                    if let Some(error) = failed {
+                        self.stalled = Some(format!("replica flush: {error}"));
+                    }
                 }
                 State::FlushingReplicas {
                     data_set,
                     remaining,
                 } => {
-                    if remaining > 0 {
+                    if remaining > 0 || self.stalled.is_some() {
                         return applied;
                     }
                     let current = *journal.superblock();

@@ -25,7 +25,7 @@ use crate::protocol::{DataSetId, GroupId, RecordKind, Seq, VolumeId};
 use crate::storage::{read_blocking, wait_for, Completion, IoTag, Storage, StorageError};
 
 pub const RECORD_HEADER_BYTES: usize = 64;
-const SUPERBLOCK_BYTES: usize = 88;
+const SUPERBLOCK_BYTES: usize = 96;
 const SUPERBLOCK_COPY_OFFSETS: [u64; 2] = [0, 4096];
 pub const LOG_START: u64 = 8192;
 const RECORD_MAGIC: u32 = 0x524A_524F; // "ORJR"
@@ -52,6 +52,9 @@ pub enum JournalError {
 pub struct Superblock {
     pub generation: u64,
     pub group: GroupId,
+    /// Chosen (at random, by the caller) when the journal is formatted; mixed into every
+    /// record's crc, so records of an earlier journal on the same device never count.
+    pub journal_id: u64,
     pub applied_data_set: DataSetId,
     pub applied_seq: Seq,
     pub applied_stream_end: u64,
@@ -76,6 +79,7 @@ impl Superblock {
         put_u64(out, 64, self.log_bytes);
         put_u64(out, 72, self.window_bytes);
         put_u32(out, 80, self.max_write_bytes);
+        put_u64(out, 88, self.journal_id);
         let crc = crc32c::crc32c(&out[..SUPERBLOCK_BYTES]);
         put_u32(out, 12, crc);
     }
@@ -100,6 +104,7 @@ impl Superblock {
             log_bytes: get_u64(block, 64),
             window_bytes: get_u64(block, 72),
             max_write_bytes: get_u32(block, 80),
+            journal_id: get_u64(block, 88),
         })
     }
 }
@@ -114,8 +119,9 @@ pub struct RecordHeader {
 }
 
 impl RecordHeader {
-    /// Writes header and payload into `out` (sized to the record) with the crc set.
-    fn encode(&self, payload: &[u8], out: &mut [u8]) {
+    /// Writes header and payload into `out` (sized to the record) with the crc set; the
+    /// crc covers the journal id, then header and payload.
+    fn encode(&self, journal_id: u64, payload: &[u8], out: &mut [u8]) {
         out.fill(0);
         put_u32(out, 0, RECORD_MAGIC);
         let (kind, volume, a, b) = match self.kind {
@@ -136,7 +142,7 @@ impl RecordHeader {
         put_u64(out, 56, b);
         out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload.len()].copy_from_slice(payload);
         let end = RECORD_HEADER_BYTES + payload.len();
-        let crc = crc32c::crc32c(&out[..end]);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&journal_id.to_le_bytes()), &out[..end]);
         put_u32(out, 12, crc);
     }
 
@@ -168,10 +174,11 @@ impl RecordHeader {
         })
     }
 
-    fn crc_ok(record: &[u8], payload_len: u32) -> bool {
+    fn crc_ok(record: &[u8], payload_len: u32, journal_id: u64) -> bool {
         let end = RECORD_HEADER_BYTES + payload_len as usize;
         let stored = get_u32(record, 12);
-        let mut crc = crc32c::crc32c(&record[..12]);
+        let mut crc = crc32c::crc32c(&journal_id.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &record[..12]);
         crc = crc32c::crc32c_append(crc, &[0; 4]);
         crc = crc32c::crc32c_append(crc, &record[16..end]);
         crc == stored
@@ -211,6 +218,26 @@ pub fn required_bytes(window_bytes: u64, max_write_bytes: u32, block_size: u32) 
     LOG_START + 2 * window_bytes + record_bytes(max_write_bytes, block_size)
 }
 
+/// The valid superblock copy with the highest generation, if any.
+fn newest_superblock<S: Storage>(storage: &mut S) -> Result<Option<Superblock>, JournalError> {
+    let mut buf = vec![0u8; storage.geometry().block_size as usize];
+    let mut others = Vec::new();
+    let mut best: Option<Superblock> = None;
+    for at in SUPERBLOCK_COPY_OFFSETS {
+        read_blocking(storage, at, &mut buf, &mut others)?;
+        if let Some(sb) = Superblock::decode(&buf) {
+            if best.is_none_or(|b| sb.generation > b.generation) {
+                best = Some(sb);
+            }
+        }
+    }
+    assert!(
+        others.is_empty(),
+        "nothing else in flight while reading superblocks"
+    );
+    Ok(best)
+}
+
 /// A record found by the recovery scan, with its payload.
 #[derive(Debug)]
 pub struct ScannedRecord<'a> {
@@ -233,9 +260,12 @@ pub struct Journal<S: Storage> {
 
 impl<S: Storage> Journal<S> {
     /// Formats `storage` as an empty journal for `group` and waits until it is durable.
+    /// `journal_id` should be random: it is what tells this journal's records from those
+    /// of an earlier one on the same device.
     pub fn format(
-        storage: S,
+        mut storage: S,
         group: GroupId,
+        journal_id: u64,
         window_bytes: u64,
         max_write_bytes: u32,
     ) -> Result<Journal<S>, JournalError> {
@@ -249,9 +279,13 @@ impl<S: Storage> Journal<S> {
         }
         let log_bytes = (geometry.size_bytes - LOG_START) / u64::from(geometry.block_size)
             * u64::from(geometry.block_size);
+        // Generations above any superblock already on the device, so that a crash between
+        // the two writes below still leaves the new journal the newest.
+        let previous = newest_superblock(&mut storage)?.map_or(0, |sb| sb.generation);
         let superblock = Superblock {
-            generation: 1,
+            generation: previous + 1,
             group,
+            journal_id,
             log_bytes,
             window_bytes,
             max_write_bytes,
@@ -259,10 +293,9 @@ impl<S: Storage> Journal<S> {
         };
         let mut journal = Journal::with_superblock(storage, superblock);
         // Both copies, so no stale superblock of an earlier journal can win later.
-        for generation in [1, 2] {
-            journal.superblock.generation = generation;
-            journal.write_superblock_blocking()?;
-        }
+        journal.write_superblock_blocking()?;
+        journal.superblock.generation += 1;
+        journal.write_superblock_blocking()?;
         Ok(journal)
     }
 
@@ -306,18 +339,7 @@ impl<S: Storage> Journal<S> {
 
     /// Opens a formatted journal: reads the newer valid superblock. Call `scan` next.
     pub fn open(mut storage: S, group: GroupId) -> Result<Journal<S>, JournalError> {
-        let block = storage.geometry().block_size as usize;
-        let mut buf = vec![0u8; block];
-        let mut others = Vec::new();
-        let mut best: Option<Superblock> = None;
-        for at in SUPERBLOCK_COPY_OFFSETS {
-            read_blocking(&mut storage, at, &mut buf, &mut others)?;
-            if let Some(sb) = Superblock::decode(&buf) {
-                if best.is_none_or(|b| sb.generation > b.generation) {
-                    best = Some(sb);
-                }
-            }
-        }
+        let best = newest_superblock(&mut storage)?;
         let superblock = best.ok_or(JournalError::NotFormatted)?;
         if superblock.group != group {
             return Err(JournalError::WrongGroup {
@@ -345,8 +367,12 @@ impl<S: Storage> Journal<S> {
             let header = match self.read_record(lsn, &mut others)? {
                 Some(header) => header,
                 None => {
+                    // The writer skips to the next lap only when a record does not fit
+                    // before the end, so a legitimate skip is shorter than the largest
+                    // record; a longer one would jump over a hole.
                     let next_lap = round_up(lsn, self.superblock.log_bytes);
-                    if next_lap == lsn {
+                    let largest = record_bytes(self.superblock.max_write_bytes, self.block_size);
+                    if next_lap == lsn || next_lap - lsn >= largest {
                         break;
                     }
                     match self.read_record(next_lap, &mut others)? {
@@ -401,7 +427,11 @@ impl<S: Storage> Journal<S> {
                 others,
             )?;
         }
-        Ok(RecordHeader::crc_ok(&self.scratch, header.kind.payload_len()).then_some(header))
+        let journal_id = self.superblock.journal_id;
+        Ok(
+            RecordHeader::crc_ok(&self.scratch, header.kind.payload_len(), journal_id)
+                .then_some(header),
+        )
     }
 
     pub fn superblock(&self) -> &Superblock {
@@ -449,7 +479,11 @@ impl<S: Storage> Journal<S> {
             "journal full: the window admission rule must make this impossible"
         );
         header.lsn = lsn;
-        header.encode(payload, &mut self.scratch[..size as usize]);
+        header.encode(
+            self.superblock.journal_id,
+            payload,
+            &mut self.scratch[..size as usize],
+        );
         self.storage.submit_write(
             tag,
             LOG_START + lsn % log_bytes,
@@ -505,7 +539,7 @@ mod tests {
     fn fresh() -> Journal<MemStorage> {
         let size = required_bytes(WINDOW, MAX_WRITE, 4096);
         let storage = MemStorage::new(Geometry::new(size, 4096).unwrap()).unwrap();
-        Journal::format(storage, GROUP, WINDOW, MAX_WRITE).unwrap()
+        Journal::format(storage, GROUP, 0x1d, WINDOW, MAX_WRITE).unwrap()
     }
 
     fn header(seq: u64, payload_len: u32) -> RecordHeader {
@@ -661,7 +695,7 @@ mod tests {
         );
         let small = MemStorage::new(Geometry::new(size - 4096, 4096).unwrap()).unwrap();
         assert!(matches!(
-            Journal::format(small, GROUP, WINDOW, MAX_WRITE),
+            Journal::format(small, GROUP, 0x1d, WINDOW, MAX_WRITE),
             Err(JournalError::TooSmall { .. })
         ));
     }

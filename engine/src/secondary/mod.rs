@@ -38,6 +38,8 @@ pub enum SecondaryError {
     Journal(#[from] JournalError),
     #[error("replica volume {name}: {error}")]
     Replica { name: String, error: StorageError },
+    #[error("journal and replicas do not match: {0}")]
+    JournalMismatch(String),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,17 +94,22 @@ pub struct Secondary<S: Storage> {
 }
 
 impl<S: Storage> Secondary<S> {
-    /// Formats `journal` and starts a secondary with nothing applied.
+    /// Formats `journal` and starts a secondary with nothing applied. `journal_id` should
+    /// be random: it tells this journal's records from those of an earlier one on the same
+    /// device, and tells the primary when a secondary's state was replaced.
     pub fn create(
         config: SecondaryConfig,
-        journal: S,
-        replicas: Vec<S>,
+        journal_id: u64,
+        mut journal: S,
+        mut replicas: Vec<S>,
     ) -> Result<Secondary<S>, SecondaryError> {
         config.validate()?;
-        check_replicas(&config, &replicas)?;
+        check_storage(&config, &journal, &replicas)?;
+        drain_all(&mut journal, &mut replicas);
         let journal = Journal::format(
             journal,
             config.group,
+            journal_id,
             config.window_bytes,
             config.max_write_bytes,
         )?;
@@ -113,20 +120,29 @@ impl<S: Storage> Secondary<S> {
     /// applied watermark is staged again (and applied once complete).
     pub fn open(
         config: SecondaryConfig,
-        journal: S,
-        replicas: Vec<S>,
+        mut journal: S,
+        mut replicas: Vec<S>,
     ) -> Result<Secondary<S>, SecondaryError> {
         config.validate()?;
-        check_replicas(&config, &replicas)?;
+        check_storage(&config, &journal, &replicas)?;
+        // Completions of a previous owner's requests must not reach this one's applier.
+        drain_all(&mut journal, &mut replicas);
         let journal = Journal::open(journal, config.group)?;
         let mut secondary = Secondary::assemble(config, journal, replicas, true);
         let mut recovered = 0;
         let staging = &mut secondary.staging;
+        let replicas = &secondary.replicas;
+        let mut misfit = None;
         secondary.journal.scan(|record| {
-            if restage(staging, &record.header, record.payload) {
+            if let Err(why) = fits_replicas(replicas, &record.header) {
+                misfit.get_or_insert(why);
+            } else if restage(staging, &record.header, record.payload) {
                 recovered += 1;
             }
         })?;
+        if let Some(why) = misfit {
+            return Err(SecondaryError::JournalMismatch(why));
+        }
         secondary.stats.recovered_records = recovered;
         Ok(secondary)
     }
@@ -161,6 +177,7 @@ impl<S: Storage> Secondary<S> {
             hello: Hello {
                 role: Role::Secondary,
                 group: config.group,
+                max_write_bytes: sb.max_write_bytes,
                 volumes,
                 resume: ResumeState::default(),
             },
@@ -250,6 +267,13 @@ impl<S: Storage> Secondary<S> {
         match frame {
             Frame::Hello(hello) => {
                 check_hello(&self.hello, hello, Role::Primary)?;
+                if hello.max_write_bytes > self.hello.max_write_bytes {
+                    return Err(PeerError::Mismatch {
+                        field: "largest write",
+                        ours: format!("{} bytes (journal)", self.hello.max_write_bytes),
+                        theirs: format!("{} bytes", hello.max_write_bytes),
+                    });
+                }
                 let state = &mut self.lanes[lane];
                 state.ready = true;
                 state.hello_pending = true;
@@ -491,6 +515,7 @@ impl<S: Storage> Secondary<S> {
                 applied_seq: self.staging.applied_seq(),
                 applied_stream_end: self.staging.applied_stream_end(),
                 window_bytes: sb.window_bytes,
+                journal_id: sb.journal_id,
                 staged: self.ack_ranges.clone(),
             };
             encode(&Frame::Hello(self.hello.clone()), out);
@@ -556,10 +581,50 @@ fn drain_all<S: Storage>(journal: &mut S, replicas: &mut [S]) {
     replicas.iter_mut().for_each(|r| drain(r));
 }
 
-fn check_replicas<S: Storage>(
+/// Whether a record found in the journal fits the replicas this secondary has (it was
+/// checked on arrival, but the configuration may have changed since).
+fn fits_replicas<S: Storage>(replicas: &[S], header: &RecordHeader) -> Result<(), String> {
+    let RecordKind::Write {
+        volume,
+        offset,
+        len,
+    } = header.kind
+    else {
+        return Ok(());
+    };
+    let replica = replicas.get(usize::from(volume.0)).ok_or_else(|| {
+        format!(
+            "the journal holds writes to volume {} but there are {} replicas",
+            volume.0,
+            replicas.len()
+        )
+    })?;
+    replica
+        .geometry()
+        .check_io(offset, len as usize)
+        .map_err(|e| {
+            format!(
+                "the journal holds a write that does not fit volume {}: {e}",
+                volume.0
+            )
+        })
+}
+
+/// The smallest journal device queue: a record, a flush and a superblock in flight.
+const MIN_JOURNAL_QUEUE: u32 = 4;
+
+fn check_storage<S: Storage>(
     config: &SecondaryConfig,
+    journal: &S,
     replicas: &[S],
 ) -> Result<(), SecondaryError> {
+    let depth = journal.geometry().max_in_flight;
+    if depth < MIN_JOURNAL_QUEUE {
+        let why = format!(
+            "the journal device queue ({depth}) must hold at least {MIN_JOURNAL_QUEUE} requests"
+        );
+        return Err(ConfigError::Invalid(why).into());
+    }
     if replicas.len() != config.volume_names.len() {
         return Err(ConfigError::Invalid(format!(
             "{} volume names for {} replicas",

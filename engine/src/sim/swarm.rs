@@ -63,10 +63,13 @@ impl SwarmConfig {
             max_bytes: 4096 * rng.random_range(1..=64),
         };
         let data_set_max = policy.max_stream_bytes(max_write_bytes);
-        let window_bytes = data_set_max * rng.random_range(1..=3);
+        // The secondary may accept larger writes than the primary sends.
+        let secondary_max_write = max_write_bytes * rng.random_range(1..=2);
+        let window_bytes = (data_set_max * rng.random_range(1..=3))
+            .max(u64::from(secondary_max_write) + 2 * 4096);
         let retention_floor = 2 * (u64::from(max_write_bytes) + 2 * 4096);
         let journal_block = if rng.random_bool(0.3) { 512 } else { 4096 };
-        let journal_bytes = required_bytes(window_bytes, max_write_bytes, journal_block)
+        let journal_bytes = required_bytes(window_bytes, secondary_max_write, journal_block)
             + u64::from(journal_block) * rng.random_range(0..64);
         let names: Vec<String> = (0..volumes.len()).map(|i| format!("vol{i}")).collect();
         let group = GroupId(rng.random_range(1..=1000));
@@ -88,7 +91,7 @@ impl SwarmConfig {
                 group,
                 volume_names: names,
                 window_bytes,
-                max_write_bytes,
+                max_write_bytes: secondary_max_write,
                 lanes,
                 applied_interval_ms: rng.random_range(5..=100),
                 bug,
@@ -98,7 +101,7 @@ impl SwarmConfig {
                 size_bytes: journal_bytes,
                 block_size: journal_block,
                 max_io_bytes: 1 << 20,
-                max_in_flight: rng.random_range(8..=64),
+                max_in_flight: rng.random_range(4..=64),
             },
             disk_complete_percent: rng.random_range(20..=100),
             latency_us_max: rng.random_range(0..=2000),

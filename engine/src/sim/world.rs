@@ -59,7 +59,8 @@ impl World {
         let journal = disk(&mut rng, config.journal);
         let primary = Primary::new(config.primary.clone(), primary_disks)
             .expect("swarm draws a valid primary config");
-        let secondary = Secondary::create(config.secondary.clone(), journal, replicas)
+        let journal_id = rng.next_u64();
+        let secondary = Secondary::create(config.secondary.clone(), journal_id, journal, replicas)
             .expect("swarm draws a valid secondary");
         let lanes = config.primary.lanes;
         let sizes: Vec<usize> = config
@@ -459,8 +460,10 @@ impl World {
         let (journal, replicas) = secondary.storages();
         let mut journal = journal.clone();
         let mut replicas: Vec<SimDisk> = replicas.to_vec();
-        journal.crash();
-        replicas.iter_mut().for_each(SimDisk::crash);
+        if self.rng.random_bool(0.5) {
+            journal.crash();
+            replicas.iter_mut().for_each(SimDisk::crash);
+        }
         let mut copy = Secondary::open(self.config.secondary.clone(), journal, replicas)
             .map_err(|e| self.violation(format!("recovery of a crashed copy failed: {e}")))?;
         loop {
@@ -484,6 +487,14 @@ impl World {
     }
 
     fn check_final_image(&self) -> Result<(), Violation> {
+        let primary = self.primary.volumes().iter().zip(self.model.image());
+        for (index, (volume, expected)) in primary.enumerate() {
+            if let Some(at) = volume.contents().iter().zip(expected).position(|(a, b)| a != b) {
+                return Err(self.violation(format!(
+                    "final image: the primary's own volume {index} differs from the model at byte {at}"
+                )));
+            }
+        }
         let secondary = self.secondary.as_ref().expect("running after healing");
         for (index, (replica, expected)) in secondary
             .replicas()
