@@ -473,15 +473,8 @@ impl<S: Storage> Secondary<S> {
                     self.pending_acks.push(seq);
                 }
             }
-            TAG_SUPERBLOCK => {
-                if let Err(error) = self
-                    .journal
-                    .storage_mut()
-                    .submit_flush(TAG_FLUSH_SUPERBLOCK)
-                {
-                    self.fail(format!("journal flush: {error}"));
-                }
-            }
+            // The flush is submitted from `poll_storage`, which retries a full queue.
+            TAG_SUPERBLOCK => self.superblock_flush_due = true,
             TAG_FLUSH_SUPERBLOCK => self.applier.superblock_durable(),
             seq => {
                 if self.staging.slot(Seq(seq)).is_some() {

@@ -489,7 +489,12 @@ impl World {
     fn check_final_image(&self) -> Result<(), Violation> {
         let primary = self.primary.volumes().iter().zip(self.model.image());
         for (index, (volume, expected)) in primary.enumerate() {
-            if let Some(at) = volume.contents().iter().zip(expected).position(|(a, b)| a != b) {
+            if let Some(at) = volume
+                .contents()
+                .iter()
+                .zip(expected)
+                .position(|(a, b)| a != b)
+            {
                 return Err(self.violation(format!(
                     "final image: the primary's own volume {index} differs from the model at byte {at}"
                 )));
