@@ -2,11 +2,13 @@
 //! two alternating superblocks that hold the applied watermark.
 //!
 //! Layout: superblock copies at byte 0 and 4096 (one block each), the log from byte 8192.
-//! A record is a 64-byte header and its payload, padded to the journal's block size; it
-//! carries its own log position (`lsn`, bytes since the log began, never reused) and a
-//! crc32c over header and payload, so stale records from an earlier lap and a torn tail
-//! are both recognised and the scan stops there. A record never straddles the end of the
-//! log: when it would, the writer skips to the next lap.
+//! A record is a 72-byte header and its payload, padded to the journal's block size. It
+//! carries its log position (`lsn`, bytes since the log began), the incarnation (how many
+//! times the journal was opened) that wrote it, and a crc32c seeded with the journal's
+//! random id over header and payload. The scan from the head stops at the first record
+//! that is torn, from an earlier lap, from an earlier journal on the device, or from an
+//! earlier life than the record before it. A record never straddles the end of the log:
+//! when it would, the writer skips to the next lap, a gap shorter than one record.
 //!
 //! Why the log can never fill up: the secondary journals a record only if its stream end
 //! is at most `applied_stream_end + window_bytes` and its seq is neither applied nor already
@@ -24,15 +26,15 @@ use thiserror::Error;
 use crate::protocol::{DataSetId, GroupId, RecordKind, Seq, VolumeId};
 use crate::storage::{read_blocking, wait_for, Completion, IoTag, Storage, StorageError};
 
-pub const RECORD_HEADER_BYTES: usize = 64;
-const SUPERBLOCK_BYTES: usize = 96;
+pub const RECORD_HEADER_BYTES: usize = 72;
+const SUPERBLOCK_BYTES: usize = 104;
 const SUPERBLOCK_COPY_OFFSETS: [u64; 2] = [0, 4096];
 pub const LOG_START: u64 = 8192;
 const RECORD_MAGIC: u32 = 0x524A_524F; // "ORJR"
 const SUPER_MAGIC: u64 = 0x4C4E_524A_4F44_524F; // "ORDOJRNL"
 const JOURNAL_VERSION: u32 = 1;
 
-const _: () = assert!(RECORD_HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4 + 6 * 8);
+const _: () = assert!(RECORD_HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4 + 7 * 8);
 const _: () = assert!(SUPERBLOCK_BYTES <= 512);
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -55,6 +57,10 @@ pub struct Superblock {
     /// Chosen (at random, by the caller) when the journal is formatted; mixed into every
     /// record's crc, so records of an earlier journal on the same device never count.
     pub journal_id: u64,
+    /// Raised at every open and stamped on every record written in that life: a scan never
+    /// goes from a record to one of an earlier life, so records a crash left behind a hole
+    /// stay dead even when a later life's records line up with them again.
+    pub incarnation: u64,
     pub applied_data_set: DataSetId,
     pub applied_seq: Seq,
     pub applied_stream_end: u64,
@@ -80,6 +86,7 @@ impl Superblock {
         put_u64(out, 72, self.window_bytes);
         put_u32(out, 80, self.max_write_bytes);
         put_u64(out, 88, self.journal_id);
+        put_u64(out, 96, self.incarnation);
         let crc = crc32c::crc32c(&out[..SUPERBLOCK_BYTES]);
         put_u32(out, 12, crc);
     }
@@ -105,13 +112,16 @@ impl Superblock {
             window_bytes: get_u64(block, 72),
             max_write_bytes: get_u32(block, 80),
             journal_id: get_u64(block, 88),
+            incarnation: get_u64(block, 96),
         })
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
+    /// Set by `append`, like `incarnation`.
     pub lsn: u64,
+    pub incarnation: u64,
     pub seq: Seq,
     pub data_set: DataSetId,
     pub stream_offset: u64,
@@ -140,6 +150,7 @@ impl RecordHeader {
         put_u64(out, 40, a);
         put_u64(out, 48, self.stream_offset);
         put_u64(out, 56, b);
+        put_u64(out, 64, self.incarnation);
         out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload.len()].copy_from_slice(payload);
         let end = RECORD_HEADER_BYTES + payload.len();
         let crc = crc32c::crc32c_append(crc32c::crc32c(&journal_id.to_le_bytes()), &out[..end]);
@@ -167,6 +178,7 @@ impl RecordHeader {
         };
         Some(RecordHeader {
             lsn: get_u64(block, 16),
+            incarnation: get_u64(block, 64),
             seq: Seq(get_u64(block, 24)),
             data_set: DataSetId(get_u64(block, 32)),
             stream_offset: get_u64(block, 48),
@@ -286,6 +298,7 @@ impl<S: Storage> Journal<S> {
             generation: previous + 1,
             group,
             journal_id,
+            incarnation: 1,
             log_bytes,
             window_bytes,
             max_write_bytes,
@@ -314,15 +327,6 @@ impl<S: Storage> Journal<S> {
         }
     }
 
-    /// Flushes the journal device and waits.
-    fn sync_blocking(&mut self) -> Result<(), JournalError> {
-        let mut others = Vec::new();
-        self.storage.submit_flush(u64::MAX - 1)?;
-        wait_for(&mut self.storage, u64::MAX - 1, &mut others)?;
-        assert!(others.is_empty(), "nothing else in flight at open");
-        Ok(())
-    }
-
     fn write_superblock_blocking(&mut self) -> Result<(), JournalError> {
         let mut others = Vec::new();
         let at = SUPERBLOCK_COPY_OFFSETS[(self.superblock.generation % 2) as usize];
@@ -348,9 +352,12 @@ impl<S: Storage> Journal<S> {
             });
         }
         let mut journal = Journal::with_superblock(storage, superblock);
-        // A process that died may have written the newer superblock, and records, without
-        // flushing them: make them durable before anything relies on them.
-        journal.sync_blocking()?;
+        // A new life. Writing its superblock also flushes the device, so what a process
+        // that died wrote without flushing (records, the newer superblock) is durable
+        // before anything relies on it.
+        journal.superblock.generation += 1;
+        journal.superblock.incarnation += 1;
+        journal.write_superblock_blocking()?;
         Ok(journal)
     }
 
@@ -363,6 +370,7 @@ impl<S: Storage> Journal<S> {
         );
         let mut others = Vec::new();
         let mut lsn = self.superblock.head_lsn;
+        let mut life = 0;
         loop {
             let header = match self.read_record(lsn, &mut others)? {
                 Some(header) => header,
@@ -381,6 +389,11 @@ impl<S: Storage> Journal<S> {
                     }
                 }
             };
+            // Lives only go forward along the log; this one (the current) wrote nothing yet.
+            if header.incarnation < life || header.incarnation >= self.superblock.incarnation {
+                break;
+            }
+            life = header.incarnation;
             let payload = &self.scratch
                 [RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.kind.payload_len() as usize];
             found(&ScannedRecord { header, payload });
@@ -479,6 +492,7 @@ impl<S: Storage> Journal<S> {
             "journal full: the window admission rule must make this impossible"
         );
         header.lsn = lsn;
+        header.incarnation = self.superblock.incarnation;
         header.encode(
             self.superblock.journal_id,
             payload,
@@ -545,6 +559,7 @@ mod tests {
     fn header(seq: u64, payload_len: u32) -> RecordHeader {
         RecordHeader {
             lsn: 0,
+            incarnation: 0,
             seq: Seq(seq),
             data_set: DataSetId(1),
             stream_offset: seq * 100_000,
@@ -651,28 +666,64 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_superblock_falls_back_to_the_other_copy() {
+    fn records_of_an_earlier_life_behind_a_hole_are_not_revived() {
+        // Life 1: A, B, C written; A never reaches the disk, B and C do.
         let mut journal = fresh();
-        let sb = *journal.superblock();
-        assert_eq!(sb.generation, 2);
-        let next = Superblock {
-            generation: 3,
-            applied_data_set: DataSetId(5),
-            ..sb
+        let lsns: Vec<u64> = (1..=3)
+            .map(|seq| {
+                journal
+                    .append(seq, header(seq, 4096), &[seq as u8; 4096])
+                    .unwrap()
+            })
+            .collect();
+        journal
+            .storage_mut()
+            .submit_write(99, LOG_START + lsns[0], &[0; 4096])
+            .unwrap();
+        // Life 2 finds nothing after the hole and writes D where A was, the same size.
+        let (mut journal, found) = reopen(journal);
+        assert_eq!(found, vec![]);
+        assert_eq!(
+            journal.append(4, header(4, 4096), &[4; 4096]).unwrap(),
+            lsns[0]
+        );
+        // Life 3 must stop after D: B and C line up again, but they belong to life 1.
+        let (_, found) = reopen(journal);
+        assert_eq!(found, vec![(4, 4)]);
+    }
+
+    #[test]
+    fn a_torn_superblock_falls_back_to_the_other_copy() {
+        let applied_five = |journal: &mut Journal<MemStorage>| {
+            let sb = *journal.superblock();
+            let next = Superblock {
+                generation: sb.generation + 1,
+                applied_data_set: DataSetId(5),
+                ..sb
+            };
+            journal.submit_superblock(1, next).unwrap();
+            settle(journal);
+            next.generation
         };
-        journal.submit_superblock(1, next).unwrap();
-        settle(&mut journal);
+        // Intact, the newer superblock wins (and opening writes the next life's).
+        let mut journal = fresh();
+        applied_five(&mut journal);
         let (reopened, _) = reopen(journal);
         assert_eq!(reopened.superblock().applied_data_set, DataSetId(5));
-        // Now tear generation 3's copy: generation 2 must win.
-        let mut storage = reopened.into_storage();
-        let copy = SUPERBLOCK_COPY_OFFSETS[3 % 2];
+        assert_eq!(reopened.superblock().incarnation, 2);
+        // Torn, the other copy (nothing applied) wins.
+        let mut journal = fresh();
+        let generation = applied_five(&mut journal);
+        let mut storage = journal.into_storage();
+        let copy = SUPERBLOCK_COPY_OFFSETS[(generation % 2) as usize];
         storage.submit_write(2, copy, &[0x55; 4096]).unwrap();
         let mut done = Vec::new();
         storage.poll(&mut done, 8);
         let journal = Journal::open(storage, GROUP).unwrap();
-        assert_eq!(journal.superblock().generation, 2);
         assert_eq!(journal.superblock().applied_data_set, DataSetId::NONE);
+        // The fallback's next generation rewrites the torn copy, as the next life's.
+        assert_eq!(journal.superblock().generation, generation);
+        assert_eq!(journal.superblock().incarnation, 2);
     }
 
     #[test]

@@ -370,6 +370,7 @@ impl<S: Storage> Secondary<S> {
             .map_err(PeerError::Violation)?;
         let header = RecordHeader {
             lsn: 0,
+            incarnation: 0,
             seq: slot.seq,
             data_set: slot.data_set,
             stream_offset: slot.stream_offset,
