@@ -1,17 +1,25 @@
-//! `ordo demo`: a primary and a secondary in one process on in-memory volumes (two in one
-//! replication group), joined by in-memory lanes. A random workload with flushes runs for a
-//! few seconds; half-way the secondary is crashed (its in-memory state and everything in
-//! flight on the lanes is lost) and restarted from its journal. Then the writes stop, the
-//! secondary catches up, and the replica is compared with the primary byte for byte.
+//! `ordo demo`: a primary and a secondary in one process, each on its own thread with its
+//! own in-memory volumes (two in one replication group), joined by TCP lanes over
+//! loopback. A random workload with flushes runs for a few seconds; half-way the
+//! secondary is crashed (its thread, memory and connections are gone) and restarted from
+//! its journal on the same port. Then the writes stop, the secondary catches up, and the
+//! replica is compared with the primary byte for byte.
 
 use std::io::Write;
+use std::net::TcpListener;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use ordo_engine::primary::{DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent, SubmitError};
-use ordo_engine::protocol::{decode, frame_len, DataSetId, GroupId, VolumeId};
+use ordo_engine::protocol::{DataSetId, GroupId, VolumeId};
+use ordo_engine::runtime::idle::IdlePolicy;
+use ordo_engine::runtime::primary_node::PrimaryNode;
+use ordo_engine::runtime::secondary_node::SecondaryNode;
 use ordo_engine::secondary::journal::required_bytes;
 use ordo_engine::secondary::{Secondary, SecondaryConfig};
 use ordo_engine::storage::{Geometry, MemStorage, Storage};
@@ -26,7 +34,7 @@ pub struct DemoArgs {
     /// Size of each of the two volumes, in MiB.
     #[arg(long, default_value_t = 32)]
     volume_mib: u64,
-    /// Lanes between primary and secondary.
+    /// TCP lanes between primary and secondary.
     #[arg(long, default_value_t = 4)]
     lanes: usize,
     /// Seed of the workload.
@@ -35,25 +43,11 @@ pub struct DemoArgs {
 }
 
 const VOLUMES: [&str; 2] = ["data", "log"];
-const TRANSMIT_BUDGET_BYTES: usize = 1 << 20;
+const GROUP: GroupId = GroupId(7);
+const MAX_WRITE_BYTES: u32 = 256 << 10;
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
-
-/// In-memory lanes: a byte queue per lane and direction.
-struct Lanes {
-    to_secondary: Vec<Vec<u8>>,
-    to_primary: Vec<Vec<u8>>,
-}
-
-struct Pair {
-    primary: Primary<MemStorage>,
-    secondary: Secondary<MemStorage>,
-    secondary_config: SecondaryConfig,
-    lanes: Lanes,
-    started: Instant,
-    writes_done: u64,
-    window_waits: u64,
-    flushes_done: u64,
-}
+/// This machine may be a shared 2-core box: sleep briefly when a round found no work.
+const IDLE: IdlePolicy = IdlePolicy::Park(Duration::from_micros(100));
 
 pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     ensure!(
@@ -66,277 +60,268 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         "--volume-mib must be 1 to 4096"
     );
     let mut out = std::io::stdout().lock();
-    let mut pair = Pair::new(args)?;
+    let geometry = Geometry::new(args.volume_mib << 20, 4096)?;
+    let secondary_config = secondary_config(args.lanes);
+    let listener = TcpListener::bind("127.0.0.1:0").context("listening on loopback")?;
+    let addr = listener.local_addr()?;
+    let secondary = new_secondary(&secondary_config, geometry)?;
+    let mut running = RunningSecondary::start(secondary, listener, args.lanes)?;
+    let mut node = PrimaryNode::new(new_primary(args.lanes, geometry)?, addr, args.lanes);
     writeln!(
         out,
-        "demo: 2 volumes of {} MiB, {} lanes, data sets closed every 10 ms or on flush, {} s of random writes",
+        "demo: 2 volumes of {} MiB, {} TCP lanes on {addr}, data sets closed every 10 ms or on flush, {} s of random writes",
         args.volume_mib, args.lanes, args.seconds
     )?;
+    let clock = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let mut data = vec![0u8; MAX_WRITE_BYTES as usize];
+    let mut counts = Counts::default();
     let writing = Duration::from_secs_f64(args.seconds);
-    let mut crashed = false;
-    let mut next_report = Duration::from_millis(500);
-    let mut next_flush = Duration::from_millis(100);
-    let mut data = vec![0u8; 256 << 10];
-    while pair.started.elapsed() < writing {
-        let now = pair.started.elapsed();
+    let (mut crashed, mut next_report, mut next_flush) = (false, 0.5, 0.1);
+    while clock.elapsed() < writing {
+        let now = clock.elapsed().as_secs_f64();
         for _ in 0..8 {
-            pair.random_write(&mut rng, &mut data)?;
+            random_write(&mut node, &mut rng, &mut data, clock)?;
         }
         if now >= next_flush {
-            pair.primary.flush(0)?;
-            next_flush = now + Duration::from_millis(100);
+            node.primary().flush(0)?;
+            next_flush = now + 0.1;
         }
-        pair.turn()?;
-        if !crashed && now >= writing / 2 {
+        turn(&mut node, &mut counts, clock)?;
+        if !crashed && now >= args.seconds / 2.0 {
             crashed = true;
-            let recovered;
-            (pair, recovered) = pair.crash_secondary()?;
-            writeln!(
-                out,
-                "{:>5.1}s crashed the secondary at {}; restarted from its journal ({recovered} records recovered)",
-                now.as_secs_f64(),
-                pair.secondary.applied()
-            )?;
+            let stopped = running.stop()?;
+            let at = stopped.applied();
+            let (journal, replicas) = stopped.into_storages();
+            let restarted = Secondary::open(secondary_config.clone(), journal, replicas)
+                .context("restarting the secondary")?;
+            let recovered = restarted.stats().recovered_records;
+            let listener = TcpListener::bind(addr).context("listening again on the same port")?;
+            running = RunningSecondary::start(restarted, listener, args.lanes)?;
+            writeln!(out, "{now:>5.1}s crashed the secondary at {at}; restarted from its journal ({recovered} records recovered)")?;
         }
         if now >= next_report {
-            writeln!(out, "{}", pair.progress())?;
-            next_report = now + Duration::from_millis(500);
+            writeln!(out, "{}", progress(&mut node, &counts, clock))?;
+            next_report = now + 0.5;
         }
     }
-    pair.primary.flush(1)?;
+    node.primary().flush(1)?;
     writeln!(
         out,
         "{:>5.1}s writes stopped; waiting for the secondary to catch up",
-        pair.started.elapsed().as_secs_f64()
+        clock.elapsed().as_secs_f64()
     )?;
     let deadline = Instant::now() + CATCH_UP_LIMIT;
-    while !pair.caught_up() {
+    while node.primary().peer_applied() != node.primary().last_closed() {
         ensure!(
             Instant::now() < deadline,
             "the secondary did not catch up: {}",
-            pair.progress()
+            progress(&mut node, &counts, clock)
         );
-        pair.turn()?;
+        let did = turn(&mut node, &mut counts, clock)?;
+        IDLE.after_round(did);
     }
-    writeln!(out, "{}", pair.progress())?;
-    let data_set = pair.verify()?;
+    writeln!(out, "{}", progress(&mut node, &counts, clock))?;
+    let secondary = running.stop()?;
+    let data_set = verify(&mut node, &secondary)?;
     writeln!(out, "replica verified at {data_set}")?;
     Ok(ExitCode::SUCCESS)
 }
 
-impl Pair {
-    fn new(args: &DemoArgs) -> Result<Pair> {
-        let geometry = Geometry::new(args.volume_mib << 20, 4096)?;
-        let mem = |g: Geometry| MemStorage::new(g).context("allocating an in-memory volume");
-        let names: Vec<String> = VOLUMES.iter().map(|n| n.to_string()).collect();
-        let policy = DataSetPolicy {
-            interval_ms: 10,
-            max_writes: 1024,
-            max_bytes: 8 << 20,
-        };
-        let max_write_bytes = 256 << 10;
-        let primary_config = PrimaryConfig {
-            group: GroupId(7),
-            volume_names: names.clone(),
-            policy,
-            window_bytes: 32 << 20,
-            max_write_bytes,
-            lanes: args.lanes,
-            ..PrimaryConfig::default()
-        };
-        let secondary_config = SecondaryConfig {
-            group: GroupId(7),
-            volume_names: names,
-            window_bytes: 2 * policy.max_stream_bytes(max_write_bytes),
-            max_write_bytes,
-            lanes: args.lanes,
-            ..SecondaryConfig::default()
-        };
-        let journal_bytes = required_bytes(secondary_config.window_bytes, max_write_bytes, 4096);
-        let journal = mem(Geometry::new(journal_bytes.next_multiple_of(4096), 4096)?)?;
-        let primary = Primary::new(primary_config, vec![mem(geometry)?, mem(geometry)?])?;
-        let replicas = vec![mem(geometry)?, mem(geometry)?];
-        let journal_id = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64;
-        let mut secondary =
-            Secondary::create(secondary_config.clone(), journal_id, journal, replicas)?;
-        let mut primary = primary;
-        for lane in 0..args.lanes {
-            primary.lane_up(lane);
-            secondary.lane_up(lane);
-        }
-        Ok(Pair {
-            primary,
-            secondary,
-            secondary_config,
-            lanes: Lanes {
-                to_secondary: vec![Vec::new(); args.lanes],
-                to_primary: vec![Vec::new(); args.lanes],
-            },
-            started: Instant::now(),
-            writes_done: 0,
-            window_waits: 0,
-            flushes_done: 0,
-        })
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    fn random_write(&mut self, rng: &mut ChaCha8Rng, data: &mut [u8]) -> Result<()> {
-        let volume = rng.random_range(0..VOLUMES.len());
-        let blocks_total = self.primary.volume_infos()[volume].size_bytes / 4096;
-        let blocks = rng.random_range(1..=64u64.min(blocks_total));
-        let offset = 4096 * rng.random_range(0..=blocks_total - blocks);
-        let data = &mut data[..(blocks * 4096) as usize];
-        rng.fill_bytes(data);
-        match self
-            .primary
-            .submit_write(self.now_ms(), VolumeId(volume as u16), offset, data, 0)
-        {
-            Ok(_) | Err(SubmitError::WindowFull) => Ok(()),
-            Err(error) => Err(error).context("submitting a write"),
-        }
-    }
-
-    /// One round of the event loop: storage, clocks, lanes.
-    fn turn(&mut self) -> Result<()> {
-        let now_ms = self.now_ms();
-        self.primary.tick(now_ms);
-        self.primary.poll_storage();
-        while let Some(event) = self.primary.next_event() {
-            match event {
-                PrimaryEvent::WriteDone { result, .. } => {
-                    result.context("primary volume write")?;
-                    self.writes_done += 1;
-                }
-                PrimaryEvent::FlushDone { result, .. } => {
-                    result.context("primary volume flush")?;
-                    self.flushes_done += 1;
-                }
-                PrimaryEvent::DataSetClosed { .. } => {}
-            }
-        }
-        self.window_waits = self.primary.stats().window_full;
-        for lane in 0..self.lanes.to_secondary.len() {
-            self.primary.poll_transmit(
-                now_ms,
-                lane,
-                &mut self.lanes.to_secondary[lane],
-                TRANSMIT_BUDGET_BYTES,
-            );
-            self.secondary.poll_transmit(
-                lane,
-                &mut self.lanes.to_primary[lane],
-                TRANSMIT_BUDGET_BYTES,
-            );
-        }
-        for lane in 0..self.lanes.to_secondary.len() {
-            deliver(&mut self.lanes.to_secondary[lane], |frame| {
-                self.secondary.handle_frame(lane, frame)
-            })?;
-            deliver(&mut self.lanes.to_primary[lane], |frame| {
-                self.primary.handle_frame(lane, frame)
-            })?;
-        }
-        self.secondary.tick(now_ms);
-        self.secondary.poll_storage();
-        if let Some(why) = self.secondary.failure() {
-            bail!("the secondary stopped: {why}");
-        }
-        Ok(())
-    }
-
-    /// Loses the secondary's memory and everything on the lanes, then restarts it on its
-    /// journal and replicas. Returns the new pair and how many records the journal held.
-    fn crash_secondary(mut self) -> Result<(Pair, u64)> {
-        for lane in 0..self.lanes.to_secondary.len() {
-            self.lanes.to_secondary[lane].clear();
-            self.lanes.to_primary[lane].clear();
-            self.primary.lane_down(lane);
-        }
-        let (journal, replicas) = self.secondary.into_storages();
-        let secondary = Secondary::open(self.secondary_config.clone(), journal, replicas)
-            .context("restarting the secondary")?;
-        let mut pair = Pair { secondary, ..self };
-        for lane in 0..pair.lanes.to_secondary.len() {
-            pair.primary.lane_up(lane);
-            pair.secondary.lane_up(lane);
-        }
-        let recovered = pair.secondary.stats().recovered_records;
-        Ok((pair, recovered))
-    }
-
-    fn caught_up(&self) -> bool {
-        self.secondary.applied() == self.primary.last_closed()
-            && self.secondary.is_between_data_sets()
-    }
-
-    fn progress(&self) -> String {
-        let closed = self.primary.last_closed();
-        let applied = self.secondary.applied();
-        format!(
-            "{:>5.1}s writes acked {} (waited for window {}), flushes {}, closed {}, applied {}, lag {} data sets, retention {:.1} MiB",
-            self.started.elapsed().as_secs_f64(),
-            self.writes_done,
-            self.window_waits,
-            self.flushes_done,
-            closed,
-            applied,
-            closed.0 - applied.0,
-            self.primary.retention_bytes() as f64 / (1 << 20) as f64
-        )
-    }
-
-    /// Compares every replica volume with the primary's, block by block.
-    fn verify(&self) -> Result<DataSetId> {
-        let data_set = self.secondary.applied();
-        ensure!(
-            data_set == self.primary.last_closed(),
-            "the secondary is at {data_set}, not {}",
-            self.primary.last_closed()
-        );
-        for (index, (primary, replica)) in self
-            .primary
-            .volumes()
-            .iter()
-            .zip(self.secondary.replicas())
-            .enumerate()
-        {
-            let (a, b) = (primary.contents(), replica.contents());
-            if let Some(at) = a.iter().zip(b).position(|(x, y)| x != y) {
-                bail!(
-                    "volume {} differs at byte {at} (block {})",
-                    VOLUMES[index],
-                    at / primary.geometry().block_size as usize
-                );
-            }
-        }
-        Ok(data_set)
+fn secondary_config(lanes: usize) -> SecondaryConfig {
+    SecondaryConfig {
+        group: GROUP,
+        volume_names: VOLUMES.iter().map(|n| n.to_string()).collect(),
+        window_bytes: 2 * policy().max_stream_bytes(MAX_WRITE_BYTES),
+        max_write_bytes: MAX_WRITE_BYTES,
+        lanes,
+        ..SecondaryConfig::default()
     }
 }
 
-/// Hands every whole frame in `bytes` to `handle`, keeping a partial one.
-fn deliver(
-    bytes: &mut Vec<u8>,
-    mut handle: impl FnMut(
-        &ordo_engine::protocol::Frame<'_>,
-    ) -> Result<(), ordo_engine::protocol::PeerError>,
-) -> Result<()> {
-    let mut at = 0;
-    while at < bytes.len() {
-        let len = match frame_len(&bytes[at..]) {
-            Ok(len) if at + len <= bytes.len() => len,
-            Ok(_) | Err(ordo_engine::protocol::DecodeError::Incomplete { .. }) => break,
-            Err(error) => bail!("corrupt frame on an in-memory lane: {error}"),
-        };
-        let (frame, _) = decode(&bytes[at..at + len])?;
-        handle(&frame).context("peer error")?;
-        at += len;
+fn policy() -> DataSetPolicy {
+    DataSetPolicy {
+        interval_ms: 10,
+        max_writes: 1024,
+        max_bytes: 8 << 20,
     }
-    bytes.drain(..at);
-    Ok(())
+}
+
+fn mem(geometry: Geometry) -> Result<MemStorage> {
+    MemStorage::new(geometry).context("allocating an in-memory volume")
+}
+
+fn new_primary(lanes: usize, geometry: Geometry) -> Result<Primary<MemStorage>> {
+    let config = PrimaryConfig {
+        group: GROUP,
+        volume_names: VOLUMES.iter().map(|n| n.to_string()).collect(),
+        policy: policy(),
+        window_bytes: 32 << 20,
+        max_write_bytes: MAX_WRITE_BYTES,
+        lanes,
+        ..PrimaryConfig::default()
+    };
+    Ok(Primary::new(config, vec![mem(geometry)?, mem(geometry)?])?)
+}
+
+fn new_secondary(config: &SecondaryConfig, geometry: Geometry) -> Result<Secondary<MemStorage>> {
+    let journal_bytes =
+        required_bytes(config.window_bytes, MAX_WRITE_BYTES, 4096).next_multiple_of(4096);
+    let journal = mem(Geometry::new(journal_bytes, 4096)?)?;
+    let journal_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    Ok(Secondary::create(
+        config.clone(),
+        journal_id,
+        journal,
+        vec![mem(geometry)?, mem(geometry)?],
+    )?)
+}
+
+/// A secondary node polling on its own thread until stopped.
+struct RunningSecondary {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<SecondaryNode<MemStorage>>>,
+}
+
+impl RunningSecondary {
+    fn start(
+        secondary: Secondary<MemStorage>,
+        listener: TcpListener,
+        lanes: usize,
+    ) -> Result<RunningSecondary> {
+        let mut node = SecondaryNode::new(secondary, listener, lanes, MAX_WRITE_BYTES)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                let did = node.poll(started.elapsed().as_millis() as u64);
+                IDLE.after_round(did);
+            }
+            node
+        });
+        Ok(RunningSecondary {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread (dropping its connections) and hands back the secondary.
+    fn stop(&mut self) -> Result<Secondary<MemStorage>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self
+            .thread
+            .take()
+            .context("the secondary was already stopped")?;
+        let node = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the secondary thread panicked"))?;
+        if let Some(why) = node.secondary().failure() {
+            bail!("the secondary stopped: {why}");
+        }
+        Ok(node.into_secondary())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    writes_acked: u64,
+    flushes_done: u64,
+}
+
+fn random_write(
+    node: &mut PrimaryNode<MemStorage>,
+    rng: &mut ChaCha8Rng,
+    data: &mut [u8],
+    clock: Instant,
+) -> Result<()> {
+    let primary = node.primary();
+    let volume = rng.random_range(0..VOLUMES.len());
+    let blocks_total = primary.volume_infos()[volume].size_bytes / 4096;
+    let blocks = rng.random_range(1..=64u64.min(blocks_total));
+    let offset = 4096 * rng.random_range(0..=blocks_total - blocks);
+    let data = &mut data[..(blocks * 4096) as usize];
+    rng.fill_bytes(data);
+    let now_ms = clock.elapsed().as_millis() as u64;
+    match primary.submit_write(now_ms, VolumeId(volume as u16), offset, data, 0) {
+        Ok(_) | Err(SubmitError::WindowFull) => Ok(()),
+        Err(error) => Err(error).context("submitting a write"),
+    }
+}
+
+/// One round of the primary's event loop: link, storage, clock, application events.
+fn turn(node: &mut PrimaryNode<MemStorage>, counts: &mut Counts, clock: Instant) -> Result<bool> {
+    let did = node.poll(clock.elapsed().as_millis() as u64);
+    while let Some(event) = node.primary().next_event() {
+        match event {
+            PrimaryEvent::WriteDone { result, .. } => {
+                result.context("primary volume write")?;
+                counts.writes_acked += 1;
+            }
+            PrimaryEvent::FlushDone { result, .. } => {
+                result.context("primary volume flush")?;
+                counts.flushes_done += 1;
+            }
+            PrimaryEvent::DataSetClosed { .. } => {}
+        }
+    }
+    if let Some(stalled) = node.primary().stalled() {
+        bail!("replication stalled: {stalled}");
+    }
+    Ok(did)
+}
+
+fn progress(node: &mut PrimaryNode<MemStorage>, counts: &Counts, clock: Instant) -> String {
+    let lanes = node.lanes_up();
+    let primary = node.primary();
+    let (closed, applied) = (primary.last_closed(), primary.peer_applied());
+    format!(
+        "{:>5.1}s writes acked {} (waited for window {}), flushes {}, closed {closed}, applied {applied}, lag {} data sets, retention {:.1} MiB, lanes up {lanes}",
+        clock.elapsed().as_secs_f64(),
+        counts.writes_acked,
+        primary.stats().window_full,
+        counts.flushes_done,
+        closed.0 - applied.0,
+        primary.retention_bytes() as f64 / f64::from(1 << 20)
+    )
+}
+
+/// Compares every replica volume with the primary's, byte for byte.
+fn verify(
+    node: &mut PrimaryNode<MemStorage>,
+    secondary: &Secondary<MemStorage>,
+) -> Result<DataSetId> {
+    let data_set = secondary.applied();
+    let primary = node.primary();
+    ensure!(
+        data_set == primary.last_closed(),
+        "the secondary is at {data_set}, not {}",
+        primary.last_closed()
+    );
+    ensure!(
+        secondary.is_between_data_sets(),
+        "the secondary is in the middle of applying"
+    );
+    for (index, (mine, theirs)) in primary
+        .volumes()
+        .iter()
+        .zip(secondary.replicas())
+        .enumerate()
+    {
+        if let Some(at) = mine
+            .contents()
+            .iter()
+            .zip(theirs.contents())
+            .position(|(a, b)| a != b)
+        {
+            bail!(
+                "volume {} differs at byte {at} (block {})",
+                VOLUMES[index],
+                at / mine.geometry().block_size as usize
+            );
+        }
+    }
+    Ok(data_set)
 }
