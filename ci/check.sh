@@ -20,6 +20,13 @@ for component in rustfmt clippy; do
     fi
 done
 
+step "system packages"
+# qemu-io (qemu-utils) is the real NBD client the NBD server's test talks to.
+if ! command -v qemu-io >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils
+fi
+qemu-io --version | head -n 1
+
 step "format"
 cargo fmt --all --check
 

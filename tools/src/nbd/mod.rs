@@ -4,6 +4,7 @@
 //! protocol document (NetworkBlockDevice/nbd `doc/proto.md`); all integers are big-endian.
 
 pub mod handshake;
+pub mod server;
 pub mod transmission;
 
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
