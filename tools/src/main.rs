@@ -4,7 +4,7 @@
 mod demo;
 #[expect(
     dead_code,
-    reason = "the primary's NBD export that drives it comes with the runtime (issue 4)"
+    reason = "`ordo primary`, which serves its volumes with it, comes next (issue 4)"
 )]
 mod nbd;
 mod sim;
