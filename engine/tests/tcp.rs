@@ -3,16 +3,13 @@
 //! broken test from hanging CI; nothing here is timed.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ordo_engine::primary::{DataSetPolicy, Primary, PrimaryConfig, SubmitError};
 use ordo_engine::protocol::{GroupId, VolumeId};
 use ordo_engine::runtime::idle::IdlePolicy;
 use ordo_engine::runtime::primary_node::PrimaryNode;
-use ordo_engine::runtime::secondary_node::SecondaryNode;
+use ordo_engine::runtime::secondary_node::{SecondaryNode, SecondaryThread};
 use ordo_engine::secondary::journal::required_bytes;
 use ordo_engine::secondary::{Secondary, SecondaryConfig};
 use ordo_engine::storage::{Geometry, MemStorage};
@@ -65,34 +62,17 @@ fn primary() -> Primary<MemStorage> {
     Primary::new(config, vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)]).unwrap()
 }
 
-/// A secondary node polling in its own thread until told to stop; joining gives it back.
-struct Running {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<SecondaryNode<MemStorage>>,
+/// A secondary node polling on its own thread until stopped.
+fn run_secondary(
+    secondary: Secondary<MemStorage>,
+    listener: TcpListener,
+) -> SecondaryThread<MemStorage> {
+    let node = SecondaryNode::new(secondary, listener, LANES, MAX_WRITE).unwrap();
+    SecondaryThread::spawn(node, IDLE)
 }
 
-fn run_secondary(secondary: Secondary<MemStorage>, listener: TcpListener) -> Running {
-    let mut node = SecondaryNode::new(secondary, listener, LANES, MAX_WRITE).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        let started = Instant::now();
-        while !flag.load(Ordering::Relaxed) {
-            let did = node.poll(started.elapsed().as_millis() as u64);
-            IDLE.after_round(did);
-        }
-        node
-    });
-    Running { stop, thread }
-}
-
-impl Running {
-    fn stop(self) -> SecondaryNode<MemStorage> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()
-            .expect("the secondary thread does not panic")
-    }
+fn stop(running: SecondaryThread<MemStorage>) -> SecondaryNode<MemStorage> {
+    running.stop().expect("the secondary thread does not panic")
 }
 
 /// Writes `count` random writes through the primary node, polling it as it goes.
@@ -204,7 +184,7 @@ fn writes_replicate_over_several_tcp_lanes() {
     write_random(&mut node, &mut rng, 2000, clock);
     wait_applied(&mut node, clock);
     assert_eq!(node.lanes_up(), LANES);
-    let secondary_node = running.stop();
+    let secondary_node = stop(running);
     assert_eq!(secondary_node.stats().lanes_accepted, LANES as u64);
     assert!(
         node.primary().last_closed().0 > 10,
@@ -223,7 +203,7 @@ fn a_restarted_secondary_catches_up_over_tcp() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     write_random(&mut node, &mut rng, 500, clock);
     // The secondary stops mid-stream: its memory and connections are gone.
-    let (journal, replicas) = running.stop().into_secondary().into_storages();
+    let (journal, replicas) = stop(running).into_secondary().into_storages();
     // The primary keeps serving while the secondary is away.
     write_random(&mut node, &mut rng, 100, clock);
     let restarted = Secondary::open(secondary_config(), journal, replicas).unwrap();
@@ -231,7 +211,7 @@ fn a_restarted_secondary_catches_up_over_tcp() {
     let running = run_secondary(restarted, listener);
     write_random(&mut node, &mut rng, 500, clock);
     wait_applied(&mut node, clock);
-    let secondary_node = running.stop();
+    let secondary_node = stop(running);
     assert!(node.lanes_dropped() >= 1, "the primary saw its lanes go");
     assert_replicas_match(&mut node, secondary_node.secondary());
 }

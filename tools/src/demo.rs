@@ -8,9 +8,6 @@
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -19,7 +16,7 @@ use ordo_engine::primary::{DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent, 
 use ordo_engine::protocol::{DataSetId, GroupId, VolumeId};
 use ordo_engine::runtime::idle::IdlePolicy;
 use ordo_engine::runtime::primary_node::PrimaryNode;
-use ordo_engine::runtime::secondary_node::SecondaryNode;
+use ordo_engine::runtime::secondary_node::{SecondaryNode, SecondaryThread};
 use ordo_engine::secondary::journal::required_bytes;
 use ordo_engine::secondary::{Secondary, SecondaryConfig};
 use ordo_engine::storage::{Geometry, MemStorage, Storage};
@@ -179,10 +176,9 @@ fn new_secondary(config: &SecondaryConfig, geometry: Geometry) -> Result<Seconda
     )?)
 }
 
-/// A secondary node polling on its own thread until stopped.
+/// A secondary node polling on its own thread, until `stop` hands the secondary back.
 struct RunningSecondary {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<SecondaryNode<MemStorage>>>,
+    thread: Option<SecondaryThread<MemStorage>>,
 }
 
 impl RunningSecondary {
@@ -191,32 +187,20 @@ impl RunningSecondary {
         listener: TcpListener,
         lanes: usize,
     ) -> Result<RunningSecondary> {
-        let mut node = SecondaryNode::new(secondary, listener, lanes, MAX_WRITE_BYTES)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            while !flag.load(Ordering::Relaxed) {
-                let did = node.poll(started.elapsed().as_millis() as u64);
-                IDLE.after_round(did);
-            }
-            node
-        });
+        let node = SecondaryNode::new(secondary, listener, lanes, MAX_WRITE_BYTES)?;
         Ok(RunningSecondary {
-            stop,
-            thread: Some(thread),
+            thread: Some(SecondaryThread::spawn(node, IDLE)),
         })
     }
 
     /// Stops the thread (dropping its connections) and hands back the secondary.
     fn stop(&mut self) -> Result<Secondary<MemStorage>> {
-        self.stop.store(true, Ordering::Relaxed);
         let thread = self
             .thread
             .take()
             .context("the secondary was already stopped")?;
         let node = thread
-            .join()
+            .stop()
             .map_err(|_| anyhow::anyhow!("the secondary thread panicked"))?;
         if let Some(why) = node.secondary().failure() {
             bail!("the secondary stopped: {why}");

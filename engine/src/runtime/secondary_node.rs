@@ -4,6 +4,12 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::idle::IdlePolicy;
 
 use super::lane::{Lane, LaneError};
 use crate::protocol::HEADER_BYTES;
@@ -131,5 +137,39 @@ impl<S: Storage> SecondaryNode<S> {
         self.secondary.lane_down(slot);
         self.stats.lanes_dropped += 1;
         self.last_error = Some(format!("lane {slot}: {error}"));
+    }
+}
+
+/// A secondary node polling on its own thread until stopped.
+#[derive(Debug)]
+pub struct SecondaryThread<S: Storage + Send + 'static> {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<SecondaryNode<S>>,
+}
+
+impl<S: Storage + Send + 'static> SecondaryThread<S> {
+    /// Polls `node` on a new thread, idling as `idle` says, with a millisecond clock that
+    /// starts now.
+    pub fn spawn(mut node: SecondaryNode<S>, idle: IdlePolicy) -> SecondaryThread<S> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            // Relaxed: the flag orders nothing else; the join below publishes the node.
+            while !flag.load(Ordering::Relaxed) {
+                let did = node.poll(started.elapsed().as_millis() as u64);
+                idle.after_round(did);
+            }
+            node
+        });
+        SecondaryThread { stop, thread }
+    }
+
+    /// Asks the thread to stop after its current round and hands the node back (its
+    /// connections still open); `Err` if the thread panicked.
+    pub fn stop(self) -> std::thread::Result<SecondaryNode<S>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.thread().unpark();
+        self.thread.join()
     }
 }
