@@ -69,6 +69,11 @@ impl Link {
         }
     }
 
+    /// The volumes this primary announces in its Hello.
+    pub fn volumes(&self) -> &[VolumeInfo] {
+        &self.hello.volumes
+    }
+
     pub fn peer_applied(&self) -> DataSetId {
         self.peer.map_or(DataSetId::NONE, |p| p.applied_data_set)
     }

@@ -19,7 +19,7 @@ use retention::{RecordKind, Retention};
 
 use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES};
 use crate::storage::inflight::InFlightWrites;
-use crate::storage::{Completion, Storage, StorageError};
+use crate::storage::{describe, Completion, Storage, StorageError};
 
 /// Storage tags: a local write is tagged with its seq; a volume flush has the top bit set.
 const FLUSH_TAG_BIT: u64 = 1 << 63;
@@ -108,7 +108,6 @@ struct FlushWaiter {
 pub struct Primary<S: Storage> {
     config: PrimaryConfig,
     volumes: Vec<S>,
-    infos: Vec<VolumeInfo>,
     retention: Retention,
     next_seq: Seq,
     open: OpenDataSet,
@@ -134,11 +133,10 @@ impl<S: Storage> Primary<S> {
                 volumes.len()
             )));
         }
-        let infos = volume_infos(&config, &volumes);
         let max_records = usize::try_from(config.window_bytes / RECORD_OVERHEAD_BYTES + 1)
             .map_err(|_| ConfigError::Invalid("retention window too large".into()))?;
         let in_flight: u32 = volumes.iter().map(|v| v.geometry().max_in_flight).sum();
-        let link = Link::new(&config, infos.clone());
+        let link = Link::new(&config, describe(&config.volume_names, &volumes));
         Ok(Primary {
             retention: Retention::new(config.window_bytes, config.max_write_bytes, max_records),
             next_seq: Seq(1),
@@ -159,7 +157,6 @@ impl<S: Storage> Primary<S> {
             link,
             failed: None,
             stats: PrimaryStats::default(),
-            infos,
             volumes,
             config,
         })
@@ -170,7 +167,7 @@ impl<S: Storage> Primary<S> {
     }
 
     pub fn volume_infos(&self) -> &[VolumeInfo] {
-        &self.infos
+        self.link.volumes()
     }
 
     pub fn stats(&self) -> PrimaryStats {
@@ -528,17 +525,4 @@ impl<S: Storage> Primary<S> {
     pub fn stalled(&self) -> Option<&PeerError> {
         self.link.stalled()
     }
-}
-
-fn volume_infos<S: Storage>(config: &PrimaryConfig, volumes: &[S]) -> Vec<VolumeInfo> {
-    config
-        .volume_names
-        .iter()
-        .zip(volumes)
-        .map(|(name, volume)| VolumeInfo {
-            name: name.clone(),
-            size_bytes: volume.geometry().size_bytes,
-            block_size: volume.geometry().block_size,
-        })
-        .collect()
 }

@@ -21,9 +21,9 @@ use staging::{Admission, Slot, SlotState, Staging};
 use crate::primary::ConfigError;
 use crate::protocol::{
     check_hello, encode, push_seq, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError,
-    RecordKind, ResumeState, Role, Seq, SeqRange, VolumeInfo, MAX_ACK_RANGES,
+    RecordKind, ResumeState, Role, Seq, SeqRange, MAX_ACK_RANGES,
 };
-use crate::storage::{drain, Completion, Storage, StorageError};
+use crate::storage::{describe, drain, Completion, Storage, StorageError};
 
 /// Journal device tags: a record is tagged with its seq; these have the top bits set.
 const TAG_SUPERBLOCK: u64 = 1 << 62;
@@ -103,9 +103,7 @@ impl<S: Storage> Secondary<S> {
         mut journal: S,
         mut replicas: Vec<S>,
     ) -> Result<Secondary<S>, SecondaryError> {
-        config.validate()?;
-        check_storage(&config, &journal, &replicas)?;
-        drain_all(&mut journal, &mut replicas);
+        prepare(&config, &mut journal, &mut replicas)?;
         let journal = Journal::format(
             journal,
             config.group,
@@ -123,10 +121,7 @@ impl<S: Storage> Secondary<S> {
         mut journal: S,
         mut replicas: Vec<S>,
     ) -> Result<Secondary<S>, SecondaryError> {
-        config.validate()?;
-        check_storage(&config, &journal, &replicas)?;
-        // Completions of a previous owner's requests must not reach this one's applier.
-        drain_all(&mut journal, &mut replicas);
+        prepare(&config, &mut journal, &mut replicas)?;
         let journal = Journal::open(journal, config.group)?;
         let mut secondary = Secondary::assemble(config, journal, replicas, true);
         let mut recovered = 0;
@@ -161,16 +156,7 @@ impl<S: Storage> Secondary<S> {
             sb.applied_seq,
             sb.applied_stream_end,
         );
-        let volumes = config
-            .volume_names
-            .iter()
-            .zip(&replicas)
-            .map(|(name, r)| VolumeInfo {
-                name: name.clone(),
-                size_bytes: r.geometry().size_bytes,
-                block_size: r.geometry().block_size,
-            })
-            .collect();
+        let volumes = describe(&config.volume_names, &replicas);
         let max_records = (sb.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 1) as usize;
         let in_flight: u32 = replicas.iter().map(|r| r.geometry().max_in_flight).sum();
         Secondary {
@@ -568,6 +554,19 @@ fn restage(staging: &mut Staging, header: &RecordHeader, payload: &[u8]) -> bool
         state: SlotState::Durable,
     };
     staging.insert(slot, payload, SlotState::Durable).is_ok()
+}
+
+/// Checks the configuration and the storage handed in, and drains the storage: completions
+/// of a previous owner's requests must not reach this one's applier.
+fn prepare<S: Storage>(
+    config: &SecondaryConfig,
+    journal: &mut S,
+    replicas: &mut [S],
+) -> Result<(), SecondaryError> {
+    config.validate()?;
+    check_storage(config, journal, replicas)?;
+    drain_all(journal, replicas);
+    Ok(())
 }
 
 fn drain_all<S: Storage>(journal: &mut S, replicas: &mut [S]) {

@@ -201,6 +201,21 @@ pub fn wait_for<S: Storage + ?Sized>(
     }
 }
 
+/// What a handshake says of each volume: its name (from `names`, in order), size and
+/// block size.
+pub fn describe<S: Storage>(names: &[String], volumes: &[S]) -> Vec<crate::protocol::VolumeInfo> {
+    assert_eq!(names.len(), volumes.len(), "one name per volume");
+    names
+        .iter()
+        .zip(volumes)
+        .map(|(name, volume)| crate::protocol::VolumeInfo {
+            name: name.clone(),
+            size_bytes: volume.geometry().size_bytes,
+            block_size: volume.geometry().block_size,
+        })
+        .collect()
+}
+
 /// Waits until nothing is in flight on `storage`, discarding the completions: for handing
 /// storage from one owner to the next (a restart), never the hot path.
 pub fn drain<S: Storage + ?Sized>(storage: &mut S) {
