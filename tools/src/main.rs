@@ -1,13 +1,12 @@
 //! `ordo`: the command-line front of ordo's asynchronous block replication.
 #![forbid(unsafe_code)]
 
+mod daemon;
 mod demo;
-#[expect(
-    dead_code,
-    reason = "`ordo primary`, which serves its volumes with it, comes next (issue 4)"
-)]
+mod inspect;
 mod nbd;
 mod sim;
+mod volume;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +27,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the deterministic simulation over many seeds and check the invariant.
     Sim(sim::SimArgs),
+    /// Serve volumes over NBD and replicate every write to a secondary.
+    Primary(daemon::config::PrimaryOptions),
+    /// Receive a primary's writes, journal them and apply them in data-set order.
+    Secondary(daemon::config::SecondaryOptions),
+    /// Show a running daemon's replication state.
+    Status(inspect::StatusArgs),
+    /// Compare a quiet primary's volumes with the secondary's replicas.
+    Verify(inspect::VerifyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +42,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Sim(args) => sim::run(&args),
+        Command::Primary(options) => daemon::primary::run(options),
+        Command::Secondary(options) => daemon::secondary::run(options),
+        Command::Status(args) => inspect::status(&args),
+        Command::Verify(args) => inspect::verify(&args),
     };
     match result {
         Ok(code) => code,

@@ -271,6 +271,9 @@ impl Link {
                 stats.credit_stalls += 1;
                 break;
             }
+            if matches!(record.kind, RecordKind::Sync { .. }) {
+                stats.last_sent = stats.last_sent.max(record.data_set);
+            }
             send(now_ms, lane, self.next_unsent, out, retention, stats);
             self.next_unsent = self.next_unsent.next();
         }

@@ -19,7 +19,7 @@ use retention::{RecordKind, Retention};
 
 use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES};
 use crate::storage::inflight::InFlightWrites;
-use crate::storage::{describe, Completion, Storage, StorageError};
+use crate::storage::{describe, read_blocking, Completion, Storage, StorageError};
 
 /// Storage tags: a local write is tagged with its seq; a volume flush has the top bit set.
 const FLUSH_TAG_BIT: u64 = 1 << 63;
@@ -75,6 +75,8 @@ pub struct PrimaryStats {
     pub retransmits: u64,
     /// Times sending stopped because the secondary's journal window was used up.
     pub credit_stalls: u64,
+    /// The newest data set whose closing sync was sent (every record of it was sent once).
+    pub last_sent: DataSetId,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -379,20 +381,56 @@ impl<S: Storage> Primary<S> {
             let max = self.completions.capacity();
             self.volumes[index].poll(&mut self.completions, max);
             let mut batch = std::mem::take(&mut self.completions);
-            for completion in batch.drain(..) {
-                handled += 1;
-                if completion.tag & FLUSH_TAG_BIT != 0 {
-                    self.finish_volume_flush(completion.tag & !FLUSH_TAG_BIT, completion.result);
-                } else {
-                    assert!(
-                        self.local_in_flight.remove(completion.tag),
-                        "completion of a write in flight"
-                    );
-                    self.finish_local_write(Seq(completion.tag), completion.result);
-                }
-            }
+            handled += batch.len();
+            batch.drain(..).for_each(|c| self.handle_completion(c));
             self.completions = batch;
         }
+        self.after_completions();
+        handled
+    }
+
+    /// Reads `buf.len()` bytes of a local volume at `offset`: what completed writes left
+    /// there, for the application's reads. Waits for the device (not for the write path);
+    /// completions of writes and flushes that arrive meanwhile are handled as usual. A full
+    /// device queue is `Invalid(QueueFull)`: retry after the next poll.
+    pub fn read(
+        &mut self,
+        volume: VolumeId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), SubmitError> {
+        let storage = self
+            .volumes
+            .get_mut(usize::from(volume.0))
+            .ok_or(SubmitError::UnknownVolume(volume))?;
+        storage.geometry().check_io(offset, buf.len())?;
+        let mut others = std::mem::take(&mut self.completions);
+        others.clear();
+        let result = read_blocking(storage, offset, buf, &mut others);
+        let handled = !others.is_empty();
+        others.drain(..).for_each(|c| self.handle_completion(c));
+        self.completions = others;
+        if handled {
+            self.after_completions();
+        }
+        result.map_err(SubmitError::from)
+    }
+
+    fn handle_completion(&mut self, completion: Completion) {
+        if completion.tag & FLUSH_TAG_BIT != 0 {
+            self.finish_volume_flush(completion.tag & !FLUSH_TAG_BIT, completion.result);
+        } else {
+            assert!(
+                self.local_in_flight.remove(completion.tag),
+                "completion of a write in flight"
+            );
+            self.finish_local_write(Seq(completion.tag), completion.result);
+        }
+    }
+
+    /// After completions: starts writes that waited for them, releases what is done and
+    /// advances flushes.
+    fn after_completions(&mut self) {
         while let Some(&seq) = self.local_deferred.front() {
             if !self.try_submit_local(seq) {
                 break;
@@ -401,7 +439,6 @@ impl<S: Storage> Primary<S> {
         }
         self.retention.release();
         self.advance_flushes();
-        handled
     }
 
     fn oldest_local_pending(&self) -> Option<Seq> {

@@ -53,6 +53,11 @@ impl<S: Storage> PrimaryNode<S> {
         &mut self.primary
     }
 
+    /// Lanes configured.
+    pub fn lanes(&self) -> usize {
+        self.slots.len()
+    }
+
     pub fn lanes_up(&self) -> usize {
         self.slots.iter().filter(|s| s.lane.is_some()).count()
     }
@@ -101,6 +106,7 @@ impl<S: Storage> PrimaryNode<S> {
             .and_then(|stream| Lane::new(stream, RX_BYTES, TX_BYTES));
         match lane {
             Ok(lane) => {
+                tracing::info!("lane {index} connected to {}", self.secondary);
                 slot.lane = Some(lane);
                 slot.backoff_ms = BACKOFF_MS_MIN;
                 self.primary.lane_up(index);
@@ -121,6 +127,7 @@ impl<S: Storage> PrimaryNode<S> {
         slot.next_attempt_ms = now_ms + slot.backoff_ms;
         self.primary.lane_down(index);
         self.lanes_dropped += 1;
+        tracing::warn!("lane {index} dropped: {error}");
         self.last_error = Some(format!("lane {index}: {error}"));
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::idle::IdlePolicy;
 
 use super::lane::{Lane, LaneError};
-use crate::protocol::HEADER_BYTES;
+use crate::protocol::{PeerError, HEADER_BYTES};
 use crate::secondary::Secondary;
 use crate::storage::Storage;
 
@@ -66,6 +66,19 @@ impl<S: Storage> SecondaryNode<S> {
         &self.secondary
     }
 
+    /// For reads at quiescence (`verify`); frames and storage stay with `poll`.
+    pub fn secondary_mut(&mut self) -> &mut Secondary<S> {
+        &mut self.secondary
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub fn lanes_up(&self) -> usize {
+        self.lanes.iter().filter(|l| l.is_some()).count()
+    }
+
     pub fn into_secondary(self) -> Secondary<S> {
         self.secondary
     }
@@ -97,7 +110,16 @@ impl<S: Storage> SecondaryNode<S> {
                 });
             match result {
                 Ok(did) => work |= did,
-                Err(error) => self.drop_lane(slot, &error),
+                Err(error) => {
+                    if let LaneError::Peer(PeerError::Mismatch { .. }) = error {
+                        // Tell the primary who we are, so that it names the mismatch too;
+                        // best effort, the lane is dropped either way.
+                        let (tx, _) = lane.tx_room();
+                        self.secondary.encode_hello(tx);
+                        let _ = lane.send();
+                    }
+                    self.drop_lane(slot, &error);
+                }
             }
         }
         self.secondary.tick(now_ms);
@@ -117,12 +139,19 @@ impl<S: Storage> SecondaryNode<S> {
                 }
             };
             work = true;
+            let peer = stream.peer_addr().map(|a| a.to_string());
+            let peer = peer.unwrap_or_else(|_| "an unknown address".to_string());
             let Some(slot) = self.lanes.iter().position(Option::is_none) else {
                 self.stats.lanes_refused += 1;
+                tracing::warn!(
+                    "refused a connection from {peer}: all {} lanes are taken",
+                    self.lanes.len()
+                );
                 continue;
             };
             match Lane::new(stream, self.max_frame_bytes, TX_BYTES) {
                 Ok(lane) => {
+                    tracing::info!("lane {slot} connected from {peer}");
                     self.lanes[slot] = Some(lane);
                     self.secondary.lane_up(slot);
                     self.stats.lanes_accepted += 1;
@@ -133,10 +162,17 @@ impl<S: Storage> SecondaryNode<S> {
     }
 
     fn drop_lane(&mut self, slot: usize, error: &LaneError) {
-        self.lanes[slot] = None;
+        let peer = self.lanes[slot]
+            .take()
+            .and_then(|lane| lane.stream().peer_addr().ok());
         self.secondary.lane_down(slot);
         self.stats.lanes_dropped += 1;
-        self.last_error = Some(format!("lane {slot}: {error}"));
+        let message = match peer {
+            Some(peer) => format!("lane {slot} from {peer}: {error}"),
+            None => format!("lane {slot}: {error}"),
+        };
+        tracing::warn!("dropped {message}");
+        self.last_error = Some(message);
     }
 }
 

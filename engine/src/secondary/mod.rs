@@ -21,9 +21,9 @@ use staging::{Admission, Slot, SlotState, Staging};
 use crate::primary::ConfigError;
 use crate::protocol::{
     check_hello, encode, push_seq, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError,
-    RecordKind, ResumeState, Role, Seq, SeqRange, MAX_ACK_RANGES,
+    RecordKind, ResumeState, Role, Seq, SeqRange, VolumeId, MAX_ACK_RANGES,
 };
-use crate::storage::{describe, drain, Completion, Storage, StorageError};
+use crate::storage::{describe, drain, read_blocking, Completion, Storage, StorageError};
 
 /// Journal device tags: a record is tagged with its seq; these have the top bits set.
 const TAG_SUPERBLOCK: u64 = 1 << 62;
@@ -56,6 +56,8 @@ pub struct SecondaryStats {
     pub data_sets_applied: u64,
     /// Records found in the journal at the last start.
     pub recovered_records: u64,
+    /// The newest data set whose closing sync is durable in the journal.
+    pub last_staged: DataSetId,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -457,6 +459,10 @@ impl<S: Storage> Secondary<S> {
                         continue;
                     }
                     self.staging.set_state(seq, SlotState::Durable);
+                    let slot = self.staging.slot(seq).expect("just set");
+                    if matches!(slot.kind, RecordKind::Sync { .. }) {
+                        self.stats.last_staged = self.stats.last_staged.max(slot.data_set);
+                    }
                     self.pending_acks.push(seq);
                 }
             }
@@ -487,18 +493,7 @@ impl<S: Storage> Secondary<S> {
             return 0;
         }
         if state.hello_pending {
-            self.staging
-                .durable_ranges(MAX_ACK_RANGES, &mut self.ack_ranges);
-            let sb = self.journal.superblock();
-            self.hello.resume = ResumeState {
-                applied_data_set: self.staging.applied(),
-                applied_seq: self.staging.applied_seq(),
-                applied_stream_end: self.staging.applied_stream_end(),
-                window_bytes: sb.window_bytes,
-                journal_id: sb.journal_id,
-                staged: self.ack_ranges.clone(),
-            };
-            encode(&Frame::Hello(self.hello.clone()), out);
+            self.encode_hello(out);
             self.lanes[lane].hello_pending = false;
         }
         if self.applied_dirty {
@@ -514,6 +509,51 @@ impl<S: Storage> Secondary<S> {
             self.encode_ack(out);
         }
         out.len() - start
+    }
+
+    /// Appends our Hello (the handshake reply, with the resume state) to `out`. Also sent,
+    /// before the lane is dropped, to a primary whose Hello did not match, so that it can
+    /// name the mismatch too.
+    pub fn encode_hello(&mut self, out: &mut Vec<u8>) {
+        self.staging
+            .durable_ranges(MAX_ACK_RANGES, &mut self.ack_ranges);
+        let sb = self.journal.superblock();
+        self.hello.resume = ResumeState {
+            applied_data_set: self.staging.applied(),
+            applied_seq: self.staging.applied_seq(),
+            applied_stream_end: self.staging.applied_stream_end(),
+            window_bytes: sb.window_bytes,
+            journal_id: sb.journal_id,
+            staged: self.ack_ranges.clone(),
+        };
+        encode(&Frame::Hello(self.hello.clone()), out);
+    }
+
+    /// Reads a replica volume, for `verify`: only between data sets with nothing in flight
+    /// on that replica (`Ok(false)` otherwise: try again after polling), so what it returns
+    /// is the image of exactly `applied()`.
+    pub fn read_replica(
+        &mut self,
+        volume: VolumeId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<bool, StorageError> {
+        let quiet = self.is_between_data_sets();
+        let Some(replica) = self.replicas.get_mut(usize::from(volume.0)) else {
+            return Err(StorageError::BadGeometry("no such replica volume"));
+        };
+        if !quiet || replica.in_flight() > 0 {
+            return Ok(false);
+        }
+        let mut others = std::mem::take(&mut self.completions);
+        others.clear();
+        let result = read_blocking(replica, offset, buf, &mut others);
+        assert!(
+            others.is_empty(),
+            "nothing else was in flight on the replica"
+        );
+        self.completions = others;
+        result.map(|()| true)
     }
 
     /// Encodes one Ack frame of up to `MAX_ACK_RANGES` ranges from the pending acks.

@@ -26,9 +26,7 @@ pub const TFLAG_SEND_FUA: u16 = 1 << 3;
 pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
 /// Errors carried in replies (errno values the protocol names).
-pub const EPERM: u32 = 1;
 pub const EIO: u32 = 5;
-pub const ENOMEM: u32 = 12;
 pub const EINVAL: u32 = 22;
 pub const ENOSPC: u32 = 28;
 pub const EOVERFLOW: u32 = 75;

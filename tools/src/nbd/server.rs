@@ -23,9 +23,12 @@ pub trait Export: Send + Sync {
     fn block_size(&self) -> u32;
     /// Largest single request accepted.
     fn max_request_bytes(&self) -> u32;
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), u32>;
-    /// With `fua`, returns once the data is durable.
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), u32>;
+    /// Fills `buf` (its length is the request's) from `offset`. `buf` is owned so an
+    /// export may hand it to another thread and back; it must return it with its length.
+    fn read(&self, offset: u64, buf: &mut Vec<u8>) -> Result<(), u32>;
+    /// Writes `data` at `offset` (owned for the same reason as in `read`); with `fua`,
+    /// returns once the data is durable.
+    fn write(&self, offset: u64, data: &mut Vec<u8>, fua: bool) -> Result<(), u32>;
     /// Returns once every write already acknowledged is durable.
     fn flush(&self) -> Result<(), u32>;
 }
@@ -150,7 +153,7 @@ fn negotiate<'a>(
 fn transmit(stream: &mut TcpStream, export: &dyn Export) -> Result<(), ServeError> {
     let max = export.max_request_bytes();
     let mut header = [0u8; REQUEST_HEADER_BYTES];
-    let mut data = vec![0u8; max as usize];
+    let mut data = Vec::with_capacity(max as usize);
     let mut reply = Vec::with_capacity(16);
     loop {
         stream.read_exact(&mut header)?;
@@ -158,11 +161,9 @@ fn transmit(stream: &mut TcpStream, export: &dyn Export) -> Result<(), ServeErro
         if request.length > max {
             return Err(ServeError::RequestTooLarge(request.length));
         }
-        let len = request.length as usize;
-        let payload = &mut data[..len];
-        if request.command == Command::Write {
-            stream.read_exact(payload)?;
-        }
+        // Within the capacity reserved above: no allocation.
+        data.resize(request.length as usize, 0);
+        stream.read_exact(&mut data[..request.data_len()])?;
         let in_range = |r: &transmission::Request| {
             let block = u64::from(export.block_size());
             let end = r.offset.checked_add(u64::from(r.length));
@@ -175,9 +176,11 @@ fn transmit(stream: &mut TcpStream, export: &dyn Export) -> Result<(), ServeErro
             Ok(())
         };
         let result = match request.command {
-            Command::Read => in_range(&request).and_then(|()| export.read(request.offset, payload)),
+            Command::Read => {
+                in_range(&request).and_then(|()| export.read(request.offset, &mut data))
+            }
             Command::Write => in_range(&request).and_then(|()| {
-                export.write(request.offset, payload, request.flags & CMD_FLAG_FUA != 0)
+                export.write(request.offset, &mut data, request.flags & CMD_FLAG_FUA != 0)
             }),
             Command::Flush => export.flush(),
             Command::Disconnect => return Ok(()),
@@ -187,7 +190,8 @@ fn transmit(stream: &mut TcpStream, export: &dyn Export) -> Result<(), ServeErro
         transmission::encode_simple_reply(&mut reply, result.err().unwrap_or(0), request.handle);
         stream.write_all(&reply)?;
         if request.command == Command::Read && result.is_ok() {
-            stream.write_all(payload)?;
+            debug_assert_eq!(data.len(), request.length as usize);
+            stream.write_all(&data)?;
         }
     }
 }
@@ -219,12 +223,13 @@ mod tests {
         fn max_request_bytes(&self) -> u32 {
             1 << 20
         }
-        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
+        fn read(&self, offset: u64, buf: &mut Vec<u8>) -> Result<(), u32> {
             let data = self.data.lock().unwrap();
-            buf.copy_from_slice(&data[offset as usize..offset as usize + buf.len()]);
+            let len = buf.len();
+            buf.copy_from_slice(&data[offset as usize..offset as usize + len]);
             Ok(())
         }
-        fn write(&self, offset: u64, bytes: &[u8], _fua: bool) -> Result<(), u32> {
+        fn write(&self, offset: u64, bytes: &mut Vec<u8>, _fua: bool) -> Result<(), u32> {
             let mut data = self.data.lock().unwrap();
             data[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
             Ok(())

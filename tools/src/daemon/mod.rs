@@ -1,0 +1,118 @@
+//! The two daemons (`ordo primary`, `ordo secondary`) and what they share: settings, the
+//! control socket, status reports, digests for `verify`, and signal handling.
+
+pub mod config;
+pub mod control;
+pub mod nbd_export;
+pub mod primary;
+pub mod report;
+pub mod secondary;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use report::{ControlRequest, Digest, VolumeDigest};
+
+/// Sets the returned flag on SIGTERM or SIGINT.
+pub fn termination_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))
+            .context("installing the signal handler")?;
+    }
+    Ok(flag)
+}
+
+/// Logs to stderr, so stdout keeps the effective configuration alone.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// A digest request's volumes and ranges: `(index, offset, len)` of each volume to digest.
+pub fn digest_plan(
+    request: &ControlRequest,
+    volumes: &[(String, u64, u32)],
+) -> Result<Vec<(usize, u64, u64)>, String> {
+    let ControlRequest::Digest { range, chunk_bytes } = request else {
+        return Err("not a digest request".into());
+    };
+    if let Some((name, _, block)) = volumes
+        .iter()
+        .find(|(_, _, b)| chunk_bytes % u64::from(*b) != 0)
+    {
+        return Err(format!(
+            "chunk {chunk_bytes} is not a multiple of {name:?}'s {block}-byte block"
+        ));
+    }
+    match range {
+        None => Ok(volumes
+            .iter()
+            .enumerate()
+            .map(|(i, (_, size, _))| (i, 0, *size))
+            .collect()),
+        Some((name, offset, len)) => {
+            let index = volumes
+                .iter()
+                .position(|(n, _, _)| n == name)
+                .ok_or_else(|| format!("no volume {name:?}"))?;
+            let (_, size, block) = &volumes[index];
+            let block = u64::from(*block);
+            let end = offset.checked_add(*len).filter(|&end| end <= *size);
+            if end.is_none() || offset % block != 0 || len % block != 0 || *len == 0 {
+                return Err(format!(
+                    "range {offset}+{len} is not block-aligned inside {name:?} ({size} bytes)"
+                ));
+            }
+            Ok(vec![(index, *offset, *len)])
+        }
+    }
+}
+
+/// Digests `plan` in chunks of `chunk_bytes`, reading at most `max_io` bytes at a time
+/// through `read(volume, offset, buf)`.
+pub fn digest(
+    data_set: u64,
+    chunk_bytes: u64,
+    max_io: u64,
+    names: &[String],
+    plan: &[(usize, u64, u64)],
+    mut read: impl FnMut(usize, u64, &mut [u8]) -> Result<(), String>,
+) -> Result<Digest, String> {
+    let piece_bytes = chunk_bytes.min(max_io);
+    let mut buf = vec![0u8; piece_bytes as usize];
+    let mut volumes = Vec::with_capacity(plan.len());
+    for &(index, start, len) in plan {
+        let mut crcs = Vec::with_capacity(len.div_ceil(chunk_bytes) as usize);
+        let mut chunk_at = start;
+        while chunk_at < start + len {
+            let chunk_end = (chunk_at + chunk_bytes).min(start + len);
+            let mut crc = 0;
+            let mut at = chunk_at;
+            while at < chunk_end {
+                let n = (chunk_end - at).min(piece_bytes) as usize;
+                read(index, at, &mut buf[..n])?;
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
+                at += n as u64;
+            }
+            crcs.push(crc);
+            chunk_at = chunk_end;
+        }
+        volumes.push(VolumeDigest {
+            name: names[index].clone(),
+            offset: start,
+            crc32c: crcs,
+        });
+    }
+    Ok(Digest {
+        data_set,
+        chunk_bytes,
+        volumes,
+    })
+}

@@ -1,0 +1,161 @@
+//! The primary's volumes as NBD exports: each client connection runs on its own thread and
+//! hands its requests to the poller through the request ring, lending its buffer for the
+//! trip and waiting for the reply. FLUSH is a consistency point: it closes the data set.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use ordo_engine::primary::SubmitError;
+use ordo_engine::protocol::VolumeId;
+use ordo_engine::runtime::primary_service::{Frontend, Op, Reply, Request, ServiceError};
+use ordo_engine::storage::StorageError;
+
+use crate::nbd::server::{serve, Export};
+use crate::nbd::{EINVAL, EIO, ENOSPC, EOVERFLOW, ESHUTDOWN};
+
+/// Client connections served at once; more are refused.
+pub const MAX_CONNECTIONS: usize = 64;
+
+#[derive(Debug)]
+pub struct NbdVolume {
+    pub name: String,
+    pub volume: VolumeId,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub max_request_bytes: u32,
+    pub frontend: Frontend,
+}
+
+thread_local! {
+    /// Each connection thread's reply channel, made once: a thread has one request in
+    /// flight at a time.
+    static REPLIES: (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::bounded(1);
+}
+
+impl NbdVolume {
+    fn call(&self, op: Op, buf: &mut Vec<u8>) -> Result<(), u32> {
+        REPLIES.with(|(sender, receiver)| {
+            let request = Request {
+                op,
+                buf: std::mem::take(buf),
+                user: 0,
+                reply: sender.clone(),
+            };
+            let Some(reply) = self.frontend.call(request, receiver) else {
+                return Err(ESHUTDOWN);
+            };
+            *buf = reply.buf;
+            reply.result.map_err(|e| errno(&e))
+        })
+    }
+}
+
+fn errno(error: &ServiceError) -> u32 {
+    match error {
+        ServiceError::Submit(SubmitError::TooLarge { .. })
+        | ServiceError::Submit(SubmitError::UnknownVolume(_))
+        | ServiceError::Submit(SubmitError::Invalid(StorageError::Unaligned { .. }))
+        | ServiceError::Submit(SubmitError::Invalid(StorageError::TooLarge { .. })) => EINVAL,
+        ServiceError::Submit(SubmitError::Invalid(StorageError::OutOfRange { .. })) => EOVERFLOW,
+        ServiceError::Storage(StorageError::Io { kind, .. })
+        | ServiceError::Submit(SubmitError::Invalid(StorageError::Io { kind, .. }))
+            if *kind == std::io::ErrorKind::StorageFull =>
+        {
+            ENOSPC
+        }
+        _ => EIO,
+    }
+}
+
+impl Export for NbdVolume {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn max_request_bytes(&self) -> u32 {
+        self.max_request_bytes
+    }
+
+    fn read(&self, offset: u64, buf: &mut Vec<u8>) -> Result<(), u32> {
+        let op = Op::Read {
+            volume: self.volume,
+            offset,
+        };
+        self.call(op, buf)
+    }
+
+    fn write(&self, offset: u64, data: &mut Vec<u8>, fua: bool) -> Result<(), u32> {
+        let op = Op::Write {
+            volume: self.volume,
+            offset,
+            fua,
+        };
+        self.call(op, data)
+    }
+
+    fn flush(&self) -> Result<(), u32> {
+        self.call(Op::Flush, &mut Vec::new())
+    }
+}
+
+/// Accepts NBD clients on `addr` on a thread of its own until `closing` is set.
+pub fn listen(
+    addr: SocketAddr,
+    exports: Arc<Vec<NbdVolume>>,
+    closing: Arc<AtomicBool>,
+) -> Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("binding NBD on {addr}"))?;
+    let local = listener.local_addr()?;
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("nbd-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                // Relaxed: a flag and a counter that order no other memory.
+                if closing.load(Ordering::Relaxed) {
+                    tracing::info!("nbd: refused {peer}: shutting down");
+                    continue;
+                }
+                if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!("nbd: refused {peer}: {MAX_CONNECTIONS} clients connected");
+                    continue;
+                }
+                let (exports, count) = (Arc::clone(&exports), Arc::clone(&active));
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("nbd-conn".into())
+                        .spawn(move || {
+                            let refs: Vec<&dyn Export> =
+                                exports.iter().map(|e| e as &dyn Export).collect();
+                            match serve(stream, &refs) {
+                                Ok(()) => tracing::debug!("nbd: {peer} disconnected"),
+                                Err(e) => tracing::warn!("nbd: {peer}: {e}"),
+                            }
+                            count.fetch_sub(1, Ordering::Relaxed);
+                        });
+                if let Err(e) = spawned {
+                    active.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!("nbd: cannot start a thread: {e}");
+                }
+            }
+        })
+        .context("starting the NBD thread")?;
+    Ok(local)
+}

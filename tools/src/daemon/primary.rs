@@ -1,0 +1,366 @@
+//! `ordo primary`: serves the group's volumes over NBD, acknowledges writes as soon as they
+//! are on the local volumes, and streams them to the secondary over several lanes. The
+//! poller (sequencer and lane senders in one pinned thread) owns the primary; NBD
+//! connection threads feed it through the request ring; a control thread answers status
+//! and digest requests.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ordo_engine::primary::{DataSetPolicy, Primary, PrimaryConfig};
+use ordo_engine::protocol::{GroupId, VolumeId};
+use ordo_engine::runtime::primary_node::PrimaryNode;
+use ordo_engine::runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus, Request};
+use ordo_engine::storage::Storage;
+
+use super::config::{pin, print_banner, PrimaryOptions, PrimarySettings};
+use super::nbd_export::{listen, NbdVolume};
+use super::report::{
+    error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport, Writes,
+};
+use super::{control, digest, digest_plan, init_logging, termination_flag};
+use crate::volume::Volume;
+
+/// How often the poller refreshes the status the control socket serves.
+const STATUS_EVERY_MS: u64 = 100;
+/// How long a digest waits for the secondary to apply the data set it closes.
+const DIGEST_APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
+    init_logging();
+    let settings = options.resolve()?;
+    print_banner("primary", &settings)?;
+    let mut volumes = Vec::with_capacity(settings.volume.len());
+    for spec in &settings.volume {
+        let volume = Volume::open(spec, settings.block_size)
+            .with_context(|| format!("opening volume {spec}"))?;
+        tracing::info!("volume {spec}: {:?}", volume.geometry());
+        volumes.push(volume);
+    }
+    let reports = volume_reports(&settings, &volumes);
+    let max_io = volumes
+        .iter()
+        .map(|v| v.geometry().max_io_bytes)
+        .min()
+        .unwrap_or(0);
+    let config = primary_config(&settings);
+    let primary = Primary::new(config.clone(), volumes).context("primary configuration")?;
+    let node = PrimaryNode::new(primary, settings.connect, settings.lanes);
+    let mut service = PrimaryService::new(node, settings.max_requests, settings.window_bytes.0);
+    service.set_poller(std::thread::current());
+    let frontend = service.frontend();
+
+    let started = Instant::now();
+    let status = Arc::new(Mutex::new(Status::default()));
+    let handler = {
+        let (status, frontend, reports) = (Arc::clone(&status), frontend.clone(), reports.clone());
+        move |line: &str| control_reply(line, &status, &frontend, &reports, max_io)
+    };
+    control::serve(&settings.control, Arc::new(handler))?;
+    let closing = Arc::new(AtomicBool::new(false));
+    let exports = reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| NbdVolume {
+            name: r.name.clone(),
+            volume: VolumeId(i as u16),
+            size_bytes: r.size_bytes,
+            block_size: r.block_size,
+            max_request_bytes: config.max_write_bytes.min(max_io),
+            frontend: frontend.clone(),
+        })
+        .collect();
+    let nbd = listen(settings.nbd, Arc::new(exports), Arc::clone(&closing))?;
+    tracing::info!(
+        "primary up: NBD on {nbd}, replicating to {} over {} lanes, control {}",
+        settings.connect,
+        settings.lanes,
+        settings.control.display()
+    );
+    let terminate = termination_flag()?;
+    pin(settings.pin)?;
+    let idle = settings.idle.policy();
+    let clock = || started.elapsed().as_millis() as u64;
+    let mut watch = Watch::default();
+    let mut next_status = 0;
+    // Relaxed: a flag set by the signal handler; it orders nothing else.
+    while !terminate.load(Ordering::Relaxed) {
+        let now = clock();
+        let did = service.poll(now);
+        if now >= next_status {
+            publish(&mut service, now, &settings, &reports, &status, &mut watch);
+            next_status = now + STATUS_EVERY_MS;
+        }
+        idle.after_round(did);
+    }
+    closing.store(true, Ordering::Relaxed);
+    let code = drain(&mut service, &frontend, &settings, clock);
+    let _ = std::fs::remove_file(&settings.control);
+    Ok(code)
+}
+
+fn primary_config(settings: &PrimarySettings) -> PrimaryConfig {
+    PrimaryConfig {
+        group: GroupId(settings.group),
+        volume_names: settings.volume.iter().map(|v| v.name.clone()).collect(),
+        policy: DataSetPolicy {
+            interval_ms: settings.data_set_interval_ms,
+            max_writes: settings.data_set_max_writes,
+            max_bytes: settings.data_set_max_bytes.0,
+        },
+        window_bytes: settings.window_bytes.0,
+        max_write_bytes: u32::try_from(settings.max_write_bytes.0).unwrap_or(u32::MAX),
+        lanes: settings.lanes,
+        retransmit_ms: settings.retransmit_ms,
+        max_pending_flushes: settings.max_requests,
+    }
+}
+
+fn volume_reports(settings: &PrimarySettings, volumes: &[Volume]) -> Vec<VolumeReport> {
+    settings
+        .volume
+        .iter()
+        .zip(volumes)
+        .map(|(spec, volume)| VolumeReport {
+            name: spec.name.clone(),
+            spec: spec.to_string(),
+            size_bytes: volume.geometry().size_bytes,
+            block_size: volume.geometry().block_size,
+        })
+        .collect()
+}
+
+/// What the log has said, so it speaks only when something changes.
+#[derive(Debug, Default)]
+struct Watch {
+    lanes_up: usize,
+    stalled: Option<String>,
+    waiting: bool,
+}
+
+fn publish(
+    service: &mut PrimaryService<Volume>,
+    now_ms: u64,
+    settings: &PrimarySettings,
+    volumes: &[VolumeReport],
+    status: &Mutex<Status>,
+    watch: &mut Watch,
+) {
+    let s = service.status(now_ms);
+    if s.lanes_up != watch.lanes_up {
+        tracing::info!("{} of {} lanes up", s.lanes_up, s.lanes);
+        watch.lanes_up = s.lanes_up;
+    }
+    if s.stalled != watch.stalled {
+        match &s.stalled {
+            Some(why) => tracing::error!("replication stalled: {why}"),
+            None => tracing::info!("replication resumed"),
+        }
+        watch.stalled = s.stalled.clone();
+    }
+    if s.window_full != watch.waiting {
+        if s.window_full {
+            tracing::warn!("retention window full: writes wait for the secondary");
+        }
+        watch.waiting = s.window_full;
+    }
+    let report = status_report(&s, now_ms, settings, volumes);
+    // Never wait on the control thread: a busy lock means the next round publishes.
+    if let Ok(mut slot) = status.try_lock() {
+        *slot = report;
+    }
+}
+
+fn status_report(
+    s: &PrimaryStatus,
+    now_ms: u64,
+    settings: &PrimarySettings,
+    volumes: &[VolumeReport],
+) -> Status {
+    Status {
+        role: "primary".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        group: settings.group,
+        pid: std::process::id(),
+        uptime_ms: now_ms,
+        link: Link {
+            lanes: s.lanes,
+            lanes_up: s.lanes_up,
+            lanes_dropped: s.lanes_dropped,
+            last_error: s.last_error.clone(),
+            stalled: s.stalled.clone(),
+        },
+        data_sets: DataSets {
+            last_closed: Some(s.last_closed.0),
+            last_sent: Some(s.last_sent.0),
+            staged: None,
+            applied: s.applied.0,
+            lag_data_sets: s.lag_data_sets,
+            lag_bytes: Some(s.lag_bytes),
+            lag_ms: Some(s.lag_ms),
+        },
+        retention: Some(Usage {
+            used_bytes: s.lag_bytes,
+            size_bytes: s.retention_window_bytes,
+        }),
+        journal: None,
+        writes: Some(Writes {
+            accepted: s.primary.writes_accepted,
+            flushes: s.service.flushes,
+            errors: s.service.errors,
+            waited: s.service.writes_waited,
+            wait_ms_total: s.service.wait_ms_total,
+            wait_ms_max: s.service.wait_ms_max,
+            waiting_now: s.window_full,
+            in_flight: s.requests_in_flight,
+        }),
+        failure: None,
+        volumes: volumes.to_vec(),
+    }
+}
+
+fn control_reply(
+    line: &str,
+    status: &Mutex<Status>,
+    frontend: &Frontend,
+    volumes: &[VolumeReport],
+    max_io: u32,
+) -> String {
+    let current = || status.lock().map(|s| s.clone()).unwrap_or_default();
+    match ControlRequest::parse(line) {
+        Err(why) => error_json(&why),
+        Ok(ControlRequest::Status) => serde_json::to_string(&current()).unwrap_or_default(),
+        Ok(request) => match primary_digest(&request, &current, frontend, volumes, max_io) {
+            Ok(digest) => serde_json::to_string(&digest).unwrap_or_default(),
+            Err(why) => error_json(&why),
+        },
+    }
+}
+
+/// A digest of the primary's volumes at a consistency point: closes the open data set,
+/// waits until the secondary applied it, reads, and refuses if writes came in meanwhile.
+fn primary_digest(
+    request: &ControlRequest,
+    current: &dyn Fn() -> Status,
+    frontend: &Frontend,
+    volumes: &[VolumeReport],
+    max_io: u32,
+) -> Result<super::report::Digest, String> {
+    let ControlRequest::Digest { chunk_bytes, .. } = request else {
+        return Err("not a digest request".into());
+    };
+    let shapes: Vec<_> = volumes
+        .iter()
+        .map(|v| (v.name.clone(), v.size_bytes, v.block_size))
+        .collect();
+    let plan = digest_plan(request, &shapes)?;
+    let (sender, receiver) = crossbeam_channel::bounded(1);
+    let call = |op: Op, buf: Vec<u8>| {
+        let request = Request {
+            op,
+            buf,
+            user: 0,
+            reply: sender.clone(),
+        };
+        let reply = frontend
+            .call(request, &receiver)
+            .ok_or_else(|| "the primary is shutting down".to_string())?;
+        reply.result.as_ref().map_err(ToString::to_string)?;
+        Ok::<_, String>(reply)
+    };
+    let data_set = call(Op::Flush, Vec::new())?.data_set.0;
+    let deadline = Instant::now() + DIGEST_APPLY_TIMEOUT;
+    let before = loop {
+        let status = current();
+        if status.data_sets.applied >= data_set && status.uptime_ms > 0 {
+            break status;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the secondary has not applied data set {data_set} (applied {}); is it connected?",
+                status.data_sets.applied
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
+    let mut buf = Vec::with_capacity(max_io as usize);
+    let digest = digest(
+        data_set,
+        *chunk_bytes,
+        u64::from(max_io),
+        &names,
+        &plan,
+        |i, at, out| {
+            buf.clear();
+            buf.resize(out.len(), 0);
+            let op = Op::Read {
+                volume: VolumeId(i as u16),
+                offset: at,
+            };
+            let reply = call(op, std::mem::take(&mut buf))?;
+            out.copy_from_slice(&reply.buf);
+            buf = reply.buf;
+            Ok(())
+        },
+    )?;
+    let after = current();
+    let accepted = |s: &Status| s.writes.as_ref().map_or(0, |w| w.accepted);
+    if accepted(&after) != accepted(&before) || after.data_sets.last_closed != Some(data_set) {
+        return Err(format!(
+            "writes arrived while digesting data set {data_set}: verify needs a quiet primary"
+        ));
+    }
+    Ok(digest)
+}
+
+/// On SIGTERM: refuse new clients, close the open data set and wait (bounded) for the
+/// secondary to apply it.
+fn drain(
+    service: &mut PrimaryService<Volume>,
+    frontend: &Frontend,
+    settings: &PrimarySettings,
+    clock: impl Fn() -> u64,
+) -> ExitCode {
+    tracing::info!("terminating: closing the open data set and draining to the secondary");
+    let (sender, receiver) = crossbeam_channel::bounded(1);
+    let mut queued = false;
+    let deadline = clock() + settings.drain_timeout_s * 1000;
+    let idle = settings.idle.policy();
+    let mut target = None;
+    loop {
+        let now = clock();
+        let did = service.poll(now);
+        if !queued {
+            let flush = Request {
+                op: Op::Flush,
+                buf: Vec::new(),
+                user: 0,
+                reply: sender.clone(),
+            };
+            queued = frontend.submit(flush).is_ok();
+        }
+        if let Ok(reply) = receiver.try_recv() {
+            target = Some(reply.data_set);
+        }
+        let applied = service.node().primary().peer_applied();
+        if let Some(target) = target {
+            if applied >= target && service.in_flight() == 0 {
+                tracing::info!("drained: the secondary applied {target}; exiting");
+                return ExitCode::SUCCESS;
+            }
+        }
+        if now >= deadline {
+            tracing::warn!(
+                "drain timed out after {} s: the secondary applied {applied}, {} left unreplicated",
+                settings.drain_timeout_s,
+                target.map_or("the open data set".into(), |t| format!("up to {t}"))
+            );
+            return ExitCode::from(3);
+        }
+        idle.after_round(did);
+    }
+}

@@ -1,0 +1,326 @@
+//! `ordo secondary`: accepts the primary's lanes, stages every write in a journal in the
+//! state directory, and applies complete data sets to the replica volumes in order. Started
+//! again on the same state directory (after `kill -9`, a power loss or SIGTERM) it recovers
+//! from the journal and resumes where the primary left off.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use crossbeam_channel::Sender;
+use ordo_engine::protocol::{GroupId, VolumeId};
+use ordo_engine::runtime::secondary_node::SecondaryNode;
+use ordo_engine::secondary::journal::required_bytes;
+use ordo_engine::secondary::{Secondary, SecondaryConfig};
+use ordo_engine::storage::{FileStorage, Storage};
+
+use super::config::{pin, print_banner, SecondaryOptions, SecondarySettings};
+use super::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
+use super::{control, digest, digest_plan, init_logging, termination_flag};
+use crate::volume::{Backend, Volume};
+
+const STATUS_EVERY_MS: u64 = 100;
+/// A digest waits this long for the secondary to be between data sets.
+const DIGEST_QUIET_TIMEOUT_MS: u64 = 10_000;
+/// On SIGTERM, finish the data set being applied for at most this long.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const JOURNAL_FILE: &str = "journal";
+
+type DigestJob = (ControlRequest, Sender<String>);
+
+pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
+    init_logging();
+    let settings = options.resolve()?;
+    print_banner("secondary", &settings)?;
+    std::fs::create_dir_all(&settings.state_dir)
+        .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
+    let secondary = open_or_create(&settings)?;
+    let reports: Vec<VolumeReport> = settings
+        .volume
+        .iter()
+        .zip(secondary.replicas())
+        .map(|(spec, replica)| VolumeReport {
+            name: spec.name.clone(),
+            spec: spec.to_string(),
+            size_bytes: replica.geometry().size_bytes,
+            block_size: replica.geometry().block_size,
+        })
+        .collect();
+    let max_io = secondary
+        .replicas()
+        .iter()
+        .map(|r| r.geometry().max_io_bytes)
+        .min()
+        .unwrap_or(0);
+    let listener = TcpListener::bind(settings.listen)
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let max_write = u32::try_from(settings.max_write_bytes.0).unwrap_or(u32::MAX);
+    let mut node = SecondaryNode::new(secondary, listener, settings.lanes, max_write)?;
+
+    let status = Arc::new(Mutex::new(Status::default()));
+    let (jobs, job_queue) = crossbeam_channel::bounded::<DigestJob>(4);
+    let handler = {
+        let status = Arc::clone(&status);
+        move |line: &str| match ControlRequest::parse(line) {
+            Err(why) => error_json(&why),
+            Ok(ControlRequest::Status) => {
+                let current = status.lock().map(|s| s.clone()).unwrap_or_default();
+                serde_json::to_string(&current).unwrap_or_default()
+            }
+            Ok(request) => {
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                if jobs.try_send((request, reply)).is_err() {
+                    return error_json("too many digests at once");
+                }
+                answer
+                    .recv()
+                    .unwrap_or_else(|_| error_json("the secondary is shutting down"))
+            }
+        }
+    };
+    control::serve(&settings.control, Arc::new(handler))?;
+    tracing::info!(
+        "secondary up: listening on {}, applied {}, control {}",
+        node.local_addr()?,
+        node.secondary().applied(),
+        settings.control.display()
+    );
+    let terminate = termination_flag()?;
+    pin(settings.pin)?;
+    let idle = settings.idle.policy();
+    let started = Instant::now();
+    let clock = || started.elapsed().as_millis() as u64;
+    let mut next_status = 0;
+    let mut digest_job: Option<(DigestJob, u64)> = None;
+    let mut reported_failure = false;
+    // Relaxed: a flag set by the signal handler; it orders nothing else.
+    while !terminate.load(Ordering::Relaxed) {
+        let now = clock();
+        let mut did = node.poll(now);
+        if digest_job.is_none() {
+            digest_job = job_queue.try_recv().ok().map(|job| (job, now));
+        }
+        if let Some(((request, reply), since)) = digest_job.take() {
+            match try_digest(&mut node, &request, &reports, max_io, now - since) {
+                Some(answer) => {
+                    let _ = reply.send(answer);
+                    did = true;
+                }
+                None => digest_job = Some(((request, reply), since)),
+            }
+        }
+        if now >= next_status {
+            let report = status_report(&node, now, &settings, &reports);
+            if let (Some(failure), false) = (&report.failure, reported_failure) {
+                tracing::error!("secondary failed: {failure}");
+                reported_failure = true;
+            }
+            if let Ok(mut slot) = status.try_lock() {
+                *slot = report;
+            }
+            next_status = now + STATUS_EVERY_MS;
+        }
+        idle.after_round(did);
+    }
+    drain(&mut node, clock);
+    let _ = std::fs::remove_file(&settings.control);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn secondary_config(settings: &SecondarySettings) -> SecondaryConfig {
+    SecondaryConfig {
+        group: GroupId(settings.group),
+        volume_names: settings.volume.iter().map(|v| v.name.clone()).collect(),
+        window_bytes: settings.window_bytes.0,
+        max_write_bytes: u32::try_from(settings.max_write_bytes.0).unwrap_or(u32::MAX),
+        lanes: settings.lanes,
+        applied_interval_ms: settings.applied_interval_ms,
+        bug: None,
+    }
+}
+
+/// Opens the journal in the state directory and recovers from it, or creates one (under a
+/// temporary name, renamed once formatted, so a crash mid-creation leaves no half journal).
+fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
+    let config = secondary_config(settings);
+    let path = settings.state_dir.join(JOURNAL_FILE);
+    let existing = path.exists();
+    if existing {
+        if let Some(spec) = settings
+            .volume
+            .iter()
+            .find(|v| matches!(v.backend, Backend::Mem { .. }))
+        {
+            bail!(
+                "{} holds a journal from an earlier run, but replica {spec} is in memory and \
+                 lost what that journal says was applied; use file: replicas, or remove the \
+                 state directory to start over (the primary then needs a full resync)",
+                settings.state_dir.display()
+            );
+        }
+    }
+    let mut replicas = Vec::with_capacity(settings.volume.len());
+    for spec in &settings.volume {
+        let replica = Volume::open(spec, settings.block_size)
+            .with_context(|| format!("opening replica {spec}"))?;
+        replicas.push(replica);
+    }
+    if existing {
+        let journal = FileStorage::open(&path, None, settings.block_size)
+            .with_context(|| format!("opening journal {}", path.display()))?;
+        let secondary = Secondary::open(config, Volume::File(journal), replicas)
+            .with_context(|| format!("recovering from journal {}", path.display()))?;
+        tracing::info!(
+            "recovered from {}: applied {}, {} records restaged",
+            path.display(),
+            secondary.applied(),
+            secondary.stats().recovered_records
+        );
+        return Ok(secondary);
+    }
+    let needed = required_bytes(
+        config.window_bytes,
+        config.max_write_bytes,
+        settings.block_size,
+    );
+    let size = settings.journal_bytes.map_or(needed, |b| b.0);
+    ensure!(
+        size >= needed,
+        "--journal-bytes {size} is smaller than the {needed} bytes a {}-byte window needs",
+        config.window_bytes
+    );
+    let size = size.next_multiple_of(u64::from(settings.block_size));
+    let fresh = settings.state_dir.join(format!("{JOURNAL_FILE}.new"));
+    let _ = std::fs::remove_file(&fresh);
+    let journal = FileStorage::open(&fresh, Some(size), settings.block_size)
+        .with_context(|| format!("creating journal {}", fresh.display()))?;
+    let journal_id = RandomState::new().build_hasher().finish() | 1;
+    let secondary = Secondary::create(config, journal_id, Volume::File(journal), replicas)
+        .context("formatting the journal")?;
+    std::fs::rename(&fresh, &path).context("naming the new journal")?;
+    sync_dir(&settings.state_dir)?;
+    tracing::info!(
+        "created journal {} ({size} bytes, id {journal_id:#x})",
+        path.display()
+    );
+    Ok(secondary)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Digests the replicas if the secondary is between data sets; `None` to try again on a
+/// later round.
+fn try_digest(
+    node: &mut SecondaryNode<Volume>,
+    request: &ControlRequest,
+    volumes: &[VolumeReport],
+    max_io: u32,
+    waited_ms: u64,
+) -> Option<String> {
+    let ControlRequest::Digest { chunk_bytes, .. } = request else {
+        return Some(error_json("not a digest request"));
+    };
+    let secondary = node.secondary_mut();
+    if !secondary.is_between_data_sets() {
+        if waited_ms > DIGEST_QUIET_TIMEOUT_MS {
+            return Some(error_json("the secondary never paused between data sets"));
+        }
+        return None;
+    }
+    let shapes: Vec<_> = volumes
+        .iter()
+        .map(|v| (v.name.clone(), v.size_bytes, v.block_size))
+        .collect();
+    let plan = match digest_plan(request, &shapes) {
+        Ok(plan) => plan,
+        Err(why) => return Some(error_json(&why)),
+    };
+    let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
+    let applied = secondary.applied().0;
+    let result = digest(
+        applied,
+        *chunk_bytes,
+        u64::from(max_io),
+        &names,
+        &plan,
+        |i, at, buf| match secondary.read_replica(VolumeId(i as u16), at, buf) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("a replica was busy".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    Some(match result {
+        Ok(digest) => serde_json::to_string(&digest).unwrap_or_default(),
+        Err(why) if why == "a replica was busy" => return None,
+        Err(why) => error_json(&why),
+    })
+}
+
+fn status_report(
+    node: &SecondaryNode<Volume>,
+    now_ms: u64,
+    settings: &SecondarySettings,
+    volumes: &[VolumeReport],
+) -> Status {
+    let secondary = node.secondary();
+    let stats = secondary.stats();
+    let (used, size) = secondary.journal_use();
+    let applied = secondary.applied().0;
+    let staged = stats.last_staged.0.max(applied);
+    Status {
+        role: "secondary".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        group: settings.group,
+        pid: std::process::id(),
+        uptime_ms: now_ms,
+        link: Link {
+            lanes: node.lanes(),
+            lanes_up: node.lanes_up(),
+            lanes_dropped: node.stats().lanes_dropped,
+            last_error: node.last_error().map(str::to_string),
+            stalled: None,
+        },
+        data_sets: DataSets {
+            last_closed: None,
+            last_sent: None,
+            staged: Some(staged),
+            applied,
+            lag_data_sets: staged - applied,
+            lag_bytes: None,
+            lag_ms: None,
+        },
+        retention: None,
+        journal: Some(Usage {
+            used_bytes: used,
+            size_bytes: size,
+        }),
+        writes: None,
+        failure: secondary.failure().map(str::to_string),
+        volumes: volumes.to_vec(),
+    }
+}
+
+/// On SIGTERM: let the data set being applied finish (bounded), so the replica is left
+/// between data sets; the journal is durable either way.
+fn drain(node: &mut SecondaryNode<Volume>, clock: impl Fn() -> u64) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while !node.secondary().is_between_data_sets() && Instant::now() < deadline {
+        node.poll(clock());
+        std::thread::yield_now();
+    }
+    tracing::info!(
+        "terminating at applied {} (between data sets: {})",
+        node.secondary().applied(),
+        node.secondary().is_between_data_sets()
+    );
+}

@@ -1,0 +1,221 @@
+//! `ordo status` and `ordo verify`: ask a running daemon (or both) over their control
+//! sockets what state replication is in, and whether the replica equals the primary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::daemon::control::request;
+use crate::daemon::report::{Digest, Status};
+
+/// A digest of large volumes takes a while; a status never should.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+const DIGEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// The first pass compares chunks of this size; a differing chunk is then compared block
+/// by block.
+const CHUNK_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's control socket.
+    #[arg(long)]
+    control: PathBuf,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The primary's control socket.
+    #[arg(long)]
+    primary: PathBuf,
+    /// The secondary's control socket.
+    #[arg(long)]
+    secondary: PathBuf,
+}
+
+/// Parses a daemon's JSON reply as `T`, or reports the daemon's own error.
+fn parse<T: for<'de> serde::Deserialize<'de>>(reply: &str, who: &str) -> Result<T> {
+    let value: serde_json::Value =
+        serde_json::from_str(reply).with_context(|| format!("{who} replied {reply:?}"))?;
+    if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
+        bail!("{who}: {error}");
+    }
+    serde_json::from_value(value).with_context(|| format!("{who}'s reply is not understood"))
+}
+
+pub fn status(args: &StatusArgs) -> Result<ExitCode> {
+    let reply = request(&args.control, "status", STATUS_TIMEOUT)?;
+    let status: Status = parse(&reply, "the daemon")?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+    } else {
+        write_status(&mut out, &status)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
+    let link = &s.link;
+    let d = &s.data_sets;
+    writeln!(
+        out,
+        "role        {} (group {}, pid {}, ordo {}, up {:.1} s)",
+        s.role,
+        s.group,
+        s.pid,
+        s.version,
+        s.uptime_ms as f64 / 1000.0
+    )?;
+    writeln!(
+        out,
+        "lanes       {} of {} up, {} dropped",
+        link.lanes_up, link.lanes, link.lanes_dropped
+    )?;
+    if let Some(why) = &link.stalled {
+        writeln!(out, "STALLED     {why}")?;
+    }
+    if let Some(error) = &link.last_error {
+        writeln!(out, "last error  {error}")?;
+    }
+    if let Some(failure) = &s.failure {
+        writeln!(out, "FAILED      {failure}")?;
+    }
+    let some = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    writeln!(
+        out,
+        "data sets   closed {} sent {} staged {} applied {}",
+        some(d.last_closed),
+        some(d.last_sent),
+        some(d.staged),
+        d.applied
+    )?;
+    writeln!(
+        out,
+        "lag         {} data sets, {} bytes, {} ms",
+        d.lag_data_sets,
+        some(d.lag_bytes),
+        some(d.lag_ms)
+    )?;
+    for (name, usage) in [("retention", &s.retention), ("journal", &s.journal)] {
+        if let Some(u) = usage {
+            let percent = 100.0 * u.used_bytes as f64 / u.size_bytes.max(1) as f64;
+            writeln!(
+                out,
+                "{name:<11} {} of {} bytes ({percent:.1}%)",
+                u.used_bytes, u.size_bytes
+            )?;
+        }
+    }
+    if let Some(w) = &s.writes {
+        writeln!(
+            out,
+            "writes      {} accepted, {} flushes, {} errors, {} in flight; {} waited for the window ({} ms total, {} ms max){}",
+            w.accepted,
+            w.flushes,
+            w.errors,
+            w.in_flight,
+            w.waited,
+            w.wait_ms_total,
+            w.wait_ms_max,
+            if w.waiting_now { "; WAITING NOW" } else { "" }
+        )?;
+    }
+    for v in &s.volumes {
+        writeln!(
+            out,
+            "volume      {} ({} bytes, {}-byte blocks)",
+            v.spec, v.size_bytes, v.block_size
+        )?;
+    }
+    Ok(())
+}
+
+fn digest(path: &Path, who: &str, line: &str) -> Result<Digest> {
+    let reply = request(path, line, DIGEST_TIMEOUT)?;
+    parse(&reply, who)
+}
+
+/// The first chunk where the two digests differ: (volume, offset of the chunk).
+fn first_difference(primary: &Digest, replica: &Digest) -> Result<Option<(String, u64, u64)>> {
+    if primary.volumes.len() != replica.volumes.len() {
+        bail!(
+            "the primary has {} volumes, the secondary {}",
+            primary.volumes.len(),
+            replica.volumes.len()
+        );
+    }
+    for (p, r) in primary.volumes.iter().zip(&replica.volumes) {
+        if p.name != r.name || p.crc32c.len() != r.crc32c.len() {
+            bail!(
+                "volume {:?} on the primary does not match {:?} on the secondary",
+                p.name,
+                r.name
+            );
+        }
+        if let Some(i) = p.crc32c.iter().zip(&r.crc32c).position(|(a, b)| a != b) {
+            let offset = p.offset + i as u64 * primary.chunk_bytes;
+            return Ok(Some((p.name.clone(), offset, primary.chunk_bytes)));
+        }
+    }
+    Ok(None)
+}
+
+pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let whole = format!("digest {CHUNK_BYTES}");
+    let primary = digest(&args.primary, "the primary", &whole)?;
+    let replica = digest(&args.secondary, "the secondary", &whole)?;
+    if replica.data_set != primary.data_set {
+        bail!(
+            "the secondary is at data set {} but the primary's image is data set {}: \
+             verify needs both quiet (no writes while it runs)",
+            replica.data_set,
+            primary.data_set
+        );
+    }
+    let Some((volume, chunk_at, chunk_len)) = first_difference(&primary, &replica)? else {
+        writeln!(
+            out,
+            "replica matches primary at data set {}",
+            primary.data_set
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Narrow the chunk down to blocks.
+    let status: Status = parse(
+        &request(&args.primary, "status", STATUS_TIMEOUT)?,
+        "the primary",
+    )?;
+    let block = status
+        .volumes
+        .iter()
+        .find(|v| v.name == volume)
+        .map_or(4096, |v| u64::from(v.block_size));
+    let line = format!("digest {block} {volume} {chunk_at} {chunk_len}");
+    let p = digest(&args.primary, "the primary", &line)?;
+    let r = digest(&args.secondary, "the secondary", &line)?;
+    let (pv, rv) = (&p.volumes[0], &r.volumes[0]);
+    let differs: Vec<bool> = pv
+        .crc32c
+        .iter()
+        .zip(&rv.crc32c)
+        .map(|(a, b)| a != b)
+        .collect();
+    let first = differs.iter().position(|&d| d).unwrap_or(0);
+    let run = differs[first..].iter().take_while(|&&d| d).count().max(1);
+    let start = chunk_at + first as u64 * block;
+    let end = start + run as u64 * block;
+    writeln!(
+        out,
+        "replica differs from primary at data set {}: volume {volume} bytes {start}..{end} (first differing range)",
+        primary.data_set
+    )?;
+    Ok(ExitCode::FAILURE)
+}

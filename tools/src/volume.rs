@@ -1,0 +1,282 @@
+//! Volume specs as users write them (`NAME=mem:SIZE`, `NAME=file:PATH[:SIZE]`), byte sizes
+//! with binary suffixes, and `Volume`: one storage type over every backend so a daemon's
+//! volumes can mix them.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ordo_engine::storage::{
+    Completion, FileStorage, Geometry, IoTag, MemStorage, Storage, StorageError,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SpecError {
+    #[error("{0:?} is not a size (a number of bytes, optionally with K, M, G or T: binary units)")]
+    BadSize(String),
+    #[error("{0:?} is not NAME=mem:SIZE or NAME=file:PATH[:SIZE]")]
+    BadVolume(String),
+}
+
+/// A number of bytes; parses `4096`, `64K`, `256M`, `1G`, `2T` (and `64KiB`, ... too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::BadSize(text.to_string());
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (digits, suffix) = trimmed.split_at(split);
+        let number: u64 = digits.parse().map_err(|_| bad())?;
+        let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 0,
+            "K" | "KB" | "KIB" => 10,
+            "M" | "MB" | "MIB" => 20,
+            "G" | "GB" | "GIB" => 30,
+            "T" | "TB" | "TIB" => 40,
+            _ => return Err(bad()),
+        };
+        number.checked_mul(1 << shift).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        for (shift, unit) in UNITS {
+            if self.0 != 0 && self.0 % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// In a config file a size is a string (`"256M"`) or a plain number of bytes.
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Memory, zeroed at start: gone when the process ends.
+    Mem { size: u64 },
+    /// A file or block device; created (sparse) or extended to `size` when given.
+    File { path: PathBuf, size: Option<u64> },
+}
+
+/// One `--volume NAME=SPEC`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub backend: Backend,
+}
+
+impl FromStr for VolumeSpec {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::BadVolume(text.to_string());
+        let (name, spec) = text.split_once('=').ok_or_else(bad)?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        let backend = if let Some(size) = spec.strip_prefix("mem:") {
+            Backend::Mem {
+                size: size.parse::<ByteSize>()?.0,
+            }
+        } else if let Some(rest) = spec.strip_prefix("file:") {
+            // A trailing `:SIZE` is a size only if it parses as one; `file:a:b` is a path.
+            let (path, size) = match rest.rsplit_once(':') {
+                Some((path, size)) if size.parse::<ByteSize>().is_ok() => {
+                    (path, Some(size.parse::<ByteSize>()?.0))
+                }
+                _ => (rest, None),
+            };
+            if path.is_empty() {
+                return Err(bad());
+            }
+            Backend::File {
+                path: PathBuf::from(path),
+                size,
+            }
+        } else {
+            return Err(bad());
+        };
+        Ok(VolumeSpec {
+            name: name.to_string(),
+            backend,
+        })
+    }
+}
+
+impl fmt::Display for VolumeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.backend {
+            Backend::Mem { size } => write!(f, "{}=mem:{}", self.name, ByteSize(*size)),
+            Backend::File { path, size: None } => {
+                write!(f, "{}=file:{}", self.name, path.display())
+            }
+            Backend::File {
+                path,
+                size: Some(size),
+            } => write!(
+                f,
+                "{}=file:{}:{}",
+                self.name,
+                path.display(),
+                ByteSize(*size)
+            ),
+        }
+    }
+}
+
+impl Serialize for VolumeSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for VolumeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A volume on any backend.
+#[derive(Debug)]
+pub enum Volume {
+    Mem(MemStorage),
+    File(FileStorage),
+}
+
+impl Volume {
+    pub fn open(spec: &VolumeSpec, block_size: u32) -> Result<Volume, StorageError> {
+        match &spec.backend {
+            Backend::Mem { size } => Ok(Volume::Mem(MemStorage::new(Geometry::new(
+                *size, block_size,
+            )?)?)),
+            Backend::File { path, size } => {
+                Ok(Volume::File(FileStorage::open(path, *size, block_size)?))
+            }
+        }
+    }
+
+    fn inner(&self) -> &dyn Storage {
+        match self {
+            Volume::Mem(s) => s,
+            Volume::File(s) => s,
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn Storage {
+        match self {
+            Volume::Mem(s) => s,
+            Volume::File(s) => s,
+        }
+    }
+}
+
+impl Storage for Volume {
+    fn geometry(&self) -> Geometry {
+        self.inner().geometry()
+    }
+
+    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.inner_mut().submit_write(tag, offset, data)
+    }
+
+    fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.inner_mut().submit_read(tag, offset, buf)
+    }
+
+    fn submit_flush(&mut self, tag: IoTag) -> Result<(), StorageError> {
+        self.inner_mut().submit_flush(tag)
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+        self.inner_mut().poll(out, max)
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.inner().in_flight()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes_and_refuse_nonsense() {
+        let ok = |text: &str| text.parse::<ByteSize>().unwrap().0;
+        assert_eq!(ok("4096"), 4096);
+        assert_eq!(ok("64K"), 64 << 10);
+        assert_eq!(ok("256M"), 256 << 20);
+        assert_eq!(ok("1GiB"), 1 << 30);
+        assert_eq!(ok("2t"), 2 << 40);
+        for bad in ["", "M", "12Q", "-1", "1.5G", "99999999999T"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} parsed");
+        }
+        assert_eq!(ByteSize(256 << 20).to_string(), "256M");
+        assert_eq!(ByteSize(4097).to_string(), "4097");
+    }
+
+    #[test]
+    fn volume_specs_parse_and_print_back() {
+        let cases = [
+            ("data=mem:64M", "data", Backend::Mem { size: 64 << 20 }),
+            (
+                "log=file:/var/lib/ordo/log.img:1G",
+                "log",
+                Backend::File {
+                    path: "/var/lib/ordo/log.img".into(),
+                    size: Some(1 << 30),
+                },
+            ),
+            (
+                "db=file:/dev/loop3",
+                "db",
+                Backend::File {
+                    path: "/dev/loop3".into(),
+                    size: None,
+                },
+            ),
+        ];
+        for (text, name, backend) in cases {
+            let spec: VolumeSpec = text.parse().unwrap();
+            assert_eq!(spec.name, name);
+            assert_eq!(spec.backend, backend);
+            assert_eq!(spec.to_string(), text);
+        }
+        for bad in ["data", "=mem:1M", "data=mem:", "data=disk:/x", "data=file:"] {
+            assert!(bad.parse::<VolumeSpec>().is_err(), "{bad:?} parsed");
+        }
+    }
+}
