@@ -3,12 +3,12 @@
 //! queues the outcome; `poll` only hands out queued completions and never makes a syscall.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::completions::CompletionQueue;
+use super::volume_file::open_volume;
 use super::{Completion, Geometry, IoTag, Storage, StorageError};
 
 /// A volume backed by a regular file or a block device, opened read+write.
@@ -33,32 +33,9 @@ impl FileStorage {
         size_bytes: Option<u64>,
         block_size: u32,
     ) -> Result<FileStorage, StorageError> {
-        let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        let (file, size_bytes) = match size_bytes {
-            Some(size_bytes) => {
-                // Refuse a bad geometry before creating anything.
-                Geometry::new(size_bytes, block_size)?;
-                let file = options.create(true).truncate(false).open(path)?;
-                if volume_len(&file)? < size_bytes {
-                    if !file.metadata()?.is_file() {
-                        return Err(StorageError::BadGeometry(
-                            "device is smaller than the requested size",
-                        ));
-                    }
-                    file.set_len(size_bytes)?;
-                }
-                (file, size_bytes)
-            }
-            None => {
-                let file = options.open(path)?;
-                let size_bytes = volume_len(&file)?;
-                (file, size_bytes)
-            }
-        };
-        let geometry = Geometry::new(size_bytes, block_size)?;
-        debug_assert!(volume_len(&file).is_ok_and(|len| len >= geometry.size_bytes));
-
+        let (file, geometry) = open_volume(path, size_bytes, block_size, |options, path| {
+            options.open(path)
+        })?;
         let completions = CompletionQueue::new(geometry.max_in_flight)?;
         Ok(FileStorage {
             path: path.to_path_buf(),
@@ -79,18 +56,6 @@ impl FileStorage {
     fn complete(&mut self, tag: IoTag, result: std::io::Result<()>) {
         self.completions
             .push(tag, result.map_err(StorageError::from));
-    }
-}
-
-/// The length of a regular file, or of a block device, whose metadata length is 0; its
-/// size is where its end is.
-fn volume_len(file: &File) -> Result<u64, StorageError> {
-    let metadata = file.metadata()?;
-    if metadata.file_type().is_block_device() {
-        let mut handle = file;
-        Ok(handle.seek(SeekFrom::End(0))?)
-    } else {
-        Ok(metadata.len())
     }
 }
 

@@ -18,6 +18,7 @@ pub mod completions;
 pub mod file;
 pub mod inflight;
 pub mod mem;
+mod volume_file;
 
 pub use file::FileStorage;
 pub use mem::MemStorage;
