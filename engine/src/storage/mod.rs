@@ -15,6 +15,8 @@
 //! - at most `max_in_flight` requests are in flight; one more is `QueueFull` (backpressure).
 
 pub mod completions;
+#[cfg(test)]
+mod contract_tests;
 pub mod file;
 pub mod inflight;
 pub mod mem;
