@@ -1,6 +1,7 @@
-//! A volume on a file or block device through positional I/O, the stand-in until io_uring.
-//! Each request runs its syscall inside `submit_*` (so a submit may block on the disk) and
-//! queues the outcome; `poll` only hands out queued completions and never makes a syscall.
+//! A volume on a file or block device through positional I/O: the simple, portable backend
+//! beside io_uring (`uring`). Each request runs its syscall inside `submit_*` (so a submit
+//! may block on the disk) and queues the outcome; `poll` only hands out queued completions
+//! and never makes a syscall.
 
 use std::fmt;
 use std::fs::File;
