@@ -116,6 +116,9 @@ impl fmt::Debug for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::contract_tests::{
+        completions_only_from_poll_bounded_by_max, refuses_invalid_requests,
+    };
     use crate::storage::read_blocking;
 
     const BLOCK_SIZES: [u32; 2] = [512, 4096];
@@ -222,45 +225,7 @@ mod tests {
             let size = VOLUME_BLOCKS * block;
             let mut storage = small(block_size);
             let one = vec![0xffu8; block_size as usize];
-            let two = vec![0xffu8; 2 * block_size as usize];
-            let too_large = vec![0xffu8; (MAX_IO_BLOCKS + 1) as usize * block_size as usize];
-            let last_aligned = u64::MAX - block + 1;
-
-            let unaligned = |offset: u64, len: usize| StorageError::Unaligned {
-                offset,
-                len: len as u64,
-                block_size,
-            };
-            let out_of_range = |offset: u64, len: usize| StorageError::OutOfRange {
-                offset,
-                len: len as u64,
-                size,
-            };
-            let cases: [(u64, &[u8], StorageError); 8] = [
-                (1, &one, unaligned(1, one.len())),
-                (block / 2, &one, unaligned(block / 2, one.len())),
-                (0, &one[1..], unaligned(0, one.len() - 1)),
-                (0, &[], unaligned(0, 0)),
-                (size, &one, out_of_range(size, one.len())),
-                (size - block, &two, out_of_range(size - block, two.len())),
-                (last_aligned, &one, out_of_range(last_aligned, one.len())),
-                (
-                    0,
-                    &too_large,
-                    StorageError::TooLarge {
-                        len: too_large.len() as u64,
-                        max: MAX_IO_BLOCKS * block_size,
-                    },
-                ),
-            ];
-            for (offset, data, expected) in cases {
-                assert_eq!(storage.submit_write(9, offset, data), Err(expected.clone()));
-                let mut buf = vec![0xaau8; data.len()];
-                assert_eq!(storage.submit_read(9, offset, &mut buf), Err(expected));
-                assert!(buf.iter().all(|&b| b == 0xaa), "read buffer untouched");
-            }
-            assert_eq!(storage.in_flight(), 0);
-            assert!(poll_all(&mut storage).is_empty());
+            refuses_invalid_requests(&mut storage);
             assert!(
                 storage.contents().iter().all(|&b| b == 0),
                 "nothing written"
@@ -310,24 +275,8 @@ mod tests {
     }
 
     #[test]
-    fn completions_come_only_from_poll_in_order_and_bounded_by_max() {
-        let mut storage = small(512);
-        let data = pattern(512, 3);
-        storage.submit_write(10, 0, &data).unwrap();
-        storage.submit_flush(11).unwrap();
-        storage.submit_write(12, 512, &data).unwrap();
-        assert_eq!(storage.in_flight(), 3, "nothing completed inside submit");
-
-        let mut out = vec![ok(99)];
-        assert_eq!(storage.poll(&mut out, 0), 0);
-        assert_eq!(storage.poll(&mut out, 2), 2);
-        assert_eq!(storage.in_flight(), 1);
-        assert_eq!(storage.poll(&mut out, 2), 1);
-        assert_eq!(storage.poll(&mut out, 2), 0);
-        let tags: Vec<IoTag> = out.iter().map(|c| c.tag).collect();
-        assert_eq!(tags, [99, 10, 11, 12], "appended, in submission order");
-        assert!(out.iter().all(|c| c.result.is_ok()));
-        assert_eq!(storage.in_flight(), 0);
+    fn completions_come_only_from_poll_bounded_by_max() {
+        completions_only_from_poll_bounded_by_max(&mut small(512));
     }
 
     #[test]

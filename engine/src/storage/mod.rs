@@ -1,6 +1,8 @@
 //! The storage seam: one trait for a block volume in a completion model (submit a write,
 //! read or flush with a tag, poll for completions), so that in-memory volumes, files,
 //! io_uring and SPDK bdevs all fit behind it and the engine never knows which it has.
+//! Backends here: `mem` (simulator and tests), `file` (positional I/O inside submit) and,
+//! on Linux, `uring` (io_uring, O_DIRECT where the filesystem allows it).
 //!
 //! Contract every backend keeps (and `check_io` enforces):
 //! - offsets and lengths are multiples of the block size, inside the volume, and a single
@@ -14,13 +16,28 @@
 //!   is durable;
 //! - at most `max_in_flight` requests are in flight; one more is `QueueFull` (backpressure).
 
+// Only uring needs unsafe; every other storage module forbids it.
+#[forbid(unsafe_code)]
 pub mod completions;
+#[cfg(test)]
+#[forbid(unsafe_code)]
+mod contract_tests;
+#[forbid(unsafe_code)]
 pub mod file;
+#[forbid(unsafe_code)]
 pub mod inflight;
+#[forbid(unsafe_code)]
 pub mod mem;
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // io_uring: SQEs point the kernel at our buffers (see uring.rs).
+pub mod uring;
+#[forbid(unsafe_code)]
+mod volume_file;
 
 pub use file::FileStorage;
 pub use mem::MemStorage;
+#[cfg(target_os = "linux")]
+pub use uring::UringStorage;
 
 use thiserror::Error;
 
