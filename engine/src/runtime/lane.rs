@@ -15,6 +15,8 @@ use crate::protocol::{decode, frame_len, DecodeError, Frame, PeerError, HEADER_B
 pub enum LaneError {
     #[error("connection closed by the peer")]
     Closed,
+    #[error("connection closed mid-frame ({0} bytes of a frame received): truncated frame")]
+    Truncated(usize),
     #[error("socket: {0}")]
     Io(#[from] io::Error),
     #[error("bad frame: {0}")]
@@ -65,6 +67,7 @@ impl Lane {
         let mut frames = 0;
         loop {
             match self.stream.read(&mut self.rx[self.rx_len..]) {
+                Ok(0) if self.rx_len > 0 => return Err(LaneError::Truncated(self.rx_len)),
                 Ok(0) => return Err(LaneError::Closed),
                 Ok(read) => self.rx_len += read,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(frames),

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use thiserror::Error;
 
 use crate::protocol::{DataSetId, GroupId, RecordKind, Seq, VolumeId};
-use crate::storage::{read_blocking, wait_for, Completion, IoTag, Storage, StorageError};
+use crate::storage::{read_blocking, wait_for, Completion, Geometry, IoTag, Storage, StorageError};
 
 pub const RECORD_HEADER_BYTES: usize = 72;
 const SUPERBLOCK_BYTES: usize = 104;
@@ -47,6 +47,20 @@ pub enum JournalError {
     WrongGroup { expected: u64, found: u64 },
     #[error("journal of {size} bytes is too small: it needs {needed}")]
     TooSmall { size: u64, needed: u64 },
+    #[error("the journal device takes requests of up to {max_io} bytes, but a record of the largest write is {record} bytes")]
+    RequestsTooSmall { max_io: u32, record: u64 },
+}
+
+/// The journal writes each record, header and payload, in one request.
+fn check_requests(geometry: &Geometry, max_write_bytes: u32) -> Result<(), JournalError> {
+    let record = record_bytes(max_write_bytes, geometry.block_size);
+    if u64::from(geometry.max_io_bytes) < record {
+        return Err(JournalError::RequestsTooSmall {
+            max_io: geometry.max_io_bytes,
+            record,
+        });
+    }
+    Ok(())
 }
 
 /// The persistent applied state.
@@ -282,6 +296,7 @@ impl<S: Storage> Journal<S> {
         max_write_bytes: u32,
     ) -> Result<Journal<S>, JournalError> {
         let geometry = storage.geometry();
+        check_requests(&geometry, max_write_bytes)?;
         let needed = required_bytes(window_bytes, max_write_bytes, geometry.block_size);
         if geometry.size_bytes < needed {
             return Err(JournalError::TooSmall {
@@ -351,6 +366,7 @@ impl<S: Storage> Journal<S> {
                 found: superblock.group.0,
             });
         }
+        check_requests(&storage.geometry(), superblock.max_write_bytes)?;
         let mut journal = Journal::with_superblock(storage, superblock);
         // A new life. Writing its superblock also flushes the device, so what a process
         // that died wrote without flushing (records, the newer superblock) is durable

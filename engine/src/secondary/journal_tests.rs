@@ -206,3 +206,42 @@ fn open_refuses_an_unformatted_or_foreign_journal() {
         Err(JournalError::TooSmall { .. })
     ));
 }
+
+/// A record (header block and payload) goes to the device in one request, so a device
+/// whose requests are smaller than a record of the largest write is refused up front, at
+/// format and at open, rather than failing the first large write.
+#[test]
+fn a_device_that_cannot_take_a_whole_record_is_refused() {
+    let size = required_bytes(WINDOW, MAX_WRITE, 4096);
+    let narrow = |max_io_bytes| Geometry {
+        max_io_bytes,
+        ..Geometry::new(size, 4096).unwrap()
+    };
+    let record = record_bytes(MAX_WRITE, 4096);
+    assert_eq!(record, u64::from(MAX_WRITE) + 4096);
+    let too_narrow = MemStorage::new(narrow(MAX_WRITE)).unwrap();
+    assert_eq!(
+        Journal::format(too_narrow, GROUP, 0x1d, WINDOW, MAX_WRITE).unwrap_err(),
+        JournalError::RequestsTooSmall {
+            max_io: MAX_WRITE,
+            record
+        }
+    );
+    let exact = MemStorage::new(narrow(record as u32)).unwrap();
+    assert!(Journal::format(exact, GROUP, 0x1d, WINDOW, MAX_WRITE).is_ok());
+
+    // The same device contents behind narrower requests: open refuses too.
+    let mut journal = fresh();
+    settle(&mut journal);
+    let contents = journal.into_storage().contents().to_vec();
+    let mut reopened = MemStorage::new(narrow(MAX_WRITE)).unwrap();
+    reopened
+        .submit_write(1, 0, &contents[..MAX_WRITE as usize])
+        .unwrap();
+    let mut done = Vec::new();
+    reopened.poll(&mut done, 8);
+    assert!(matches!(
+        Journal::open(reopened, GROUP),
+        Err(JournalError::RequestsTooSmall { .. })
+    ));
+}

@@ -46,6 +46,18 @@ impl FileStorage {
         })
     }
 
+    /// Raises or lowers the largest single request (default 1 MiB), e.g. for a journal
+    /// whose records are a block larger than the largest write.
+    pub fn set_max_io_bytes(&mut self, max_io_bytes: u32) -> Result<(), StorageError> {
+        let geometry = Geometry {
+            max_io_bytes,
+            ..self.geometry
+        };
+        geometry.validate()?;
+        self.geometry = geometry;
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -18,7 +18,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use self::pool::BufferPool;
 use super::completions::CompletionQueue;
 use super::volume_file::open_volume;
-use super::{Completion, Geometry, IoTag, Storage, StorageError};
+use super::{Completion, Geometry, IoTag, Storage, StorageError, DEFAULT_MAX_IO_BYTES};
 
 /// Largest `queue_depth`. Each request in flight owns a `max_io_bytes` buffer (1 MiB), so
 /// this is already 4 GiB of buffers for one volume.
@@ -76,6 +76,8 @@ struct RingConfig {
     sq_entries: u32,
     /// Behave as on a filesystem that refuses O_DIRECT (for tests of the fallback).
     refuse_direct: bool,
+    /// Largest request, and so the size of each pooled buffer.
+    max_io_bytes: u32,
 }
 
 impl UringStorage {
@@ -93,9 +95,28 @@ impl UringStorage {
         block_size: u32,
         queue_depth: u32,
     ) -> Result<UringStorage, StorageError> {
+        UringStorage::open_with_max_io(
+            path,
+            size_bytes,
+            block_size,
+            queue_depth,
+            DEFAULT_MAX_IO_BYTES,
+        )
+    }
+
+    /// `open` with another largest request (and so buffer size) than the default 1 MiB:
+    /// a journal's records are a block larger than the largest write they carry.
+    pub fn open_with_max_io(
+        path: &Path,
+        size_bytes: Option<u64>,
+        block_size: u32,
+        queue_depth: u32,
+        max_io_bytes: u32,
+    ) -> Result<UringStorage, StorageError> {
         let config = RingConfig {
             sq_entries: queue_depth,
             refuse_direct: false,
+            max_io_bytes,
         };
         UringStorage::open_with(path, size_bytes, block_size, queue_depth, config)
     }
@@ -125,6 +146,7 @@ impl UringStorage {
         })?;
         let geometry = Geometry {
             max_in_flight: queue_depth,
+            max_io_bytes: config.max_io_bytes,
             ..geometry
         };
         geometry.validate()?;

@@ -10,10 +10,40 @@ pub mod secondary;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender};
 
-use report::{ControlRequest, Digest, VolumeDigest};
+use report::{ControlRequest, Digest, Status, VolumeDigest};
+
+/// A request for the daemon's status, answered by its poller on its next round, so the
+/// reply reflects every request acknowledged before it was asked.
+pub type StatusAsk = Sender<Status>;
+
+/// Status asks waiting at once; more are refused.
+const MAX_STATUS_ASKS: usize = 16;
+/// How long a status waits for the poller.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+
+pub fn status_channel() -> (Sender<StatusAsk>, Receiver<StatusAsk>) {
+    crossbeam_channel::bounded(MAX_STATUS_ASKS)
+}
+
+/// Asks the poller for its status; `None` if it is busy or gone.
+pub fn ask_status(asks: &Sender<StatusAsk>) -> Option<Status> {
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    asks.try_send(reply).ok()?;
+    answer.recv_timeout(STATUS_WAIT).ok()
+}
+
+/// The status reply of the control socket.
+pub fn status_json(asks: &Sender<StatusAsk>) -> String {
+    match ask_status(asks) {
+        Some(status) => serde_json::to_string(&status).unwrap_or_default(),
+        None => report::error_json("the daemon's poller did not answer"),
+    }
+}
 
 /// Sets the returned flag on SIGTERM or SIGINT.
 pub fn termination_flag() -> Result<Arc<AtomicBool>> {

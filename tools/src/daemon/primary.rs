@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -21,11 +21,15 @@ use super::nbd_export::{listen, NbdVolume};
 use super::report::{
     error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport, Writes,
 };
-use super::{control, digest, digest_plan, init_logging, termination_flag};
+use super::{
+    ask_status, control, digest, digest_plan, init_logging, status_channel, status_json,
+    termination_flag, StatusAsk,
+};
 use crate::volume::Volume;
+use crossbeam_channel::Sender;
 
-/// How often the poller refreshes the status the control socket serves.
-const STATUS_EVERY_MS: u64 = 100;
+/// How often the poller looks at its status for the log.
+const WATCH_EVERY_MS: u64 = 100;
 /// How long a digest waits for the secondary to apply the data set it closes.
 const DIGEST_APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -54,10 +58,10 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     let frontend = service.frontend();
 
     let started = Instant::now();
-    let status = Arc::new(Mutex::new(Status::default()));
+    let (asks, ask_queue) = status_channel();
     let handler = {
-        let (status, frontend, reports) = (Arc::clone(&status), frontend.clone(), reports.clone());
-        move |line: &str| control_reply(line, &status, &frontend, &reports, max_io)
+        let (frontend, reports) = (frontend.clone(), reports.clone());
+        move |line: &str| control_reply(line, &asks, &frontend, &reports, max_io)
     };
     control::serve(&settings.control, Arc::new(handler))?;
     let closing = Arc::new(AtomicBool::new(false));
@@ -85,14 +89,23 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     let idle = settings.idle.policy();
     let clock = || started.elapsed().as_millis() as u64;
     let mut watch = Watch::default();
-    let mut next_status = 0;
+    let mut next_watch = 0;
     // Relaxed: a flag set by the signal handler; it orders nothing else.
     while !terminate.load(Ordering::Relaxed) {
         let now = clock();
-        let did = service.poll(now);
-        if now >= next_status {
-            publish(&mut service, now, &settings, &reports, &status, &mut watch);
-            next_status = now + STATUS_EVERY_MS;
+        let mut did = service.poll(now);
+        while let Ok(reply) = ask_queue.try_recv() {
+            let _ = reply.send(status_report(
+                &service.status(now),
+                now,
+                &settings,
+                &reports,
+            ));
+            did = true;
+        }
+        if now >= next_watch {
+            log_changes(&service.status(now), &mut watch);
+            next_watch = now + WATCH_EVERY_MS;
         }
         idle.after_round(did);
     }
@@ -141,15 +154,7 @@ struct Watch {
     waiting: bool,
 }
 
-fn publish(
-    service: &mut PrimaryService<Volume>,
-    now_ms: u64,
-    settings: &PrimarySettings,
-    volumes: &[VolumeReport],
-    status: &Mutex<Status>,
-    watch: &mut Watch,
-) {
-    let s = service.status(now_ms);
+fn log_changes(s: &PrimaryStatus, watch: &mut Watch) {
     if s.lanes_up != watch.lanes_up {
         tracing::info!("{} of {} lanes up", s.lanes_up, s.lanes);
         watch.lanes_up = s.lanes_up;
@@ -166,11 +171,6 @@ fn publish(
             tracing::warn!("retention window full: writes wait for the secondary");
         }
         watch.waiting = s.window_full;
-    }
-    let report = status_report(&s, now_ms, settings, volumes);
-    // Never wait on the control thread: a busy lock means the next round publishes.
-    if let Ok(mut slot) = status.try_lock() {
-        *slot = report;
     }
 }
 
@@ -224,16 +224,15 @@ fn status_report(
 
 fn control_reply(
     line: &str,
-    status: &Mutex<Status>,
+    asks: &Sender<StatusAsk>,
     frontend: &Frontend,
     volumes: &[VolumeReport],
     max_io: u32,
 ) -> String {
-    let current = || status.lock().map(|s| s.clone()).unwrap_or_default();
     match ControlRequest::parse(line) {
         Err(why) => error_json(&why),
-        Ok(ControlRequest::Status) => serde_json::to_string(&current()).unwrap_or_default(),
-        Ok(request) => match primary_digest(&request, &current, frontend, volumes, max_io) {
+        Ok(ControlRequest::Status) => status_json(asks),
+        Ok(request) => match primary_digest(&request, asks, frontend, volumes, max_io) {
             Ok(digest) => serde_json::to_string(&digest).unwrap_or_default(),
             Err(why) => error_json(&why),
         },
@@ -244,7 +243,7 @@ fn control_reply(
 /// waits until the secondary applied it, reads, and refuses if writes came in meanwhile.
 fn primary_digest(
     request: &ControlRequest,
-    current: &dyn Fn() -> Status,
+    asks: &Sender<StatusAsk>,
     frontend: &Frontend,
     volumes: &[VolumeReport],
     max_io: u32,
@@ -273,9 +272,11 @@ fn primary_digest(
     };
     let data_set = call(Op::Flush, Vec::new())?.data_set.0;
     let deadline = Instant::now() + DIGEST_APPLY_TIMEOUT;
+    let current =
+        || ask_status(asks).ok_or_else(|| "the primary's poller did not answer".to_string());
     let before = loop {
-        let status = current();
-        if status.data_sets.applied >= data_set && status.uptime_ms > 0 {
+        let status = current()?;
+        if status.data_sets.applied >= data_set {
             break status;
         }
         if Instant::now() > deadline {
@@ -307,7 +308,7 @@ fn primary_digest(
             Ok(())
         },
     )?;
-    let after = current();
+    let after = current()?;
     let accepted = |s: &Status| s.writes.as_ref().map_or(0, |w| w.accepted);
     if accepted(&after) != accepted(&before) || after.data_sets.last_closed != Some(data_set) {
         return Err(format!(

@@ -9,23 +9,26 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::Sender;
 use ordo_engine::protocol::{GroupId, VolumeId};
 use ordo_engine::runtime::secondary_node::SecondaryNode;
-use ordo_engine::secondary::journal::required_bytes;
+use ordo_engine::secondary::journal::{record_bytes, required_bytes};
 use ordo_engine::secondary::{Secondary, SecondaryConfig};
-use ordo_engine::storage::{FileStorage, Storage};
+use ordo_engine::storage::Storage;
 
 use super::config::{pin, print_banner, SecondaryOptions, SecondarySettings};
 use super::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
-use super::{control, digest, digest_plan, init_logging, termination_flag};
+use super::{
+    control, digest, digest_plan, init_logging, status_channel, status_json, termination_flag,
+};
 use crate::volume::{Backend, Volume};
 
-const STATUS_EVERY_MS: u64 = 100;
+/// How often the poller looks for a failure to log.
+const WATCH_EVERY_MS: u64 = 100;
 /// A digest waits this long for the secondary to be between data sets.
 const DIGEST_QUIET_TIMEOUT_MS: u64 = 10_000;
 /// On SIGTERM, finish the data set being applied for at most this long.
@@ -63,16 +66,12 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     let max_write = u32::try_from(settings.max_write_bytes.0).unwrap_or(u32::MAX);
     let mut node = SecondaryNode::new(secondary, listener, settings.lanes, max_write)?;
 
-    let status = Arc::new(Mutex::new(Status::default()));
+    let (asks, ask_queue) = status_channel();
     let (jobs, job_queue) = crossbeam_channel::bounded::<DigestJob>(4);
     let handler = {
-        let status = Arc::clone(&status);
         move |line: &str| match ControlRequest::parse(line) {
             Err(why) => error_json(&why),
-            Ok(ControlRequest::Status) => {
-                let current = status.lock().map(|s| s.clone()).unwrap_or_default();
-                serde_json::to_string(&current).unwrap_or_default()
-            }
+            Ok(ControlRequest::Status) => status_json(&asks),
             Ok(request) => {
                 let (reply, answer) = crossbeam_channel::bounded(1);
                 if jobs.try_send((request, reply)).is_err() {
@@ -96,7 +95,7 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     let idle = settings.idle.policy();
     let started = Instant::now();
     let clock = || started.elapsed().as_millis() as u64;
-    let mut next_status = 0;
+    let mut next_watch = 0;
     let mut digest_job: Option<(DigestJob, u64)> = None;
     let mut reported_failure = false;
     // Relaxed: a flag set by the signal handler; it orders nothing else.
@@ -115,16 +114,16 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
                 None => digest_job = Some(((request, reply), since)),
             }
         }
-        if now >= next_status {
-            let report = status_report(&node, now, &settings, &reports);
-            if let (Some(failure), false) = (&report.failure, reported_failure) {
+        while let Ok(reply) = ask_queue.try_recv() {
+            let _ = reply.send(status_report(&node, now, &settings, &reports));
+            did = true;
+        }
+        if now >= next_watch {
+            if let (Some(failure), false) = (node.secondary().failure(), reported_failure) {
                 tracing::error!("secondary failed: {failure}");
                 reported_failure = true;
             }
-            if let Ok(mut slot) = status.try_lock() {
-                *slot = report;
-            }
-            next_status = now + STATUS_EVERY_MS;
+            next_watch = now + WATCH_EVERY_MS;
         }
         idle.after_round(did);
     }
@@ -151,6 +150,9 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
     let config = secondary_config(settings);
     let path = settings.state_dir.join(JOURNAL_FILE);
     let existing = path.exists();
+    // Each journal record goes to the device in one request: header block and payload.
+    let record_io = u32::try_from(record_bytes(config.max_write_bytes, settings.block_size))
+        .context("--max-write-bytes is too large")?;
     if existing {
         if let Some(spec) = settings
             .volume
@@ -172,9 +174,9 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
         replicas.push(replica);
     }
     if existing {
-        let journal = FileStorage::open(&path, None, settings.block_size)
+        let journal = Volume::open_file(&path, None, settings.block_size, record_io)
             .with_context(|| format!("opening journal {}", path.display()))?;
-        let secondary = Secondary::open(config, Volume::File(journal), replicas)
+        let secondary = Secondary::open(config, journal, replicas)
             .with_context(|| format!("recovering from journal {}", path.display()))?;
         tracing::info!(
             "recovered from {}: applied {}, {} records restaged",
@@ -198,10 +200,10 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
     let size = size.next_multiple_of(u64::from(settings.block_size));
     let fresh = settings.state_dir.join(format!("{JOURNAL_FILE}.new"));
     let _ = std::fs::remove_file(&fresh);
-    let journal = FileStorage::open(&fresh, Some(size), settings.block_size)
+    let journal = Volume::open_file(&fresh, Some(size), settings.block_size, record_io)
         .with_context(|| format!("creating journal {}", fresh.display()))?;
     let journal_id = RandomState::new().build_hasher().finish() | 1;
-    let secondary = Secondary::create(config, journal_id, Volume::File(journal), replicas)
+    let secondary = Secondary::create(config, journal_id, journal, replicas)
         .context("formatting the journal")?;
     std::fs::rename(&fresh, &path).context("naming the new journal")?;
     sync_dir(&settings.state_dir)?;

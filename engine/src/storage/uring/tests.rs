@@ -34,6 +34,7 @@ impl FileVolume for Buffered {
         let config = RingConfig {
             sq_entries: QUEUE_DEPTH,
             refuse_direct: true,
+            max_io_bytes: DEFAULT_MAX_IO_BYTES,
         };
         let storage = UringStorage::open_with(path, size_bytes, block_size, QUEUE_DEPTH, config)?;
         assert!(!storage.direct_io());
@@ -100,6 +101,7 @@ fn a_full_submission_queue_is_submitted_to_make_room() {
     let config = RingConfig {
         sq_entries: 2,
         refuse_direct: false,
+        max_io_bytes: DEFAULT_MAX_IO_BYTES,
     };
     let mut storage = UringStorage::open_with(&path, Some(VOLUME_BYTES), 512, 8, config).unwrap();
     assert_eq!(storage.ring.submission().capacity(), 2);

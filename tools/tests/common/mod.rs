@@ -1,0 +1,280 @@
+//! Helpers for tests that run real `ordo` daemons: spawning and killing them, their
+//! control sockets, a small NBD client, and waiting for a condition with a deadline.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the helpers"
+)]
+
+pub mod nbd;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ORDO: &str = env!("CARGO_BIN_EXE_ordo");
+
+/// Polls `condition` until it holds; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A running `ordo` daemon whose output goes to files; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    pub control: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `ordo ARGS` with logs in `dir`, and waits until its control socket answers.
+    pub fn start(name: &str, dir: &Path, args: &[String], control: &Path) -> Daemon {
+        let mut daemon = Daemon {
+            name: name.to_string(),
+            args: args.to_vec(),
+            child: None,
+            stdout: dir.join(format!("{name}.out")),
+            stderr: dir.join(format!("{name}.err")),
+            control: control.to_path_buf(),
+        };
+        daemon.restart();
+        daemon
+    }
+
+    /// Starts the same command again (after a kill), appending to the same logs.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        let open = |path: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap()
+        };
+        let child = Command::new(ORDO)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(open(&self.stdout))
+            .stderr(open(&self.stderr))
+            .spawn()
+            .expect("ordo starts");
+        self.child = Some(child);
+        let control = self.control.clone();
+        let name = self.name.clone();
+        wait_until(
+            &format!("{name} answers on its control socket"),
+            Duration::from_secs(30),
+            || {
+                assert!(self.running(), "{name} exited: {}", self.log());
+                control_request(&control, "status").is_some()
+            },
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM; waits for the exit and returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it logged (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// What it printed (stdout: the effective configuration).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Value {
+        control_request(&self.control, "status").expect("the daemon answers")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One control-socket request; `None` if nobody answers.
+pub fn control_request(path: &Path, line: &str) -> Option<Value> {
+    let mut stream = UnixStream::connect(path).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .ok()?;
+    stream.write_all(format!("{line}\n").as_bytes()).ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    serde_json::from_str(&reply).ok()
+}
+
+pub fn number(value: &Value, path: &[&str]) -> u64 {
+    let mut v = value;
+    for key in path {
+        v = &v[key];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {value}"))
+}
+
+/// `ordo ARGS`, run to completion: (success, stdout + stderr).
+pub fn ordo(args: &[&str]) -> (bool, String) {
+    let output = Command::new(ORDO).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// A secondary and a primary on loopback with one `file:` volume each, in `dir`.
+#[derive(Debug)]
+pub struct Pair {
+    pub secondary: Daemon,
+    pub primary: Daemon,
+    pub nbd: SocketAddr,
+    pub primary_image: PathBuf,
+    pub replica_image: PathBuf,
+}
+
+impl Pair {
+    pub fn start(dir: &Path, size: &str, extra_primary: &[&str]) -> Pair {
+        let port = free_port();
+        let secondary = Self::secondary(dir, port, size);
+        let nbd: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let primary_image = dir.join("primary.img");
+        let control = dir.join("primary.sock");
+        let mut args: Vec<String> = [
+            "primary",
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--volume",
+            &format!("data=file:{}:{size}", primary_image.display()),
+            "--nbd",
+            &nbd.to_string(),
+            "--control",
+            &control.display().to_string(),
+            "--lanes",
+            "4",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(extra_primary.iter().map(ToString::to_string));
+        let primary = Daemon::start("primary", dir, &args, &control);
+        Pair {
+            secondary,
+            primary,
+            nbd,
+            primary_image,
+            replica_image: dir.join("replica.img"),
+        }
+    }
+
+    pub fn secondary(dir: &Path, port: u16, size: &str) -> Daemon {
+        let state = dir.join("state");
+        let args: Vec<String> = [
+            "secondary",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+            &state.display().to_string(),
+            "--volume",
+            &format!("data=file:{}:{size}", dir.join("replica.img").display()),
+            "--window-bytes",
+            "64M",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        Daemon::start("secondary", dir, &args, &state.join("control.sock"))
+    }
+
+    /// Waits until the secondary applied everything the primary closed.
+    pub fn wait_caught_up(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.primary.status();
+            if number(&s, &["data_sets", "applied"]) == number(&s, &["data_sets", "last_closed"]) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the secondary did not apply every closed data set in {limit:?}\nprimary: {s}\nsecondary: {:?}\nprimary log:\n{}\nsecondary log:\n{}",
+                    control_request(&self.secondary.control, "status"),
+                    self.primary.log(),
+                    self.secondary.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn verify(&self) -> (bool, String) {
+        ordo(&[
+            "verify",
+            "--primary",
+            &self.primary.control.display().to_string(),
+            "--secondary",
+            &self.secondary.control.display().to_string(),
+        ])
+    }
+}
