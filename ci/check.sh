@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What CI runs, in order: toolchain check, format, lints, the README's test command, a
 # thousand simulation seeds, and the demo. Each step must pass; the script stops at the
-# first failure. Runs from any directory; needs only a Rust toolchain (cargo, rustfmt,
-# clippy) and crates.io.
+# first failure. Runs from any directory; needs a Rust toolchain (cargo, rustfmt, clippy),
+# crates.io, and apt-get for the NBD clients the daemon tests use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,11 +21,18 @@ for component in rustfmt clippy; do
 done
 
 step "system packages"
-# qemu-io (qemu-utils) is the real NBD client the NBD server's test talks to.
-if ! command -v qemu-io >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils
+# The real NBD clients the tests drive the primary with: qemu-io and qemu-img
+# (qemu-utils), nbdcopy and nbdinfo (libnbd-bin), and fio with its nbd engine.
+missing=()
+command -v qemu-io >/dev/null || missing+=(qemu-utils)
+command -v nbdcopy >/dev/null || missing+=(libnbd-bin)
+command -v fio >/dev/null || missing+=(fio)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 qemu-io --version | head -n 1
+nbdcopy --version | head -n 1
+fio --version
 
 step "format"
 cargo fmt --all --check

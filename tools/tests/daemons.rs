@@ -464,3 +464,40 @@ fn bad_input_to_the_secondary_is_refused_and_changes_nothing() {
     assert_eq!(number(&secondary.status(), &["data_sets", "applied"]), 0);
     assert!(secondary.running());
 }
+
+/// `ordo verify` can fail: a replica block changed behind the secondary's back is found,
+/// and named by its byte range, with exit status 1.
+#[test]
+fn verify_names_the_first_block_range_that_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = Pair::start(dir.path(), "8M", &[]);
+    let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
+    let image = random_bytes(8 << 20, 9);
+    for chunk in 0..8 {
+        let at = chunk << 20;
+        assert_eq!(
+            client.write(at as u64, &image[at..at + (1 << 20)]).unwrap(),
+            0
+        );
+    }
+    assert_eq!(client.flush().unwrap(), 0);
+    client.disconnect();
+    pair.wait_caught_up(CATCH_UP);
+    assert_verifies(&pair);
+
+    assert!(pair.secondary.terminate().success());
+    let damaged_at = (5 << 20) + 2 * BLOCK;
+    let mut replica = std::fs::read(&pair.replica_image).unwrap();
+    for byte in &mut replica[damaged_at..damaged_at + 2 * BLOCK] {
+        *byte = !*byte;
+    }
+    std::fs::write(&pair.replica_image, &replica).unwrap();
+    pair.secondary.restart();
+    let (ok, out) = pair.verify();
+    assert!(!ok, "verify passed over a damaged replica: {out}");
+    let range = format!("bytes {damaged_at}..{}", damaged_at + 2 * BLOCK);
+    assert!(
+        out.contains("replica differs from primary") && out.contains(&range),
+        "{out}"
+    );
+}
