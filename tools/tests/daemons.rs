@@ -501,3 +501,51 @@ fn verify_names_the_first_block_range_that_differs() {
         "{out}"
     );
 }
+
+/// With the secondary gone and the retention window full, writes wait (the client is not
+/// refused) and status says so; once the secondary is back they complete, and status
+/// counts how many waited and for how long.
+#[test]
+fn a_full_retention_window_makes_writes_wait_visibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = Pair::start(
+        dir.path(),
+        "16M",
+        &["--window-bytes", "4M", "--max-write-bytes", "256K"],
+    );
+    pair.secondary.kill9();
+    let image = random_bytes(12 << 20, 12);
+    let writer = {
+        let (image, nbd) = (image.clone(), pair.nbd);
+        std::thread::spawn(move || {
+            let mut client = NbdClient::connect(nbd, "data").unwrap();
+            for (i, chunk) in image.chunks(256 << 10).enumerate() {
+                assert_eq!(client.write((i * chunk.len()) as u64, chunk).unwrap(), 0);
+            }
+            assert_eq!(client.flush().unwrap(), 0);
+            client.disconnect();
+        })
+    };
+    wait_until(
+        "status says writes are waiting",
+        Duration::from_secs(30),
+        || pair.primary.status()["writes"]["waiting_now"] == true,
+    );
+    let status = pair.primary.status();
+    assert!(
+        number(&status, &["retention", "used_bytes"]) <= 4 << 20,
+        "{status}"
+    );
+    assert!(!writer.is_finished(), "the writes should be waiting");
+    pair.secondary.restart();
+    writer.join().unwrap();
+    pair.wait_caught_up(CATCH_UP);
+    let status = pair.primary.status();
+    assert!(number(&status, &["writes", "waited"]) >= 1, "{status}");
+    assert!(number(&status, &["writes", "wait_ms_max"]) > 0, "{status}");
+    assert_eq!(status["writes"]["waiting_now"], false);
+    assert_verifies(&pair);
+    let mut expected = image;
+    expected.resize(16 << 20, 0);
+    assert_file_equals(&pair.replica_image, &expected);
+}
