@@ -423,6 +423,21 @@ mod tests {
         assert!(rendered.contains("window_bytes = \"64M\""), "{rendered}");
     }
 
+    /// The README's example configurations stay valid.
+    #[test]
+    fn the_example_configurations_parse() {
+        let primary: PrimaryOptions =
+            toml::from_str(include_str!("../../../examples/primary.toml")).unwrap();
+        assert_eq!(primary.volume.len(), 2);
+        assert_eq!(primary.idle, Some(Idle::Spin));
+        let secondary: SecondaryOptions =
+            toml::from_str(include_str!("../../../examples/secondary.toml")).unwrap();
+        assert_eq!(secondary.window_bytes, Some(ByteSize(512 << 20)));
+        assert_eq!(secondary.group, primary.group);
+        let names = |v: &[VolumeSpec]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&primary.volume), names(&secondary.volume));
+    }
+
     #[test]
     fn bad_config_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
