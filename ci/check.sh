@@ -30,8 +30,8 @@ command -v fio >/dev/null || missing+=(fio)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-qemu-io --version | head -n 1
-nbdcopy --version | head -n 1
+qemu-io --version | sed -n 1p
+nbdcopy --version | sed -n 1p
 fio --version
 
 step "format"
