@@ -17,7 +17,8 @@
 //!
 //! Producers never move a shared tail: they share nothing but the slot their seq maps to
 //! and a read of the published `next`. The consumer owns `next`, keeps it in its handle
-//! and publishes it (for the producers' window check) once per batch.
+//! and publishes it (for the producers' window check) once per batch: every producer
+//! reads that cache line on every insert, so it is written as rarely as delivery allows.
 //!
 //! # ABA
 //!
@@ -232,8 +233,8 @@ impl<T> ReorderBuffer<T> {
         // Acquire, pairing with the consumer's Release publish: every slot the consumer
         // released for seqs below `next` (its `EMPTY(s + capacity)` stores come before
         // the publish) is visible to the CAS below, so the slot for an in-window seq can
-        // no longer show an earlier lap. Correctness rests on the CAS alone; this makes
-        // "earlier lap" a broken invariant rather than a case.
+        // no longer show an earlier lap: that is asserted, not handled. It also orders the
+        // consumer's move out of the slot's previous value before our write (see the CAS).
         let next = self.next_published.load(Ordering::Acquire);
         if seq < next {
             return Err(self.count(Rejected::Stale(value)));
@@ -245,7 +246,12 @@ impl<T> ReorderBuffer<T> {
         let slot = self.slot(seq);
         // Success Acquire, pairing with the consumer's Release store of `EMPTY(seq)`:
         // its move of the previous lap's value out of the cell happens before our write
-        // below. Failure Relaxed: we then only classify, never touch the cell.
+        // below. The window check's Acquire orders that too (the consumer releases a
+        // slot before publishing the `next` that admits us), so today this pair is
+        // redundant; it is kept so the slot protocol is sound on its own, as in Vyukov's
+        // queue, whatever the window check becomes (loom finds the race only when both
+        // pairs are weakened). Failure Relaxed: we then only classify, never touch the
+        // cell.
         match slot.stamp.compare_exchange(
             stamp(seq, EMPTY),
             stamp(seq, WRITING),
@@ -268,6 +274,8 @@ impl<T> ReorderBuffer<T> {
             }
             Err(actual) => {
                 let held = stamp_seq(actual);
+                // An earlier lap here would mean the Acquire on `next` did not order the
+                // consumer's release of this slot before us.
                 assert!(
                     held >= seq,
                     "slot for seq {seq} still serves seq {held} after next {next} was published"
@@ -324,7 +332,8 @@ impl<T> ReorderBuffer<T> {
         let released = seq + self.capacity() as u64;
         assert!(released < SEQ_LIMIT, "seq space exhausted");
         // Release, pairing with the Acquire CAS of the producer of `released`: our move
-        // out of the cell happens before its write into it.
+        // out of the cell happens before its write into it (and, through the publish
+        // that follows, before its window check passes).
         slot.stamp.store(stamp(released, EMPTY), Ordering::Release);
         Some(value)
     }
