@@ -157,7 +157,13 @@ fn run(capacity: usize, first_seq: u64, ops: &[Op]) -> Result<(), TestCaseError>
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Under miri (slow, and isolated from the file system proptest saves failures to):
+    // fewer cases, nothing persisted.
+    #![proptest_config(if cfg!(miri) {
+        ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() }
+    } else {
+        ProptestConfig::with_cases(512)
+    })]
 
     #[test]
     fn matches_the_model_and_drops_each_value_once((capacity, first_seq, ops) in case()) {
