@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What CI runs, in order: toolchain check, format, lints, the README's test command, a
-# thousand simulation seeds, and the demo. Each step must pass; the script stops at the
-# first failure. Runs from any directory; needs a Rust toolchain (cargo, rustfmt, clippy),
+# What CI runs, in order: toolchain check, format, lints, the README's test command, loom
+# and miri on the lock-free crate, a thousand simulation seeds, and the demo. Each step
+# must pass; the script stops at the first failure. Runs from any directory; needs a Rust toolchain (cargo, rustfmt, clippy),
 # crates.io, and apt-get for the NBD clients the daemon tests use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests (the README's test command)"
 cargo test --workspace --locked
+
+step "loom: every interleaving of the lock-free models"
+ci/loom.sh
+
+step "miri: the lock-free crate's tests"
+# Nightly and its miri component come from rustup; where rustup cannot reach them, say so.
+if rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal; then
+    ci/miri.sh
+else
+    echo "miri: no nightly toolchain could be installed here; skipped"
+fi
 
 step "simulation: 1000 seeds"
 cargo build --release --locked -p ordo-tools
