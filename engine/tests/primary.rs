@@ -641,3 +641,30 @@ fn unacked_writes_are_resent_after_a_lane_loss_and_a_timeout_acked_ones_are_not(
     }
     assert_eq!(p.stats().retransmits, 2);
 }
+
+/// A primary restarted (it keeps no state) meets a secondary that applied data sets of
+/// its earlier run: their seqs collide with the new run's, so it must not stream on top,
+/// and says why. The same secondary at applied 0 is fine.
+#[test]
+fn a_secondary_with_another_history_stalls_replication() {
+    let window = open_ended().max_stream_bytes(MAX_WRITE);
+    let mut p = primary(config(open_ended()));
+    write_block(&mut p, 0, 0, 1);
+    p.flush(0).unwrap();
+    p.lane_up(0);
+    let earlier_run = ResumeState {
+        applied_data_set: DataSetId(5),
+        applied_seq: Seq(40),
+        applied_stream_end: 40 * 8192,
+        ..resume(window)
+    };
+    let error = deliver(&mut p, 0, &Frame::Hello(secondary_hello(earlier_run))).unwrap_err();
+    assert_eq!(error, PeerError::ForeignHistory { applied: 5 });
+    assert_eq!(p.stalled(), Some(&error));
+    let sent = transmit(&mut p, 0, 0);
+    assert!(sent.iter().all(is_hello), "nothing but Hellos: {sent:?}");
+    // A fresh secondary is a history this primary can write.
+    connect(&mut p, 0, window);
+    assert_eq!(p.stalled(), None);
+    assert_eq!(record_seqs(&transmit(&mut p, 1, 0)), [1, 2]);
+}

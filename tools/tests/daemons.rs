@@ -549,3 +549,75 @@ fn a_full_retention_window_makes_writes_wait_visibly() {
     expected.resize(16 << 20, 0);
     assert_file_equals(&pair.replica_image, &expected);
 }
+
+/// SIGTERM while a client is writing: requests after it are refused, every write the
+/// primary took is in the last data set, and the primary exits only once the secondary
+/// applied it, so the two images are equal. Started again (it keeps no state), the
+/// primary meets a secondary holding its earlier history and refuses to stream on top,
+/// naming why, while it keeps serving its own writes.
+#[test]
+fn sigterm_drains_every_write_and_a_restarted_primary_refuses_the_old_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = Pair::start(dir.path(), "4M", &[]);
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (written, nbd) = (Arc::clone(&written), pair.nbd);
+        std::thread::spawn(move || {
+            let mut client = NbdClient::connect(nbd, "data").unwrap();
+            let mut refused = 0;
+            for i in 0.. {
+                let data = write_data(i);
+                match client.write((i as usize % 1024 * BLOCK) as u64, &data) {
+                    Ok(0) => written.store(i as usize + 1, Ordering::Relaxed),
+                    Ok(_) => refused += 1, // ESHUTDOWN once the primary is closing
+                    Err(_) => break,       // the primary exited
+                }
+            }
+            refused
+        })
+    };
+    wait_until("the client wrote a while", Duration::from_secs(60), || {
+        written.load(Ordering::Relaxed) >= 300
+    });
+    assert!(pair.primary.terminate().success(), "{}", pair.primary.log());
+    let refused = writer.join().unwrap();
+    assert!(pair
+        .primary
+        .log()
+        .contains("drained: the secondary applied"));
+    let primary_image = std::fs::read(&pair.primary_image).unwrap();
+    // The secondary finished applying before the primary exited; wait until it is idle.
+    wait_until(
+        "the secondary is between data sets",
+        Duration::from_secs(30),
+        || {
+            control_request(&pair.secondary.control, "digest 1048576")
+                .is_some_and(|d| d.get("error").is_none())
+        },
+    );
+    assert_file_equals(&pair.replica_image, &primary_image);
+    eprintln!(
+        "{} writes acknowledged, {refused} refused while closing",
+        written.load(Ordering::Relaxed)
+    );
+
+    pair.primary.restart();
+    wait_until(
+        "the restarted primary names the other history",
+        Duration::from_secs(30),
+        || {
+            pair.primary.status()["link"]["stalled"]
+                .as_str()
+                .is_some_and(|s| s.contains("history this primary did not write"))
+        },
+    );
+    let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
+    assert_eq!(
+        client.write(0, &write_data(7)).unwrap(),
+        0,
+        "it serves while stalled"
+    );
+    assert_eq!(client.flush().unwrap(), 0);
+    client.disconnect();
+    assert_file_equals(&pair.replica_image, &primary_image);
+}

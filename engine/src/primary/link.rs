@@ -162,6 +162,16 @@ impl Link {
         }
         self.stalled = None;
         let resume = &hello.resume;
+        // Before our first record reached it, a secondary can have applied nothing of
+        // ours: what it reports applied came from another history, whose seqs collide
+        // with ours. (Until then no record is sent, so this holds for every first Hello.)
+        if self.peer.is_none() && resume.applied_seq > Seq(0) {
+            let error = PeerError::ForeignHistory {
+                applied: resume.applied_data_set.0,
+            };
+            self.stalled = Some(error.clone());
+            return Err(error);
+        }
         // Lanes reorder: a Hello built before an Applied frame we already have is stale,
         // and the secondary's watermark is durable, so the newer state stands.
         if let Some(peer) = self.peer {

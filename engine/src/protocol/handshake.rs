@@ -17,6 +17,8 @@ pub enum PeerError {
     WindowTooSmall { window: u64, needed: u64 },
     #[error("the secondary's journal changed (id {known:#x} is now {now:#x}): it lost the state it had acknowledged; replication is stalled until it is resynchronised from scratch")]
     StateLost { known: u64, now: u64 },
+    #[error("the secondary already applied data set {applied} of a history this primary did not write (an earlier run of the primary, or another primary): replicating on top would mix two histories; replication is stalled until the secondary is resynchronised from scratch")]
+    ForeignHistory { applied: u64 },
     #[error("unexpected frame from the peer: {0}")]
     Unexpected(&'static str),
     #[error("invalid write from the peer: {0}")]

@@ -62,6 +62,23 @@ pub enum ServiceError {
     Submit(#[from] SubmitError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("the primary is shutting down")]
+    ShuttingDown,
+}
+
+/// The token of the flush that closes the last data set when the service shuts down; no
+/// pending request has it (the table is far smaller).
+const DRAIN_TOKEN: u64 = u64::MAX;
+
+/// Shutting down: new requests are refused; once every accepted one has started, one
+/// flush closes the last data set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// Refusing new requests; the drain flush is not submitted yet.
+    Refusing,
+    /// The drain flush was submitted; `Some` once it is done, with its data set.
+    Flushing(Option<DataSetId>),
 }
 
 /// The application's handle: cheap to clone, one per thread.
@@ -171,6 +188,7 @@ pub struct PrimaryService<S: Storage> {
     /// Closed data sets not yet applied by the secondary, with when they closed.
     closed: VecDeque<(DataSetId, u64)>,
     window_bytes: u64,
+    closing: Closing,
     stats: ServiceStats,
 }
 
@@ -192,7 +210,26 @@ impl<S: Storage> PrimaryService<S> {
             queued: VecDeque::with_capacity(max_requests),
             closed: VecDeque::with_capacity(max_closed),
             window_bytes,
+            closing: Closing::Open,
             stats: ServiceStats::default(),
+        }
+    }
+
+    /// Starts shutting down: requests from now on are refused with `ShuttingDown`; those
+    /// already taken finish, then one flush closes the last data set. `drained` says when.
+    pub fn close(&mut self) {
+        if self.closing == Closing::Open {
+            self.closing = Closing::Refusing;
+        }
+    }
+
+    /// After `close`: the data set that holds every write acknowledged, once it is closed
+    /// and durable here and every request has been answered (then wait for the secondary
+    /// to apply it).
+    pub fn drained(&self) -> Option<DataSetId> {
+        match self.closing {
+            Closing::Flushing(Some(data_set)) if self.in_flight() == 0 => Some(data_set),
+            _ => None,
         }
     }
 
@@ -228,6 +265,11 @@ impl<S: Storage> PrimaryService<S> {
             let Some(request) = self.inbox.pop() else {
                 break;
             };
+            if self.closing != Closing::Open {
+                refuse(request);
+                work = true;
+                continue;
+            }
             self.free.pop();
             self.pending[index] = Some(Pending {
                 request,
@@ -238,6 +280,17 @@ impl<S: Storage> PrimaryService<S> {
             work = true;
         }
         work |= self.start_queued(now_ms);
+        if self.closing == Closing::Refusing && self.queued.is_empty() {
+            match self.node.primary().flush(DRAIN_TOKEN) {
+                Ok(_) => self.closing = Closing::Flushing(None),
+                // Room comes back as other flushes complete; try again next round.
+                Err(SubmitError::TooManyFlushes) => {}
+                Err(error) => {
+                    tracing::error!("the closing flush failed: {error}");
+                    self.closing = Closing::Flushing(Some(self.node.primary().last_closed()));
+                }
+            }
+        }
         work |= self.node.poll(now_ms);
         while let Some(event) = self.node.primary().next_event() {
             work = true;
@@ -325,6 +378,17 @@ impl<S: Storage> PrimaryService<S> {
                 }
             }
             PrimaryEvent::FlushDone {
+                token: DRAIN_TOKEN,
+                data_set,
+                result,
+            } => {
+                if let Err(error) = result {
+                    tracing::error!("the closing flush failed: {error}");
+                }
+                assert_eq!(self.closing, Closing::Flushing(None));
+                self.closing = Closing::Flushing(Some(data_set));
+            }
+            PrimaryEvent::FlushDone {
                 token,
                 data_set,
                 result,
@@ -403,4 +467,14 @@ impl<S: Storage> PrimaryService<S> {
             service: self.stats,
         }
     }
+}
+
+/// Answers a request that arrived after `close`.
+fn refuse(request: Request) {
+    let _ = request.reply.send(Reply {
+        user: request.user,
+        result: Err(ServiceError::ShuttingDown),
+        buf: request.buf,
+        data_set: DataSetId::default(),
+    });
 }

@@ -66,6 +66,7 @@ fn errno(error: &ServiceError) -> u32 {
         {
             ENOSPC
         }
+        ServiceError::ShuttingDown => ESHUTDOWN,
         _ => EIO,
     }
 }

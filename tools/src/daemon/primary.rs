@@ -110,7 +110,7 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
         idle.after_round(did);
     }
     closing.store(true, Ordering::Relaxed);
-    let code = drain(&mut service, &frontend, &settings, clock);
+    let code = drain(&mut service, &settings, clock);
     let _ = std::fs::remove_file(&settings.control);
     Ok(code)
 }
@@ -322,37 +322,21 @@ fn primary_digest(
 /// secondary to apply it.
 fn drain(
     service: &mut PrimaryService<Volume>,
-    frontend: &Frontend,
     settings: &PrimarySettings,
     clock: impl Fn() -> u64,
 ) -> ExitCode {
-    tracing::info!("terminating: closing the open data set and draining to the secondary");
-    let (sender, receiver) = crossbeam_channel::bounded(1);
-    let mut queued = false;
-    let deadline = clock() + settings.drain_timeout_s * 1000;
+    tracing::info!("terminating: refusing new requests, closing the open data set and draining to the secondary");
+    service.close();
+    let deadline = clock().saturating_add(settings.drain_timeout_s.saturating_mul(1000));
     let idle = settings.idle.policy();
-    let mut target = None;
     loop {
         let now = clock();
         let did = service.poll(now);
-        if !queued {
-            let flush = Request {
-                op: Op::Flush,
-                buf: Vec::new(),
-                user: 0,
-                reply: sender.clone(),
-            };
-            queued = frontend.submit(flush).is_ok();
-        }
-        if let Ok(reply) = receiver.try_recv() {
-            target = Some(reply.data_set);
-        }
         let applied = service.node().primary().peer_applied();
-        if let Some(target) = target {
-            if applied >= target && service.in_flight() == 0 {
-                tracing::info!("drained: the secondary applied {target}; exiting");
-                return ExitCode::SUCCESS;
-            }
+        let target = service.drained();
+        if target.is_some_and(|target| applied >= target) {
+            tracing::info!("drained: the secondary applied {applied}; exiting");
+            return ExitCode::SUCCESS;
         }
         if now >= deadline {
             tracing::warn!(
