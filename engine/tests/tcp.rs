@@ -179,7 +179,7 @@ fn writes_replicate_over_several_tcp_lanes() {
     let (listener, addr) = listen();
     let running = run_secondary(fresh_secondary(), listener);
     let clock = Instant::now();
-    let mut node = PrimaryNode::new(primary(), addr, LANES);
+    let mut node = PrimaryNode::new(primary(), addr, LANES).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     write_random(&mut node, &mut rng, 2000, clock);
     wait_applied(&mut node, clock);
@@ -199,7 +199,7 @@ fn a_restarted_secondary_catches_up_over_tcp() {
     let (listener, addr) = listen();
     let running = run_secondary(fresh_secondary(), listener);
     let clock = Instant::now();
-    let mut node = PrimaryNode::new(primary(), addr, LANES);
+    let mut node = PrimaryNode::new(primary(), addr, LANES).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     write_random(&mut node, &mut rng, 500, clock);
     // The secondary stops mid-stream: its memory and connections are gone.

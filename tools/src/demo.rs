@@ -63,7 +63,8 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let addr = listener.local_addr()?;
     let secondary = new_secondary(&secondary_config, geometry)?;
     let mut running = RunningSecondary::start(secondary, listener, args.lanes)?;
-    let mut node = PrimaryNode::new(new_primary(args.lanes, geometry)?, addr, args.lanes);
+    let mut node = PrimaryNode::new(new_primary(args.lanes, geometry)?, addr, args.lanes)
+        .context("starting the lane connector")?;
     writeln!(
         out,
         "demo: 2 volumes of {} MiB, {} TCP lanes on {addr}, data sets closed every 10 ms or on flush, {} s of random writes",

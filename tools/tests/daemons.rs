@@ -621,3 +621,60 @@ fn sigterm_drains_every_write_and_a_restarted_primary_refuses_the_old_history() 
     client.disconnect();
     assert_file_equals(&pair.replica_image, &primary_image);
 }
+
+/// A secondary address that swallows connection attempts (a listener whose backlog is
+/// full drops SYNs, as a host behind a dead link does) must not slow the primary: its
+/// poller never waits on a connect, so writes and flushes go on at local speed.
+#[test]
+fn a_blackholed_secondary_does_not_stall_local_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Fill the accept queue (std listens with a backlog of 128) so later SYNs are dropped.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        let stream = TcpStream::connect_timeout(
+            &format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_millis(200),
+        );
+        match stream {
+            Ok(stream) => held.push(stream),
+            Err(_) => break, // the queue is full: connects now hang
+        }
+    }
+    assert!(held.len() < 200, "the accept queue never filled: no blackhole to test");
+    let control = dir.path().join("primary.sock");
+    let nbd = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "primary",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--volume",
+        &format!("data=file:{}:4M", dir.path().join("primary.img").display()),
+        "--nbd",
+        &nbd,
+        "--control",
+        &control.display().to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let primary = Daemon::start("primary", dir.path(), &args, &control);
+    let mut client = NbdClient::connect(nbd.parse().unwrap(), "data").unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..100u64 {
+        assert_eq!(client.write(i * BLOCK as u64, &write_data(i)).unwrap(), 0);
+        if i % 10 == 9 {
+            assert_eq!(client.flush().unwrap(), 0);
+        }
+    }
+    // A poller blocked in connect (500 ms per lane and attempt) would take minutes here.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "100 local writes took {:?} with the secondary blackholed",
+        started.elapsed()
+    );
+    assert_eq!(number(&primary.status(), &["link", "lanes_up"]), 0);
+    client.disconnect();
+    drop(held);
+}

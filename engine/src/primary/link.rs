@@ -82,6 +82,11 @@ impl Link {
         self.stalled.as_ref()
     }
 
+    /// The secondary answered our Hello on `lane`: records may flow on it.
+    pub fn lane_ready(&self, lane: usize) -> bool {
+        self.lanes[lane].ready
+    }
+
     pub fn lane_up(&mut self, lane: usize) {
         self.lanes[lane] = Lane {
             up: true,

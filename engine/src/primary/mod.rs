@@ -522,6 +522,11 @@ impl<S: Storage> Primary<S> {
         self.link.lane_up(lane);
     }
 
+    /// The secondary answered the handshake on `lane`.
+    pub fn lane_ready(&self, lane: usize) -> bool {
+        self.link.lane_ready(lane)
+    }
+
     /// The lane's connection is gone: what was sent on it and not acknowledged is resent.
     pub fn lane_down(&mut self, lane: usize) {
         self.link.lane_down(lane, &mut self.retention);

@@ -52,7 +52,8 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
         .unwrap_or(0);
     let config = primary_config(&settings);
     let primary = Primary::new(config.clone(), volumes).context("primary configuration")?;
-    let node = PrimaryNode::new(primary, settings.connect, settings.lanes);
+    let node = PrimaryNode::new(primary, settings.connect, settings.lanes)
+        .context("starting the lane connector")?;
     let mut service = PrimaryService::new(node, settings.max_requests, settings.window_bytes.0);
     service.set_poller(std::thread::current());
     let frontend = service.frontend();
