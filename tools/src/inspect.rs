@@ -169,30 +169,26 @@ fn first_difference(primary: &Digest, replica: &Digest) -> Result<Option<(String
 
 pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let whole = format!("digest {CHUNK_BYTES}");
-    let primary = digest(&args.primary, "the primary", &whole)?;
-    let replica = digest(&args.secondary, "the secondary", &whole)?;
-    if replica.data_set != primary.data_set {
-        bail!(
-            "the secondary is at data set {} but the primary's image is data set {}: \
-             verify needs both quiet (no writes while it runs)",
-            replica.data_set,
-            primary.data_set
-        );
-    }
-    let Some((volume, chunk_at, chunk_len)) = first_difference(&primary, &replica)? else {
-        writeln!(
-            out,
-            "replica matches primary at data set {}",
-            primary.data_set
-        )?;
-        return Ok(ExitCode::SUCCESS);
-    };
-    // Narrow the chunk down to blocks.
     let status: Status = parse(
         &request(&args.primary, "status", STATUS_TIMEOUT)?,
         "the primary",
     )?;
+    let whole = format!("digest {}", first_pass_chunk(&status)?);
+    let primary = digest(&args.primary, "the primary", &whole)?;
+    let replica = digest(&args.secondary, "the secondary", &whole)?;
+    let data_set = primary.data_set;
+    if replica.data_set != data_set {
+        bail!(
+            "the secondary is at data set {} but the primary's image is data set {data_set}: \
+             verify needs both quiet (no writes while it runs)",
+            replica.data_set
+        );
+    }
+    let Some((volume, chunk_at, chunk_len)) = first_difference(&primary, &replica)? else {
+        writeln!(out, "replica matches primary at data set {data_set}")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Narrow the chunk down to blocks.
     let block = status
         .volumes
         .iter()
@@ -201,6 +197,13 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let line = format!("digest {block} {volume} {chunk_at} {chunk_len}");
     let p = digest(&args.primary, "the primary", &line)?;
     let r = digest(&args.secondary, "the secondary", &line)?;
+    if p.data_set != data_set || r.data_set != data_set {
+        bail!(
+            "writes arrived while verifying (data sets {data_set}, {} and {}): verify needs both quiet",
+            p.data_set,
+            r.data_set
+        );
+    }
     let (pv, rv) = (&p.volumes[0], &r.volumes[0]);
     let differs: Vec<bool> = pv
         .crc32c
@@ -208,14 +211,33 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
         .zip(&rv.crc32c)
         .map(|(a, b)| a != b)
         .collect();
-    let first = differs.iter().position(|&d| d).unwrap_or(0);
-    let run = differs[first..].iter().take_while(|&&d| d).count().max(1);
+    let Some(first) = differs.iter().position(|&d| d) else {
+        bail!("{volume} bytes {chunk_at}+{chunk_len} differed, then matched block by block: was something writing?");
+    };
+    let run = differs[first..].iter().take_while(|&&d| d).count();
     let start = chunk_at + first as u64 * block;
     let end = start + run as u64 * block;
     writeln!(
         out,
-        "replica differs from primary at data set {}: volume {volume} bytes {start}..{end} (first differing range)",
-        primary.data_set
+        "replica differs from primary at data set {data_set}: volume {volume} bytes {start}..{end} (first differing range)"
     )?;
     Ok(ExitCode::FAILURE)
+}
+
+/// The first pass's chunk: 1 MiB, or larger for volumes so big that the reply would have
+/// more chunks than a digest may.
+fn first_pass_chunk(status: &Status) -> Result<u64> {
+    use crate::daemon::report::{MAX_DIGEST_CHUNKS, MAX_DIGEST_CHUNK_BYTES};
+    let total: u64 = status.volumes.iter().map(|v| v.size_bytes).sum();
+    let chunk = total
+        .div_ceil(MAX_DIGEST_CHUNKS)
+        .next_multiple_of(CHUNK_BYTES)
+        .max(CHUNK_BYTES);
+    if chunk > MAX_DIGEST_CHUNK_BYTES {
+        bail!(
+            "{total} bytes of volumes is more than verify compares ({} bytes)",
+            MAX_DIGEST_CHUNKS * MAX_DIGEST_CHUNK_BYTES
+        );
+    }
+    Ok(chunk)
 }

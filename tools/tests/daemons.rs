@@ -165,7 +165,7 @@ fn model_writer(client: &mut NbdClient, model: &Model, seed: u64) {
         assert_eq!(error, 0, "write {index} refused");
         index += 1;
         model.acked.store(index as usize, Ordering::Relaxed);
-        if index % 8 == 0 {
+        if index.is_multiple_of(8) {
             assert_eq!(client.flush().unwrap(), 0);
         }
     }
@@ -359,8 +359,18 @@ fn send_and_see_closed(port: u16, bytes: &[u8], close_ourselves: bool) -> bool {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return true,
+            Ok(0) => return true,
             Ok(_) => continue,
+            // Still open after the timeout: the secondary kept it.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true, // reset
         }
     }
 }
@@ -375,6 +385,8 @@ fn bad_input_to_the_secondary_is_refused_and_changes_nothing() {
     let port = free_port();
     let mut secondary = Pair::secondary(dir.path(), port, "8M");
     let before = control_request(&secondary.control, "digest 65536").unwrap();
+    // A connection that never says Hello is dropped, so strays cannot hold the lanes.
+    let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
 
     let good = hello_frame(1);
     let mut bad_crc = good.clone();
@@ -461,6 +473,12 @@ fn bad_input_to_the_secondary_is_refused_and_changes_nothing() {
 
     let after = control_request(&secondary.control, "digest 65536").unwrap();
     assert_eq!(before, after, "the replica was touched");
+    wait_until(
+        "the idle connection is dropped",
+        Duration::from_secs(60),
+        || secondary.log().contains("no handshake within"),
+    );
+    drop(idle);
     assert_eq!(number(&secondary.status(), &["data_sets", "applied"]), 0);
     assert!(secondary.running());
 }
@@ -642,7 +660,10 @@ fn a_blackholed_secondary_does_not_stall_local_writes() {
             Err(_) => break, // the queue is full: connects now hang
         }
     }
-    assert!(held.len() < 200, "the accept queue never filled: no blackhole to test");
+    assert!(
+        held.len() < 200,
+        "the accept queue never filled: no blackhole to test"
+    );
     let control = dir.path().join("primary.sock");
     let nbd = format!("127.0.0.1:{}", free_port());
     let args: Vec<String> = [
@@ -677,4 +698,41 @@ fn a_blackholed_secondary_does_not_stall_local_writes() {
     assert_eq!(number(&primary.status(), &["link", "lanes_up"]), 0);
     client.disconnect();
     drop(held);
+}
+
+/// The state directory belongs to one secondary at a time, and a journal from an earlier
+/// run is not replayed onto a replica that is gone.
+#[test]
+fn a_state_directory_is_locked_and_needs_its_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut secondary = Pair::secondary(dir.path(), port, "4M");
+    let state = dir.path().join("state");
+    let replica = format!("data=file:{}:4M", dir.path().join("replica.img").display());
+    let second = |listen: u16, volume: &str| {
+        common::ordo(&[
+            "secondary",
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--state-dir",
+            &state.display().to_string(),
+            "--control",
+            &dir.path().join("other.sock").display().to_string(),
+            "--volume",
+            volume,
+        ])
+    };
+    let (ok, out) = second(free_port(), &replica);
+    assert!(
+        !ok && out.contains("another ordo secondary is running"),
+        "{out}"
+    );
+    assert!(secondary.running());
+
+    assert!(secondary.terminate().success());
+    std::fs::remove_file(dir.path().join("replica.img")).unwrap();
+    let (ok, out) = second(port, &replica);
+    assert!(!ok && out.contains("does not exist"), "{out}");
+    let (ok, out) = second(port, "data=mem:4M");
+    assert!(!ok && out.contains("is in memory"), "{out}");
 }

@@ -38,6 +38,13 @@ impl DataSetPolicy {
     }
 }
 
+/// Largest retention or journal window: the arenas are preallocated, so configuration
+/// must not be able to ask for more memory than a machine has.
+pub const MAX_WINDOW_BYTES: u64 = 64 << 30;
+/// Longest interval any timer may be set to (a day): keeps clock arithmetic far from
+/// overflow.
+pub const MAX_INTERVAL_MS: u64 = 24 * 3600 * 1000;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrimaryConfig {
     pub group: GroupId,
@@ -101,7 +108,7 @@ impl PrimaryConfig {
             }
         }
         if self.max_write_bytes < 512
-            || self.max_write_bytes % 512 != 0
+            || !self.max_write_bytes.is_multiple_of(512)
             || self.max_write_bytes > MAX_WRITE_PAYLOAD_BYTES
         {
             return Err(invalid(format!(
@@ -132,6 +139,20 @@ impl PrimaryConfig {
             return Err(invalid(
                 "retransmit interval and pending flushes must be positive",
             ));
+        }
+        if self.window_bytes > MAX_WINDOW_BYTES {
+            return Err(invalid(format!(
+                "retention window {} bytes is over the {MAX_WINDOW_BYTES}-byte limit",
+                self.window_bytes
+            )));
+        }
+        if self.policy.interval_ms > MAX_INTERVAL_MS || self.retransmit_ms > MAX_INTERVAL_MS {
+            return Err(invalid(format!(
+                "data-set interval and retransmit interval must be at most {MAX_INTERVAL_MS} ms"
+            )));
+        }
+        if self.max_pending_flushes > 1 << 16 {
+            return Err(invalid("at most 65536 pending flushes"));
         }
         Ok(())
     }

@@ -25,6 +25,8 @@ pub enum LaneError {
     FrameTooLarge { len: usize, max: usize },
     #[error(transparent)]
     Peer(#[from] PeerError),
+    #[error("no handshake within {0} ms of connecting")]
+    NoHandshake(u64),
 }
 
 #[derive(Debug)]

@@ -118,6 +118,29 @@ impl Frontend {
         }
         replies.recv().ok()
     }
+
+    /// `call`, giving up after `timeout` (waiting for room in the ring included): for
+    /// control requests, which must not hang. A late reply lands in `replies`, so use a
+    /// channel of its own for each such call.
+    pub fn call_within(
+        &self,
+        mut request: Request,
+        replies: &crossbeam_channel::Receiver<Reply>,
+        timeout: std::time::Duration,
+    ) -> Option<Reply> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.submit(request) {
+                Ok(()) => break,
+                Err(_) if std::time::Instant::now() > deadline => return None,
+                Err(back) => {
+                    request = back;
+                    std::thread::yield_now();
+                }
+            }
+        }
+        replies.recv_deadline(deadline).ok()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,6 +18,9 @@ use crate::storage::Storage;
 
 /// Outgoing buffer per lane: acknowledgements and the watermark are small.
 const TX_BYTES: usize = 256 << 10;
+/// A connection that has not sent the primary's Hello by then is dropped, so idle or
+/// stray connections cannot hold the lane slots.
+const HANDSHAKE_MS: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -33,6 +36,8 @@ pub struct SecondaryNode<S: Storage> {
     secondary: Secondary<S>,
     listener: TcpListener,
     lanes: Vec<Option<Lane>>,
+    /// When each lane was accepted (for the handshake deadline).
+    accepted_ms: Vec<u64>,
     max_frame_bytes: usize,
     last_error: Option<String>,
     stats: NodeStats,
@@ -51,6 +56,7 @@ impl<S: Storage> SecondaryNode<S> {
             secondary,
             listener,
             lanes: (0..lanes).map(|_| None).collect(),
+            accepted_ms: vec![0; lanes],
             // A write frame: header, fixed fields, payload.
             max_frame_bytes: HEADER_BYTES + 64 + max_write_bytes as usize,
             last_error: None,
@@ -94,11 +100,15 @@ impl<S: Storage> SecondaryNode<S> {
 
     /// One round; true if it did any work.
     pub fn poll(&mut self, now_ms: u64) -> bool {
-        let mut work = self.accept();
+        let mut work = self.accept(now_ms);
         for slot in 0..self.lanes.len() {
             let Some(lane) = &mut self.lanes[slot] else {
                 continue;
             };
+            if !self.secondary.lane_ready(slot) && now_ms > self.accepted_ms[slot] + HANDSHAKE_MS {
+                self.drop_lane(slot, &LaneError::NoHandshake(HANDSHAKE_MS));
+                continue;
+            }
             let secondary = &mut self.secondary;
             let result = lane
                 .receive(|frame| secondary.handle_frame(slot, frame))
@@ -127,7 +137,7 @@ impl<S: Storage> SecondaryNode<S> {
         work
     }
 
-    fn accept(&mut self) -> bool {
+    fn accept(&mut self, now_ms: u64) -> bool {
         let mut work = false;
         loop {
             let stream = match self.listener.accept() {
@@ -153,6 +163,7 @@ impl<S: Storage> SecondaryNode<S> {
                 Ok(lane) => {
                     tracing::info!("lane {slot} connected from {peer}");
                     self.lanes[slot] = Some(lane);
+                    self.accepted_ms[slot] = now_ms;
                     self.secondary.lane_up(slot);
                     self.stats.lanes_accepted += 1;
                 }

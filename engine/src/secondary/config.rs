@@ -1,5 +1,6 @@
 //! The secondary's configuration.
 
+use crate::primary::config::{MAX_INTERVAL_MS, MAX_WINDOW_BYTES};
 use crate::primary::ConfigError;
 use crate::protocol::{
     stream_cost, GroupId, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
@@ -62,7 +63,7 @@ impl SecondaryConfig {
             ));
         }
         if self.max_write_bytes < 512
-            || self.max_write_bytes % 512 != 0
+            || !self.max_write_bytes.is_multiple_of(512)
             || self.max_write_bytes > MAX_WRITE_PAYLOAD_BYTES
         {
             return invalid(format!(
@@ -77,8 +78,16 @@ impl SecondaryConfig {
                 self.window_bytes
             ));
         }
-        if self.applied_interval_ms == 0 {
-            return invalid("applied interval must be positive".to_string());
+        if self.window_bytes > MAX_WINDOW_BYTES {
+            return invalid(format!(
+                "journal window {} is over the {MAX_WINDOW_BYTES}-byte limit",
+                self.window_bytes
+            ));
+        }
+        if self.applied_interval_ms == 0 || self.applied_interval_ms > MAX_INTERVAL_MS {
+            return invalid(format!(
+                "applied interval must be 1 to {MAX_INTERVAL_MS} ms"
+            ));
         }
         if self.lanes == 0 || self.lanes > 64 {
             return invalid(format!("lanes must be 1 to 64, not {}", self.lanes));

@@ -245,6 +245,11 @@ impl<S: Storage> Secondary<S> {
         };
     }
 
+    /// The primary's Hello arrived on `lane`.
+    pub fn lane_ready(&self, lane: usize) -> bool {
+        self.lanes[lane].ready
+    }
+
     pub fn lane_down(&mut self, lane: usize) {
         self.lanes[lane] = Lane::default();
     }

@@ -78,12 +78,13 @@ impl Geometry {
         if self.block_size != 512 && self.block_size != 4096 {
             return Err(StorageError::BadGeometry("block size must be 512 or 4096"));
         }
-        if self.size_bytes == 0 || self.size_bytes % u64::from(self.block_size) != 0 {
+        if self.size_bytes == 0 || !self.size_bytes.is_multiple_of(u64::from(self.block_size)) {
             return Err(StorageError::BadGeometry(
                 "size must be a positive multiple of the block size",
             ));
         }
-        if self.max_io_bytes < self.block_size || self.max_io_bytes % self.block_size != 0 {
+        if self.max_io_bytes < self.block_size || !self.max_io_bytes.is_multiple_of(self.block_size)
+        {
             return Err(StorageError::BadGeometry(
                 "max request size must be a positive multiple of the block size",
             ));
@@ -98,7 +99,7 @@ impl Geometry {
     pub fn check_io(&self, offset: u64, len: usize) -> Result<(), StorageError> {
         let block = u64::from(self.block_size);
         let len_u64 = len as u64;
-        if len == 0 || offset % block != 0 || len_u64 % block != 0 {
+        if len == 0 || !offset.is_multiple_of(block) || !len_u64.is_multiple_of(block) {
             return Err(StorageError::Unaligned {
                 offset,
                 len: len_u64,

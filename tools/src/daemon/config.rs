@@ -184,6 +184,11 @@ fn volumes(flags: Vec<VolumeSpec>, file: Vec<VolumeSpec>) -> Result<Vec<VolumeSp
     Ok(volumes)
 }
 
+fn bounded(flag: &str, value: u64, max: u64) -> Result<u64> {
+    ensure!(value <= max, "{flag} must be at most {max}, not {value}");
+    Ok(value)
+}
+
 fn lanes(value: Option<usize>) -> Result<usize> {
     let lanes = value.unwrap_or(4);
     ensure!(
@@ -289,7 +294,11 @@ impl PrimaryOptions {
             cores,
             idle: self.idle.or(file.idle).unwrap_or(Idle::Park),
             max_requests,
-            drain_timeout_s: self.drain_timeout_s.or(file.drain_timeout_s).unwrap_or(30),
+            drain_timeout_s: bounded(
+                "--drain-timeout-s",
+                self.drain_timeout_s.or(file.drain_timeout_s).unwrap_or(30),
+                86_400,
+            )?,
         })
     }
 }

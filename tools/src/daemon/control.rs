@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,10 @@ use anyhow::{bail, Context, Result};
 
 /// Longest request line accepted.
 const MAX_REQUEST_BYTES: u64 = 4096;
+/// Each read and write of a client; a digest's reply is written within this too.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients served at once; more are closed at once, so no client can pile up threads.
+const MAX_CLIENTS: usize = 16;
 
 /// Answers one request line with one JSON line.
 pub type Handler = dyn Fn(&str) -> String + Send + Sync;
@@ -35,13 +39,24 @@ pub fn serve(path: &Path, handler: Arc<Handler>) -> Result<PathBuf> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            let clients = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let handler = Arc::clone(&handler);
+                // Relaxed: a counter that orders no other memory.
+                if clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+                    clients.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!("control: {MAX_CLIENTS} clients already connected; closed one");
+                    continue;
+                }
+                let (handler, count) = (Arc::clone(&handler), Arc::clone(&clients));
                 let spawned = std::thread::Builder::new()
                     .name("control-conn".into())
-                    .spawn(move || answer(stream, &*handler));
+                    .spawn(move || {
+                        answer(stream, &*handler);
+                        count.fetch_sub(1, Ordering::Relaxed);
+                    });
                 if let Err(e) = spawned {
+                    clients.fetch_sub(1, Ordering::Relaxed);
                     tracing::warn!("control: cannot start a thread: {e}");
                 }
             }
@@ -52,6 +67,7 @@ pub fn serve(path: &Path, handler: Arc<Handler>) -> Result<PathBuf> {
 
 fn answer(stream: UnixStream, handler: &Handler) {
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     let mut line = String::new();
     let mut reader = BufReader::new(stream.take(MAX_REQUEST_BYTES));
     if reader.read_line(&mut line).is_err() {

@@ -81,6 +81,24 @@ pub fn digest_plan(
             "chunk {chunk_bytes} is not a multiple of {name:?}'s {block}-byte block"
         ));
     }
+    let plan = digest_ranges(range, volumes)?;
+    let chunks: u64 = plan
+        .iter()
+        .map(|(_, _, len)| len.div_ceil(*chunk_bytes))
+        .sum();
+    if chunks > report::MAX_DIGEST_CHUNKS {
+        return Err(format!(
+            "{chunks} chunks of {chunk_bytes} bytes is over the {} a digest may have: ask for larger chunks",
+            report::MAX_DIGEST_CHUNKS
+        ));
+    }
+    Ok(plan)
+}
+
+fn digest_ranges(
+    range: &Option<(String, u64, u64)>,
+    volumes: &[(String, u64, u32)],
+) -> Result<Vec<(usize, u64, u64)>, String> {
     match range {
         None => Ok(volumes
             .iter()

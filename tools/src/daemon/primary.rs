@@ -266,19 +266,25 @@ fn primary_digest(
             reply: sender.clone(),
         };
         let reply = frontend
-            .call(request, &receiver)
-            .ok_or_else(|| "the primary is shutting down".to_string())?;
+            .call_within(request, &receiver, DIGEST_APPLY_TIMEOUT)
+            .ok_or_else(|| {
+                "the primary did not answer (shutting down, or writes waiting for a full window)"
+                    .to_string()
+            })?;
         reply.result.as_ref().map_err(ToString::to_string)?;
         Ok::<_, String>(reply)
     };
-    let data_set = call(Op::Flush, Vec::new())?.data_set.0;
-    let deadline = Instant::now() + DIGEST_APPLY_TIMEOUT;
     let current =
         || ask_status(asks).ok_or_else(|| "the primary's poller did not answer".to_string());
-    let before = loop {
+    // Counted before the flush: a write taken after it would be read into the digest
+    // without belonging to the data set the digest names.
+    let before = current()?;
+    let data_set = call(Op::Flush, Vec::new())?.data_set.0;
+    let deadline = Instant::now() + DIGEST_APPLY_TIMEOUT;
+    loop {
         let status = current()?;
         if status.data_sets.applied >= data_set {
-            break status;
+            break;
         }
         if Instant::now() > deadline {
             return Err(format!(
@@ -287,7 +293,7 @@ fn primary_digest(
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
     let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
     let mut buf = Vec::with_capacity(max_io as usize);
     let digest = digest(

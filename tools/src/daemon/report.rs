@@ -114,8 +114,10 @@ pub enum ControlRequest {
     },
 }
 
-/// Largest chunk a digest may use, and fewest: bounds the reply and the read buffer.
+/// Largest chunk a digest may use: bounds the read buffer.
 pub const MAX_DIGEST_CHUNK_BYTES: u64 = 16 << 20;
+/// Most chunks one digest may have: bounds the reply (about 11 bytes of JSON each).
+pub const MAX_DIGEST_CHUNKS: u64 = 1 << 20;
 
 impl ControlRequest {
     pub fn parse(line: &str) -> Result<ControlRequest, String> {

@@ -43,6 +43,7 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     print_banner("secondary", &settings)?;
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
+    let _lock = lock_state_dir(&settings.state_dir)?;
     let secondary = open_or_create(&settings)?;
     let reports: Vec<VolumeReport> = settings
         .volume
@@ -154,18 +155,7 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
     let record_io = u32::try_from(record_bytes(config.max_write_bytes, settings.block_size))
         .context("--max-write-bytes is too large")?;
     if existing {
-        if let Some(spec) = settings
-            .volume
-            .iter()
-            .find(|v| matches!(v.backend, Backend::Mem { .. }))
-        {
-            bail!(
-                "{} holds a journal from an earlier run, but replica {spec} is in memory and \
-                 lost what that journal says was applied; use file: replicas, or remove the \
-                 state directory to start over (the primary then needs a full resync)",
-                settings.state_dir.display()
-            );
-        }
+        check_replicas_survived(settings)?;
     }
     let mut replicas = Vec::with_capacity(settings.volume.len());
     for spec in &settings.volume {
@@ -212,6 +202,50 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
         path.display()
     );
     Ok(secondary)
+}
+
+/// A journal from an earlier run says what was applied to the replicas: they must still
+/// be there. A `mem:` replica is gone with its process; a missing file would be created
+/// empty. Either way the replica no longer holds what the journal says.
+fn check_replicas_survived(settings: &SecondarySettings) -> Result<()> {
+    for spec in &settings.volume {
+        let lost = match &spec.backend {
+            Backend::Mem { .. } => Some("is in memory"),
+            Backend::File { path, .. } if !path.exists() => Some("does not exist"),
+            Backend::File { .. } => None,
+        };
+        if let Some(why) = lost {
+            bail!(
+                "{} holds a journal from an earlier run, but replica {spec} {why}: it lost \
+                 what that journal says was applied; restore it, or remove the state \
+                 directory to start over (the primary then needs a full resync)",
+                settings.state_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Locks the state directory for this process (released when the returned file is
+/// dropped, or the process dies): two secondaries on one journal would corrupt it.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another ordo secondary is running on state directory {}",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

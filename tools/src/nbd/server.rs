@@ -43,11 +43,16 @@ pub enum ServeError {
     RequestTooLarge(u32),
 }
 
+/// How long the handshake may take.
+const NEGOTIATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 const FLAGS: u16 = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_CAN_MULTI_CONN;
 
 /// Serves one client until it disconnects (`Ok`) or breaks the protocol (`Err`).
 pub fn serve(mut stream: TcpStream, exports: &[&dyn Export]) -> Result<(), ServeError> {
     stream.set_nodelay(true)?;
+    // A client that connects and never negotiates must not hold a connection slot.
+    stream.set_read_timeout(Some(NEGOTIATION_TIMEOUT))?;
     let mut out = Vec::with_capacity(256);
     handshake::encode_greeting(&mut out);
     stream.write_all(&out)?;
@@ -57,6 +62,8 @@ pub fn serve(mut stream: TcpStream, exports: &[&dyn Export]) -> Result<(), Serve
     let Some(export) = negotiate(&mut stream, exports, no_zeroes)? else {
         return Ok(());
     };
+    // In transmission a client may rightly stay idle for as long as it likes.
+    stream.set_read_timeout(None)?;
     transmit(&mut stream, export)
 }
 
@@ -170,7 +177,7 @@ fn transmit(stream: &mut TcpStream, export: &dyn Export) -> Result<(), ServeErro
             if end.is_none_or(|end| end > export.size_bytes()) {
                 return Err(EOVERFLOW);
             }
-            if r.offset % block != 0 || u64::from(r.length) % block != 0 {
+            if !r.offset.is_multiple_of(block) || u64::from(r.length) % block != 0 {
                 return Err(EINVAL);
             }
             Ok(())
