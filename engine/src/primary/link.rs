@@ -10,7 +10,7 @@ use super::retention::{RecordKind, Retention, SentOn};
 use super::PrimaryStats;
 use crate::protocol::{
     check_hello, encode, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame,
-    VolumeInfo, WriteFrame,
+    VolumeInfo, WriteFrame, RECORD_FRAME_OVERHEAD_BYTES,
 };
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -259,8 +259,20 @@ impl Link {
         };
         // Both come from the peer: a lie must not overflow.
         let credit_end = peer.applied_stream_end.saturating_add(peer.window_bytes);
+        // A frame goes in if it fits in `max_bytes`, or if it is the first of this call
+        // (so a small budget still makes progress): `out` never grows past the budget by
+        // more than one frame.
+        let fits = |out: &Vec<u8>, payload: u32| {
+            out.len() == start
+                || out.len() - start + RECORD_FRAME_OVERHEAD_BYTES + payload as usize <= max_bytes
+        };
         while out.len() - start < max_bytes {
-            if let Some(seq) = self.resend.pop_front() {
+            if let Some(&seq) = self.resend.front() {
+                let payload = retention.get(seq).map_or(0, |r| r.payload_len());
+                if !fits(out, payload) {
+                    break;
+                }
+                self.resend.pop_front();
                 let Some(record) = retention.get_mut(seq) else {
                     continue;
                 };
@@ -284,6 +296,9 @@ impl Link {
             }
             if record.stream_end() > credit_end {
                 stats.credit_stalls += 1;
+                break;
+            }
+            if !fits(out, record.payload_len()) {
                 break;
             }
             if matches!(record.kind, RecordKind::Sync { .. }) {

@@ -36,6 +36,12 @@ const HELLO_MAX_BYTES: usize =
 const ACK_MAX_BYTES: usize = ACK_FIXED_BYTES + MAX_ACK_RANGES * RANGE_BYTES;
 /// Largest body any frame may declare: a `Write` carrying the largest payload.
 pub const MAX_BODY_BYTES: usize = WRITE_FIXED_BYTES + MAX_WRITE_PAYLOAD_BYTES as usize;
+/// What a record's frame (`Write` or `Sync`) adds to its payload: header and fixed fields.
+pub const RECORD_FRAME_OVERHEAD_BYTES: usize = HEADER_BYTES + WRITE_FIXED_BYTES;
+const _: () = assert!(SYNC_BYTES <= WRITE_FIXED_BYTES);
+/// The largest frame that carries no payload (`Hello` with every volume and range, `Ack`).
+pub const MAX_CONTROL_FRAME_BYTES: usize = HEADER_BYTES + HELLO_MAX_BYTES;
+const _: () = assert!(HELLO_MAX_BYTES >= ACK_MAX_BYTES && HELLO_MAX_BYTES >= APPLIED_BYTES);
 
 // Layouts, field by field, so a changed field shows up here and not on the wire.
 const _: () = assert!(HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4);

@@ -5,7 +5,10 @@ pub mod frame;
 pub mod handshake;
 pub mod ids;
 
-pub use codec::{decode, encode, frame_len, DecodeError, HEADER_BYTES};
+pub use codec::{
+    decode, encode, frame_len, DecodeError, HEADER_BYTES, MAX_CONTROL_FRAME_BYTES,
+    RECORD_FRAME_OVERHEAD_BYTES,
+};
 pub use frame::*;
 pub use handshake::{check_hello, PeerError};
 pub use ids::*;

@@ -36,6 +36,9 @@ pub struct Lane {
     /// Bytes of `rx` holding data.
     rx_len: usize,
     tx: Vec<u8>,
+    /// What `tx` may hold: the room `tx_room` offers is measured against this, not the
+    /// Vec's capacity, so a frame that overshoots once cannot make the buffer grow again.
+    tx_limit: usize,
     /// Bytes of `tx` already written to the socket.
     tx_sent: usize,
 }
@@ -52,6 +55,7 @@ impl Lane {
             rx: vec![0; max_frame_bytes],
             rx_len: 0,
             tx: Vec::with_capacity(tx_bytes),
+            tx_limit: tx_bytes,
             tx_sent: 0,
         })
     }
@@ -106,7 +110,7 @@ impl Lane {
             self.tx.clear();
             self.tx_sent = 0;
         }
-        let room = self.tx.capacity().saturating_sub(self.tx.len());
+        let room = self.tx_limit.saturating_sub(self.tx.len());
         (&mut self.tx, room)
     }
 

@@ -20,6 +20,7 @@ use crate::storage::Storage;
 const TX_BYTES: usize = 8 << 20;
 /// What the secondary sends (its Hello with resume ranges, acks) fits in this.
 const RX_BYTES: usize = 64 << 10;
+const _: () = assert!(RX_BYTES >= crate::protocol::MAX_CONTROL_FRAME_BYTES);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF_MS_MIN: u64 = 10;
 const BACKOFF_MS_MAX: u64 = 1000;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::idle::IdlePolicy;
 
 use super::lane::{Lane, LaneError};
-use crate::protocol::{PeerError, HEADER_BYTES};
+use crate::protocol::{PeerError, MAX_CONTROL_FRAME_BYTES, RECORD_FRAME_OVERHEAD_BYTES};
 use crate::secondary::Secondary;
 use crate::storage::Storage;
 
@@ -57,8 +57,8 @@ impl<S: Storage> SecondaryNode<S> {
             listener,
             lanes: (0..lanes).map(|_| None).collect(),
             accepted_ms: vec![0; lanes],
-            // A write frame: header, fixed fields, payload.
-            max_frame_bytes: HEADER_BYTES + 64 + max_write_bytes as usize,
+            max_frame_bytes: (RECORD_FRAME_OVERHEAD_BYTES + max_write_bytes as usize)
+                .max(MAX_CONTROL_FRAME_BYTES),
             last_error: None,
             stats: NodeStats::default(),
         })
