@@ -127,6 +127,10 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
             if w.waiting_now { "; WAITING NOW" } else { "" }
         )?;
     }
+    if !s.counters.is_empty() {
+        let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(out, "counters    {}", counters.join(", "))?;
+    }
     for v in &s.volumes {
         writeln!(
             out,

@@ -123,6 +123,29 @@ fn real_clients_write_an_image_that_replicates_and_verifies() {
     let status = pair.primary.status();
     assert_eq!(number(&status, &["link", "lanes_up"]), 4);
     assert!(number(&status, &["writes", "accepted"]) >= 64 + 2048);
+    assert_eq!(number(&status, &["data_sets", "lag_data_sets"]), 0);
+    let human = common::ordo(&[
+        "status",
+        "--control",
+        &pair.primary.control.display().to_string(),
+    ]);
+    assert!(human.0, "{}", human.1);
+    for line in [
+        "role        primary",
+        "lanes       4 of 4 up",
+        "data sets   closed",
+        "retransmits",
+    ] {
+        assert!(
+            human.1.contains(line),
+            "{line:?} missing from:\n{}",
+            human.1
+        );
+    }
+    let secondary = pair.secondary.status();
+    assert_eq!(secondary["role"], "secondary");
+    assert_eq!(number(&secondary, &["data_sets", "applied"]), second);
+    assert!(number(&secondary, &["counters", "records_staged"]) >= 64 + 2048);
 
     assert!(pair.primary.terminate().success(), "{}", pair.primary.log());
     assert!(

@@ -20,6 +20,8 @@ use crate::storage::{Storage, StorageError};
 
 /// Most requests a poller round takes from the ring.
 const BATCH: usize = 64;
+/// Most reads a round serves: a read waits for the device, on the poller.
+const READS_PER_ROUND: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -43,6 +45,8 @@ pub struct Request {
     pub buf: Vec<u8>,
     /// Echoed in the reply, for requesters with several requests in flight.
     pub user: u64,
+    /// Where the reply goes: it must have room for every reply its owner awaits (the
+    /// poller never blocks on it; a reply with no room is dropped).
     pub reply: Sender<Reply>,
 }
 
@@ -329,6 +333,7 @@ impl<S: Storage> PrimaryService<S> {
     /// Starts queued requests in arrival order until one has to wait.
     fn start_queued(&mut self, now_ms: u64) -> bool {
         let mut work = false;
+        let mut reads = 0;
         while let Some(&index) = self.queued.front() {
             let pending = self.pending[index]
                 .as_mut()
@@ -341,7 +346,9 @@ impl<S: Storage> PrimaryService<S> {
                 (_, Op::Write { volume, offset, .. }) => primary
                     .submit_write(now_ms, volume, offset, &pending.request.buf, index as u64)
                     .map(drop),
+                (_, Op::Read { .. }) if reads == READS_PER_ROUND => break,
                 (_, Op::Read { volume, offset }) => {
+                    reads += 1;
                     let read = primary.read(volume, offset, &mut pending.request.buf);
                     if read.is_ok() {
                         self.queued.pop_front();
@@ -444,8 +451,9 @@ impl<S: Storage> PrimaryService<S> {
         }
         self.free.push(index);
         let request = pending.request;
-        // A requester that went away no longer needs its reply.
-        let _ = request.reply.send(Reply {
+        // Never blocks: each requester's channel has room for the replies it awaits. A
+        // requester that went away no longer needs its reply.
+        let _ = request.reply.try_send(Reply {
             user: request.user,
             result,
             buf: request.buf,
@@ -494,7 +502,7 @@ impl<S: Storage> PrimaryService<S> {
 
 /// Answers a request that arrived after `close`.
 fn refuse(request: Request) {
-    let _ = request.reply.send(Reply {
+    let _ = request.reply.try_send(Reply {
         user: request.user,
         result: Err(ServiceError::ShuttingDown),
         buf: request.buf,

@@ -220,6 +220,19 @@ fn status_report(
         }),
         failure: None,
         volumes: volumes.to_vec(),
+        counters: [
+            ("data_sets_closed", s.primary.data_sets_closed),
+            ("frames_sent", s.primary.frames_sent),
+            ("bytes_sent", s.primary.bytes_sent),
+            ("retransmits", s.primary.retransmits),
+            ("credit_stalls", s.primary.credit_stalls),
+            ("window_full", s.primary.window_full),
+            ("reads", s.service.reads),
+            ("writes_done", s.service.writes),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect(),
     }
 }
 

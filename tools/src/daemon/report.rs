@@ -24,6 +24,9 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub failure: Option<String>,
     pub volumes: Vec<VolumeReport>,
+    /// Every other counter, by name (frames, retransmits, stalls, duplicates, ...).
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

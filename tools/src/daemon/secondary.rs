@@ -343,6 +343,22 @@ fn status_report(
         writes: None,
         failure: secondary.failure().map(str::to_string),
         volumes: volumes.to_vec(),
+        counters: [
+            ("records_staged", stats.records_staged),
+            ("duplicates", stats.duplicates),
+            ("out_of_window", stats.out_of_window),
+            ("before_hello", stats.before_hello),
+            ("journal_busy", stats.journal_busy),
+            ("journal_flushes", stats.journal_flushes),
+            ("acks_sent", stats.acks_sent),
+            ("data_sets_applied", stats.data_sets_applied),
+            ("recovered_records", stats.recovered_records),
+            ("lanes_accepted", node.stats().lanes_accepted),
+            ("lanes_refused", node.stats().lanes_refused),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect(),
     }
 }
 
