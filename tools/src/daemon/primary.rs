@@ -26,7 +26,7 @@ use super::{
     termination_flag, StatusAsk,
 };
 use crate::volume::Volume;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 /// How often the poller looks at its status for the log.
 const WATCH_EVERY_MS: u64 = 100;
@@ -57,27 +57,15 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     let mut service = PrimaryService::new(node, settings.max_requests, settings.window_bytes.0);
     service.set_poller(std::thread::current());
     let frontend = service.frontend();
-
-    let started = Instant::now();
     let (asks, ask_queue) = status_channel();
     let handler = {
         let (frontend, reports) = (frontend.clone(), reports.clone());
         move |line: &str| control_reply(line, &asks, &frontend, &reports, max_io)
     };
     control::serve(&settings.control, Arc::new(handler))?;
+    let max_request = config.max_write_bytes.min(max_io);
     let closing = Arc::new(AtomicBool::new(false));
-    let exports = reports
-        .iter()
-        .enumerate()
-        .map(|(i, r)| NbdVolume {
-            name: r.name.clone(),
-            volume: VolumeId(i as u16),
-            size_bytes: r.size_bytes,
-            block_size: r.block_size,
-            max_request_bytes: config.max_write_bytes.min(max_io),
-            frontend: frontend.clone(),
-        })
-        .collect();
+    let exports = nbd_exports(&reports, max_request, &frontend);
     let nbd = listen(settings.nbd, Arc::new(exports), Arc::clone(&closing))?;
     tracing::info!(
         "primary up: NBD on {nbd}, replicating to {} over {} lanes, control {}",
@@ -87,21 +75,56 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     );
     let terminate = termination_flag()?;
     pin(settings.pin)?;
-    let idle = settings.idle.policy();
+    let started = Instant::now();
     let clock = || started.elapsed().as_millis() as u64;
+    serve(
+        &mut service,
+        &ask_queue,
+        &settings,
+        &reports,
+        &terminate,
+        clock,
+    );
+    closing.store(true, Ordering::Relaxed);
+    let code = drain(&mut service, &settings, clock);
+    let _ = std::fs::remove_file(&settings.control);
+    Ok(code)
+}
+
+fn nbd_exports(volumes: &[VolumeReport], max_request: u32, frontend: &Frontend) -> Vec<NbdVolume> {
+    volumes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| NbdVolume {
+            name: r.name.clone(),
+            volume: VolumeId(i as u16),
+            size_bytes: r.size_bytes,
+            block_size: r.block_size,
+            max_request_bytes: max_request,
+            frontend: frontend.clone(),
+        })
+        .collect()
+}
+
+/// Polls until SIGTERM: the service, status asks, and state changes to log.
+fn serve(
+    service: &mut PrimaryService<Volume>,
+    asks: &Receiver<StatusAsk>,
+    settings: &PrimarySettings,
+    volumes: &[VolumeReport],
+    terminate: &AtomicBool,
+    clock: impl Fn() -> u64,
+) {
+    let idle = settings.idle.policy();
     let mut watch = Watch::default();
     let mut next_watch = 0;
     // Relaxed: a flag set by the signal handler; it orders nothing else.
     while !terminate.load(Ordering::Relaxed) {
         let now = clock();
         let mut did = service.poll(now);
-        while let Ok(reply) = ask_queue.try_recv() {
-            let _ = reply.send(status_report(
-                &service.status(now),
-                now,
-                &settings,
-                &reports,
-            ));
+        while let Ok(reply) = asks.try_recv() {
+            let status = status_report(&service.status(now), now, settings, volumes);
+            let _ = reply.try_send(status);
             did = true;
         }
         if now >= next_watch {
@@ -110,10 +133,6 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
         }
         idle.after_round(did);
     }
-    closing.store(true, Ordering::Relaxed);
-    let code = drain(&mut service, &settings, clock);
-    let _ = std::fs::remove_file(&settings.control);
-    Ok(code)
 }
 
 fn primary_config(settings: &PrimarySettings) -> PrimaryConfig {

@@ -8,12 +8,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use ordo_engine::protocol::{GroupId, VolumeId};
 use ordo_engine::runtime::secondary_node::SecondaryNode;
 use ordo_engine::secondary::journal::{record_bytes, required_bytes};
@@ -24,6 +24,7 @@ use super::config::{pin, print_banner, SecondaryOptions, SecondarySettings};
 use super::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
 use super::{
     control, digest, digest_plan, init_logging, status_channel, status_json, termination_flag,
+    StatusAsk,
 };
 use crate::volume::{Backend, Volume};
 
@@ -45,46 +46,11 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
         .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
     let _lock = lock_state_dir(&settings.state_dir)?;
     let secondary = open_or_create(&settings)?;
-    let reports: Vec<VolumeReport> = settings
-        .volume
-        .iter()
-        .zip(secondary.replicas())
-        .map(|(spec, replica)| VolumeReport {
-            name: spec.name.clone(),
-            spec: spec.to_string(),
-            size_bytes: replica.geometry().size_bytes,
-            block_size: replica.geometry().block_size,
-        })
-        .collect();
-    let max_io = secondary
-        .replicas()
-        .iter()
-        .map(|r| r.geometry().max_io_bytes)
-        .min()
-        .unwrap_or(0);
+    let control = Control::start(&settings, &secondary)?;
     let listener = TcpListener::bind(settings.listen)
         .with_context(|| format!("listening on {}", settings.listen))?;
     let max_write = u32::try_from(settings.max_write_bytes.0).unwrap_or(u32::MAX);
     let mut node = SecondaryNode::new(secondary, listener, settings.lanes, max_write)?;
-
-    let (asks, ask_queue) = status_channel();
-    let (jobs, job_queue) = crossbeam_channel::bounded::<DigestJob>(4);
-    let handler = {
-        move |line: &str| match ControlRequest::parse(line) {
-            Err(why) => error_json(&why),
-            Ok(ControlRequest::Status) => status_json(&asks),
-            Ok(request) => {
-                let (reply, answer) = crossbeam_channel::bounded(1);
-                if jobs.try_send((request, reply)).is_err() {
-                    return error_json("too many digests at once");
-                }
-                answer
-                    .recv()
-                    .unwrap_or_else(|_| error_json("the secondary is shutting down"))
-            }
-        }
-    };
-    control::serve(&settings.control, Arc::new(handler))?;
     tracing::info!(
         "secondary up: listening on {}, applied {}, control {}",
         node.local_addr()?,
@@ -93,32 +59,113 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     );
     let terminate = termination_flag()?;
     pin(settings.pin)?;
-    let idle = settings.idle.policy();
     let started = Instant::now();
     let clock = || started.elapsed().as_millis() as u64;
+    serve(&mut node, control, &settings, &terminate, clock);
+    drain(&mut node, clock);
+    let _ = std::fs::remove_file(&settings.control);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The control socket's side on the poller: status asks and digest jobs to answer.
+struct Control {
+    asks: Receiver<StatusAsk>,
+    jobs: Receiver<DigestJob>,
+    /// The digest being taken, and since when (it waits for a pause between data sets).
+    digest: Option<(DigestJob, u64)>,
+    volumes: Vec<VolumeReport>,
+    max_io: u32,
+}
+
+impl Control {
+    /// Serves the control socket; its requests reach the poller through `Control`.
+    fn start(settings: &SecondarySettings, secondary: &Secondary<Volume>) -> Result<Control> {
+        let volumes = settings
+            .volume
+            .iter()
+            .zip(secondary.replicas())
+            .map(|(spec, replica)| VolumeReport {
+                name: spec.name.clone(),
+                spec: spec.to_string(),
+                size_bytes: replica.geometry().size_bytes,
+                block_size: replica.geometry().block_size,
+            })
+            .collect();
+        let max_io = secondary
+            .replicas()
+            .iter()
+            .map(|r| r.geometry().max_io_bytes)
+            .min()
+            .unwrap_or(0);
+        let (ask_sender, asks) = status_channel();
+        let (job_sender, jobs) = crossbeam_channel::bounded::<DigestJob>(4);
+        let handler = move |line: &str| match ControlRequest::parse(line) {
+            Err(why) => error_json(&why),
+            Ok(ControlRequest::Status) => status_json(&ask_sender),
+            Ok(request) => {
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                if job_sender.try_send((request, reply)).is_err() {
+                    return error_json("too many digests at once");
+                }
+                answer
+                    .recv()
+                    .unwrap_or_else(|_| error_json("the secondary is shutting down"))
+            }
+        };
+        control::serve(&settings.control, Arc::new(handler))?;
+        Ok(Control {
+            asks,
+            jobs,
+            digest: None,
+            volumes,
+            max_io,
+        })
+    }
+
+    /// Answers what can be answered this round; true if it did.
+    fn round(
+        &mut self,
+        node: &mut SecondaryNode<Volume>,
+        now: u64,
+        settings: &SecondarySettings,
+    ) -> bool {
+        let mut did = false;
+        if self.digest.is_none() {
+            self.digest = self.jobs.try_recv().ok().map(|job| (job, now));
+        }
+        if let Some(((request, reply), since)) = self.digest.take() {
+            match try_digest(node, &request, &self.volumes, self.max_io, now - since) {
+                Some(answer) => {
+                    let _ = reply.try_send(answer);
+                    did = true;
+                }
+                None => self.digest = Some(((request, reply), since)),
+            }
+        }
+        while let Ok(reply) = self.asks.try_recv() {
+            let _ = reply.try_send(status_report(node, now, settings, &self.volumes));
+            did = true;
+        }
+        did
+    }
+}
+
+/// Polls until SIGTERM: the node, the control socket's requests, and a failure to log.
+fn serve(
+    node: &mut SecondaryNode<Volume>,
+    mut control: Control,
+    settings: &SecondarySettings,
+    terminate: &AtomicBool,
+    clock: impl Fn() -> u64,
+) {
+    let idle = settings.idle.policy();
     let mut next_watch = 0;
-    let mut digest_job: Option<(DigestJob, u64)> = None;
     let mut reported_failure = false;
     // Relaxed: a flag set by the signal handler; it orders nothing else.
     while !terminate.load(Ordering::Relaxed) {
         let now = clock();
         let mut did = node.poll(now);
-        if digest_job.is_none() {
-            digest_job = job_queue.try_recv().ok().map(|job| (job, now));
-        }
-        if let Some(((request, reply), since)) = digest_job.take() {
-            match try_digest(&mut node, &request, &reports, max_io, now - since) {
-                Some(answer) => {
-                    let _ = reply.send(answer);
-                    did = true;
-                }
-                None => digest_job = Some(((request, reply), since)),
-            }
-        }
-        while let Ok(reply) = ask_queue.try_recv() {
-            let _ = reply.send(status_report(&node, now, &settings, &reports));
-            did = true;
-        }
+        did |= control.round(node, now, settings);
         if now >= next_watch {
             if let (Some(failure), false) = (node.secondary().failure(), reported_failure) {
                 tracing::error!("secondary failed: {failure}");
@@ -128,9 +175,6 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
         }
         idle.after_round(did);
     }
-    drain(&mut node, clock);
-    let _ = std::fs::remove_file(&settings.control);
-    Ok(ExitCode::SUCCESS)
 }
 
 fn secondary_config(settings: &SecondarySettings) -> SecondaryConfig {
