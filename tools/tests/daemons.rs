@@ -110,6 +110,7 @@ fn real_clients_write_an_image_that_replicates_and_verifies() {
             "--iodepth=8",
             "--verify=crc32c",
             "--do_verify=1",
+            "--verify_state_save=0",
             "--end_fsync=1",
         ],
     );

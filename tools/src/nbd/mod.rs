@@ -4,6 +4,7 @@
 //! protocol document (NetworkBlockDevice/nbd `doc/proto.md`); all integers are big-endian.
 
 pub mod handshake;
+pub mod pipeline;
 pub mod server;
 pub mod transmission;
 

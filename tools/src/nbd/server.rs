@@ -1,5 +1,5 @@
-//! An NBD server connection: the fixed newstyle handshake, then requests until the client
-//! disconnects, over one blocking TCP stream, against an `Export`. The primary's NBD export
+//! An NBD server connection: the fixed newstyle handshake, then requests (several in flight,
+//! see `pipeline`) until the client disconnects, against an `Export`. The primary's NBD export
 //! plugs the replicated volume in as the export; each client connection gets its own
 //! thread.
 
@@ -9,11 +9,10 @@ use std::net::TcpStream;
 use super::handshake::{
     self, Request as OptionRequest, OPT_ABORT, OPT_GO, OPT_INFO, OPT_LIST, REP_ACK, REP_ERR_UNKNOWN,
 };
-use super::transmission::{self, Command, CMD_FLAG_FUA, REQUEST_HEADER_BYTES};
 use super::IHAVEOPT;
 use super::{
-    NbdError, EINVAL, ENOTSUP, EOVERFLOW, MAX_OPTION_BYTES, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS,
-    TFLAG_SEND_FLUSH, TFLAG_SEND_FUA,
+    NbdError, MAX_OPTION_BYTES, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_SEND_FLUSH,
+    TFLAG_SEND_FUA,
 };
 
 /// A block device exported over NBD. Errors are errno values for the reply.
@@ -64,7 +63,7 @@ pub fn serve(mut stream: TcpStream, exports: &[&dyn Export]) -> Result<(), Serve
     };
     // In transmission a client may rightly stay idle for as long as it likes.
     stream.set_read_timeout(None)?;
-    transmit(&mut stream, export)
+    super::pipeline::transmit(&mut stream, export)
 }
 
 /// Option haggling; the chosen export, or `None` if the client aborted.
@@ -154,52 +153,6 @@ fn negotiate<'a>(
             }
         }
         stream.write_all(&out)?;
-    }
-}
-
-fn transmit(stream: &mut TcpStream, export: &dyn Export) -> Result<(), ServeError> {
-    let max = export.max_request_bytes();
-    let mut header = [0u8; REQUEST_HEADER_BYTES];
-    let mut data = Vec::with_capacity(max as usize);
-    let mut reply = Vec::with_capacity(16);
-    loop {
-        stream.read_exact(&mut header)?;
-        let request = transmission::parse_request(&header)?.expect("a whole header was read");
-        if request.length > max {
-            return Err(ServeError::RequestTooLarge(request.length));
-        }
-        // Within the capacity reserved above: no allocation.
-        data.resize(request.length as usize, 0);
-        stream.read_exact(&mut data[..request.data_len()])?;
-        let in_range = |r: &transmission::Request| {
-            let block = u64::from(export.block_size());
-            let end = r.offset.checked_add(u64::from(r.length));
-            if end.is_none_or(|end| end > export.size_bytes()) {
-                return Err(EOVERFLOW);
-            }
-            if !r.offset.is_multiple_of(block) || u64::from(r.length) % block != 0 {
-                return Err(EINVAL);
-            }
-            Ok(())
-        };
-        let result = match request.command {
-            Command::Read => {
-                in_range(&request).and_then(|()| export.read(request.offset, &mut data))
-            }
-            Command::Write => in_range(&request).and_then(|()| {
-                export.write(request.offset, &mut data, request.flags & CMD_FLAG_FUA != 0)
-            }),
-            Command::Flush => export.flush(),
-            Command::Disconnect => return Ok(()),
-            Command::Trim | Command::WriteZeroes | Command::Other(_) => Err(ENOTSUP),
-        };
-        reply.clear();
-        transmission::encode_simple_reply(&mut reply, result.err().unwrap_or(0), request.handle);
-        stream.write_all(&reply)?;
-        if request.command == Command::Read && result.is_ok() {
-            debug_assert_eq!(data.len(), request.length as usize);
-            stream.write_all(&data)?;
-        }
     }
 }
 
