@@ -69,8 +69,10 @@ fn assert_file_equals(path: &Path, image: &[u8]) {
 #[test]
 fn real_clients_write_an_image_that_replicates_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    let mut pair = Pair::start(dir.path(), "64M", &[]);
+    // Pinned to core 0 (every machine has one), yielding when idle.
+    let mut pair = Pair::start(dir.path(), "64M", &["--cores", "0", "--idle", "yield"]);
     assert!(pair.primary.output().contains("effective configuration"));
+    assert!(pair.primary.output().contains("cores = [0]"));
     assert!(pair.secondary.output().contains("window_bytes = \"64M\""));
     let uri = format!("nbd://{}/data", pair.nbd);
 

@@ -467,5 +467,24 @@ mod tests {
         };
         let error = options.resolve().unwrap_err().to_string();
         assert!(error.contains("twice"), "{error}");
+        let options = SecondaryOptions {
+            state_dir: Some("/tmp/x".into()),
+            volume: vec!["a=mem:1M".parse().unwrap()],
+            cores: vec![100_000],
+            ..SecondaryOptions::default()
+        };
+        let error = options.resolve().unwrap_err().to_string();
+        assert!(error.contains("core 100000 is not available"), "{error}");
+        let options = PrimaryOptions {
+            connect: Some("127.0.0.1:1".into()),
+            volume: vec!["a=mem:1M".parse().unwrap()],
+            drain_timeout_s: Some(u64::MAX),
+            ..PrimaryOptions::default()
+        };
+        let error = options.resolve().unwrap_err().to_string();
+        assert!(
+            error.contains("--drain-timeout-s must be at most"),
+            "{error}"
+        );
     }
 }
