@@ -378,7 +378,7 @@ fn a_journal_device_with_too_short_a_queue_is_refused() {
     for depth in [1, 2, 3] {
         let created = Secondary::create(config(), 1, journal_device(&config(), depth), replicas());
         let device = journal_device(&config(), depth);
-        let journal = Journal::format(device, GROUP, 1, WINDOW, MAX_WRITE).unwrap();
+        let journal = Journal::format(device, GROUP, 1, WINDOW, MAX_WRITE, 0).unwrap();
         let opened = Secondary::open(config(), journal.into_storage(), replicas());
         for result in [created, opened] {
             let error = result.map(|_| ()).unwrap_err();
@@ -437,16 +437,20 @@ fn a_secondary_with_another_journal_stalls_the_primary() {
 }
 
 /// Records restaged at `open` must fit the replicas it is given: a write to a volume that
-/// is gone, or past the end of one that shrank, fails `open` instead of the apply.
+/// is gone, or past the end of one that shrank, fails `open` instead of the apply. (The
+/// superblock's volume digest now refuses such replicas before any record is read; the
+/// per-record check stays behind it.)
 #[test]
 fn a_journal_that_does_not_fit_the_replicas_fails_open() {
     type Replace = fn(&mut SecondaryConfig, &mut Vec<MemStorage>);
     let cases: [(&str, Replace); 2] = [
-        ("volume 1 but there are 1", |c, r| {
+        ("not those this journal was created for", |c, r| {
             c.volume_names.truncate(1);
             r.truncate(1);
         }),
-        ("does not fit volume 1", |_, r| r[1] = mem(VOLUME_BYTES / 2)),
+        ("not those this journal was created for", |_, r| {
+            r[1] = mem(VOLUME_BYTES / 2)
+        }),
     ];
     for (expected, replace) in cases {
         let mut s = create(config(), 1);
@@ -461,4 +465,48 @@ fn a_journal_that_does_not_fit_the_replicas_fails_open() {
             other => panic!("{expected}: {:?}", other.map(|_| ())),
         }
     }
+}
+
+/// Review finding. Old: journal records name volumes by index, and nothing tied a journal
+/// to its replicas, so a secondary restarted with its volumes listed in another order (or
+/// other volumes) replayed staged writes onto the wrong replica. Now the superblock keeps
+/// a digest of the replicas' names, sizes and block sizes, in order, and open refuses any
+/// other set.
+#[test]
+fn a_journal_is_never_replayed_onto_other_replicas() {
+    let journal = journal_device(&config(), 8);
+    let (journal, _) = Secondary::create(config(), 1, journal, replicas())
+        .unwrap()
+        .into_storages();
+    // A copy of the device for each attempt (open consumes it).
+    let copy = || {
+        let mut device = MemStorage::new(journal.geometry()).unwrap();
+        device
+            .submit_write(1, 0, &journal.contents()[..8192])
+            .unwrap();
+        drain(&mut device);
+        device
+    };
+    let swapped = SecondaryConfig {
+        volume_names: NAMES.iter().rev().map(|n| n.to_string()).collect(),
+        ..config()
+    };
+    let resized = vec![mem(VOLUME_BYTES), mem(2 * VOLUME_BYTES)];
+    for (what, config, replicas) in [
+        ("swapped names", swapped, replicas()),
+        ("a resized replica", config(), resized),
+    ] {
+        let error = Secondary::open(config, copy(), replicas).unwrap_err();
+        let SecondaryError::JournalMismatch(why) = &error else {
+            panic!("{what}: {error}");
+        };
+        assert!(
+            why.contains("not those this journal was created for"),
+            "{what}: {why}"
+        );
+    }
+    assert!(
+        Secondary::open(config(), copy(), replicas()).is_ok(),
+        "the same replicas"
+    );
 }

@@ -32,7 +32,8 @@ const SUPERBLOCK_COPY_OFFSETS: [u64; 2] = [0, 4096];
 pub const LOG_START: u64 = 8192;
 const RECORD_MAGIC: u32 = 0x524A_524F; // "ORJR"
 const SUPER_MAGIC: u64 = 0x4C4E_524A_4F44_524F; // "ORDOJRNL"
-const JOURNAL_VERSION: u32 = 1;
+/// 2: the superblock names the replica volumes (`volumes_digest`).
+const JOURNAL_VERSION: u32 = 2;
 
 const _: () = assert!(RECORD_HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4 + 7 * 8);
 const _: () = assert!(SUPERBLOCK_BYTES <= 512);
@@ -83,6 +84,10 @@ pub struct Superblock {
     pub log_bytes: u64,
     pub window_bytes: u64,
     pub max_write_bytes: u32,
+    /// crc32c of the replica volumes' names, sizes and block sizes, in order, when the
+    /// journal was formatted: its records name volumes by index, so a journal must never be
+    /// replayed onto other volumes, or the same ones in another order.
+    pub volumes_digest: u32,
 }
 
 impl Superblock {
@@ -99,6 +104,7 @@ impl Superblock {
         put_u64(out, 64, self.log_bytes);
         put_u64(out, 72, self.window_bytes);
         put_u32(out, 80, self.max_write_bytes);
+        put_u32(out, 84, self.volumes_digest);
         put_u64(out, 88, self.journal_id);
         put_u64(out, 96, self.incarnation);
         let crc = crc32c::crc32c(&out[..SUPERBLOCK_BYTES]);
@@ -125,6 +131,7 @@ impl Superblock {
             log_bytes: get_u64(block, 64),
             window_bytes: get_u64(block, 72),
             max_write_bytes: get_u32(block, 80),
+            volumes_digest: get_u32(block, 84),
             journal_id: get_u64(block, 88),
             incarnation: get_u64(block, 96),
         })
@@ -294,6 +301,7 @@ impl<S: Storage> Journal<S> {
         journal_id: u64,
         window_bytes: u64,
         max_write_bytes: u32,
+        volumes_digest: u32,
     ) -> Result<Journal<S>, JournalError> {
         let geometry = storage.geometry();
         check_requests(&geometry, max_write_bytes)?;
@@ -317,6 +325,7 @@ impl<S: Storage> Journal<S> {
             log_bytes,
             window_bytes,
             max_write_bytes,
+            volumes_digest,
             ..Superblock::default()
         };
         let mut journal = Journal::with_superblock(storage, superblock);

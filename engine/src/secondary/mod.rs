@@ -112,6 +112,7 @@ impl<S: Storage> Secondary<S> {
             journal_id,
             config.window_bytes,
             config.max_write_bytes,
+            volumes_digest(&config, &replicas),
         )?;
         Ok(Secondary::assemble(config, journal, replicas, false))
     }
@@ -125,6 +126,11 @@ impl<S: Storage> Secondary<S> {
     ) -> Result<Secondary<S>, SecondaryError> {
         prepare(&config, &mut journal, &mut replicas)?;
         let journal = Journal::open(journal, config.group)?;
+        if journal.superblock().volumes_digest != volumes_digest(&config, &replicas) {
+            return Err(SecondaryError::JournalMismatch(
+                "the replica volumes (names, sizes, block sizes or their order) are not those this journal was created for".into(),
+            ));
+        }
         let mut secondary = Secondary::assemble(config, journal, replicas, true);
         let mut recovered = 0;
         let staging = &mut secondary.staging;
@@ -619,6 +625,18 @@ fn prepare<S: Storage>(
     check_storage(config, journal, replicas)?;
     drain_all(journal, replicas);
     Ok(())
+}
+
+/// What the superblock remembers of the replica volumes (see `Superblock::volumes_digest`).
+fn volumes_digest<S: Storage>(config: &SecondaryConfig, replicas: &[S]) -> u32 {
+    describe(&config.volume_names, replicas)
+        .iter()
+        .fold(0, |crc, volume| {
+            let crc = crc32c::crc32c_append(crc, &(volume.name.len() as u32).to_le_bytes());
+            let crc = crc32c::crc32c_append(crc, volume.name.as_bytes());
+            let crc = crc32c::crc32c_append(crc, &volume.size_bytes.to_le_bytes());
+            crc32c::crc32c_append(crc, &volume.block_size.to_le_bytes())
+        })
 }
 
 fn drain_all<S: Storage>(journal: &mut S, replicas: &mut [S]) {
