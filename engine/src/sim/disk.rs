@@ -1,6 +1,10 @@
 //! A simulated disk: requests complete after a random number of polls and in any order,
 //! and a crash keeps, drops or tears (any subset of blocks) each write not yet covered by
-//! a completed flush. Reads see the latest writes, as a real device's cache would.
+//! a completed flush. Reads see the latest writes, as a real device's cache would. Writes
+//! and flushes can fail (an injected I/O error) at a rate the world sets and can change.
+
+use std::cell::Cell;
+use std::rc::Rc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,10 +39,18 @@ pub struct SimDisk {
     in_flight: Vec<(IoTag, Op, Option<UnflushedWrite>)>,
     complete_percent: u32,
     rng: ChaCha8Rng,
-    /// Writes torn or dropped by crashes so far.
+    /// Writes and flushes that fail, per 10,000 completions; shared with the world, which
+    /// turns it off when the faults stop. A failed write may or may not have reached the
+    /// medium (a crash decides); a failed flush makes nothing durable.
+    io_errors: Rc<Cell<u32>>,
+    /// Writes torn or dropped by crashes so far, and I/O errors injected.
     pub torn_writes: u64,
     pub dropped_writes: u64,
+    pub injected_errors: u64,
 }
+
+/// The message of an injected error, so the world can tell it from a real failure.
+pub const INJECTED_ERROR: &str = "injected I/O error";
 
 impl SimDisk {
     /// A zeroed disk; each poll completes each request in flight with `complete_percent` %.
@@ -54,9 +66,29 @@ impl SimDisk {
             in_flight: Vec::new(),
             complete_percent,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            io_errors: Rc::new(Cell::new(0)),
             torn_writes: 0,
             dropped_writes: 0,
+            injected_errors: 0,
         }
+    }
+
+    /// Fails writes and flushes at the rate `io_errors` holds (per 10,000), from now on.
+    pub fn fail_at(&mut self, io_errors: &Rc<Cell<u32>>) {
+        self.io_errors = Rc::clone(io_errors);
+    }
+
+    /// Never fails again (a copy checked on the side).
+    pub fn never_fail(&mut self) {
+        self.io_errors = Rc::new(Cell::new(0));
+    }
+
+    fn inject_error(&mut self) -> bool {
+        let rate = self.io_errors.get();
+        // No randomness is drawn at rate 0, so seeds without errors run as before.
+        let fail = rate > 0 && self.rng.random_ratio(rate, 10_000);
+        self.injected_errors += u64::from(fail);
+        fail
     }
 
     /// What a reader sees now.
@@ -157,17 +189,24 @@ impl Storage for SimDisk {
                 continue;
             }
             let (tag, op, write) = self.in_flight.swap_remove(index);
+            let failed = !matches!(op, Op::Read) && self.inject_error();
             match op {
                 Op::Write => self
                     .unflushed
                     .push(write.expect("a write carries its data")),
                 Op::Read => {}
+                Op::Flush { .. } if failed => {}
                 Op::Flush { covers } => self.persist_through(covers),
             }
-            out.push(Completion {
-                tag,
-                result: Ok(()),
-            });
+            let result = if failed {
+                Err(StorageError::Io {
+                    kind: std::io::ErrorKind::Other,
+                    message: INJECTED_ERROR.to_string(),
+                })
+            } else {
+                Ok(())
+            };
+            out.push(Completion { tag, result });
             done += 1;
         }
         done
@@ -190,6 +229,39 @@ mod tests {
         let mut out = Vec::new();
         disk.poll(&mut out, 64);
         out.iter().map(|c| c.tag).collect()
+    }
+
+    #[test]
+    fn injected_errors_fail_writes_and_flushes_and_a_failed_flush_persists_nothing() {
+        let always = Rc::new(Cell::new(10_000));
+        let mut disk = disk();
+        disk.fail_at(&always);
+        disk.submit_write(1, 0, &[7; 4096]).unwrap();
+        disk.submit_flush(2).unwrap();
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            disk.poll(&mut out, 8);
+        }
+        for completion in &out {
+            let Err(StorageError::Io { message, .. }) = &completion.result else {
+                panic!("{completion:?}");
+            };
+            assert_eq!(message, INJECTED_ERROR);
+        }
+        assert_eq!(disk.injected_errors, 2);
+        assert!(
+            disk.durable.iter().all(|&b| b == 0),
+            "the failed flush made nothing durable"
+        );
+        // Rate 0 draws nothing from the disk's randomness: the same seed completes the same.
+        always.set(0);
+        let mut plain = disk.clone();
+        plain.never_fail();
+        for tag in 10..20 {
+            disk.submit_write(tag, 0, &[1; 4096]).unwrap();
+            plain.submit_write(tag, 0, &[1; 4096]).unwrap();
+        }
+        assert_eq!(drain(&mut disk), drain(&mut plain));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct SimStats {
     pub torn_writes: u64,
     pub recovered_records: u64,
     pub recovery_checks: u64,
+    /// I/O errors injected into the secondary's disks, and the failures they caused.
+    pub io_errors: u64,
+    pub io_failures: u64,
 }
 
 impl SimStats {
@@ -64,6 +67,8 @@ impl SimStats {
         self.torn_writes += other.torn_writes;
         self.recovered_records += other.recovered_records;
         self.recovery_checks += other.recovery_checks;
+        self.io_errors += other.io_errors;
+        self.io_failures += other.io_failures;
     }
 }
 
@@ -71,7 +76,7 @@ impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "steps {} writes {} flushes {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {}",
+            "steps {} writes {} flushes {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {})",
             self.steps,
             self.writes,
             self.flushes,
@@ -89,7 +94,9 @@ impl fmt::Display for SimStats {
             self.process_crashes,
             self.torn_writes,
             self.recovered_records,
-            self.recovery_checks
+            self.recovery_checks,
+            self.io_errors,
+            self.io_failures
         )
     }
 }

@@ -5,7 +5,10 @@
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::disk::SimDisk;
+use std::cell::Cell;
+use std::rc::Rc;
+
+use super::disk::{SimDisk, INJECTED_ERROR};
 use super::model::{digest, Model};
 use super::net::{Direction, Network};
 use super::swarm::SwarmConfig;
@@ -37,6 +40,8 @@ pub struct World {
     reconnect_at_us: Vec<u64>,
     partition_until_us: u64,
     faults_on: bool,
+    /// I/O errors of the secondary's disks, per 10,000 completions (0 once faults stop).
+    io_errors: Rc<Cell<u32>>,
     model: Model,
     /// Highest watermark the secondary has shown; it must never go below it.
     reported_applied: DataSetId,
@@ -60,8 +65,19 @@ impl World {
         let primary = Primary::new(config.primary.clone(), primary_disks)
             .expect("swarm draws a valid primary config");
         let journal_id = rng.next_u64();
+        // The secondary's disks fail at a rate drawn apart from the swarm config, so seeds
+        // without I/O errors (half of them) run exactly as before errors could be
+        // injected; and only once the journal is formatted.
+        let io_errors = Rc::new(Cell::new(0));
+        let (mut journal, mut replicas): (SimDisk, Vec<SimDisk>) = (journal, replicas);
+        journal.fail_at(&io_errors);
+        replicas.iter_mut().for_each(|r| r.fail_at(&io_errors));
         let secondary = Secondary::create(config.secondary.clone(), journal_id, journal, replicas)
             .expect("swarm draws a valid secondary");
+        let mut errors_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10E_0E44);
+        if errors_rng.random_bool(0.5) {
+            io_errors.set(errors_rng.random_range(1..=30));
+        }
         let lanes = config.primary.lanes;
         let sizes: Vec<usize> = config
             .volumes
@@ -84,6 +100,7 @@ impl World {
             reconnect_at_us: vec![0; lanes],
             partition_until_us: 0,
             faults_on: true,
+            io_errors,
             reported_applied: DataSetId::NONE,
             checked_applied: None,
             next_token: 0,
@@ -131,6 +148,7 @@ impl World {
         }
         self.flush_primary()?;
         self.faults_on = false;
+        self.io_errors.set(0);
         self.partition_until_us = 0;
         self.reconnect_at_us.fill(0);
         self.restart_at_us = 0;
@@ -356,15 +374,17 @@ impl World {
             self.stats.partitions += 1;
         }
         if self.secondary.is_some() && self.rng.random_ratio(self.config.crash, 10_000) {
-            self.crash_secondary();
+            self.crash_secondary(false);
         }
     }
 
-    fn crash_secondary(&mut self) {
+    fn crash_secondary(&mut self, power_loss: bool) {
         (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
         let secondary = self.secondary.take().expect("running");
         let (mut journal, mut replicas) = secondary.into_storages();
-        if self.rng.random_bool(0.5) {
+        self.stats.io_errors +=
+            journal.injected_errors + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
+        if power_loss || self.rng.random_bool(0.5) {
             // Power loss: what was not flushed may be lost or torn.
             journal.crash();
             replicas.iter_mut().for_each(SimDisk::crash);
@@ -382,8 +402,12 @@ impl World {
             if let Some((journal, replicas)) = self.crashed.take() {
                 self.stats.torn_writes +=
                     journal.torn_writes + replicas.iter().map(|r| r.torn_writes).sum::<u64>();
-                let restarted = Secondary::open(self.config.secondary.clone(), journal, replicas)
-                    .map_err(|e| self.violation(format!("restart failed: {e}")))?;
+                // Recovery itself runs on healthy disks: errors resume once it is done.
+                let rate = self.io_errors.replace(0);
+                let opened = Secondary::open(self.config.secondary.clone(), journal, replicas);
+                self.io_errors.set(rate);
+                let restarted =
+                    opened.map_err(|e| self.violation(format!("restart failed: {e}")))?;
                 self.stats.recovered_records += restarted.stats().recovered_records;
                 self.secondary = Some(restarted);
                 self.checked_applied = None;
@@ -410,7 +434,14 @@ impl World {
             return Ok(());
         };
         if let Some(why) = secondary.failure() {
-            return Err(self.violation(format!("secondary stopped: {why}")));
+            if !why.contains(INJECTED_ERROR) {
+                return Err(self.violation(format!("secondary stopped: {why}")));
+            }
+            // A disk failed: the operator restarts the secondary, which recovers as from a
+            // power loss (what the failed request did is unknown).
+            self.stats.io_failures += 1;
+            self.crash_secondary(true);
+            return Ok(());
         }
         let applied = secondary.applied();
         if applied < self.reported_applied {
@@ -460,6 +491,8 @@ impl World {
         let (journal, replicas) = secondary.storages();
         let mut journal = journal.clone();
         let mut replicas: Vec<SimDisk> = replicas.to_vec();
+        journal.never_fail();
+        replicas.iter_mut().for_each(SimDisk::never_fail);
         if self.rng.random_bool(0.5) {
             journal.crash();
             replicas.iter_mut().for_each(SimDisk::crash);
