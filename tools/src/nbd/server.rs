@@ -50,6 +50,7 @@ const FLAGS: u16 = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_C
 /// Serves one client until it disconnects (`Ok`) or breaks the protocol (`Err`).
 pub fn serve(mut stream: TcpStream, exports: &[&dyn Export]) -> Result<(), ServeError> {
     stream.set_nodelay(true)?;
+    ordo_engine::runtime::lane::detect_dead_peer(&stream)?;
     // A client that connects and never negotiates must not hold a connection slot.
     stream.set_read_timeout(Some(NEGOTIATION_TIMEOUT))?;
     let mut out = Vec::with_capacity(256);
