@@ -62,7 +62,7 @@ impl Retention {
             .expect("retention window fits in memory");
         Retention {
             window_bytes,
-            arena: vec![0; arena_len],
+            arena: crate::storage::prefaulted(arena_len),
             records: VecDeque::with_capacity(max_records),
             stream_next: 0,
         }

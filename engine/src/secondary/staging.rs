@@ -114,7 +114,7 @@ impl Staging {
         let data_sets = (window_bytes / (2 * RECORD_OVERHEAD_BYTES) + 2) as usize;
         Staging {
             window_bytes,
-            arena: vec![0; (window_bytes + u64::from(max_write_bytes)) as usize],
+            arena: crate::storage::prefaulted((window_bytes + u64::from(max_write_bytes)) as usize),
             slots: vec![EMPTY_SLOT; seqs],
             data_sets: vec![DataSetSlot::default(); data_sets],
             applied,

@@ -234,6 +234,20 @@ pub fn describe<S: Storage>(names: &[String], volumes: &[S]) -> Vec<crate::proto
         .collect()
 }
 
+/// A zeroed buffer with every page already mapped. `vec![0; n]` takes fresh pages from
+/// the kernel lazily, so the first write to each would fault (and the kernel clear it) on
+/// the hot path; arenas sized at startup are touched here instead.
+pub fn prefaulted(len: usize) -> Vec<u8> {
+    const PAGE_BYTES: usize = 4096;
+    let mut buf = vec![0u8; len];
+    // The allocator's memory is known to be zero: black_box keeps the writes that map it.
+    let bytes = std::hint::black_box(&mut buf[..]);
+    for page in bytes.chunks_mut(PAGE_BYTES) {
+        page[0] = 0;
+    }
+    buf
+}
+
 /// Waits until nothing is in flight on `storage`, discarding the completions: for handing
 /// storage from one owner to the next (a restart), never the hot path.
 pub fn drain<S: Storage + ?Sized>(storage: &mut S) {
