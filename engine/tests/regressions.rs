@@ -510,3 +510,44 @@ fn a_journal_is_never_replayed_onto_other_replicas() {
         "the same replicas"
     );
 }
+
+/// Review finding. Old: a restarted primary (it keeps no state) met a secondary that had
+/// applied nothing but held staged records of the earlier run; it took them for its own
+/// records with the same seqs, and its new sync completed data set 1 over the old
+/// payloads: the primary held B, the replica A, and nothing said so. Now any staged or
+/// applied state at first contact is another history, and replication stalls.
+#[test]
+fn a_restarted_primary_never_completes_an_earlier_runs_staged_records() {
+    let mut s = create(config(), 0xA);
+    let block = |byte: u8| vec![byte; BLOCK as usize];
+    let mut earlier = primary(MAX_WRITE);
+    connect(&mut earlier, &mut s).unwrap();
+    earlier
+        .submit_write(0, VolumeId(0), 0, &block(0xA1), 1)
+        .unwrap();
+    earlier
+        .submit_write(0, VolumeId(0), 4096, &block(0xA2), 2)
+        .unwrap();
+    exchange(&mut earlier, &mut s, 3).unwrap();
+    assert_eq!(s.applied(), DataSetId::NONE, "data set 1 is still open");
+    drop(earlier);
+    s.lane_down(0);
+
+    let mut restarted = primary(MAX_WRITE);
+    restarted
+        .submit_write(0, VolumeId(0), 0, &block(0xB1), 1)
+        .unwrap();
+    restarted
+        .submit_write(0, VolumeId(0), 4096, &block(0xB2), 2)
+        .unwrap();
+    restarted.flush(3).unwrap();
+    let error = connect(&mut restarted, &mut s).unwrap_err();
+    assert_eq!(error, PeerError::ForeignHistory { applied: 0 });
+    assert_eq!(restarted.stalled(), Some(&error));
+    let _ = exchange(&mut restarted, &mut s, 5);
+    assert_eq!(
+        s.applied(),
+        DataSetId::NONE,
+        "nothing of either run was applied"
+    );
+}

@@ -167,10 +167,10 @@ impl Link {
         }
         self.stalled = None;
         let resume = &hello.resume;
-        // Before our first record reached it, a secondary can have applied nothing of
-        // ours: what it reports applied came from another history, whose seqs collide
-        // with ours. (Until then no record is sent, so this holds for every first Hello.)
-        if self.peer.is_none() && resume.applied_seq > Seq(0) {
+        // Before our first record reached it, a secondary can hold nothing of ours: what
+        // it reports applied or staged came from another history, whose seqs collide with
+        // ours. (Until then no record is sent, so this holds for every first Hello.)
+        if self.peer.is_none() && (resume.applied_seq > Seq(0) || !resume.staged.is_empty()) {
             let error = PeerError::ForeignHistory {
                 applied: resume.applied_data_set.0,
             };

@@ -308,14 +308,10 @@ impl<S: Storage> PrimaryService<S> {
         }
         work |= self.start_queued(now_ms);
         if self.closing == Closing::Refusing && self.queued.is_empty() {
-            match self.node.primary().flush(DRAIN_TOKEN) {
-                Ok(_) => self.closing = Closing::Flushing(None),
-                // Room comes back as other flushes complete; try again next round.
-                Err(SubmitError::TooManyFlushes) => {}
-                Err(error) => {
-                    tracing::error!("the closing flush failed: {error}");
-                    self.closing = Closing::Flushing(Some(self.node.primary().last_closed()));
-                }
+            // Only `TooManyFlushes` can refuse it, and room comes back as other flushes
+            // complete: try again next round. Never report drained without this flush.
+            if self.node.primary().flush(DRAIN_TOKEN).is_ok() {
+                self.closing = Closing::Flushing(None);
             }
         }
         work |= self.node.poll(now_ms);

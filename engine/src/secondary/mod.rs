@@ -80,7 +80,10 @@ pub struct Secondary<S: Storage> {
     /// completed. Only a prefix of completed records may be committed: recovery scans the
     /// log in order and stops at the first hole, so a record behind an unfinished one is
     /// not durable even if its own write is.
-    appended: VecDeque<Seq>,
+    /// Records appended to the journal and not yet committed, in log order. The flag is
+    /// "write completed" for a record whose slot an injected bug removed early; otherwise
+    /// the slot's state says it.
+    appended: VecDeque<(Seq, bool)>,
     /// Journal writes covered by the flush in flight.
     flushing: Vec<Seq>,
     flush_in_flight: bool,
@@ -376,7 +379,7 @@ impl<S: Storage> Secondary<S> {
             kind: slot.kind,
         };
         match self.journal.append(slot.seq.0, header, payload) {
-            Ok(_) => self.appended.push_back(slot.seq),
+            Ok(_) => self.appended.push_back((slot.seq, false)),
             Err(error) => self.fail(format!("journal write: {error}")),
         }
         self.stats.records_staged += 1;
@@ -426,13 +429,14 @@ impl<S: Storage> Secondary<S> {
         let committable = self
             .appended
             .iter()
-            .take_while(|&&seq| is_written(staging, seq))
+            .take_while(|(seq, done)| *done || is_written(staging, *seq))
             .count();
         if !self.flush_in_flight && committable > 0 && self.failed.is_none() {
             match self.journal.storage_mut().submit_flush(TAG_FLUSH_RECORDS) {
                 Ok(()) => {
                     assert!(self.flushing.is_empty());
-                    self.flushing.extend(self.appended.drain(..committable));
+                    let committed = self.appended.drain(..committable).map(|(seq, _)| seq);
+                    self.flushing.extend(committed);
                     self.flush_in_flight = true;
                     self.stats.journal_flushes += 1;
                 }
@@ -497,6 +501,12 @@ impl<S: Storage> Secondary<S> {
                         self.config.bug.is_some(),
                         "seq {seq} left staging before it was durable"
                     );
+                }
+                if self.config.bug.is_some() {
+                    // Slots may vanish under the bug: remember completion by searching, as
+                    // a correct secondary never needs to.
+                    let entry = self.appended.iter_mut().find(|(s, _)| s.0 == seq);
+                    entry.expect("a completed record was appended").1 = true;
                 }
             }
         }
@@ -710,11 +720,10 @@ fn check_storage<S: Storage>(
     Ok(())
 }
 
-/// Whether the journal write of `seq` (appended, not yet committed) has completed. A
-/// record that left staging early did so only under an injected bug, which applied it:
-/// count it as written so the log behind it can commit.
+/// Whether the journal write of `seq` (appended, not yet committed) has completed, as its
+/// slot says (a slot gone early, under an injected bug, answers through the flag instead).
 fn is_written(staging: &Staging, seq: Seq) -> bool {
     staging
         .slot(seq)
-        .is_none_or(|slot| slot.state == SlotState::Written)
+        .is_some_and(|slot| slot.state == SlotState::Written)
 }

@@ -233,35 +233,41 @@ mod tests {
 
     #[test]
     fn injected_errors_fail_writes_and_flushes_and_a_failed_flush_persists_nothing() {
-        let always = Rc::new(Cell::new(10_000));
+        let rate = Rc::new(Cell::new(0));
         let mut disk = disk();
-        disk.fail_at(&always);
+        disk.fail_at(&rate);
+        // A completed write, then a flush that covers it and fails.
         disk.submit_write(1, 0, &[7; 4096]).unwrap();
+        assert_eq!(drain(&mut disk), [1]);
+        rate.set(10_000);
         disk.submit_flush(2).unwrap();
         let mut out = Vec::new();
-        while out.len() < 2 {
+        while out.is_empty() {
             disk.poll(&mut out, 8);
         }
-        for completion in &out {
-            let Err(StorageError::Io { message, .. }) = &completion.result else {
-                panic!("{completion:?}");
-            };
-            assert_eq!(message, INJECTED_ERROR);
-        }
-        assert_eq!(disk.injected_errors, 2);
+        let Err(StorageError::Io { message, .. }) = &out[0].result else {
+            panic!("{out:?}");
+        };
+        assert_eq!(message, INJECTED_ERROR);
+        assert_eq!(disk.injected_errors, 1);
         assert!(
             disk.durable.iter().all(|&b| b == 0),
             "the failed flush made nothing durable"
         );
-        // Rate 0 draws nothing from the disk's randomness: the same seed completes the same.
-        always.set(0);
-        let mut plain = disk.clone();
-        plain.never_fail();
+        // At rate 0 a completion draws nothing from the disk's randomness beyond the
+        // completion decision itself: the word position moves as for a disk never set up
+        // to fail.
+        rate.set(0);
+        let mut plain = SimDisk::new(Geometry::new(16 * 4096, 4096).unwrap(), 100, 9);
+        let mut failing = plain.clone();
+        failing.fail_at(&rate);
         for tag in 10..20 {
-            disk.submit_write(tag, 0, &[1; 4096]).unwrap();
             plain.submit_write(tag, 0, &[1; 4096]).unwrap();
+            failing.submit_write(tag, 0, &[1; 4096]).unwrap();
         }
-        assert_eq!(drain(&mut disk), drain(&mut plain));
+        assert_eq!(drain(&mut plain), drain(&mut failing));
+        assert_eq!(plain.rng.get_word_pos(), failing.rng.get_word_pos());
+        assert_eq!(failing.injected_errors, 0);
     }
 
     #[test]

@@ -40,8 +40,10 @@ pub struct World {
     reconnect_at_us: Vec<u64>,
     partition_until_us: u64,
     faults_on: bool,
-    /// I/O errors of the secondary's disks, per 10,000 completions (0 once faults stop).
+    /// I/O errors of the secondary's disks, per 10,000 completions (0 once faults stop),
+    /// and how many of those its disks have injected that the checker has seen.
     io_errors: Rc<Cell<u32>>,
+    errors_seen: u64,
     model: Model,
     /// Highest watermark the secondary has shown; it must never go below it.
     reported_applied: DataSetId,
@@ -101,6 +103,7 @@ impl World {
             partition_until_us: 0,
             faults_on: true,
             io_errors,
+            errors_seen: 0,
             reported_applied: DataSetId::NONE,
             checked_applied: None,
             next_token: 0,
@@ -382,8 +385,6 @@ impl World {
         (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
         let secondary = self.secondary.take().expect("running");
         let (mut journal, mut replicas) = secondary.into_storages();
-        self.stats.io_errors +=
-            journal.injected_errors + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
         if power_loss || self.rng.random_bool(0.5) {
             // Power loss: what was not flushed may be lost or torn.
             journal.crash();
@@ -408,6 +409,11 @@ impl World {
                 self.io_errors.set(rate);
                 let restarted =
                     opened.map_err(|e| self.violation(format!("restart failed: {e}")))?;
+                // Errors injected into requests dropped by the crash were never seen by a
+                // running secondary: count from here.
+                let (journal, replicas) = restarted.storages();
+                self.errors_seen = journal.injected_errors
+                    + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
                 self.stats.recovered_records += restarted.stats().recovered_records;
                 self.secondary = Some(restarted);
                 self.checked_applied = None;
@@ -433,6 +439,20 @@ impl World {
         let Some(secondary) = &self.secondary else {
             return Ok(());
         };
+        // Every injected error reaches the secondary in the poll that completes it, and it
+        // must stop: a secondary that went on after a failed write or flush would ack or
+        // apply what may not be on its disk.
+        let (journal, replicas) = secondary.storages();
+        let injected =
+            journal.injected_errors + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
+        let new_errors = injected - self.errors_seen;
+        if new_errors > 0 && secondary.failure().is_none() {
+            return Err(self.violation(format!(
+                "the secondary went on after {new_errors} injected I/O error(s)"
+            )));
+        }
+        self.errors_seen = injected;
+        self.stats.io_errors += new_errors;
         if let Some(why) = secondary.failure() {
             if !why.contains(INJECTED_ERROR) {
                 return Err(self.violation(format!("secondary stopped: {why}")));
