@@ -259,11 +259,11 @@ impl Link {
         };
         // Both come from the peer: a lie must not overflow.
         let credit_end = peer.applied_stream_end.saturating_add(peer.window_bytes);
-        // A frame goes in if it fits in `max_bytes`, or if it is the first of this call
-        // (so a small budget still makes progress): `out` never grows past the budget by
-        // more than one frame.
+        // A frame goes in if it fits in `max_bytes`, or if `out` is empty (so a frame
+        // larger than the budget still goes, alone): a lane's buffer holding unsent bytes
+        // never grows past its capacity.
         let fits = |out: &Vec<u8>, payload: u32| {
-            out.len() == start
+            out.is_empty()
                 || out.len() - start + RECORD_FRAME_OVERHEAD_BYTES + payload as usize <= max_bytes
         };
         while out.len() - start < max_bytes {
