@@ -1,5 +1,6 @@
 //! Helpers for tests that run real `ordo` daemons: spawning and killing them, their
-//! control sockets, a small NBD client, and waiting for a condition with a deadline.
+//! control sockets, a small NBD client, waiting for a condition with a deadline, and the
+//! assertions both test files share (verify passes, a file equals an image).
 
 #![allow(
     dead_code,
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 
 pub const ORDO: &str = env!("CARGO_BIN_EXE_ordo");
@@ -277,4 +280,49 @@ impl Pair {
             &self.secondary.control.display().to_string(),
         ])
     }
+}
+
+pub const BLOCK: usize = 4096;
+pub const CATCH_UP: Duration = Duration::from_secs(120);
+
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs (CI installs it with apt-get): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{program} {args:?} failed: {text}");
+    text
+}
+
+pub fn assert_verifies(pair: &Pair) -> u64 {
+    let (ok, out) = pair.verify();
+    assert!(ok, "ordo verify failed: {out}");
+    let line = out.lines().last().unwrap_or_default();
+    let n = line
+        .strip_prefix("replica matches primary at data set ")
+        .unwrap_or_else(|| panic!("unexpected verify output {out:?}"));
+    n.trim().parse().unwrap()
+}
+
+pub fn assert_file_equals(path: &Path, image: &[u8]) {
+    let replica = std::fs::read(path).unwrap();
+    assert_eq!(replica.len(), image.len());
+    if let Some(at) = replica.iter().zip(image).position(|(a, b)| a != b) {
+        panic!("{} differs from the image at byte {at}", path.display());
+    }
+}
+
+pub fn write_data(index: u64) -> Vec<u8> {
+    random_bytes(BLOCK, index + 1_000_000)
 }
