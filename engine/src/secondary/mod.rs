@@ -7,6 +7,7 @@
 mod applier;
 pub mod config;
 pub mod journal;
+mod open;
 pub mod staging;
 
 use std::collections::VecDeque;
@@ -16,6 +17,7 @@ use thiserror::Error;
 use applier::Applier;
 pub use config::{InjectedBug, SecondaryConfig};
 use journal::{Journal, JournalError, RecordHeader};
+use open::drain_all;
 use staging::{Admission, Slot, SlotState, Staging};
 
 use crate::primary::ConfigError;
@@ -99,105 +101,6 @@ pub struct Secondary<S: Storage> {
 }
 
 impl<S: Storage> Secondary<S> {
-    /// Formats `journal` and starts a secondary with nothing applied. `journal_id` should
-    /// be random: it tells this journal's records from those of an earlier one on the same
-    /// device, and tells the primary when a secondary's state was replaced.
-    pub fn create(
-        config: SecondaryConfig,
-        journal_id: u64,
-        mut journal: S,
-        mut replicas: Vec<S>,
-    ) -> Result<Secondary<S>, SecondaryError> {
-        prepare(&config, &mut journal, &mut replicas)?;
-        let journal = Journal::format(
-            journal,
-            config.group,
-            journal_id,
-            config.window_bytes,
-            config.max_write_bytes,
-            volumes_digest(&config, &replicas),
-        )?;
-        Ok(Secondary::assemble(config, journal, replicas, false))
-    }
-
-    /// Restarts a secondary from its journal and replica: what the journal holds past the
-    /// applied watermark is staged again (and applied once complete).
-    pub fn open(
-        config: SecondaryConfig,
-        mut journal: S,
-        mut replicas: Vec<S>,
-    ) -> Result<Secondary<S>, SecondaryError> {
-        prepare(&config, &mut journal, &mut replicas)?;
-        let journal = Journal::open(journal, config.group)?;
-        if journal.superblock().volumes_digest != volumes_digest(&config, &replicas) {
-            return Err(SecondaryError::JournalMismatch(
-                "the replica volumes (names, sizes, block sizes or their order) are not those this journal was created for".into(),
-            ));
-        }
-        let mut secondary = Secondary::assemble(config, journal, replicas, true);
-        let mut recovered = 0;
-        let staging = &mut secondary.staging;
-        let replicas = &secondary.replicas;
-        let mut misfit = None;
-        secondary.journal.scan(|record| {
-            if let Err(why) = fits_replicas(replicas, &record.header) {
-                misfit.get_or_insert(why);
-            } else if restage(staging, &record.header, record.payload) {
-                recovered += 1;
-            }
-        })?;
-        if let Some(why) = misfit {
-            return Err(SecondaryError::JournalMismatch(why));
-        }
-        secondary.stats.recovered_records = recovered;
-        Ok(secondary)
-    }
-
-    fn assemble(
-        config: SecondaryConfig,
-        journal: Journal<S>,
-        replicas: Vec<S>,
-        recovering: bool,
-    ) -> Secondary<S> {
-        let sb = *journal.superblock();
-        let staging = Staging::new(
-            sb.window_bytes,
-            sb.max_write_bytes,
-            sb.applied_data_set,
-            sb.applied_seq,
-            sb.applied_stream_end,
-        );
-        let volumes = describe(&config.volume_names, &replicas);
-        let max_records = (sb.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 1) as usize;
-        let in_flight: u32 = replicas.iter().map(|r| r.geometry().max_in_flight).sum();
-        Secondary {
-            hello: Hello {
-                role: Role::Secondary,
-                group: config.group,
-                max_write_bytes: sb.max_write_bytes,
-                volumes,
-                resume: ResumeState::default(),
-            },
-            lanes: vec![Lane::default(); config.lanes],
-            applier: Applier::new(in_flight as usize, config.bug, recovering),
-            appended: VecDeque::with_capacity(max_records),
-            flushing: Vec::with_capacity(max_records),
-            flush_in_flight: false,
-            superblock_flush_due: false,
-            pending_acks: Vec::with_capacity(max_records),
-            ack_ranges: Vec::with_capacity(MAX_ACK_RANGES),
-            applied_dirty: false,
-            next_applied_ms: 0,
-            completions: Vec::with_capacity(64),
-            failed: None,
-            stats: SecondaryStats::default(),
-            staging,
-            journal,
-            replicas,
-            config,
-        }
-    }
-
     pub fn applied(&self) -> DataSetId {
         self.staging.applied()
     }
@@ -606,118 +509,6 @@ impl<S: Storage> Secondary<S> {
         };
         self.ack_ranges = ranges;
     }
-}
-
-/// Stages a record found in the journal at start-up; true if it was taken.
-fn restage(staging: &mut Staging, header: &RecordHeader, payload: &[u8]) -> bool {
-    let len = header.kind.payload_len();
-    if staging.admit(header.seq, header.data_set, header.stream_offset, len) != Admission::Accept {
-        return false;
-    }
-    let slot = Slot {
-        seq: header.seq,
-        data_set: header.data_set,
-        stream_offset: header.stream_offset,
-        kind: header.kind,
-        state: SlotState::Durable,
-    };
-    staging.insert(slot, payload, SlotState::Durable).is_ok()
-}
-
-/// Checks the configuration and the storage handed in, and drains the storage: completions
-/// of a previous owner's requests must not reach this one's applier.
-fn prepare<S: Storage>(
-    config: &SecondaryConfig,
-    journal: &mut S,
-    replicas: &mut [S],
-) -> Result<(), SecondaryError> {
-    config.validate()?;
-    check_storage(config, journal, replicas)?;
-    drain_all(journal, replicas);
-    Ok(())
-}
-
-/// What the superblock remembers of the replica volumes (see `Superblock::volumes_digest`).
-fn volumes_digest<S: Storage>(config: &SecondaryConfig, replicas: &[S]) -> u32 {
-    describe(&config.volume_names, replicas)
-        .iter()
-        .fold(0, |crc, volume| {
-            let crc = crc32c::crc32c_append(crc, &(volume.name.len() as u32).to_le_bytes());
-            let crc = crc32c::crc32c_append(crc, volume.name.as_bytes());
-            let crc = crc32c::crc32c_append(crc, &volume.size_bytes.to_le_bytes());
-            crc32c::crc32c_append(crc, &volume.block_size.to_le_bytes())
-        })
-}
-
-fn drain_all<S: Storage>(journal: &mut S, replicas: &mut [S]) {
-    drain(journal);
-    replicas.iter_mut().for_each(|r| drain(r));
-}
-
-/// Whether a record found in the journal fits the replicas this secondary has (it was
-/// checked on arrival, but the configuration may have changed since).
-fn fits_replicas<S: Storage>(replicas: &[S], header: &RecordHeader) -> Result<(), String> {
-    let RecordKind::Write {
-        volume,
-        offset,
-        len,
-    } = header.kind
-    else {
-        return Ok(());
-    };
-    let replica = replicas.get(usize::from(volume.0)).ok_or_else(|| {
-        format!(
-            "the journal holds writes to volume {} but there are {} replicas",
-            volume.0,
-            replicas.len()
-        )
-    })?;
-    replica
-        .geometry()
-        .check_io(offset, len as usize)
-        .map_err(|e| {
-            format!(
-                "the journal holds a write that does not fit volume {}: {e}",
-                volume.0
-            )
-        })
-}
-
-/// The smallest journal device queue: a record, a flush and a superblock in flight.
-const MIN_JOURNAL_QUEUE: u32 = 4;
-
-fn check_storage<S: Storage>(
-    config: &SecondaryConfig,
-    journal: &S,
-    replicas: &[S],
-) -> Result<(), SecondaryError> {
-    let depth = journal.geometry().max_in_flight;
-    if depth < MIN_JOURNAL_QUEUE {
-        let why = format!(
-            "the journal device queue ({depth}) must hold at least {MIN_JOURNAL_QUEUE} requests"
-        );
-        return Err(ConfigError::Invalid(why).into());
-    }
-    if replicas.len() != config.volume_names.len() {
-        return Err(ConfigError::Invalid(format!(
-            "{} volume names for {} replicas",
-            config.volume_names.len(),
-            replicas.len()
-        ))
-        .into());
-    }
-    for (name, replica) in config.volume_names.iter().zip(replicas) {
-        if replica.geometry().max_io_bytes < config.max_write_bytes {
-            return Err(SecondaryError::Replica {
-                name: name.clone(),
-                error: StorageError::TooLarge {
-                    len: u64::from(config.max_write_bytes),
-                    max: replica.geometry().max_io_bytes,
-                },
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Whether the journal write of `seq` (appended, not yet committed) has completed, as its
