@@ -108,18 +108,10 @@ impl Frontend {
     /// outstanding on it. `None` if the poller is gone.
     pub fn call(
         &self,
-        mut request: Request,
+        request: Request,
         replies: &crossbeam_channel::Receiver<Reply>,
     ) -> Option<Reply> {
-        loop {
-            match self.submit(request) {
-                Ok(()) => break,
-                Err(back) => {
-                    request = back;
-                    std::thread::yield_now();
-                }
-            }
-        }
+        self.submit_before(request, None).ok()?;
         replies.recv().ok()
     }
 
@@ -128,22 +120,33 @@ impl Frontend {
     /// channel of its own for each such call.
     pub fn call_within(
         &self,
-        mut request: Request,
+        request: Request,
         replies: &crossbeam_channel::Receiver<Reply>,
         timeout: std::time::Duration,
     ) -> Option<Reply> {
         let deadline = std::time::Instant::now() + timeout;
+        self.submit_before(request, Some(deadline)).ok()?;
+        replies.recv_deadline(deadline).ok()
+    }
+
+    /// Submits, yielding while the ring is full, until `deadline` if there is one.
+    fn submit_before(
+        &self,
+        mut request: Request,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), Request> {
         loop {
             match self.submit(request) {
-                Ok(()) => break,
-                Err(_) if std::time::Instant::now() > deadline => return None,
+                Ok(()) => return Ok(()),
+                Err(back) if deadline.is_some_and(|d| std::time::Instant::now() > d) => {
+                    return Err(back)
+                }
                 Err(back) => {
                     request = back;
                     std::thread::yield_now();
                 }
             }
         }
-        replies.recv_deadline(deadline).ok()
     }
 }
 

@@ -15,7 +15,31 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 
-use report::{ControlRequest, Digest, Status, VolumeDigest};
+use report::{ControlRequest, Digest, Status, VolumeDigest, VolumeReport};
+
+use crate::volume::{Volume, VolumeSpec};
+use ordo_engine::storage::Storage;
+
+/// What status says of each volume, and the largest request all of them take (the digest
+/// reads in pieces of that size).
+pub fn describe_volumes(specs: &[VolumeSpec], volumes: &[Volume]) -> (Vec<VolumeReport>, u32) {
+    let reports = specs
+        .iter()
+        .zip(volumes)
+        .map(|(spec, volume)| VolumeReport {
+            name: spec.name.clone(),
+            spec: spec.to_string(),
+            size_bytes: volume.geometry().size_bytes,
+            block_size: volume.geometry().block_size,
+        })
+        .collect();
+    let max_io = volumes
+        .iter()
+        .map(|v| v.geometry().max_io_bytes)
+        .min()
+        .unwrap_or(0);
+    (reports, max_io)
+}
 
 /// A request for the daemon's status, answered by its poller on its next round, so the
 /// reply reflects every request acknowledged before it was asked.
@@ -68,17 +92,18 @@ pub fn init_logging() {
 /// A digest request's volumes and ranges: `(index, offset, len)` of each volume to digest.
 pub fn digest_plan(
     request: &ControlRequest,
-    volumes: &[(String, u64, u32)],
+    volumes: &[VolumeReport],
 ) -> Result<Vec<(usize, u64, u64)>, String> {
     let ControlRequest::Digest { range, chunk_bytes } = request else {
         return Err("not a digest request".into());
     };
-    if let Some((name, _, block)) = volumes
+    if let Some(v) = volumes
         .iter()
-        .find(|(_, _, b)| chunk_bytes % u64::from(*b) != 0)
+        .find(|v| chunk_bytes % u64::from(v.block_size) != 0)
     {
         return Err(format!(
-            "chunk {chunk_bytes} is not a multiple of {name:?}'s {block}-byte block"
+            "chunk {chunk_bytes} is not a multiple of {:?}'s {}-byte block",
+            v.name, v.block_size
         ));
     }
     let plan = digest_ranges(range, volumes)?;
@@ -97,22 +122,24 @@ pub fn digest_plan(
 
 fn digest_ranges(
     range: &Option<(String, u64, u64)>,
-    volumes: &[(String, u64, u32)],
+    volumes: &[VolumeReport],
 ) -> Result<Vec<(usize, u64, u64)>, String> {
     match range {
         None => Ok(volumes
             .iter()
             .enumerate()
-            .map(|(i, (_, size, _))| (i, 0, *size))
+            .map(|(i, v)| (i, 0, v.size_bytes))
             .collect()),
         Some((name, offset, len)) => {
             let index = volumes
                 .iter()
-                .position(|(n, _, _)| n == name)
+                .position(|v| &v.name == name)
                 .ok_or_else(|| format!("no volume {name:?}"))?;
-            let (_, size, block) = &volumes[index];
-            let block = u64::from(*block);
-            let end = offset.checked_add(*len).filter(|&end| end <= *size);
+            let (size, block) = (
+                volumes[index].size_bytes,
+                u64::from(volumes[index].block_size),
+            );
+            let end = offset.checked_add(*len).filter(|&end| end <= size);
             if end.is_none() || offset % block != 0 || len % block != 0 || *len == 0 {
                 return Err(format!(
                     "range {offset}+{len} is not block-aligned inside {name:?} ({size} bytes)"
@@ -129,13 +156,13 @@ pub fn digest(
     data_set: u64,
     chunk_bytes: u64,
     max_io: u64,
-    names: &[String],
+    volumes: &[VolumeReport],
     plan: &[(usize, u64, u64)],
     mut read: impl FnMut(usize, u64, &mut [u8]) -> Result<(), String>,
 ) -> Result<Digest, String> {
     let piece_bytes = chunk_bytes.min(max_io);
     let mut buf = vec![0u8; piece_bytes as usize];
-    let mut volumes = Vec::with_capacity(plan.len());
+    let mut digests = Vec::with_capacity(plan.len());
     for &(index, start, len) in plan {
         let mut crcs = Vec::with_capacity(len.div_ceil(chunk_bytes) as usize);
         let mut chunk_at = start;
@@ -152,8 +179,8 @@ pub fn digest(
             crcs.push(crc);
             chunk_at = chunk_end;
         }
-        volumes.push(VolumeDigest {
-            name: names[index].clone(),
+        digests.push(VolumeDigest {
+            name: volumes[index].name.clone(),
             offset: start,
             crc32c: crcs,
         });
@@ -161,6 +188,6 @@ pub fn digest(
     Ok(Digest {
         data_set,
         chunk_bytes,
-        volumes,
+        volumes: digests,
     })
 }

@@ -22,8 +22,8 @@ use super::report::{
     error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport, Writes,
 };
 use super::{
-    ask_status, control, digest, digest_plan, init_logging, status_channel, status_json,
-    termination_flag, StatusAsk,
+    ask_status, control, describe_volumes, digest, digest_plan, init_logging, status_channel,
+    status_json, termination_flag, StatusAsk,
 };
 use crate::volume::Volume;
 use crossbeam_channel::{Receiver, Sender};
@@ -44,12 +44,7 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
         tracing::info!("volume {spec}: {:?}", volume.geometry());
         volumes.push(volume);
     }
-    let reports = volume_reports(&settings, &volumes);
-    let max_io = volumes
-        .iter()
-        .map(|v| v.geometry().max_io_bytes)
-        .min()
-        .unwrap_or(0);
+    let (reports, max_io) = describe_volumes(&settings.volume, &volumes);
     let config = primary_config(&settings);
     let primary = Primary::new(config.clone(), volumes).context("primary configuration")?;
     let node = PrimaryNode::new(primary, settings.connect, settings.lanes)
@@ -150,20 +145,6 @@ fn primary_config(settings: &PrimarySettings) -> PrimaryConfig {
         retransmit_ms: settings.retransmit_ms,
         max_pending_flushes: settings.max_requests,
     }
-}
-
-fn volume_reports(settings: &PrimarySettings, volumes: &[Volume]) -> Vec<VolumeReport> {
-    settings
-        .volume
-        .iter()
-        .zip(volumes)
-        .map(|(spec, volume)| VolumeReport {
-            name: spec.name.clone(),
-            spec: spec.to_string(),
-            size_bytes: volume.geometry().size_bytes,
-            block_size: volume.geometry().block_size,
-        })
-        .collect()
 }
 
 /// What the log has said, so it speaks only when something changes.
@@ -284,11 +265,7 @@ fn primary_digest(
     let ControlRequest::Digest { chunk_bytes, .. } = request else {
         return Err("not a digest request".into());
     };
-    let shapes: Vec<_> = volumes
-        .iter()
-        .map(|v| (v.name.clone(), v.size_bytes, v.block_size))
-        .collect();
-    let plan = digest_plan(request, &shapes)?;
+    let plan = digest_plan(request, volumes)?;
     let (sender, receiver) = crossbeam_channel::bounded(1);
     let call = |op: Op, buf: Vec<u8>| {
         let request = Request {
@@ -326,13 +303,12 @@ fn primary_digest(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
     let mut buf = Vec::with_capacity(max_io as usize);
     let digest = digest(
         data_set,
         *chunk_bytes,
         u64::from(max_io),
-        &names,
+        volumes,
         &plan,
         |i, at, out| {
             buf.clear();

@@ -23,8 +23,8 @@ use ordo_engine::storage::Storage;
 use super::config::{pin, print_banner, SecondaryOptions, SecondarySettings};
 use super::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
 use super::{
-    control, digest, digest_plan, init_logging, status_channel, status_json, termination_flag,
-    StatusAsk,
+    control, describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
+    termination_flag, StatusAsk,
 };
 use crate::volume::{Backend, Volume};
 
@@ -80,23 +80,7 @@ struct Control {
 impl Control {
     /// Serves the control socket; its requests reach the poller through `Control`.
     fn start(settings: &SecondarySettings, secondary: &Secondary<Volume>) -> Result<Control> {
-        let volumes = settings
-            .volume
-            .iter()
-            .zip(secondary.replicas())
-            .map(|(spec, replica)| VolumeReport {
-                name: spec.name.clone(),
-                spec: spec.to_string(),
-                size_bytes: replica.geometry().size_bytes,
-                block_size: replica.geometry().block_size,
-            })
-            .collect();
-        let max_io = secondary
-            .replicas()
-            .iter()
-            .map(|r| r.geometry().max_io_bytes)
-            .min()
-            .unwrap_or(0);
+        let (volumes, max_io) = describe_volumes(&settings.volume, secondary.replicas());
         let (ask_sender, asks) = status_channel();
         let (job_sender, jobs) = crossbeam_channel::bounded::<DigestJob>(4);
         let handler = move |line: &str| match ControlRequest::parse(line) {
@@ -298,8 +282,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("syncing {}", dir.display()))
 }
 
-/// Digests the replicas if the secondary is between data sets; `None` to try again on a
-/// later round.
+/// Digests the replicas if the secondary is between data sets with nothing in flight on
+/// them; `None` to try again on a later round.
 fn try_digest(
     node: &mut SecondaryNode<Volume>,
     request: &ControlRequest,
@@ -311,37 +295,37 @@ fn try_digest(
         return Some(error_json("not a digest request"));
     };
     let secondary = node.secondary_mut();
-    if !secondary.is_between_data_sets() {
+    let idle = secondary.replicas().iter().all(|r| r.in_flight() == 0);
+    if !secondary.is_between_data_sets() || !idle {
         if waited_ms > DIGEST_QUIET_TIMEOUT_MS {
             return Some(error_json("the secondary never paused between data sets"));
         }
         return None;
     }
-    let shapes: Vec<_> = volumes
-        .iter()
-        .map(|v| (v.name.clone(), v.size_bytes, v.block_size))
-        .collect();
-    let plan = match digest_plan(request, &shapes) {
+    let plan = match digest_plan(request, volumes) {
         Ok(plan) => plan,
         Err(why) => return Some(error_json(&why)),
     };
-    let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
     let applied = secondary.applied().0;
     let result = digest(
         applied,
         *chunk_bytes,
         u64::from(max_io),
-        &names,
+        volumes,
         &plan,
-        |i, at, buf| match secondary.read_replica(VolumeId(i as u16), at, buf) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("a replica was busy".to_string()),
-            Err(e) => Err(e.to_string()),
+        |i, at, buf| {
+            // Quiet and idle (checked above, nothing polled since): every read is taken.
+            match secondary.read_replica(VolumeId(i as u16), at, buf) {
+                Ok(taken) => {
+                    assert!(taken, "a quiet replica took the read");
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
         },
     );
     Some(match result {
         Ok(digest) => serde_json::to_string(&digest).unwrap_or_default(),
-        Err(why) if why == "a replica was busy" => return None,
         Err(why) => error_json(&why),
     })
 }
