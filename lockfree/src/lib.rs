@@ -1,4 +1,6 @@
-//! ordo-lockfree: the lock-free structures between ordo's receiver threads and its applier.
+//! ordo-lockfree: the lock-free structures between ordo's receiver threads and the thread
+//! that journals and applies what they receive: the reorder buffer (records by seq) and
+//! the staging arena (their payloads, in claimed ranges).
 //!
 //! The only crate in the workspace besides spdk-glue/ that needs `unsafe`: its structures
 //! keep values in `UnsafeCell` slots whose ownership atomics hand from thread to thread.
@@ -6,7 +8,11 @@
 //! synchronization primitives come from `primitive`, which loom replaces under
 //! `--cfg loom` (ci/loom.sh).
 
+mod arena;
 mod primitive;
 mod reorder;
 
-pub use reorder::{Consumer, Producer, Rejected, ReorderBuffer, ReorderStats, SEQ_LIMIT};
+pub use arena::{ArenaError, ArenaReader, ArenaWriter, StagingArena, GRANULE_BYTES};
+pub use reorder::{
+    Consumer, Producer, Rejected, ReorderBuffer, ReorderStats, Reservation, SEQ_LIMIT,
+};

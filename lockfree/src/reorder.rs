@@ -7,13 +7,21 @@
 //! `ArrayQueue`), with slots keyed by `seq` instead of a tail counter. Slot `seq % capacity`
 //! is the only place `seq` can live. Its stamp, an `AtomicU64`, holds `seq << 2 | state`
 //! for the one seq the slot currently serves, with state `EMPTY` (waiting for that seq),
-//! `WRITING` (a producer claimed it and is moving its value in) or `FULL`. One seq's
-//! life in its slot is:
+//! `WRITING` (a producer reserved it and has not published a value yet) or `FULL`. One
+//! seq's life in its slot is:
 //!
 //! ```text
-//! EMPTY(s) --producer CAS--> WRITING(s) --producer store--> FULL(s)
-//!          --consumer takes the value, stores--> EMPTY(s + capacity)
+//! EMPTY(s) --reserve: CAS--> WRITING(s) --publish: store--> FULL(s)
+//!    ^                            |
+//!    +--- abort: the reservation -+
+//!         dropped unpublished, store
+//!
+//! FULL(s) --the consumer takes the value, stores--> EMPTY(s + capacity)
 //! ```
+//!
+//! `insert` is `reserve` then `publish`. A caller that must not copy its value before it
+//! knows the seq is its own (a receiver moving a payload into a staging area) reserves
+//! first, and publishes or drops the [`Reservation`].
 //!
 //! Producers never move a shared tail: they share nothing but the slot their seq maps to
 //! and a read of the published `next`. The consumer owns `next`, keeps it in its handle
@@ -22,25 +30,36 @@
 //!
 //! # ABA
 //!
-//! A stamp carries the whole seq, not a lap bit or a "full" flag, and every transition
-//! above makes it strictly larger, so no stamp value ever comes back. A producer's CAS
-//! expects `EMPTY(seq)` exactly: it cannot succeed for a slot serving another lap, however
-//! long the producer stalled between reading `next` and the CAS (had the stamp been only
-//! "empty/full", a producer that saw "empty" for lap k, stalled while the consumer went
-//! round, could fill it during lap k+1 with a value of the wrong seq). Symmetrically the
-//! consumer takes a value only on `FULL(next)` exactly. Stamps stay unique while
+//! A stamp carries the whole seq, not a lap bit or a "full" flag, and the seq in it never
+//! decreases: only the consumer changes it, and only upward (`FULL(s)` to
+//! `EMPTY(s + capacity)`). A producer's CAS expects `EMPTY(seq)` exactly: it cannot
+//! succeed for a slot serving another lap, however long the producer stalled between
+//! reading `next` and the CAS (had the stamp been only "empty/full", a producer that saw
+//! "empty" for lap k, stalled while the consumer went round, could fill it during lap k+1
+//! with a value of the wrong seq). Symmetrically the consumer takes a value only on
+//! `FULL(next)` exactly.
+//!
+//! An abort is the one transition back to a value the stamp had before (`WRITING(s)` to
+//! `EMPTY(s)`), and it is harmless: only the producer holding the reservation makes it
+//! (no other party changes a `WRITING` stamp), and the consumer does not move past `s`
+//! while the slot is not `FULL(s)`, so the slot has not left lap `s`: a stalled producer
+//! whose CAS then finds `EMPTY(s)` claims the seq it meant to, in the lap it meant to.
+//! `FULL(s)` is reached at most once per lap (only the consumer leaves it, to the next
+//! lap), so the consumer can never take one seq twice. Stamps stay unique per lap while
 //! `seq < SEQ_LIMIT` (2^62; `seq << 2` must fit), which holds for the life of any
 //! replication group (at 10^9 writes per second, 146 years) and is asserted.
 //!
 //! # Progress
 //!
-//! `insert` is wait-free: one load, one CAS, one store, no loop. The consumer cannot
-//! move past a seq whose producer stalls between its CAS and its `FULL` store, but that
-//! is the nature of delivering in order: it could not move past a seq that has not
-//! arrived either.
+//! `reserve` is wait-free (one load, one CAS, no loop), and so are `publish` and an
+//! abort (one store each). The consumer cannot move past a seq whose producer stalls
+//! while holding its reservation, but that is the nature of delivering in order: it could
+//! not move past a seq that has not arrived either. Another producer of that seq is
+//! refused as `Duplicate` meanwhile; if the holder aborts, a later insert or reserve of
+//! the seq succeeds.
 
 use std::fmt;
-use std::mem::MaybeUninit;
+use std::mem::{ManuallyDrop, MaybeUninit};
 
 use crossbeam_utils::CachePadded;
 
@@ -69,7 +88,8 @@ fn stamp_state(stamp: u64) -> u64 {
     stamp & STATE_MASK
 }
 
-/// Why an insert was refused; each variant gives the value back.
+/// Why an insert or a reserve was refused; each variant gives the value back (`()` for a
+/// reserve).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected<T> {
     /// `seq` is below `next`: already consumed (a resend of something delivered).
@@ -93,6 +113,17 @@ impl<T> Rejected<T> {
     }
 }
 
+impl Rejected<()> {
+    /// The same refusal, giving back `value` (an insert refused by its reserve).
+    fn with_value<T>(self, value: T) -> Rejected<T> {
+        match self {
+            Rejected::Stale(()) => Rejected::Stale(value),
+            Rejected::Ahead(()) => Rejected::Ahead(value),
+            Rejected::Duplicate(()) => Rejected::Duplicate(value),
+        }
+    }
+}
+
 /// A snapshot of the buffer's counters. Each is exact; taken while inserts run, they are
 /// not a consistent set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,7 +137,7 @@ pub struct ReorderStats {
 struct Slot<T> {
     stamp: AtomicU64,
     /// Initialized exactly while the stamp is `FULL` (and during `WRITING`, once the
-    /// claiming producer has written it).
+    /// publishing producer has written it, until its `FULL` store).
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
@@ -148,10 +179,11 @@ pub struct ReorderBuffer<T> {
 
 // SAFETY: values only move between threads (a producer moves one in, the consumer moves it
 // out), never shared by reference, so `T: Send` is enough. Access to each slot's value is
-// serialized by its stamp as argued in `insert` and `take_next`.
+// serialized by its stamp as argued in `reserve`, `Reservation::publish` and `take_next`.
 unsafe impl<T: Send> Send for ReorderBuffer<T> {}
-// SAFETY: as for `Send`: `&ReorderBuffer` only lets a thread move values in (`insert`),
-// and moving out needs the one `Consumer`.
+// SAFETY: as for `Send`: `&ReorderBuffer` only lets a thread move values in (`insert`,
+// or `reserve` and `publish`; a `Reservation` sent to another thread moves its value in
+// from there), and moving out needs the one `Consumer`.
 unsafe impl<T: Send> Sync for ReorderBuffer<T> {}
 
 impl<T> ReorderBuffer<T> {
@@ -228,8 +260,25 @@ impl<T> ReorderBuffer<T> {
     }
 
     /// Puts `value` in the slot for `seq`, or says why not. Callable from any number of
-    /// threads at once; wait-free.
+    /// threads at once; wait-free. The same as [`reserve`] then [`Reservation::publish`].
+    ///
+    /// [`reserve`]: ReorderBuffer::reserve
     pub fn insert(&self, seq: u64, value: T) -> Result<(), Rejected<T>> {
+        match self.reserve(seq) {
+            Ok(reservation) => {
+                reservation.publish(value);
+                Ok(())
+            }
+            Err(rejected) => Err(rejected.with_value(value)),
+        }
+    }
+
+    /// Claims the slot for `seq` (`EMPTY(seq)` to `WRITING(seq)`) before its value exists,
+    /// or says why not (counted as an insert's refusal would be). Until the reservation
+    /// is published or dropped, the consumer waits at `seq` as for a seq not yet arrived
+    /// and other inserts of `seq` are refused as `Duplicate`. Callable from any number of
+    /// threads at once; wait-free.
+    pub fn reserve(&self, seq: u64) -> Result<Reservation<'_, T>, Rejected<()>> {
         // Acquire, pairing with the consumer's Release publish: every slot the consumer
         // released for seqs below `next` (its `EMPTY(s + capacity)` stores come before
         // the publish) is visible to the CAS below, so the slot for an in-window seq can
@@ -237,41 +286,31 @@ impl<T> ReorderBuffer<T> {
         // consumer's move out of the slot's previous value before our write (see the CAS).
         let next = self.next_published.load(Ordering::Acquire);
         if seq < next {
-            return Err(self.count(Rejected::Stale(value)));
+            return Err(self.count(Rejected::Stale(())));
         }
         if seq - next > self.mask {
-            return Err(self.count(Rejected::Ahead(value)));
+            return Err(self.count(Rejected::Ahead(())));
         }
         // In the window, so `seq < next + capacity <= SEQ_LIMIT`: the stamp fits.
         let slot = self.slot(seq);
-        // Success Acquire, pairing with the consumer's Release store of `EMPTY(seq)`:
-        // its move of the previous lap's value out of the cell happens before our write
-        // below. The window check's Acquire orders that too (the consumer releases a
-        // slot before publishing the `next` that admits us), so today this pair is
-        // redundant; it is kept so the slot protocol is sound on its own, as in Vyukov's
-        // queue, whatever the window check becomes (loom finds the race only when both
-        // pairs are weakened). Failure Relaxed: we then only classify, never touch the
-        // cell.
+        // Success Acquire, pairing with the Release store that made the stamp
+        // `EMPTY(seq)`: the consumer's, whose move of the previous lap's value out of the
+        // cell then happens before our write in `publish`; or an aborting producer's,
+        // whose own Acquire CAS had synchronized with the consumer's store, so the chain
+        // carries the same order through any number of aborts (a plain store breaks the
+        // consumer's release sequence, hence the abort's Release). The window check's
+        // Acquire orders the consumer's move too (it releases a slot before publishing
+        // the `next` that admits us), so today this pair is redundant; it is kept so the
+        // slot protocol is sound on its own, as in Vyukov's queue, whatever the window
+        // check becomes (loom finds the race only when both pairs are weakened). Failure
+        // Relaxed: we then only classify, never touch the cell.
         match slot.stamp.compare_exchange(
             stamp(seq, EMPTY),
             stamp(seq, WRITING),
             Ordering::Acquire,
             Ordering::Relaxed,
         ) {
-            Ok(_) => {
-                slot.value.with_mut(|cell| {
-                    // SAFETY: our CAS moved the stamp from `EMPTY(seq)` to
-                    // `WRITING(seq)`; stamps never repeat, so no other producer can claim
-                    // this slot, and the consumer touches the cell only on `FULL(seq)`.
-                    // The cell is ours until the store below.
-                    unsafe { (*cell).write(value) };
-                });
-                self.counters.inserted.fetch_add(1, Ordering::Relaxed);
-                // Release, pairing with the consumer's Acquire load in `take_next`: our
-                // write of the value happens before its read.
-                slot.stamp.store(stamp(seq, FULL), Ordering::Release);
-                Ok(())
-            }
+            Ok(_) => Ok(Reservation { buffer: self, seq }),
             Err(actual) => {
                 let held = stamp_seq(actual);
                 // An earlier lap here would mean the Acquire on `next` did not order the
@@ -282,16 +321,16 @@ impl<T> ReorderBuffer<T> {
                 );
                 if held == seq {
                     debug_assert_ne!(stamp_state(actual), EMPTY);
-                    Err(self.count(Rejected::Duplicate(value)))
+                    Err(self.count(Rejected::Duplicate(())))
                 } else {
                     // The consumer took `seq` after our load of `next`.
-                    Err(self.count(Rejected::Stale(value)))
+                    Err(self.count(Rejected::Stale(())))
                 }
             }
         }
     }
 
-    fn count(&self, rejected: Rejected<T>) -> Rejected<T> {
+    fn count<U>(&self, rejected: Rejected<U>) -> Rejected<U> {
         let counter = match &rejected {
             Rejected::Stale(_) => &self.counters.rejected_stale,
             Rejected::Ahead(_) => &self.counters.rejected_ahead,
@@ -345,10 +384,12 @@ impl<T> Drop for ReorderBuffer<T> {
             // Relaxed: `&mut self` means every handle is gone, and dropping the last `Arc`
             // ordered all their accesses before this.
             let current = slot.stamp.load(Ordering::Relaxed);
+            // A reservation borrows a handle, so only a leaked one (`mem::forget`) can
+            // still hold its slot here.
             assert_ne!(
                 stamp_state(current),
                 WRITING,
-                "an insert outlived the buffer"
+                "a reservation was leaked: neither published nor dropped"
             );
             if stamp_state(current) == FULL {
                 slot.value.with_mut(|cell| {
@@ -375,7 +416,84 @@ impl<T> fmt::Debug for ReorderBuffer<T> {
     }
 }
 
-/// The receivers' side: clone one per thread. Inserts never block.
+/// The slot of one seq, claimed by [`ReorderBuffer::reserve`] before its value exists.
+/// [`publish`] moves the value in; dropping it unpublished aborts: the slot waits for the
+/// seq again, and a later insert or reserve of it may succeed.
+///
+/// ```
+/// use ordo_lockfree::{Rejected, ReorderBuffer};
+///
+/// let (producer, mut consumer) = ReorderBuffer::new(4, 0).split();
+/// let reservation = producer.reserve(0).unwrap();
+/// assert_eq!(producer.insert(0, "again").unwrap_err(), Rejected::Duplicate("again"));
+/// assert_eq!(consumer.pop(), None, "reserved is not yet arrived");
+/// drop(reservation);
+/// producer.reserve(0).unwrap().publish("a");
+/// assert_eq!(consumer.pop(), Some((0, "a")));
+/// ```
+///
+/// [`publish`]: Reservation::publish
+#[must_use = "dropping a reservation aborts it: the seq is free again"]
+pub struct Reservation<'a, T> {
+    buffer: &'a ReorderBuffer<T>,
+    seq: u64,
+}
+
+impl<T> Reservation<'_, T> {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Moves `value` into the slot and marks it `FULL(seq)`: the consumer may take it.
+    pub fn publish(self, value: T) {
+        // Our `Drop` (the abort) must not run: the slot ends `FULL`, not `EMPTY`.
+        let this = ManuallyDrop::new(self);
+        let (buffer, seq) = (this.buffer, this.seq);
+        let slot = buffer.slot(seq);
+        // Relaxed: our own CAS wrote this and only we change a `WRITING(seq)` stamp, so
+        // coherence gives us our value back.
+        debug_assert_eq!(slot.stamp.load(Ordering::Relaxed), stamp(seq, WRITING));
+        slot.value.with_mut(|cell| {
+            // SAFETY: our reserve's CAS moved the stamp from `EMPTY(seq)` to
+            // `WRITING(seq)`. Only we change a `WRITING` stamp, so no other producer can
+            // claim this slot until our store below (their CAS expects `EMPTY(seq)`), and
+            // the consumer touches the cell only on `FULL(seq)`. The reserve's Acquire
+            // ordered the previous lap's move out before this write. The cell holds no
+            // value (moved out, or never filled), so nothing is overwritten unsafely.
+            unsafe { (*cell).write(value) };
+        });
+        // Relaxed: a statistic; see `stats`.
+        buffer.counters.inserted.fetch_add(1, Ordering::Relaxed);
+        // Release, pairing with the consumer's Acquire load in `take_next`: our write of
+        // the value happens before its read.
+        slot.stamp.store(stamp(seq, FULL), Ordering::Release);
+    }
+}
+
+impl<T> Drop for Reservation<'_, T> {
+    /// The abort: `WRITING(seq)` back to `EMPTY(seq)`. See the module doc on why a stamp
+    /// value coming back is sound here.
+    fn drop(&mut self) {
+        let slot = self.buffer.slot(self.seq);
+        // Relaxed: as in `publish`, the stamp is still our own `WRITING(seq)`.
+        debug_assert_eq!(slot.stamp.load(Ordering::Relaxed), stamp(self.seq, WRITING));
+        // Release, pairing with the Acquire CAS of the next reserver of `seq`. We never
+        // touched the cell, but our CAS acquired the consumer's move out of it, and this
+        // store passes that order on (a CAS reading a plain store synchronizes only with
+        // that store, not with the consumer's earlier one).
+        slot.stamp.store(stamp(self.seq, EMPTY), Ordering::Release);
+    }
+}
+
+impl<T> fmt::Debug for Reservation<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+/// The receivers' side: clone one per thread. Inserts and reserves never block.
 pub struct Producer<T> {
     shared: Arc<ReorderBuffer<T>>,
 }
@@ -392,6 +510,12 @@ impl<T> Producer<T> {
     /// See [`ReorderBuffer::insert`].
     pub fn insert(&self, seq: u64, value: T) -> Result<(), Rejected<T>> {
         self.shared.insert(seq, value)
+    }
+
+    /// Claims the slot for `seq` (`EMPTY(seq)` to `WRITING(seq)`) without a value yet.
+    /// See [`ReorderBuffer::reserve`].
+    pub fn reserve(&self, seq: u64) -> Result<Reservation<'_, T>, Rejected<()>> {
+        self.shared.reserve(seq)
     }
 
     pub fn capacity(&self) -> usize {
