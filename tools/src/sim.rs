@@ -20,8 +20,8 @@ pub struct SimArgs {
     /// Replay exactly one seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Run with a deliberately broken applier (applies data sets before they are
-    /// complete), to see the checker catch it.
+    /// Run with a deliberately broken applier (persists its watermark before the
+    /// replicas are durable), to see the checker catch it.
     #[arg(long)]
     broken_applier: bool,
     /// Print every seed's result, not only failures.
@@ -40,7 +40,9 @@ pub fn run(args: &SimArgs) -> Result<ExitCode> {
         }
         None => (args.first.parse()?, args.seeds),
     };
-    let bug = args.broken_applier.then_some(InjectedBug::ApplyIncomplete);
+    let bug = args
+        .broken_applier
+        .then_some(InjectedBug::UnflushedWatermark);
     let started = Instant::now();
     let mut total = SimStats::default();
     let mut violations = 0u64;

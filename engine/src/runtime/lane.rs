@@ -1,10 +1,14 @@
-//! One lane: a non-blocking TCP connection carrying whole frames. Incoming bytes collect in
-//! a buffer bounded by the largest frame this side accepts, and every whole frame is handed
-//! to the caller; outgoing bytes wait in a buffer the state machine fills with
+//! One lane: a TCP connection carrying whole frames. Incoming bytes collect in a buffer
+//! bounded by the largest frame this side accepts, and every whole frame is handed to the
+//! caller (`FrameReader`); outgoing bytes wait in a buffer the state machine fills with
 //! `poll_transmit` until the socket takes them. A frame that could never fit, bad bytes, or
 //! a closed connection is an error: the caller drops the lane.
+//!
+//! A lane is either polled whole by one thread (`Lane::new`: a non-blocking socket), or
+//! split (`Lane::split`): a receiver thread blocks in reads on its own `FrameReader` while
+//! the poller sends without blocking (`MSG_DONTWAIT`) on the same connection.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -50,12 +54,79 @@ pub fn detect_dead_peer(stream: &TcpStream) -> io::Result<()> {
     socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
+/// The receiving half of a lane.
 #[derive(Debug)]
-pub struct Lane {
+pub struct FrameReader {
     stream: TcpStream,
     rx: Vec<u8>,
     /// Bytes of `rx` holding data.
     rx_len: usize,
+}
+
+impl FrameReader {
+    fn new(stream: TcpStream, max_frame_bytes: usize) -> FrameReader {
+        assert!(max_frame_bytes >= HEADER_BYTES);
+        FrameReader {
+            stream,
+            rx: vec![0; max_frame_bytes],
+            rx_len: 0,
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Reads once (blocking if the socket blocks) and hands each whole frame now in the
+    /// buffer to `handle`. Returns the frames handled, or `None` if a non-blocking socket
+    /// had nothing.
+    pub fn read_frames(
+        &mut self,
+        mut handle: impl FnMut(&Frame<'_>) -> Result<(), PeerError>,
+    ) -> Result<Option<usize>, LaneError> {
+        loop {
+            match self.stream.read(&mut self.rx[self.rx_len..]) {
+                Ok(0) if self.rx_len > 0 => return Err(LaneError::Truncated(self.rx_len)),
+                Ok(0) => return Err(LaneError::Closed),
+                Ok(read) => {
+                    self.rx_len += read;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut frames = 0;
+        let mut at = 0;
+        while self.rx_len - at >= HEADER_BYTES {
+            let len = frame_len(&self.rx[at..self.rx_len])?;
+            if len > self.rx.len() {
+                return Err(LaneError::FrameTooLarge {
+                    len,
+                    max: self.rx.len(),
+                });
+            }
+            if self.rx_len - at < len {
+                break;
+            }
+            let (frame, used) = decode(&self.rx[at..at + len])?;
+            debug_assert_eq!(used, len);
+            handle(&frame)?;
+            frames += 1;
+            at += len;
+        }
+        self.rx.copy_within(at..self.rx_len, 0);
+        self.rx_len -= at;
+        Ok(Some(frames))
+    }
+}
+
+#[derive(Debug)]
+pub struct Lane {
+    stream: TcpStream,
+    /// `None` when a receiver thread has it (`split`).
+    reader: Option<FrameReader>,
     tx: Vec<u8>,
     /// What `tx` may hold: the room `tx_room` offers is measured against this, not the
     /// Vec's capacity, so a frame that overshoots once cannot make the buffer grow again.
@@ -68,18 +139,45 @@ impl Lane {
     /// Wraps a connected stream (made non-blocking, Nagle off). `max_frame_bytes` bounds
     /// what one incoming frame may be; `tx_bytes` is the outgoing buffer's capacity.
     pub fn new(stream: TcpStream, max_frame_bytes: usize, tx_bytes: usize) -> io::Result<Lane> {
-        assert!(max_frame_bytes >= HEADER_BYTES);
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         detect_dead_peer(&stream)?;
+        let reader = FrameReader::new(stream.try_clone()?, max_frame_bytes);
         Ok(Lane {
             stream,
-            rx: vec![0; max_frame_bytes],
-            rx_len: 0,
+            reader: Some(reader),
             tx: Vec::with_capacity(tx_bytes),
             tx_limit: tx_bytes,
             tx_sent: 0,
         })
+    }
+
+    /// Wraps a connected stream (blocking, Nagle off) as a sending lane and the reader a
+    /// receiver thread blocks on. Shutting the stream down (`shutdown`) ends the reader.
+    pub fn split(
+        stream: TcpStream,
+        max_frame_bytes: usize,
+        tx_bytes: usize,
+    ) -> io::Result<(Lane, FrameReader)> {
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        detect_dead_peer(&stream)?;
+        let reader = FrameReader::new(stream.try_clone()?, max_frame_bytes);
+        let lane = Lane {
+            stream,
+            reader: None,
+            tx: Vec::with_capacity(tx_bytes),
+            tx_limit: tx_bytes,
+            tx_sent: 0,
+        };
+        Ok((lane, reader))
+    }
+
+    /// Ends the connection both ways: a receiver thread blocked on its reader wakes with
+    /// an error.
+    pub fn shutdown(&self) {
+        // Already closed by the peer is fine: either way nothing more moves.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -87,42 +185,20 @@ impl Lane {
     }
 
     /// Reads what the socket has and hands each whole frame to `handle`. Returns the
-    /// number of frames handled (0 when nothing was there).
+    /// number of frames handled (0 when nothing was there). Only for a lane made by `new`.
     pub fn receive(
         &mut self,
         mut handle: impl FnMut(&Frame<'_>) -> Result<(), PeerError>,
     ) -> Result<usize, LaneError> {
+        let reader = self
+            .reader
+            .as_mut()
+            .expect("a split lane's reader is elsewhere");
         let mut frames = 0;
-        loop {
-            match self.stream.read(&mut self.rx[self.rx_len..]) {
-                Ok(0) if self.rx_len > 0 => return Err(LaneError::Truncated(self.rx_len)),
-                Ok(0) => return Err(LaneError::Closed),
-                Ok(read) => self.rx_len += read,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(frames),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
-            let mut at = 0;
-            while self.rx_len - at >= HEADER_BYTES {
-                let len = frame_len(&self.rx[at..self.rx_len])?;
-                if len > self.rx.len() {
-                    return Err(LaneError::FrameTooLarge {
-                        len,
-                        max: self.rx.len(),
-                    });
-                }
-                if self.rx_len - at < len {
-                    break;
-                }
-                let (frame, used) = decode(&self.rx[at..at + len])?;
-                debug_assert_eq!(used, len);
-                handle(&frame)?;
-                frames += 1;
-                at += len;
-            }
-            self.rx.copy_within(at..self.rx_len, 0);
-            self.rx_len -= at;
+        while let Some(handled) = reader.read_frames(&mut handle)? {
+            frames += handled;
         }
+        Ok(frames)
     }
 
     /// The outgoing buffer, for the state machine's `poll_transmit` to append to, and how
@@ -138,8 +214,10 @@ impl Lane {
 
     /// Writes as much of the outgoing buffer as the socket takes; true once it is empty.
     pub fn send(&mut self) -> Result<bool, LaneError> {
+        let socket = socket2::SockRef::from(&self.stream);
         while self.tx_sent < self.tx.len() {
-            match self.stream.write(&self.tx[self.tx_sent..]) {
+            // Never blocks, also on a split lane's blocking socket.
+            match socket.send_with_flags(&self.tx[self.tx_sent..], libc::MSG_DONTWAIT) {
                 Ok(0) => return Err(LaneError::Closed),
                 Ok(written) => self.tx_sent += written,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -153,6 +231,7 @@ impl Lane {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::net::TcpListener;
 
     use super::*;

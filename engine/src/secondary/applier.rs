@@ -100,7 +100,7 @@ impl Applier {
                     if self.stalled.is_some() {
                         return applied;
                     }
-                    match staging.next_complete(self.bug == Some(InjectedBug::ApplyIncomplete)) {
+                    match staging.next_complete() {
                         Ok(Some(data_set)) => {
                             self.state = State::Writing {
                                 data_set,
@@ -135,7 +135,8 @@ impl Applier {
                     // now, so a queue is never full here.
                     let mut submitted = 0;
                     let mut failed = None;
-                    for replica in replicas.iter_mut() {
+                    let flush = self.bug != Some(InjectedBug::UnflushedWatermark);
+                    for replica in replicas.iter_mut().filter(|_| flush) {
                         match replica.submit_flush(TAG_REPLICA_FLUSH) {
                             Ok(()) => submitted += 1,
                             Err(error) => failed = Some(error),
@@ -207,14 +208,14 @@ impl Applier {
         mut next: Seq,
     ) -> Result<Seq, StorageError> {
         while next < data_set.sync_seq {
-            let slot = match staging.slot(next) {
-                Some(slot) if slot.state == SlotState::Durable => *slot,
-                _ => {
-                    assert!(self.bug.is_some(), "a complete data set holds every write");
-                    next = next.next();
-                    continue;
-                }
-            };
+            let slot = *staging
+                .slot(next)
+                .expect("a complete data set holds every write");
+            assert_eq!(
+                slot.state,
+                SlotState::Durable,
+                "a complete data set is durable"
+            );
             let RecordKind::Write {
                 volume,
                 offset,

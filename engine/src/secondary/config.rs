@@ -10,8 +10,9 @@ use crate::protocol::{
 /// A fault built in on purpose, so tests can prove the simulator's checker catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InjectedBug {
-    /// Apply a data set as soon as its sync is durable, whether or not its writes are.
-    ApplyIncomplete,
+    /// Persist the applied watermark without flushing the replicas first, so a power
+    /// loss can leave a replica older than the watermark says.
+    UnflushedWatermark,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +76,12 @@ impl SecondaryConfig {
         if self.window_bytes < floor {
             return invalid(format!(
                 "journal window {} is below {floor}, one largest write and its sync",
+                self.window_bytes
+            ));
+        }
+        if !self.window_bytes.is_multiple_of(512) {
+            return invalid(format!(
+                "journal window {} must be a multiple of 512",
                 self.window_bytes
             ));
         }

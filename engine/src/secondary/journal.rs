@@ -33,7 +33,8 @@ pub const LOG_START: u64 = 8192;
 const RECORD_MAGIC: u32 = 0x524A_524F; // "ORJR"
 const SUPER_MAGIC: u64 = 0x4C4E_524A_4F44_524F; // "ORDOJRNL"
 /// 2: the superblock names the replica volumes (`volumes_digest`).
-const JOURNAL_VERSION: u32 = 2;
+/// 3: records are appended in seq order, which the recovery scan relies on.
+const JOURNAL_VERSION: u32 = 3;
 
 const _: () = assert!(RECORD_HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4 + 7 * 8);
 const _: () = assert!(SUPERBLOCK_BYTES <= 512);
@@ -44,6 +45,8 @@ pub enum JournalError {
     Storage(#[from] StorageError),
     #[error("journal is not formatted (no valid superblock)")]
     NotFormatted,
+    #[error("journal has format version {found}, this ordo reads only version {supported}: it was written by another ordo release; start this secondary on a fresh state directory")]
+    OtherVersion { found: u32, supported: u32 },
     #[error("journal belongs to group {found}, not {expected}")]
     WrongGroup { expected: u64, found: u64 },
     #[error("journal of {size} bytes is too small: it needs {needed}")]
@@ -256,8 +259,12 @@ fn newest_superblock<S: Storage>(storage: &mut S) -> Result<Option<Superblock>, 
     let mut buf = vec![0u8; storage.geometry().block_size as usize];
     let mut others = Vec::new();
     let mut best: Option<Superblock> = None;
+    let mut other_version = None;
     for at in SUPERBLOCK_COPY_OFFSETS {
         read_blocking(storage, at, &mut buf, &mut others)?;
+        if get_u64(&buf, 0) == SUPER_MAGIC && get_u32(&buf, 8) != JOURNAL_VERSION {
+            other_version = Some(get_u32(&buf, 8));
+        }
         if let Some(sb) = Superblock::decode(&buf) {
             if best.is_none_or(|b| sb.generation > b.generation) {
                 best = Some(sb);
@@ -268,7 +275,13 @@ fn newest_superblock<S: Storage>(storage: &mut S) -> Result<Option<Superblock>, 
         others.is_empty(),
         "nothing else in flight while reading superblocks"
     );
-    Ok(best)
+    match (best, other_version) {
+        (None, Some(found)) => Err(JournalError::OtherVersion {
+            found,
+            supported: JOURNAL_VERSION,
+        }),
+        (best, _) => Ok(best),
+    }
 }
 
 /// A record found by the recovery scan, with its payload.
@@ -396,6 +409,9 @@ impl<S: Storage> Journal<S> {
         let mut others = Vec::new();
         let mut lsn = self.superblock.head_lsn;
         let mut life = 0;
+        // Records are appended in seq order from the one after the watermark: the record
+        // at the head is that one, and each next one follows the last.
+        let mut next_seq = self.superblock.applied_seq.next();
         loop {
             let header = match self.read_record(lsn, &mut others)? {
                 Some(header) => header,
@@ -408,9 +424,12 @@ impl<S: Storage> Journal<S> {
                     if next_lap == lsn || next_lap - lsn >= largest {
                         break;
                     }
+                    // A skip and a lost record ending at the lap's end look alike here;
+                    // only the record after a skip is the next seq (regression: a lost
+                    // record that ended the lap exactly was jumped over).
                     match self.read_record(next_lap, &mut others)? {
-                        Some(header) => header,
-                        None => break,
+                        Some(header) if header.seq == next_seq => header,
+                        _ => break,
                     }
                 }
             };
@@ -419,6 +438,7 @@ impl<S: Storage> Journal<S> {
                 break;
             }
             life = header.incarnation;
+            next_seq = header.seq.next();
             let payload = &self.scratch
                 [RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + header.kind.payload_len() as usize];
             found(&ScannedRecord { header, payload });

@@ -1,29 +1,42 @@
-//! The secondary: stages every received record in its journal and acknowledges it once
-//! durable (group commit), tracks which data sets are complete, and applies complete data
-//! sets to the replica strictly in order, each as a unit, persisting the applied watermark
-//! only after the replica is durable. Restarted on its journal and replica, it re-applies
-//! complete data sets past the watermark and keeps collecting the rest.
+//! The secondary. Receivers (any number of threads, see `inbox`) check each record from
+//! the primary, copy it into the staging arena and put it in the lock-free reorder buffer
+//! under its seq. The journal writer (`Secondary`, one poller) takes records out strictly
+//! in seq order, checks that they follow each other, journals them and acknowledges them
+//! once durable (group commit); the applier applies complete data sets to the replica
+//! strictly in order, each as a unit, persisting the applied watermark only after the
+//! replica is durable. Restarted on its journal and replica, it re-applies complete data
+//! sets past the watermark and keeps collecting the rest.
+//!
+//! Taking records in seq order before journaling them keeps the journal a log in seq
+//! order: a data set is complete exactly when its sync is durable, and recovery restages
+//! a contiguous run. The cost: a record behind a gap (a record still on another lane, or
+//! lost with a lane) waits in the reorder buffer, unacknowledged, until the gap fills.
 
 mod applier;
 pub mod config;
+mod inbox;
 pub mod journal;
 mod open;
 pub mod staging;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ordo_lockfree::Consumer;
 
 use thiserror::Error;
 
 use applier::Applier;
 pub use config::{InjectedBug, SecondaryConfig};
+pub use inbox::{Inbox, InboxStats, Received, Staged, STAGING_GRANULE_BYTES};
 use journal::{Journal, JournalError, RecordHeader};
 use open::drain_all;
-use staging::{Admission, Slot, SlotState, Staging};
+use staging::{Slot, SlotState, Staging};
 
 use crate::primary::ConfigError;
 use crate::protocol::{
-    check_hello, encode, push_seq, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError,
-    RecordKind, ResumeState, Role, Seq, SeqRange, VolumeId, MAX_ACK_RANGES,
+    encode, push_seq, stream_cost, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError,
+    RecordKind, ResumeState, Seq, SeqRange, VolumeId, MAX_ACK_RANGES,
 };
 use crate::storage::{describe, drain, read_blocking, Completion, Storage, StorageError};
 
@@ -46,13 +59,16 @@ pub enum SecondaryError {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SecondaryStats {
+    /// Records received into the reorder buffer.
+    pub records_received: u64,
+    /// Records taken in seq order and journaled.
     pub records_staged: u64,
     pub duplicates: u64,
     pub out_of_window: u64,
+    /// Resends not acknowledged again because the queue for that was full.
+    pub reacks_dropped: u64,
     /// Records dropped because they arrived on a lane before its handshake.
     pub before_hello: u64,
-    /// Records dropped because the journal device queue was full.
-    pub journal_busy: u64,
     pub journal_flushes: u64,
     pub acks_sent: u64,
     pub data_sets_applied: u64,
@@ -69,23 +85,77 @@ struct Lane {
     ready: bool,
 }
 
+/// Where the records taken in seq order have got to: what the next one must be.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    next_seq: Seq,
+    stream_end: u64,
+    /// The data set the next write belongs to, and its first seq.
+    open_data_set: DataSetId,
+    open_first_seq: Seq,
+}
+
+impl Cursor {
+    fn at_watermark(applied: DataSetId, applied_seq: Seq, applied_stream_end: u64) -> Cursor {
+        Cursor {
+            next_seq: applied_seq.next(),
+            stream_end: applied_stream_end,
+            open_data_set: applied.next(),
+            open_first_seq: applied_seq.next(),
+        }
+    }
+
+    /// Takes `seq` if it follows what was taken before; says why not otherwise.
+    fn take(&mut self, seq: Seq, staged: &Staged) -> Result<(), &'static str> {
+        if seq != self.next_seq {
+            return Err("records are not taken in seq order");
+        }
+        if staged.stream_offset != self.stream_end {
+            return Err("a record does not start where the one before it ends");
+        }
+        if staged.data_set != self.open_data_set {
+            return Err("a record names another data set than the open one");
+        }
+        if let RecordKind::Sync {
+            first_seq,
+            write_count,
+        } = staged.kind
+        {
+            if first_seq != self.open_first_seq || first_seq.0 + write_count != seq.0 {
+                return Err("a sync names other writes than those of its data set");
+            }
+            if write_count == 0 {
+                // A primary never closes an empty data set; the data-set ring relies on it.
+                return Err("a sync closes an empty data set");
+            }
+            self.open_data_set = self.open_data_set.next();
+            self.open_first_seq = seq.next();
+        }
+        self.next_seq = seq.next();
+        self.stream_end = staged.stream_offset + stream_cost(staged.kind.payload_len());
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub struct Secondary<S: Storage> {
     config: SecondaryConfig,
     hello: Hello,
     journal: Journal<S>,
     replicas: Vec<S>,
+    /// The receiving side, shared with receiver threads.
+    inbox: Arc<Inbox>,
+    /// The reorder buffer's one consumer: records in seq order.
+    records: Consumer<Staged>,
+    cursor: Cursor,
     staging: Staging,
     applier: Applier,
     lanes: Vec<Lane>,
-    /// Journal records not yet covered by a flush, in log order, with whether their write
-    /// completed. Only a prefix of completed records may be committed: recovery scans the
-    /// log in order and stops at the first hole, so a record behind an unfinished one is
-    /// not durable even if its own write is.
-    /// Records appended to the journal and not yet committed, in log order. The flag is
-    /// "write completed" for a record whose slot an injected bug removed early; otherwise
-    /// the slot's state says it.
-    appended: VecDeque<(Seq, bool)>,
+    /// Records appended to the journal and not yet committed, in log order (which is seq
+    /// order). Only a prefix of written records may be committed: recovery scans the log
+    /// in order and stops at the first hole, so a record behind an unfinished one is not
+    /// durable even if its own write is.
+    appended: VecDeque<Seq>,
     /// Journal writes covered by the flush in flight.
     flushing: Vec<Seq>,
     flush_in_flight: bool,
@@ -116,7 +186,21 @@ impl<S: Storage> Secondary<S> {
     }
 
     pub fn stats(&self) -> SecondaryStats {
-        self.stats
+        let inbox = self.inbox.stats();
+        SecondaryStats {
+            records_received: inbox.staged,
+            duplicates: inbox.duplicates,
+            out_of_window: inbox.out_of_window,
+            reacks_dropped: inbox.reacks_dropped,
+            before_hello: inbox.before_hello,
+            ..self.stats
+        }
+    }
+
+    /// The receiving side, for receiver threads: records they hand it are taken in seq
+    /// order by `poll_storage`.
+    pub fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
     }
 
     /// A storage failure or protocol violation that stopped applying, if any.
@@ -169,124 +253,112 @@ impl<S: Storage> Secondary<S> {
     /// Handles a frame from the primary on `lane`. An error means the peer is wrong or
     /// broke the protocol: drop the lane (nothing it sent was staged).
     pub fn handle_frame(&mut self, lane: usize, frame: &Frame<'_>) -> Result<(), PeerError> {
-        match frame {
+        let received = match frame {
             Frame::Hello(hello) => {
-                check_hello(&self.hello, hello, Role::Primary)?;
-                if hello.max_write_bytes > self.hello.max_write_bytes {
-                    return Err(PeerError::Mismatch {
-                        field: "largest write",
-                        ours: format!("{} bytes (journal)", self.hello.max_write_bytes),
-                        theirs: format!("{} bytes", hello.max_write_bytes),
-                    });
-                }
-                let state = &mut self.lanes[lane];
-                state.ready = true;
-                state.hello_pending = true;
-                Ok(())
+                self.inbox.check_hello(hello)?;
+                self.lane_hello(lane);
+                return Ok(());
             }
-            Frame::Write(write) => {
-                let volume = self
-                    .replicas
-                    .get(usize::from(write.volume.0))
-                    .ok_or(PeerError::BadWrite(format!("no volume {}", write.volume.0)))?;
-                volume
-                    .geometry()
-                    .check_io(write.offset, write.payload.len())
-                    .map_err(|e| PeerError::BadWrite(e.to_string()))?;
-                if write.payload.len() > self.journal.superblock().max_write_bytes as usize {
-                    return Err(PeerError::BadWrite(format!(
-                        "{} bytes is over the journal's largest write",
-                        write.payload.len()
-                    )));
-                }
-                let slot = Slot {
-                    seq: write.seq,
-                    data_set: write.data_set,
-                    stream_offset: write.stream_offset,
-                    kind: RecordKind::Write {
-                        volume: write.volume,
-                        offset: write.offset,
-                        len: write.payload.len() as u32,
-                    },
-                    state: SlotState::Journaling,
-                };
-                self.receive(lane, slot, write.payload)
+            Frame::Write(_) | Frame::Sync(_) if !self.lanes[lane].ready => {
+                self.inbox.dropped_before_hello();
+                return Ok(());
             }
-            Frame::Sync(sync) => {
-                let slot = Slot {
-                    seq: sync.seq,
-                    data_set: sync.data_set,
-                    stream_offset: sync.stream_offset,
-                    kind: RecordKind::Sync {
-                        first_seq: sync.first_seq,
-                        write_count: sync.write_count,
-                    },
-                    state: SlotState::Journaling,
-                };
-                self.receive(lane, slot, &[])
-            }
+            Frame::Write(write) => self.inbox.receive_write(write)?,
+            Frame::Sync(sync) => self.inbox.receive_sync(sync)?,
             Frame::Ack(_) | Frame::Applied(_) => {
-                Err(PeerError::Unexpected("an Ack or Applied frame"))
+                return Err(PeerError::Unexpected("an Ack or Applied frame"))
+            }
+        };
+        if received == Received::Resent {
+            // Answer it in this round, as a receiver thread's poller would.
+            self.take_reacks();
+        }
+        Ok(())
+    }
+
+    /// The primary's Hello on `lane` passed `Inbox::check_hello` (on a receiver thread):
+    /// the lane is ready, and our Hello goes out as the reply.
+    pub fn lane_hello(&mut self, lane: usize) {
+        let state = &mut self.lanes[lane];
+        state.ready = true;
+        state.hello_pending = true;
+    }
+
+    /// Acknowledges again the resends the receivers queued: with the watermark if applied,
+    /// with an ack if durable (a record still being journaled is acked once durable).
+    fn take_reacks(&mut self) {
+        while let Some(seq) = self.inbox.next_reack() {
+            if seq <= self.staging.applied_seq() {
+                self.applied_dirty = true;
+            } else if self
+                .staging
+                .slot(seq)
+                .is_some_and(|slot| slot.state == SlotState::Durable)
+            {
+                self.pending_acks.push(seq);
             }
         }
     }
 
-    fn receive(&mut self, lane: usize, slot: Slot, payload: &[u8]) -> Result<(), PeerError> {
-        if !self.lanes[lane].ready {
-            self.stats.before_hello += 1;
-            return Ok(());
-        }
-        if self.failed.is_some() {
-            return Ok(());
-        }
-        match self.staging.admit(
-            slot.seq,
-            slot.data_set,
-            slot.stream_offset,
-            payload.len() as u32,
-        ) {
-            Admission::Accept => {}
-            Admission::Duplicate { durable } => {
-                self.stats.duplicates += 1;
-                if durable {
-                    self.pending_acks.push(slot.seq);
-                }
-                return Ok(());
-            }
-            Admission::AlreadyApplied => {
-                self.stats.duplicates += 1;
-                self.applied_dirty = true;
-                return Ok(());
-            }
-            Admission::OutOfWindow => {
-                self.stats.out_of_window += 1;
-                return Ok(());
-            }
-            Admission::Conflict(why) => return Err(PeerError::Violation(why)),
-        }
+    /// Takes the records that arrived in seq order, as far as the journal device has room,
+    /// and journals them. A record that does not follow the one before it stops staging:
+    /// the primary broke the protocol.
+    fn take_in_order(&mut self) {
         let storage = self.journal.storage();
-        if storage.in_flight() + 2 >= storage.geometry().max_in_flight {
-            // Keep room for a flush and a superblock; the primary resends after a timeout.
-            self.stats.journal_busy += 1;
-            return Ok(());
+        // Keep room for a flush and a superblock.
+        let room = storage
+            .geometry()
+            .max_in_flight
+            .saturating_sub(storage.in_flight() + 2) as usize;
+        if room == 0 || self.failed.is_some() {
+            return;
         }
-        self.staging
-            .insert(slot, payload, SlotState::Journaling)
-            .map_err(PeerError::Violation)?;
-        let header = RecordHeader {
-            lsn: 0,
-            incarnation: 0,
-            seq: slot.seq,
-            data_set: slot.data_set,
-            stream_offset: slot.stream_offset,
-            kind: slot.kind,
-        };
-        match self.journal.append(slot.seq.0, header, payload) {
-            Ok(_) => self.appended.push_back((slot.seq, false)),
-            Err(error) => self.fail(format!("journal write: {error}")),
-        }
-        self.stats.records_staged += 1;
-        Ok(())
+        let Secondary {
+            records,
+            cursor,
+            staging,
+            journal,
+            appended,
+            failed,
+            stats,
+            ..
+        } = self;
+        records.drain(room, |seq, staged| {
+            let seq = Seq(seq);
+            if failed.is_some() {
+                return;
+            }
+            if let Err(why) = cursor.take(seq, &staged) {
+                failed.get_or_insert(format!("refusing to stage {seq}: {why}"));
+                return;
+            }
+            let slot = Slot {
+                seq,
+                data_set: staged.data_set,
+                stream_offset: staged.stream_offset,
+                kind: staged.kind,
+                state: SlotState::Journaling,
+            };
+            if let Err(why) = staging.insert(slot) {
+                failed.get_or_insert(format!("refusing to stage {seq}: {why}"));
+                return;
+            }
+            let header = RecordHeader {
+                lsn: 0,
+                incarnation: 0,
+                seq,
+                data_set: staged.data_set,
+                stream_offset: staged.stream_offset,
+                kind: staged.kind,
+            };
+            match journal.append(seq.0, header, staging.payload(seq)) {
+                Ok(_) => appended.push_back(seq),
+                Err(error) => {
+                    failed.get_or_insert(format!("journal write: {error}"));
+                }
+            }
+            stats.records_staged += 1;
+        });
     }
 
     fn fail(&mut self, why: String) {
@@ -296,6 +368,8 @@ impl<S: Storage> Secondary<S> {
     /// Polls journal and replicas, commits staged records (one flush for all written since
     /// the last), and drives the applier. Returns how many completions it handled.
     pub fn poll_storage(&mut self) -> usize {
+        self.take_reacks();
+        self.take_in_order();
         let mut handled = 0;
         let mut batch = std::mem::take(&mut self.completions);
         batch.clear();
@@ -332,14 +406,13 @@ impl<S: Storage> Secondary<S> {
         let committable = self
             .appended
             .iter()
-            .take_while(|(seq, done)| *done || is_written(staging, *seq))
+            .take_while(|seq| is_written(staging, **seq))
             .count();
         if !self.flush_in_flight && committable > 0 && self.failed.is_none() {
             match self.journal.storage_mut().submit_flush(TAG_FLUSH_RECORDS) {
                 Ok(()) => {
                     assert!(self.flushing.is_empty());
-                    let committed = self.appended.drain(..committable).map(|(seq, _)| seq);
-                    self.flushing.extend(committed);
+                    self.flushing.extend(self.appended.drain(..committable));
                     self.flush_in_flight = true;
                     self.stats.journal_flushes += 1;
                 }
@@ -357,6 +430,8 @@ impl<S: Storage> Secondary<S> {
             if applied {
                 self.stats.data_sets_applied += 1;
                 self.applied_dirty = true;
+                self.inbox
+                    .publish_applied(self.staging.applied_stream_end());
             }
         }
         handled
@@ -372,14 +447,6 @@ impl<S: Storage> Secondary<S> {
                 assert!(self.flush_in_flight);
                 self.flush_in_flight = false;
                 for seq in self.flushing.drain(..) {
-                    if self.staging.slot(seq).is_none() {
-                        // Only an applier that does not wait for durability gets here.
-                        assert!(
-                            self.config.bug.is_some(),
-                            "{seq} left staging before it was durable"
-                        );
-                        continue;
-                    }
                     self.staging.set_state(seq, SlotState::Durable);
                     let slot = self.staging.slot(seq).expect("just set");
                     if matches!(slot.kind, RecordKind::Sync { .. }) {
@@ -393,24 +460,9 @@ impl<S: Storage> Secondary<S> {
             TAG_FLUSH_SUPERBLOCK => self.applier.superblock_durable(),
             seq => {
                 // Its slot says it is written: the group commit reads that, in log order.
-                if self.staging.slot(Seq(seq)).is_some() {
-                    assert_eq!(
-                        self.staging.slot(Seq(seq)).map(|s| s.state),
-                        Some(SlotState::Journaling)
-                    );
-                    self.staging.set_state(Seq(seq), SlotState::Written);
-                } else {
-                    assert!(
-                        self.config.bug.is_some(),
-                        "seq {seq} left staging before it was durable"
-                    );
-                }
-                if self.config.bug.is_some() {
-                    // Slots may vanish under the bug: remember completion by searching, as
-                    // a correct secondary never needs to.
-                    let entry = self.appended.iter_mut().find(|(s, _)| s.0 == seq);
-                    entry.expect("a completed record was appended").1 = true;
-                }
+                let state = self.staging.slot(Seq(seq)).map(|s| s.state);
+                assert_eq!(state, Some(SlotState::Journaling), "journal write of {seq}");
+                self.staging.set_state(Seq(seq), SlotState::Written);
             }
         }
     }
@@ -511,8 +563,7 @@ impl<S: Storage> Secondary<S> {
     }
 }
 
-/// Whether the journal write of `seq` (appended, not yet committed) has completed, as its
-/// slot says (a slot gone early, under an injected bug, answers through the flag instead).
+/// Whether the journal write of `seq` (appended, not yet committed) has completed.
 fn is_written(staging: &Staging, seq: Seq) -> bool {
     staging
         .slot(seq)

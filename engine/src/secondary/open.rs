@@ -2,6 +2,10 @@
 //! it holds past the applied watermark, after checking that the configuration, the
 //! devices and the replicas are those the journal belongs to.
 
+use ordo_lockfree::{ReorderBuffer, StagingArena};
+
+use crate::protocol::Role;
+
 use super::*;
 
 impl<S: Storage> Secondary<S> {
@@ -23,7 +27,7 @@ impl<S: Storage> Secondary<S> {
             config.max_write_bytes,
             volumes_digest(&config, &replicas),
         )?;
-        Ok(Secondary::assemble(config, journal, replicas, false))
+        Secondary::assemble(config, journal, replicas, false)
     }
 
     /// Restarts a secondary from its journal and replica: what the journal holds past the
@@ -40,50 +44,67 @@ impl<S: Storage> Secondary<S> {
                 "the replica volumes (names, sizes, block sizes or their order) are not those this journal was created for".into(),
             ));
         }
-        let mut secondary = Secondary::assemble(config, journal, replicas, true);
-        let mut recovered = 0;
-        let staging = &mut secondary.staging;
-        let replicas = &secondary.replicas;
-        let mut misfit = None;
-        secondary.journal.scan(|record| {
-            if let Err(why) = fits_replicas(replicas, &record.header) {
-                misfit.get_or_insert(why);
-            } else if restage(staging, &record.header, record.payload) {
-                recovered += 1;
-            }
-        })?;
-        if let Some(why) = misfit {
-            return Err(SecondaryError::JournalMismatch(why));
-        }
-        secondary.stats.recovered_records = recovered;
-        Ok(secondary)
+        Secondary::assemble(config, journal, replicas, true)
     }
 
+    /// Builds the secondary on a formatted or opened journal; when `recovering`, first
+    /// restages what the journal holds past the applied watermark.
     fn assemble(
         config: SecondaryConfig,
-        journal: Journal<S>,
+        mut journal: Journal<S>,
         replicas: Vec<S>,
         recovering: bool,
-    ) -> Secondary<S> {
+    ) -> Result<Secondary<S>, SecondaryError> {
         let sb = *journal.superblock();
-        let staging = Staging::new(
+        if !sb.window_bytes.is_multiple_of(STAGING_GRANULE_BYTES) {
+            return Err(SecondaryError::JournalMismatch(format!(
+                "its window of {} bytes is not a multiple of {STAGING_GRANULE_BYTES}",
+                sb.window_bytes
+            )));
+        }
+        // A record starts below the window's end and costs at most this much.
+        let arena_bytes = sb.window_bytes + stream_cost(sb.max_write_bytes);
+        let arena = StagingArena::new(crate::storage::prefaulted(arena_bytes as usize));
+        let (arena_writer, arena_reader) = arena.split();
+        let mut staging = Staging::new(
             sb.window_bytes,
-            sb.max_write_bytes,
+            arena_reader,
             sb.applied_data_set,
             sb.applied_seq,
             sb.applied_stream_end,
         );
+        let mut cursor =
+            Cursor::at_watermark(sb.applied_data_set, sb.applied_seq, sb.applied_stream_end);
+        let mut recovered = 0;
+        if recovering {
+            recovered = restage(&mut journal, &replicas, &mut staging, &mut cursor)?;
+        }
         let volumes = describe(&config.volume_names, &replicas);
-        let max_records = (sb.window_bytes / crate::protocol::RECORD_OVERHEAD_BYTES + 1) as usize;
+        let hello = Hello {
+            role: Role::Secondary,
+            group: config.group,
+            max_write_bytes: sb.max_write_bytes,
+            volumes,
+            resume: ResumeState::default(),
+        };
+        let capacity = staging.seq_capacity().next_power_of_two();
+        let (producer, records) = ReorderBuffer::new(capacity, cursor.next_seq.0).split();
+        let geometries = replicas.iter().map(|r| r.geometry()).collect();
+        let inbox = Inbox::new(
+            hello.clone(),
+            geometries,
+            sb.window_bytes,
+            sb.applied_stream_end,
+            producer,
+            arena_writer,
+        );
+        let max_records = staging.seq_capacity();
         let in_flight: u32 = replicas.iter().map(|r| r.geometry().max_in_flight).sum();
-        Secondary {
-            hello: Hello {
-                role: Role::Secondary,
-                group: config.group,
-                max_write_bytes: sb.max_write_bytes,
-                volumes,
-                resume: ResumeState::default(),
-            },
+        Ok(Secondary {
+            hello,
+            inbox: Arc::new(inbox),
+            records,
+            cursor,
             lanes: vec![Lane::default(); config.lanes],
             applier: Applier::new(in_flight as usize, config.bug, recovering),
             appended: VecDeque::with_capacity(max_records),
@@ -96,29 +117,73 @@ impl<S: Storage> Secondary<S> {
             next_applied_ms: 0,
             completions: Vec::with_capacity(64),
             failed: None,
-            stats: SecondaryStats::default(),
+            stats: SecondaryStats {
+                recovered_records: recovered,
+                ..SecondaryStats::default()
+            },
             staging,
             journal,
             replicas,
             config,
-        }
+        })
     }
 }
 
-/// Stages a record found in the journal at start-up; true if it was taken.
-fn restage(staging: &mut Staging, header: &RecordHeader, payload: &[u8]) -> bool {
-    let len = header.kind.payload_len();
-    if staging.admit(header.seq, header.data_set, header.stream_offset, len) != Admission::Accept {
-        return false;
+/// Restages what the journal holds past the applied watermark: the run of records that
+/// follow it in seq order, as the journal writer took them. Records already applied are
+/// skipped; so is anything after the run (there is none in a journal written in seq
+/// order: its durable records form a prefix of the log); the primary sends those again.
+/// Returns how many records were restaged.
+fn restage<S: Storage>(
+    journal: &mut Journal<S>,
+    replicas: &[S],
+    staging: &mut Staging,
+    cursor: &mut Cursor,
+) -> Result<u64, SecondaryError> {
+    let mut recovered = 0;
+    let mut misfit = None;
+    let mut run_ended = false;
+    let applied_seq = staging.applied_seq();
+    journal.scan(|record| {
+        let header = &record.header;
+        if let Err(why) = fits_replicas(replicas, header) {
+            misfit.get_or_insert(why);
+            return;
+        }
+        if header.seq <= applied_seq || run_ended {
+            return;
+        }
+        let staged = Staged {
+            data_set: header.data_set,
+            stream_offset: header.stream_offset,
+            kind: header.kind,
+        };
+        let mut next = *cursor;
+        if next.take(header.seq, &staged).is_err() {
+            run_ended = true;
+            return;
+        }
+        let slot = Slot {
+            seq: header.seq,
+            data_set: header.data_set,
+            stream_offset: header.stream_offset,
+            kind: header.kind,
+            state: SlotState::Durable,
+        };
+        match staging.restore(slot, record.payload) {
+            Ok(()) => {
+                *cursor = next;
+                recovered += 1;
+            }
+            Err(why) => {
+                misfit.get_or_insert(format!("a record does not fit the staging arena: {why}"));
+            }
+        }
+    })?;
+    match misfit {
+        Some(why) => Err(SecondaryError::JournalMismatch(why)),
+        None => Ok(recovered),
     }
-    let slot = Slot {
-        seq: header.seq,
-        data_set: header.data_set,
-        stream_offset: header.stream_offset,
-        kind: header.kind,
-        state: SlotState::Durable,
-    };
-    staging.insert(slot, payload, SlotState::Durable).is_ok()
 }
 
 /// Checks the configuration and the storage handed in, and drains the storage: completions

@@ -1,18 +1,18 @@
-//! The secondary's reorder buffer and receipt tracker: the records received past the
-//! applied point, their payloads, and which data sets are complete.
+//! The records the journal writer has taken in seq order and not yet applied: their
+//! metadata (a ring of slots indexed by `seq`, the receipt tracker), their journal state,
+//! which data sets are complete, and their payloads in the staging arena that the
+//! receivers filled (see `inbox`).
 //!
 //! Every record held lies in the stream window `(applied_stream_end, applied_stream_end +
-//! window_bytes]`, so (as in the primary's retention) its payload lives in a preallocated
-//! arena at `stream_offset % window_bytes` without overlapping any other. Records are
-//! slots in a ring indexed by `seq`: every record costs at least `RECORD_OVERHEAD_BYTES`
-//! of stream, so at most `window_bytes / RECORD_OVERHEAD_BYTES` seqs fit in the window and
-//! the ring (the receipt bitmap, with each record's metadata) never collides. Data sets
-//! likewise live in a small ring indexed by id, holding their sync and how many of their
-//! records are durable. Nothing allocates after construction.
+//! window_bytes]`: every record costs at least `RECORD_OVERHEAD_BYTES` of stream, so at
+//! most `window_bytes / RECORD_OVERHEAD_BYTES` seqs fit in the window and the slot ring
+//! never collides. Data sets likewise live in a small ring indexed by id, holding their
+//! sync and how many of their records are durable. Nothing allocates after construction.
 
-use crate::protocol::{
-    push_seq, stream_cost, DataSetId, RecordKind, Seq, SeqRange, RECORD_OVERHEAD_BYTES,
-};
+use ordo_lockfree::{ArenaError, ArenaReader};
+
+use crate::protocol::push_seq;
+use crate::protocol::{stream_cost, DataSetId, RecordKind, Seq, SeqRange, RECORD_OVERHEAD_BYTES};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotState {
@@ -52,22 +52,6 @@ struct DataSetSlot {
     durable_writes: u64,
 }
 
-/// What to do with an arriving record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    Accept,
-    /// Held already; `durable` says whether it may be acked again now.
-    Duplicate {
-        durable: bool,
-    },
-    /// Part of an applied data set: the `Applied` frame acknowledges it.
-    AlreadyApplied,
-    /// Past the window the primary was given: dropped, the primary resends it later.
-    OutOfWindow,
-    /// Contradicts what is held: the peer broke the protocol.
-    Conflict(&'static str),
-}
-
 /// A data set whose sync and every write are durable and consistent, ready to apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompleteDataSet {
@@ -80,14 +64,12 @@ pub struct CompleteDataSet {
 #[derive(Debug)]
 pub struct Staging {
     window_bytes: u64,
-    arena: Vec<u8>,
+    arena: ArenaReader,
     slots: Vec<Slot>,
     data_sets: Vec<DataSetSlot>,
     applied: DataSetId,
     applied_seq: Seq,
     applied_stream_end: u64,
-    /// Highest seq ever held: bounds the neighbour search above a new record.
-    highest_held: Seq,
 }
 
 const EMPTY_SLOT: Slot = Slot {
@@ -102,9 +84,11 @@ const EMPTY_SLOT: Slot = Slot {
 };
 
 impl Staging {
+    /// `arena` holds the payloads of records in the window at `stream_offset %
+    /// window_bytes`.
     pub fn new(
         window_bytes: u64,
-        max_write_bytes: u32,
+        arena: ArenaReader,
         applied: DataSetId,
         applied_seq: Seq,
         applied_stream_end: u64,
@@ -114,14 +98,18 @@ impl Staging {
         let data_sets = (window_bytes / (2 * RECORD_OVERHEAD_BYTES) + 2) as usize;
         Staging {
             window_bytes,
-            arena: crate::storage::prefaulted((window_bytes + u64::from(max_write_bytes)) as usize),
+            arena,
             slots: vec![EMPTY_SLOT; seqs],
             data_sets: vec![DataSetSlot::default(); data_sets],
             applied,
             applied_seq,
             applied_stream_end,
-            highest_held: applied_seq,
         }
+    }
+
+    /// How many seqs the window can hold.
+    pub fn seq_capacity(&self) -> usize {
+        self.slots.len()
     }
 
     pub fn applied(&self) -> DataSetId {
@@ -150,84 +138,14 @@ impl Staging {
         (slot.state != SlotState::Empty && slot.seq == seq).then_some(slot)
     }
 
-    /// Decides what to do with a record arriving with these fields.
-    pub fn admit(
-        &self,
-        seq: Seq,
-        data_set: DataSetId,
-        stream_offset: u64,
-        payload_len: u32,
-    ) -> Admission {
-        if seq <= self.applied_seq {
-            return Admission::AlreadyApplied;
-        }
-        if data_set <= self.applied {
-            return Admission::Conflict(
-                "a record above the applied seq claims an applied data set",
-            );
-        }
-        let Some(stream_end) = stream_offset.checked_add(stream_cost(payload_len)) else {
-            return Admission::Conflict("stream offset overflows");
-        };
-        if stream_offset < self.applied_stream_end {
-            return Admission::Conflict(
-                "a record above the applied seq lies before the applied stream end",
-            );
-        }
-        let seq_room = self.slots.len() as u64 - 1;
-        let data_set_room = self.data_sets.len() as u64 - 1;
-        if stream_end > self.applied_stream_end + self.window_bytes
-            || seq.0 - self.applied_seq.0 > seq_room
-            || data_set.0 - self.applied.0 > data_set_room
-        {
-            return Admission::OutOfWindow;
-        }
-        let slot = &self.slots[self.slot_index(seq)];
-        if slot.state != SlotState::Empty {
-            assert_eq!(slot.seq, seq, "two seqs in the window share a slot");
-            return Admission::Duplicate {
-                durable: slot.state == SlotState::Durable,
-            };
-        }
-        self.check_neighbours(seq, stream_offset, stream_end)
-    }
-
-    /// Records held must keep seq order in the stream: the nearest held seq below must end
-    /// before this one starts, and the nearest above must start after it ends.
-    fn check_neighbours(&self, seq: Seq, stream_offset: u64, stream_end: u64) -> Admission {
-        // Records mostly arrive in seq order, so both searches usually stop at once.
-        let lowest = self.applied_seq.0 + 1;
-        let highest = self.highest_held.0;
-        if let Some(below) = (lowest..seq.0).rev().find_map(|s| self.slot(Seq(s))) {
-            if below.stream_end() > stream_offset {
-                return Admission::Conflict("stream ranges of two records overlap");
-            }
-        }
-        if let Some(above) = (seq.0 + 1..=highest).find_map(|s| self.slot(Seq(s))) {
-            if above.stream_offset < stream_end {
-                return Admission::Conflict("stream ranges of two records overlap");
-            }
-        }
-        Admission::Accept
-    }
-
-    /// Holds an admitted record (state `state`) and copies its payload into the arena.
-    pub fn insert(
-        &mut self,
-        slot: Slot,
-        payload: &[u8],
-        state: SlotState,
-    ) -> Result<(), &'static str> {
-        debug_assert_eq!(
-            self.admit(
-                slot.seq,
-                slot.data_set,
-                slot.stream_offset,
-                slot.payload_len()
-            ),
-            Admission::Accept
+    /// Holds a record taken in seq order (its payload is in the arena already).
+    pub fn insert(&mut self, slot: Slot) -> Result<(), &'static str> {
+        assert!(
+            slot.seq > self.applied_seq
+                && slot.seq.0 - self.applied_seq.0 < self.slots.len() as u64,
+            "{} is outside the staging window",
+            slot.seq
         );
-        assert_eq!(payload.len(), slot.payload_len() as usize);
         let index = self.data_set_index(slot.data_set);
         let entry = &mut self.data_sets[index];
         if entry.id != slot.data_set {
@@ -246,21 +164,45 @@ impl Staging {
             }
             entry.sync_seq = Some(slot.seq);
         }
-        let at = (slot.stream_offset % self.window_bytes) as usize;
-        self.arena[at..at + payload.len()].copy_from_slice(payload);
         let index = self.slot_index(slot.seq);
-        self.slots[index] = Slot { state, ..slot };
-        self.highest_held = self.highest_held.max(slot.seq);
-        if state == SlotState::Durable {
+        assert_eq!(
+            self.slots[index].state,
+            SlotState::Empty,
+            "a seq held twice"
+        );
+        self.slots[index] = slot;
+        if slot.state == SlotState::Durable {
             self.count_durable(slot.seq);
         }
         Ok(())
     }
 
+    /// Holds a durable record found in the journal at start, copying its payload into
+    /// the arena.
+    pub fn restore(&mut self, slot: Slot, payload: &[u8]) -> Result<(), ArenaError> {
+        let (at, claim) = self.arena_range(&slot);
+        self.arena.write(at, claim, payload)?;
+        self.insert(Slot {
+            state: SlotState::Durable,
+            ..slot
+        })
+        .expect("records restored in seq order are consistent");
+        Ok(())
+    }
+
+    /// Where `slot`'s stream range lies in the arena: its start and length.
+    fn arena_range(&self, slot: &Slot) -> (usize, usize) {
+        let at = (slot.stream_offset % self.window_bytes) as usize;
+        (at, stream_cost(slot.payload_len()) as usize)
+    }
+
     pub fn payload(&self, seq: Seq) -> &[u8] {
         let slot = self.slot(seq).expect("payload of a held record");
-        let at = (slot.stream_offset % self.window_bytes) as usize;
-        &self.arena[at..at + slot.payload_len() as usize]
+        let (at, _) = self.arena_range(slot);
+        self.arena
+            .read(at, slot.payload_len() as usize)
+            .expect("a held record's range is in the arena")
+            .expect("a held record's payload is written")
     }
 
     pub fn set_state(&mut self, seq: Seq, state: SlotState) {
@@ -289,12 +231,8 @@ impl Staging {
     }
 
     /// The next data set to apply, if it is complete. `Err` if its records contradict
-    /// each other (then it must never be applied). With `ignore_missing` (a deliberately
-    /// broken applier, for proving the simulator's checker) a durable sync is enough.
-    pub fn next_complete(
-        &self,
-        ignore_missing: bool,
-    ) -> Result<Option<CompleteDataSet>, &'static str> {
+    /// each other (then it must never be applied).
+    pub fn next_complete(&self) -> Result<Option<CompleteDataSet>, &'static str> {
         let id = self.applied.next();
         let entry = &self.data_sets[self.data_set_index(id)];
         if entry.id != id || !entry.sync_durable {
@@ -311,14 +249,6 @@ impl Staging {
         };
         if first_seq != self.applied_seq.next() {
             return Err("data set does not start right after the applied one");
-        }
-        if ignore_missing {
-            return Ok(Some(CompleteDataSet {
-                id,
-                first_seq,
-                sync_seq,
-                stream_end: sync.stream_end(),
-            }));
         }
         if entry.durable_writes < write_count {
             return Ok(None);
@@ -350,7 +280,8 @@ impl Staging {
         }))
     }
 
-    /// `data_set` is applied and its watermark durable: forget its records.
+    /// `data_set` is applied and its watermark durable: forget its records and free
+    /// their arena ranges.
     pub fn advance(&mut self, data_set: &CompleteDataSet) {
         assert_eq!(
             data_set.id,
@@ -359,7 +290,12 @@ impl Staging {
         );
         for seq in data_set.first_seq.0..=data_set.sync_seq.0 {
             let index = self.slot_index(Seq(seq));
-            if self.slots[index].seq == Seq(seq) {
+            let slot = self.slots[index];
+            if slot.seq == Seq(seq) && slot.state != SlotState::Empty {
+                let (at, claim) = self.arena_range(&slot);
+                self.arena
+                    .release(at, claim)
+                    .expect("a held record's range is in the arena");
                 self.slots[index] = EMPTY_SLOT;
             }
         }

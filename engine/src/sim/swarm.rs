@@ -65,8 +65,10 @@ impl SwarmConfig {
         let data_set_max = policy.max_stream_bytes(max_write_bytes);
         // The secondary may accept larger writes than the primary sends.
         let secondary_max_write = max_write_bytes * rng.random_range(1..=2);
-        let window_bytes =
-            (data_set_max * rng.random_range(1..=3)).max(u64::from(secondary_max_write) + 2 * 4096);
+        // The secondary's staging arena claims whole 512-byte granules.
+        let window_bytes = (data_set_max * rng.random_range(1..=3))
+            .max(u64::from(secondary_max_write) + 2 * 4096)
+            .next_multiple_of(512);
         let retention_floor = 2 * (u64::from(max_write_bytes) + 2 * 4096);
         let journal_block = if rng.random_bool(0.3) { 512 } else { 4096 };
         let journal_bytes = required_bytes(window_bytes, secondary_max_write, journal_block)

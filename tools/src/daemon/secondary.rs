@@ -372,11 +372,12 @@ fn status_report(
         failure: secondary.failure().map(str::to_string),
         volumes: volumes.to_vec(),
         counters: [
+            ("records_received", stats.records_received),
             ("records_staged", stats.records_staged),
             ("duplicates", stats.duplicates),
             ("out_of_window", stats.out_of_window),
+            ("reacks_dropped", stats.reacks_dropped),
             ("before_hello", stats.before_hello),
-            ("journal_busy", stats.journal_busy),
             ("journal_flushes", stats.journal_flushes),
             ("acks_sent", stats.acks_sent),
             ("data_sets_applied", stats.data_sets_applied),
