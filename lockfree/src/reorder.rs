@@ -45,8 +45,8 @@
 //! while the slot is not `FULL(s)`, so the slot has not left lap `s`: a stalled producer
 //! whose CAS then finds `EMPTY(s)` claims the seq it meant to, in the lap it meant to.
 //! `FULL(s)` is reached at most once per lap (only the consumer leaves it, to the next
-//! lap), so the consumer can never take one seq twice. Stamps stay unique per lap while
-//! `seq < SEQ_LIMIT` (2^62; `seq << 2` must fit), which holds for the life of any
+//! lap), so the consumer can never take one seq twice. Stamps of different seqs differ
+//! while `seq < SEQ_LIMIT` (2^62; `seq << 2` must fit), which holds for the life of any
 //! replication group (at 10^9 writes per second, 146 years) and is asserted.
 //!
 //! # Progress
@@ -480,7 +480,8 @@ impl<T> Drop for Reservation<'_, T> {
         // Release, pairing with the Acquire CAS of the next reserver of `seq`. We never
         // touched the cell, but our CAS acquired the consumer's move out of it, and this
         // store passes that order on (a CAS reading a plain store synchronizes only with
-        // that store, not with the consumer's earlier one).
+        // that store, not with the consumer's earlier one). Redundant with the window
+        // check's Acquire today, like the CAS's; loom finds the race when both are Relaxed.
         slot.stamp.store(stamp(self.seq, EMPTY), Ordering::Release);
     }
 }

@@ -119,6 +119,89 @@ fn dropping_the_handles_drops_values_still_held() {
 }
 
 #[test]
+fn an_aborted_reservation_frees_its_seq_for_a_later_reserve() {
+    let (producer, mut consumer) = buffer(4, 0);
+    let reservation = producer.reserve(1).unwrap();
+    assert_eq!(reservation.seq(), 1);
+    drop(reservation);
+    assert_eq!(
+        producer.shared.slot(1).stamp.load(Ordering::Relaxed),
+        stamp(1, EMPTY),
+        "the abort restores the stamp the reserve found"
+    );
+    producer.reserve(1).unwrap().publish(10);
+    producer.insert(0, 0).unwrap();
+    assert_eq!(consumer.pop(), Some((0, 0)));
+    assert_eq!(consumer.pop(), Some((1, 10)));
+    assert_eq!(producer.stats().inserted, 2, "the abort is not an insert");
+}
+
+#[test]
+fn a_held_reservation_refuses_the_same_seq_as_duplicate() {
+    let (producer, _consumer) = buffer(4, 0);
+    let reservation = producer.reserve(2).unwrap();
+    assert_eq!(producer.reserve(2).unwrap_err(), Rejected::Duplicate(()));
+    assert_eq!(producer.insert(2, 20), Err(Rejected::Duplicate(20)));
+    reservation.publish(2);
+    assert_eq!(producer.reserve(2).unwrap_err(), Rejected::Duplicate(()));
+    assert_eq!(
+        producer.stats(),
+        ReorderStats {
+            inserted: 1,
+            rejected_duplicate: 3,
+            ..ReorderStats::default()
+        }
+    );
+}
+
+#[test]
+fn the_consumer_waits_at_a_reserved_seq() {
+    let (producer, mut consumer) = buffer(4, 0);
+    let reservation = producer.reserve(0).unwrap();
+    producer.insert(1, 1).unwrap();
+    assert_eq!(consumer.pop(), None);
+    assert_eq!(consumer.drain(4, |_, _| unreachable!()), 0);
+    assert_eq!(consumer.next(), 0);
+    reservation.publish(0);
+    let mut delivered = Vec::new();
+    consumer.drain(4, |seq, value| delivered.push((seq, value)));
+    assert_eq!(delivered, [(0, 0), (1, 1)]);
+}
+
+#[test]
+fn reserve_refuses_stale_and_ahead_seqs_like_insert() {
+    let (producer, mut consumer) = buffer(2, 5);
+    assert_eq!(producer.reserve(4).unwrap_err(), Rejected::Stale(()));
+    assert_eq!(producer.reserve(7).unwrap_err(), Rejected::Ahead(()));
+    producer.insert(5, 5).unwrap();
+    assert_eq!(consumer.pop(), Some((5, 5)));
+    producer.reserve(7).unwrap().publish(7);
+    let stats = producer.stats();
+    assert_eq!((stats.rejected_stale, stats.rejected_ahead), (1, 1));
+}
+
+#[test]
+fn a_reservation_can_be_published_from_another_thread() {
+    let (producer, mut consumer) = buffer(4, 0);
+    let reservation = producer.reserve(0).unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(move || reservation.publish(7));
+    });
+    assert_eq!(consumer.pop(), Some((0, 7)));
+}
+
+#[test]
+// The panic in the buffer's `Drop` stops the `Arc` from freeing its allocation, which miri
+// would report as a leak: the point of this test is the panic, so it runs natively only.
+#[cfg_attr(miri, ignore)]
+#[should_panic(expected = "a reservation was leaked")]
+fn a_leaked_reservation_is_caught_when_the_buffer_drops() {
+    let (producer, consumer) = buffer(4, 0);
+    std::mem::forget(producer.reserve(0).unwrap());
+    drop((producer, consumer));
+}
+
+#[test]
 #[should_panic(expected = "not a power of two")]
 fn capacity_must_be_a_power_of_two() {
     let _ = ReorderBuffer::<u64>::new(3, 0);
@@ -139,4 +222,5 @@ fn handles_are_send_and_sync_as_intended() {
     sync::<Producer<Vec<u8>>>();
     clone::<Producer<Vec<u8>>>();
     send::<Consumer<Vec<u8>>>();
+    send::<Reservation<'static, Vec<u8>>>();
 }

@@ -1,6 +1,6 @@
 //! loom models of the reorder buffer: every interleaving (and every value the memory
-//! model lets a load see) of two producers and the consumer on a few seqs, capacity 2 or
-//! 4. Each value holds a loom `Arc`, so a value dropped twice or never fails the model.
+//! model lets a load see) of two producers and the consumer on a few seqs, capacity 1, 2
+//! or 4. Each value holds a loom `Arc`, so a value dropped twice or never fails the model.
 //! Run with ci/loom.sh (`RUSTFLAGS="--cfg loom"`, release).
 #![cfg(loom)]
 
@@ -191,5 +191,61 @@ fn values_left_behind_are_dropped_once() {
         let stats = producer.stats();
         assert_eq!((stats.inserted, stats.rejected_duplicate), (3, 1));
         drop((producer, consumer));
+    });
+}
+
+/// Capacity 1, seq 0 held before the threads start, so seq 1 is the next lap of the one
+/// slot. Two lanes race to reserve 1 while the consumer takes 0: lane 0 tries once and
+/// aborts the reservation if it gets one (it is refused if the slot still serves 0 or
+/// lane 1 holds 1), lane 1 retries while 1 is ahead or reserved by lane 0, and
+/// publishes. The consumer gets lane 1's value exactly once: an abort hands the slot on,
+/// never leaves it stuck, and lane 1's write is ordered after the consumer's move out of
+/// the previous lap even when it reserved right after lane 0's abort.
+///
+/// The consumer joins lane 0 before it waits for 1: loom bounds preemptions, not how
+/// long two threads may spin, so a reservation holder preempted while both lane 1 and
+/// the consumer spin on it makes one execution exceed loom's branch limit.
+#[test]
+fn an_aborted_reservation_hands_the_seq_to_the_other_lane() {
+    loom::model(|| {
+        let (producer, mut consumer) = ReorderBuffer::new(1, 0).split();
+        insert(&producer, 0, 0).unwrap();
+        let aborting = producer.clone();
+        let a = thread::spawn(move || match aborting.reserve(1) {
+            Ok(reservation) => {
+                assert_eq!(reservation.seq(), 1);
+                drop(reservation);
+                true
+            }
+            Err(Rejected::Ahead(()) | Rejected::Duplicate(()) | Rejected::Stale(())) => false,
+        });
+        let retrying = producer.clone();
+        let b = thread::spawn(move || loop {
+            match retrying.reserve(1) {
+                Err(Rejected::Ahead(()) | Rejected::Duplicate(())) => thread::yield_now(),
+                Ok(reservation) => {
+                    reservation.publish(Value {
+                        seq: 1,
+                        lane: 1,
+                        _alive: Arc::new(()),
+                    });
+                    return;
+                }
+                Err(Rejected::Stale(())) => panic!("1 was delivered without lane 1"),
+            }
+        });
+        let (seq, value) = consumer.pop().expect("0 is held");
+        assert_eq!((seq, value.seq, value.lane), (0, 0, 0));
+        let aborted = a.join().unwrap();
+        assert_eq!(pop_until(&mut consumer, 2), [(1, 1)]);
+        b.join().unwrap();
+        assert!(consumer.pop().is_none());
+        let stats = producer.stats();
+        assert_eq!(stats.inserted, 2, "an abort is not an insert");
+        let refused = stats.rejected_ahead + stats.rejected_duplicate + stats.rejected_stale;
+        assert!(
+            aborted || refused > 0,
+            "lane 0 neither reserved nor was refused"
+        );
     });
 }
