@@ -9,7 +9,7 @@ use ordo_engine::protocol::{
     WriteFrame,
 };
 use ordo_engine::secondary::journal::{required_bytes, JournalError};
-use ordo_engine::secondary::{Secondary, SecondaryConfig, SecondaryError};
+use ordo_engine::secondary::{Received, Secondary, SecondaryConfig, SecondaryError};
 use ordo_engine::storage::{Geometry, MemStorage, Storage};
 
 const GROUP: GroupId = GroupId(7);
@@ -692,4 +692,95 @@ fn a_crash_at_any_step_of_an_apply_recovers_to_a_closed_data_set_then_catches_up
         model.apply(&ds2);
         assert_replica(&s, &model);
     }
+}
+
+/// Four receiver threads hand one stream's records to the inbox at once, each its own
+/// share in its own order, some twice, while this thread journals and applies: every data
+/// set is applied in order and the replica is the model's.
+#[test]
+fn receivers_on_several_threads_stage_one_stream_concurrently() {
+    let mut s = create();
+    hello(&mut s, 0);
+    let mut stream = Stream::default();
+    let mut model = Model::zeros();
+    let data_sets: Vec<DataSet> = (0..60u64)
+        .map(|i| {
+            let writes = (0..1 + i % 5)
+                .map(|k| {
+                    w(
+                        (i + k) as u16 % 2,
+                        (i * 7 + k * 3) % 60,
+                        1 + (k % 3) as usize,
+                        i as u8,
+                    )
+                })
+                .collect();
+            let data_set = stream.data_set(writes);
+            model.apply(&data_set);
+            data_set
+        })
+        .collect();
+    let records: Vec<&Record> = data_sets.iter().flat_map(DataSet::records).collect();
+    const THREADS: usize = 4;
+    let inbox = std::sync::Arc::clone(s.inbox());
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let inbox = std::sync::Arc::clone(&inbox);
+            let mine: Vec<&Record> = records
+                .iter()
+                .copied()
+                .skip(thread)
+                .step_by(THREADS)
+                .collect();
+            scope.spawn(move || {
+                // Odd threads send their share backwards; every 5th record goes twice.
+                let order: Vec<&Record> = if thread % 2 == 1 {
+                    mine.iter().rev().copied().collect()
+                } else {
+                    mine
+                };
+                let mut pending: Vec<(usize, &Record)> = order.into_iter().enumerate().collect();
+                // Records past the window are refused; as the primary does, send them
+                // again on a later pass rather than wait on one.
+                while !pending.is_empty() {
+                    pending.retain(|&(n, record)| {
+                        let (frame, _) = decode(&record.wire).unwrap();
+                        let copies = if n % 5 == 0 { 2 } else { 1 };
+                        let mut refused = false;
+                        for _ in 0..copies {
+                            let received = match &frame {
+                                Frame::Write(write) => inbox.receive_write(write),
+                                Frame::Sync(sync) => inbox.receive_sync(sync),
+                                _ => unreachable!("records only"),
+                            };
+                            refused |= received.unwrap() == Received::OutOfWindow;
+                        }
+                        refused
+                    });
+                    std::thread::yield_now();
+                }
+            });
+        }
+        let last = data_sets.last().unwrap().id;
+        // The deadline only keeps a broken test from hanging CI; nothing is timed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while s.applied() < last {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stuck at {}",
+                s.applied()
+            );
+            assert_eq!(s.failure(), None);
+            if s.poll_storage() == 0 {
+                std::thread::yield_now();
+            }
+        }
+    });
+    settle(&mut s);
+    assert!(s.is_between_data_sets());
+    assert_replica(&s, &model);
+    let stats = s.stats();
+    assert_eq!(stats.records_received, records.len() as u64);
+    assert_eq!(stats.records_staged, records.len() as u64);
+    assert!(stats.duplicates >= (records.len() / 5) as u64, "{stats:?}");
 }
