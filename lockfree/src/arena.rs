@@ -1,47 +1,70 @@
-//! A staging arena: one byte buffer that many writer threads copy record payloads into, and
-//! one reader (the thread that journals and applies them) reads and frees.
+//! The staging arena: receivers on many threads copy record payloads into one byte
+//! buffer at the offsets they were given, and one reader (the thread that journals and
+//! applies them) reads each range once it is complete, then releases it for reuse.
 //!
-//! # Claims
+//! # Algorithm
 //!
-//! The arena is cut into granules of [`GRANULE_BYTES`]; ranges start and end on granule
-//! boundaries. Each granule has two bits, in two bitmaps of `AtomicU64` words: `claimed`
-//! and `written`. A write of a range
+//! Ownership bitmaps over fixed granules, claimed a run of bits at a time as in a
+//! lock-free bitmap allocator (Linux's `sbitmap`, bitmap ID allocators), here at offsets
+//! the caller chooses instead of ones searched for. The arena is cut into granules of
+//! [`GRANULE_BYTES`]; each has a `claimed` and a `written` bit, 64 to an `AtomicU64` word
+//! of two bitmaps. A granule's life:
 //!
-//! 1. claims it: one `fetch_or` per bitmap word the range touches. If any granule was
-//!    claimed already, the write undoes exactly the bits it set and fails with
-//!    [`ArenaError::Overlap`], having touched no byte;
-//! 2. copies its bytes in (a plain `memcpy`);
-//! 3. marks the range written: one `fetch_or` per word, Release.
+//! ```text
+//! free --claim: fetch_or `claimed` (Acquire)--> claimed
+//!      --copy the payload, fetch_or `written` (Release)--> written
+//!      --the reader's release: clear `written`, then `claimed` (Release)--> free
+//! ```
 //!
-//! The reader reads a range only when every granule in it is `written` (Acquire loads,
-//! pairing with step 3), and frees it with `release`, which clears `written` and then
-//! `claimed` (Release, pairing with the Acquire of step 1 of the next writer there).
+//! A write claims its whole range with one `fetch_or` per word it touches, in ascending
+//! word order. If any granule was claimed already it clears exactly the bits it set
+//! (those its `fetch_or`s found clear) and reports `Overlap`; otherwise it copies the
+//! payload in with one memcpy and sets the range's `written` bits.
 //!
-//! # Why no byte is ever raced on
+//! # Soundness
 //!
-//! - Two writers never touch the same byte: each copies only into granules whose `claimed`
-//!   bit its own `fetch_or` turned on, and a set bit is cleared only by `release`.
-//! - A writer never touches bytes the reader may be reading: the reader reads only written
-//!   granules, which stay claimed until `release`; `release` takes `&mut ArenaReader`, so
-//!   no slice `read` returned is still alive, and its Release clear orders the reader's
-//!   reads before the next claim's writes.
-//! - The reader never reads bytes a writer is writing: a writer's `written` bits go on
-//!   only after its copy, with Release.
+//! - A writer touches only bytes of granules whose `claimed` bit its own `fetch_or` set. A
+//!   `fetch_or` returns the bit's previous value, so of two claims of one granule exactly
+//!   one sees it clear: no two writers' copies overlap.
+//! - The reader reads only granules whose `written` bit it loaded with Acquire. The writer
+//!   sets it with a Release `fetch_or` after its copy, so the copy happens before the read.
+//! - A written granule stays claimed until `release`, which takes `&mut ArenaReader`, so
+//!   no `&[u8]` returned by `read` (which borrows the reader) is alive then. Release's
+//!   Release clear of `claimed` pairs with the next writer's Acquire `fetch_or`: the
+//!   reader's reads happen before that writer's copy.
+//! - Every change to either bitmap is a read-modify-write, so no release sequence is ever
+//!   broken: a claim that reads a value left by other claims or undos still synchronizes
+//!   with the reader's release before them.
 //!
-//! A caller that gets the ranges wrong (two records claiming the same bytes) gets an error,
-//! never a data race: that is what makes it safe to let a remote peer choose the ranges.
+//! # Progress
+//!
+//! `write`, `read` and `release` are wait-free: a bounded number of word operations, no
+//! waiting on another thread. Two claims of overlapping ranges never both succeed, and
+//! when only those two race, one of them does (the one whose `fetch_or` first reaches
+//! the word where the later-starting range begins). A claim can also fail against the
+//! bits a third, failing claim holds for a moment before undoing them. The engine gives
+//! out disjoint ranges, so it sees `Overlap` only for a duplicate record.
 
 use std::fmt;
-use std::ptr::NonNull;
+use std::mem::ManuallyDrop;
+use std::ops::Range;
+use std::ptr::{self, NonNull};
+use std::slice;
 
-use crate::primitive::{Arc, AtomicU64, Ordering};
+use crate::primitive::{AccessCells, Arc, AtomicU64, Ordering};
 
-/// The claim granule, in bytes.
+/// Ranges start and end on multiples of this.
 pub const GRANULE_BYTES: usize = 512;
-const WORD_GRANULES: usize = 64;
 
-/// Why a range was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+/// Granules per bitmap word.
+const WORD_GRANULES: usize = u64::BITS as usize;
+
+const _: () = assert!(GRANULE_BYTES.is_power_of_two());
+
+/// Why a range was refused. Misaligned and out-of-bounds ranges come from a caller's
+/// arithmetic (a peer's offset, checked here rather than trusted); an overlap from a
+/// range claimed twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ArenaError {
     #[error("range {at}+{len} is not aligned to {GRANULE_BYTES} bytes")]
     Misaligned { at: usize, len: usize },
@@ -49,168 +72,198 @@ pub enum ArenaError {
     OutOfBounds { at: usize, len: usize, size: usize },
     #[error("range {at}+{len} overlaps a range already claimed")]
     Overlap { at: usize, len: usize },
-    #[error("{payload} bytes do not fit the claimed {len}")]
+    #[error("a payload of {payload} bytes is longer than its claimed {len}")]
     PayloadTooLong { payload: usize, len: usize },
 }
 
-/// The bitmap words and masks a granule range touches.
-#[derive(Clone, Copy)]
-struct Granules {
-    first: usize,
-    end: usize,
+/// The words of a granule range and, in each, the bits of its granules. Nothing for an
+/// empty range.
+fn words(granules: Range<usize>) -> impl Iterator<Item = (usize, u64)> {
+    let first = granules.start / WORD_GRANULES;
+    let end = if granules.is_empty() {
+        first
+    } else {
+        granules.end.div_ceil(WORD_GRANULES)
+    };
+    (first..end).map(move |word| {
+        let base = word * WORD_GRANULES;
+        let low = granules.start.max(base) - base;
+        let high = granules.end.min(base + WORD_GRANULES) - base;
+        debug_assert!(low < high && high <= WORD_GRANULES);
+        (word, (u64::MAX >> (WORD_GRANULES - (high - low))) << low)
+    })
 }
 
-impl Granules {
-    /// `(word index, mask)` for every word the range touches, in order.
-    fn words(self) -> impl Iterator<Item = (usize, u64)> {
-        let (first, end) = (self.first, self.end);
-        let words = if first == end {
-            0..0
-        } else {
-            first / WORD_GRANULES..(end - 1) / WORD_GRANULES + 1
-        };
-        words.map(move |word| {
-            let lo = first.max(word * WORD_GRANULES) - word * WORD_GRANULES;
-            let hi = end.min((word + 1) * WORD_GRANULES) - word * WORD_GRANULES;
-            let mask = if hi - lo == WORD_GRANULES {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - lo)) - 1) << lo
-            };
-            (word, mask)
-        })
-    }
-}
-
+/// What the writers and the reader share.
 struct Shared {
-    /// The bytes, from `Box<[u8]>::into_raw`; freed in `drop`.
+    /// The caller's `Vec<u8>`, taken apart in `new` and put back together to be freed in
+    /// `Drop`. Every access goes through this pointer; no reference to the whole buffer
+    /// exists after `new`.
     bytes: NonNull<u8>,
     len: usize,
+    capacity: usize,
+    /// Not padded: a word covers 32 KiB of arena, so writers of different records rarely
+    /// share one, and padding would multiply the bitmaps' size by 16.
     claimed: Box<[AtomicU64]>,
     written: Box<[AtomicU64]>,
+    /// Shows the bytes' accesses to loom (one cell per granule); nothing otherwise.
+    access: AccessCells,
 }
 
-// SAFETY: the bytes are only reached through the claim protocol in the module doc, which
-// makes every access to a byte either exclusive (one claiming writer) or ordered after the
-// last write to it (the reader, after an Acquire of its `written` bits); the bitmaps are
-// atomics. No thread-affine state is held.
+// SAFETY: `Shared` owns its buffer as the `Vec<u8>` it came from did; only the raw pointer
+// keeps the compiler from seeing that, and bytes may move between threads.
 unsafe impl Send for Shared {}
-// SAFETY: as for `Send`: shared access goes through the atomics and the claim protocol.
+// SAFETY: `&Shared` allows `write`, `read` and `release` (the last behind
+// `&mut ArenaReader`), which touch bytes only as the module doc argues: a writer only
+// granules its own claim set, the reader only granules it saw written, never both at once.
 unsafe impl Sync for Shared {}
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        let slice = std::ptr::slice_from_raw_parts_mut(self.bytes.as_ptr(), self.len);
-        // SAFETY: `bytes` and `len` came from `Box::into_raw` of a `Box<[u8]>` in
-        // `StagingArena::new`, and this is the only place that frees it; `&mut self` means
-        // no handle is left to touch it.
-        drop(unsafe { Box::from_raw(slice) });
-    }
-}
-
 impl Shared {
-    fn check(&self, at: usize, len: usize) -> Result<Granules, ArenaError> {
+    /// The granules of `[at, at + len)`, or why it is not a valid range.
+    fn granules(&self, at: usize, len: usize) -> Result<Range<usize>, ArenaError> {
         if !at.is_multiple_of(GRANULE_BYTES) || !len.is_multiple_of(GRANULE_BYTES) {
             return Err(ArenaError::Misaligned { at, len });
         }
-        if at.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(ArenaError::OutOfBounds {
+        match at.checked_add(len) {
+            Some(end) if end <= self.len => Ok(at / GRANULE_BYTES..end / GRANULE_BYTES),
+            _ => Err(ArenaError::OutOfBounds {
                 at,
                 len,
                 size: self.len,
-            });
+            }),
         }
-        Ok(Granules {
-            first: at / GRANULE_BYTES,
-            end: (at + len) / GRANULE_BYTES,
-        })
     }
 
     /// Claims `[at, at + len)`, copies `payload` to its start, marks it all written.
     fn write(&self, at: usize, len: usize, payload: &[u8]) -> Result<(), ArenaError> {
-        let granules = self.check(at, len)?;
+        let granules = self.granules(at, len)?;
         if payload.len() > len {
             return Err(ArenaError::PayloadTooLong {
                 payload: payload.len(),
                 len,
             });
         }
-        for (word, mask) in granules.words() {
-            // Acquire, pairing with the Release clear in `release`: the reader's reads of
-            // these granules (and the previous writer's copy) happen before our copy.
-            let previous = self.claimed[word].fetch_or(mask, Ordering::Acquire);
-            if previous & mask != 0 {
-                // Undo only what we set: this word's bits that were clear, and every
-                // earlier word's whole mask (they were all clear, or we would have
-                // stopped there). Relaxed: we wrote no byte, so there is nothing to order.
-                self.claimed[word].fetch_and(!(mask & !previous), Ordering::Relaxed);
-                for (earlier, mask) in granules.words().take_while(|(w, _)| *w < word) {
-                    self.claimed[earlier].fetch_and(!mask, Ordering::Relaxed);
-                }
-                return Err(ArenaError::Overlap { at, len });
-            }
+        if !self.claim(granules.clone()) {
+            return Err(ArenaError::Overlap { at, len });
         }
-        // SAFETY: `check` put `[at, at + len)` inside the allocation and `payload.len() <=
-        // len`; every granule of it is claimed by us (each bit was clear before our
-        // `fetch_or`), so no other writer touches these bytes, and the reader reads them
-        // only after our Release below; `payload` is caller memory, not the arena's, so
-        // the ranges do not overlap.
+        let writing = self.access.write(granules.clone());
+        // SAFETY: `granules` checked that `[at, at + len)` lies in the buffer, and the
+        // payload is no longer than it (checked above). Our claim set
+        // the `claimed` bit of each of its granules, so no other writer touches them, and
+        // the reader reads granules only once their `written` bit (set below) is, and did
+        // not read them since its release of them, which our claim's Acquire ordered
+        // before this. `payload` cannot overlap the destination: a slice into the arena
+        // (from `read`) covers only written granules, which are claimed, and ours were
+        // not claimed before us.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                payload.as_ptr(),
-                self.bytes.as_ptr().add(at),
-                payload.len(),
-            );
-        }
-        for (word, mask) in granules.words() {
-            // Release, pairing with the Acquire load in `read`: our copy happens before
-            // the reader's reads.
-            self.written[word].fetch_or(mask, Ordering::Release);
+            ptr::copy_nonoverlapping(payload.as_ptr(), self.bytes.as_ptr().add(at), payload.len())
+        };
+        drop(writing);
+        for (word, bits) in words(granules) {
+            // Release, pairing with the reader's Acquire loads in `read` and `release`: our
+            // copy happens before its reads of these bytes, and (through its release)
+            // before the next writer's copy into them.
+            let before = self.written[word].fetch_or(bits, Ordering::Release);
+            assert_eq!(before & bits, 0, "granules of {at}+{len} written before");
         }
         Ok(())
     }
+
+    /// Sets the `claimed` bits of `granules`. If any was set already, clears the ones this
+    /// call set and returns false.
+    fn claim(&self, granules: Range<usize>) -> bool {
+        for (word, bits) in words(granules.clone()) {
+            // Acquire, pairing with the reader's Release clear in `release`: its reads of
+            // these granules' bytes and its clear of their `written` bits happen before our
+            // copy and our set of `written`. Every change to `claimed` is a
+            // read-modify-write, so this holds whatever claims and undos came between.
+            let before = self.claimed[word].fetch_or(bits, Ordering::Acquire);
+            if before & bits != 0 {
+                self.unclaim(word, bits & !before);
+                for (earlier, bits) in words(granules).take_while(|&(earlier, _)| earlier < word) {
+                    self.unclaim(earlier, bits);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Clears `bits` of `word`, set by a claim that then failed.
+    fn unclaim(&self, word: usize, bits: u64) {
+        // Relaxed: nothing was written under these bits, so nothing needs ordering before
+        // the next claim of them; being a read-modify-write, this keeps the reader's
+        // release sequence intact for that claim.
+        let before = self.claimed[word].fetch_and(!bits, Ordering::Relaxed);
+        assert_eq!(before & bits, bits, "claimed bits cleared under a claim");
+    }
 }
 
-/// The arena before it is split into its writers' and its reader's handles.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: pointer, length and capacity are those of the `Vec` taken apart in
+        // `StagingArena::new`, and `&mut self` means no handle, so no access, is left.
+        drop(unsafe { Vec::from_raw_parts(self.bytes.as_ptr(), self.len, self.capacity) });
+    }
+}
+
+/// The arena before it is [`split`] into the writers' handle and the reader.
+///
+/// ```
+/// use ordo_lockfree::{ArenaError, StagingArena, GRANULE_BYTES};
+///
+/// let (writer, mut reader) = StagingArena::new(vec![0; 4 * GRANULE_BYTES]).split();
+/// writer.write(GRANULE_BYTES, &[7; 2 * GRANULE_BYTES]).unwrap();
+/// assert_eq!(
+///     writer.write(0, &[8; 2 * GRANULE_BYTES]),
+///     Err(ArenaError::Overlap { at: 0, len: 2 * GRANULE_BYTES })
+/// );
+/// assert_eq!(reader.read(0, GRANULE_BYTES).unwrap(), None, "not written");
+/// let payload = reader.read(GRANULE_BYTES, 2 * GRANULE_BYTES).unwrap().unwrap();
+/// assert!(payload.iter().all(|&byte| byte == 7));
+/// reader.release(GRANULE_BYTES, 2 * GRANULE_BYTES).unwrap();
+/// writer.write(0, &[8; 2 * GRANULE_BYTES]).unwrap();
+/// ```
+///
+/// [`split`]: StagingArena::split
 pub struct StagingArena {
     shared: Shared,
 }
 
 impl StagingArena {
-    /// Takes `bytes` (which the caller may have prefaulted) as the arena.
+    /// An arena over `bytes` (which the caller may have prefaulted), all of it free. Its
+    /// length must be a multiple of [`GRANULE_BYTES`]; the bitmaps are allocated here and
+    /// nothing allocates afterwards.
     ///
     /// # Panics
     ///
-    /// If the length is not a multiple of [`GRANULE_BYTES`]: configuration, checked
-    /// before this is called.
+    /// If the length is not a multiple of [`GRANULE_BYTES`]: configuration, checked before.
     pub fn new(bytes: Vec<u8>) -> StagingArena {
         let len = bytes.len();
         assert!(
             len.is_multiple_of(GRANULE_BYTES),
-            "arena of {len} bytes is not a multiple of {GRANULE_BYTES}"
+            "staging arena of {len} bytes is not a multiple of {GRANULE_BYTES}"
         );
-        let words = (len / GRANULE_BYTES).div_ceil(WORD_GRANULES);
-        let raw = Box::into_raw(bytes.into_boxed_slice());
-        let bytes = NonNull::new(raw.cast::<u8>()).expect("Box::into_raw is never null");
+        let granules = len / GRANULE_BYTES;
+        let words = granules.div_ceil(WORD_GRANULES);
+        let bitmap = || (0..words).map(|_| AtomicU64::new(0)).collect();
+        // Taken apart without reallocating (`into_boxed_slice` could, and would lose the
+        // prefaulting); `Shared::drop` puts it back together.
+        let mut bytes = ManuallyDrop::new(bytes);
+        let capacity = bytes.capacity();
         StagingArena {
             shared: Shared {
-                bytes,
+                bytes: NonNull::new(bytes.as_mut_ptr()).expect("a Vec's pointer is not null"),
                 len,
-                claimed: (0..words).map(|_| AtomicU64::new(0)).collect(),
-                written: (0..words).map(|_| AtomicU64::new(0)).collect(),
+                capacity,
+                claimed: bitmap(),
+                written: bitmap(),
+                access: AccessCells::new(granules),
             },
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.shared.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.shared.len == 0
-    }
-
-    /// The writers' handle (clone it, one per thread) and the one reader.
+    /// The writers' handle (clone it, one per receiver) and the one reader.
     pub fn split(self) -> (ArenaWriter, ArenaReader) {
         let shared = Arc::new(self.shared);
         let reader = ArenaReader {
@@ -218,92 +271,14 @@ impl StagingArena {
         };
         (ArenaWriter { shared }, reader)
     }
-}
 
-/// A writer's handle: any number, on any threads.
-#[derive(Clone)]
-pub struct ArenaWriter {
-    shared: Arc<Shared>,
-}
-
-impl ArenaWriter {
-    /// Claims `[at, at + len)`, copies `payload` to its start (the rest of the range is
-    /// claimed, not written: a record's stream overhead, say) and marks the range written.
-    /// The range stays claimed until the reader releases it.
-    pub fn write(&self, at: usize, len: usize, payload: &[u8]) -> Result<(), ArenaError> {
-        self.shared.write(at, len, payload)
-    }
-
+    /// In bytes.
     pub fn len(&self) -> usize {
         self.shared.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shared.len == 0
-    }
-}
-
-/// The one reader: not `Clone`; freeing ranges takes `&mut self`.
-pub struct ArenaReader {
-    shared: Arc<Shared>,
-}
-
-impl ArenaReader {
-    /// The bytes of `[at, at + len)` if every granule of it is written, `None` if one is
-    /// not (yet).
-    pub fn read(&self, at: usize, len: usize) -> Result<Option<&[u8]>, ArenaError> {
-        let shared = &*self.shared;
-        let granules = shared.check(at, len.next_multiple_of(GRANULE_BYTES))?;
-        for (word, mask) in granules.words() {
-            // Acquire, pairing with the writer's Release `fetch_or`: its copy happens
-            // before our read.
-            if shared.written[word].load(Ordering::Acquire) & mask != mask {
-                return Ok(None);
-            }
-        }
-        // SAFETY: in bounds (`check`); every granule is written, so its writer finished
-        // its copy before (Acquire above) and no writer can claim it again until
-        // `release`, which needs `&mut self` and so cannot run while the returned slice
-        // (borrowing `self`) lives.
-        Ok(Some(unsafe {
-            std::slice::from_raw_parts(shared.bytes.as_ptr().add(at), len)
-        }))
-    }
-
-    /// Writes from the reader's thread (restoring records at start): the same claim rules
-    /// as [`ArenaWriter::write`].
-    pub fn write(&self, at: usize, len: usize, payload: &[u8]) -> Result<(), ArenaError> {
-        self.shared.write(at, len, payload)
-    }
-
-    /// Frees `[at, at + len)` for writers to claim again.
-    ///
-    /// # Panics
-    ///
-    /// If a granule of the range is not claimed and written: the caller lost track of
-    /// what it holds.
-    pub fn release(&mut self, at: usize, len: usize) -> Result<(), ArenaError> {
-        let shared = &*self.shared;
-        let granules = shared.check(at, len)?;
-        for (word, mask) in granules.words() {
-            // Relaxed: only this thread reads `written` bits it did not set, and the clear
-            // of `claimed` below (Release) orders this before any new claim's writes.
-            let written = shared.written[word].fetch_and(!mask, Ordering::Relaxed);
-            assert_eq!(written & mask, mask, "released a range not written");
-            // Release, pairing with the next claimer's Acquire `fetch_or`: our reads of
-            // these bytes happen before its copy.
-            let claimed = shared.claimed[word].fetch_and(!mask, Ordering::Release);
-            assert_eq!(claimed & mask, mask, "released a range not claimed");
-        }
-        Ok(())
-    }
-
-    pub fn len(&self) -> usize {
-        self.shared.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.shared.len == 0
+        self.len() == 0
     }
 }
 
@@ -315,11 +290,151 @@ impl fmt::Debug for StagingArena {
     }
 }
 
+/// The receivers' side: clone one per thread. Writes never block.
+#[derive(Clone)]
+pub struct ArenaWriter {
+    shared: Arc<Shared>,
+}
+
+impl ArenaWriter {
+    /// Claims `[at, at + payload.len())`, copies `payload` in and marks it written; the
+    /// range stays claimed until the reader releases it. An empty payload claims nothing
+    /// and succeeds at any aligned offset in bounds. Refused without a trace (no granule
+    /// left claimed) if the range is misaligned, out of bounds, or overlaps a claimed one.
+    pub fn write(&self, at: usize, payload: &[u8]) -> Result<(), ArenaError> {
+        self.shared.write(at, payload.len(), payload)
+    }
+
+    /// As [`write`](Self::write), but claims `len` bytes (at least the payload's): the
+    /// rest of the range is claimed and marked written without being copied to (a
+    /// record's share of a stream that its payload does not fill, say).
+    pub fn claim_and_write(&self, at: usize, len: usize, payload: &[u8]) -> Result<(), ArenaError> {
+        self.shared.write(at, len, payload)
+    }
+
+    /// In bytes.
+    pub fn len(&self) -> usize {
+        self.shared.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl fmt::Debug for ArenaWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ArenaWriter")
             .field("len", &self.len())
             .finish()
+    }
+}
+
+/// The one reader: not `Clone`, and `release` takes `&mut self`, so no slice it handed out
+/// is alive when a range goes back to the writers.
+///
+/// ```compile_fail,E0599
+/// let (_, reader) = ordo_lockfree::StagingArena::new(vec![0; 512]).split();
+/// let second = reader.clone(); // a second reader: refused
+/// ```
+///
+/// ```compile_fail,E0502
+/// let (writer, mut reader) = ordo_lockfree::StagingArena::new(vec![0; 512]).split();
+/// writer.write(0, &[1; 512]).unwrap();
+/// let payload = reader.read(0, 512).unwrap().unwrap();
+/// reader.release(0, 512).unwrap(); // while `payload` is borrowed: refused
+/// assert_eq!(payload[0], 1);
+/// ```
+pub struct ArenaReader {
+    shared: Arc<Shared>,
+}
+
+impl ArenaReader {
+    /// The bytes of `[at, at + len)` if every granule in it is written, `None` if any is
+    /// not (yet). An empty range is always there.
+    pub fn read(&self, at: usize, len: usize) -> Result<Option<&[u8]>, ArenaError> {
+        let shared = &*self.shared;
+        let granules = shared.granules(at, len)?;
+        for (word, bits) in words(granules.clone()) {
+            // Acquire, pairing with the writers' Release `fetch_or` in `write`: their
+            // copies into these granules happen before our reads of them.
+            if shared.written[word].load(Ordering::Acquire) & bits != bits {
+                return Ok(None);
+            }
+        }
+        shared.access.read(granules);
+        // SAFETY: `granules` checked that the range lies in the buffer. Each of its
+        // granules has its `written` bit set, seen with Acquire, so the copy into it
+        // happened before this. A written granule stays claimed, so no writer touches it,
+        // until `release`, which takes `&mut self` and so cannot run while the returned
+        // slice (borrowing `self`) lives.
+        Ok(Some(unsafe {
+            slice::from_raw_parts(shared.bytes.as_ptr().add(at), len)
+        }))
+    }
+
+    /// Writes `payload` at `at` as [`ArenaWriter::write`] does, for setup on the reader's
+    /// thread (restoring records from a journal at start).
+    pub fn write(&self, at: usize, payload: &[u8]) -> Result<(), ArenaError> {
+        self.shared.write(at, payload.len(), payload)
+    }
+
+    /// [`ArenaWriter::claim_and_write`] on the reader's thread.
+    pub fn claim_and_write(&self, at: usize, len: usize, payload: &[u8]) -> Result<(), ArenaError> {
+        self.shared.write(at, len, payload)
+    }
+
+    /// Gives `[at, at + len)` back to the writers: clears its `written`, then its
+    /// `claimed` bits.
+    ///
+    /// # Panics
+    ///
+    /// If a granule of the range is not claimed and written: releasing what was not
+    /// written, or twice, is the caller's bug.
+    pub fn release(&mut self, at: usize, len: usize) -> Result<(), ArenaError> {
+        let shared = &*self.shared;
+        let granules = shared.granules(at, len)?;
+        for (word, bits) in words(granules.clone()) {
+            // Acquire, pairing with the writers' Release in `write`: their copies happen
+            // before our release, so (through its Release) before the next writer's copy,
+            // even for granules we never `read`.
+            let written = shared.written[word].load(Ordering::Acquire);
+            assert_eq!(
+                written & bits,
+                bits,
+                "release of {at}+{len}: not all written"
+            );
+            // Relaxed: a writer sets `claimed` before `written`, and we acquired `written`;
+            // only we clear either.
+            let claimed = shared.claimed[word].load(Ordering::Relaxed);
+            assert_eq!(
+                claimed & bits,
+                bits,
+                "release of {at}+{len}: written, not claimed"
+            );
+        }
+        // `&mut self`: every slice `read` returned is dead; its last use was before here.
+        shared.access.read(granules.clone());
+        for (word, bits) in words(granules.clone()) {
+            // Relaxed: the next set of these bits follows a claim that acquires our clear
+            // of `claimed` below, which follows this one, so it cannot come first.
+            shared.written[word].fetch_and(!bits, Ordering::Relaxed);
+        }
+        for (word, bits) in words(granules) {
+            // Release, pairing with the Acquire `fetch_or` of the next claim of these
+            // granules: our reads of their bytes happen before its copy.
+            shared.claimed[word].fetch_and(!bits, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// In bytes.
+    pub fn len(&self) -> usize {
+        self.shared.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -332,98 +447,5 @@ impl fmt::Debug for ArenaReader {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-
-    const G: usize = GRANULE_BYTES;
-
-    fn arena(granules: usize) -> (ArenaWriter, ArenaReader) {
-        StagingArena::new(vec![0; granules * G]).split()
-    }
-
-    #[test]
-    fn a_written_range_reads_back_and_a_partial_payload_leaves_the_rest_claimed() {
-        let (writer, reader) = arena(200);
-        let payload: Vec<u8> = (0..3 * G).map(|i| i as u8).collect();
-        writer.write(70 * G, 5 * G, &payload).unwrap();
-        assert_eq!(reader.read(70 * G, 3 * G).unwrap(), Some(&payload[..]));
-        // The claimed tail is refused to another writer.
-        let error = writer.write(74 * G, G, &[1; G]).unwrap_err();
-        assert_eq!(error, ArenaError::Overlap { at: 74 * G, len: G });
-        // Reads may end mid-granule (a payload shorter than its granules).
-        assert_eq!(reader.read(70 * G, 10).unwrap(), Some(&payload[..10]));
-    }
-
-    #[test]
-    fn an_overlapping_claim_is_refused_and_leaves_no_bit_set() {
-        let (writer, mut reader) = arena(256);
-        writer.write(100 * G, 10 * G, &[7; 10 * G]).unwrap();
-        // Starts before, ends inside; spans three words.
-        assert!(writer.write(20 * G, 85 * G, &[]).is_err());
-        // Everything the failed claim set was undone: the rest is free.
-        writer.write(20 * G, 80 * G, &[]).unwrap();
-        writer.write(110 * G, 100 * G, &[]).unwrap();
-        reader.release(20 * G, 80 * G).unwrap();
-        reader.release(100 * G, 10 * G).unwrap();
-        reader.release(110 * G, 100 * G).unwrap();
-        writer.write(0, 256 * G, &[]).unwrap();
-    }
-
-    #[test]
-    fn adjacent_ranges_both_succeed_and_release_lets_a_range_be_claimed_again() {
-        let (writer, mut reader) = arena(128);
-        writer.write(0, 64 * G, &[1; G]).unwrap();
-        writer.write(64 * G, 64 * G, &[2; G]).unwrap();
-        assert!(writer.write(63 * G, 2 * G, &[]).is_err());
-        reader.release(0, 64 * G).unwrap();
-        writer.write(0, 2 * G, &[3; 2 * G]).unwrap();
-        assert_eq!(reader.read(0, 2 * G).unwrap(), Some(&[3; 2 * G][..]));
-        assert_eq!(reader.read(64 * G, 1).unwrap(), Some(&[2][..]));
-    }
-
-    #[test]
-    fn nothing_is_read_before_it_is_written() {
-        let (_writer, reader) = arena(8);
-        assert_eq!(reader.read(0, G).unwrap(), None);
-        assert_eq!(reader.read(0, 0).unwrap(), Some(&[][..]));
-    }
-
-    #[test]
-    fn misaligned_out_of_bounds_and_too_long_are_errors() {
-        let (writer, reader) = arena(8);
-        assert!(matches!(
-            writer.write(1, G, &[]),
-            Err(ArenaError::Misaligned { .. })
-        ));
-        assert!(matches!(
-            writer.write(0, 100, &[]),
-            Err(ArenaError::Misaligned { .. })
-        ));
-        assert!(matches!(
-            writer.write(8 * G, G, &[]),
-            Err(ArenaError::OutOfBounds { .. })
-        ));
-        assert!(matches!(
-            writer.write(usize::MAX - G + 1, G, &[]),
-            Err(ArenaError::OutOfBounds { .. })
-        ));
-        assert!(matches!(
-            writer.write(0, G, &[0; G + 1]),
-            Err(ArenaError::PayloadTooLong { .. })
-        ));
-        assert!(matches!(
-            reader.read(7 * G, G + 1),
-            Err(ArenaError::OutOfBounds { .. })
-        ));
-        // A zero-length range claims nothing.
-        writer.write(3 * G, 0, &[]).unwrap();
-        writer.write(3 * G, 0, &[]).unwrap();
-    }
-
-    #[test]
-    #[should_panic(expected = "not written")]
-    fn releasing_what_is_not_held_panics() {
-        let (_writer, mut reader) = arena(8);
-        reader.release(0, G).unwrap();
-    }
-}
+#[path = "arena_tests.rs"]
+mod tests;

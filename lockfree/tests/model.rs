@@ -1,8 +1,12 @@
 //! The reorder buffer against a model (a `BTreeMap` of held seqs and the consumer's
 //! `next`): random inserts (stale, in the window, ahead, duplicates), reserves (later
 //! published or aborted), pops and drains from one thread give the same answers, and
-//! every value is dropped exactly once.
+//! every value is dropped exactly once. The staging arena's model is in model/arena.rs,
+//! built into this target so that ci/miri.sh runs it too.
 #![cfg(not(loom))]
+
+#[path = "model/arena.rs"]
+mod arena;
 
 use std::cell::RefCell;
 use std::collections::btree_map::Entry;

@@ -1,8 +1,13 @@
 //! Real threads on the reorder buffer: producers insert permutations of seqs, retrying
 //! what is `Ahead`, while one consumer drains; it must see exactly `0..SEQS` in order.
 //! Threads wait by yielding, never by sleeping. loom checks the interleavings
-//! exhaustively on small cases (tests/loom.rs); this runs the real atomics at volume.
+//! exhaustively on small cases (tests/loom.rs); this runs the real atomics at volume. The
+//! staging arena's run is in stress/arena.rs, built into this target so that ci/miri.sh
+//! runs it too.
 #![cfg(not(loom))]
+
+#[path = "stress/arena.rs"]
+mod arena;
 
 use std::thread;
 

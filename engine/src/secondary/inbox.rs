@@ -217,7 +217,7 @@ impl Inbox {
         }
         let at = (staged.stream_offset % self.window_bytes) as usize;
         let claim = (stream_end - staged.stream_offset) as usize;
-        if self.arena.write(at, claim, payload).is_err() {
+        if self.arena.claim_and_write(at, claim, payload).is_err() {
             return Err(PeerError::Violation("stream ranges of two records overlap"));
         }
         reservation.publish(staged);

@@ -181,7 +181,7 @@ impl Staging {
     /// the arena.
     pub fn restore(&mut self, slot: Slot, payload: &[u8]) -> Result<(), ArenaError> {
         let (at, claim) = self.arena_range(&slot);
-        self.arena.write(at, claim, payload)?;
+        self.arena.claim_and_write(at, claim, payload)?;
         self.insert(Slot {
             state: SlotState::Durable,
             ..slot
