@@ -130,7 +130,8 @@ fn secondary_config(lanes: usize) -> SecondaryConfig {
     SecondaryConfig {
         group: GROUP,
         volume_names: VOLUMES.iter().map(|n| n.to_string()).collect(),
-        window_bytes: 2 * policy().max_stream_bytes(MAX_WRITE_BYTES),
+        // Two data sets; the staging arena claims whole 512-byte granules.
+        window_bytes: (2 * policy().max_stream_bytes(MAX_WRITE_BYTES)).next_multiple_of(512),
         max_write_bytes: MAX_WRITE_BYTES,
         lanes,
         ..SecondaryConfig::default()
