@@ -784,3 +784,18 @@ fn receivers_on_several_threads_stage_one_stream_concurrently() {
     assert_eq!(stats.records_staged, records.len() as u64);
     assert!(stats.duplicates >= (records.len() / 5) as u64, "{stats:?}");
 }
+
+/// The staging arena claims whole 512-byte granules, so the window is a whole number of
+/// them; anything else is refused up front with the reason.
+#[test]
+fn a_window_that_is_not_a_multiple_of_512_is_refused() {
+    let (journal, replicas) = blank_storages();
+    let config = SecondaryConfig {
+        window_bytes: WINDOW + 100,
+        ..config()
+    };
+    let error = Secondary::create(config, 1, journal, replicas).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, SecondaryError::Config(_)), "{message}");
+    assert!(message.contains("multiple of 512"), "{message}");
+}
