@@ -7,10 +7,11 @@ use std::collections::VecDeque;
 
 use super::config::PrimaryConfig;
 use super::retention::{RecordKind, Retention, SentOn};
+use super::tx::FrameSink;
 use super::PrimaryStats;
 use crate::protocol::{
-    check_hello, encode, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame,
-    VolumeInfo, WriteFrame, RECORD_FRAME_OVERHEAD_BYTES,
+    check_hello, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame, VolumeInfo,
+    WriteFrame, RECORD_FRAME_OVERHEAD_BYTES,
 };
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -229,11 +230,11 @@ impl Link {
         Ok(())
     }
 
-    pub fn poll_transmit(
+    pub fn poll_transmit<S: FrameSink + ?Sized>(
         &mut self,
         now_ms: u64,
         lane: usize,
-        out: &mut Vec<u8>,
+        out: &mut S,
         max_bytes: usize,
         retention: &mut Retention,
         stats: &mut PrimaryStats,
@@ -248,7 +249,7 @@ impl Link {
             Some(at) => !state.ready && now_ms >= at + self.retransmit_ms,
         };
         if hello_due {
-            encode(&Frame::Hello(self.hello.clone()), out);
+            out.push(&Frame::Hello(self.hello.clone()));
             state.hello_sent_ms = Some(now_ms);
         }
         if !state.ready {
@@ -262,7 +263,7 @@ impl Link {
         // A frame goes in if it fits in `max_bytes`, or if `out` is empty (so a frame
         // larger than the budget still goes, alone): a lane's buffer holding unsent bytes
         // never grows past its capacity.
-        let fits = |out: &Vec<u8>, payload: u32| {
+        let fits = |out: &S, payload: u32| {
             out.is_empty()
                 || out.len() - start + RECORD_FRAME_OVERHEAD_BYTES + payload as usize <= max_bytes
         };
@@ -311,11 +312,11 @@ impl Link {
     }
 }
 
-fn send(
+fn send<S: FrameSink + ?Sized>(
     now_ms: u64,
     lane: usize,
     seq: Seq,
-    out: &mut Vec<u8>,
+    out: &mut S,
     retention: &mut Retention,
     stats: &mut PrimaryStats,
 ) {
@@ -331,7 +332,7 @@ fn send(
                 stream_offset: record.stream_offset,
                 payload: retention.payload(&record),
             };
-            encode(&Frame::Write(frame), out);
+            out.push_write(seq, &frame);
         }
         RecordKind::Sync {
             first_seq,
@@ -344,7 +345,7 @@ fn send(
                 write_count,
                 stream_offset: record.stream_offset,
             };
-            encode(&Frame::Sync(frame), out);
+            out.push(&Frame::Sync(frame));
         }
     }
     stats.frames_sent += 1;

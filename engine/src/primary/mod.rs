@@ -7,6 +7,7 @@
 pub mod config;
 mod link;
 pub mod retention;
+pub mod tx;
 
 use std::collections::VecDeque;
 
@@ -546,11 +547,11 @@ impl<S: Storage> Primary<S> {
 
     /// Appends frames for `lane` to `out` until about `max_bytes` were added; returns the
     /// number of bytes appended.
-    pub fn poll_transmit(
+    pub fn poll_transmit<F: tx::FrameSink + ?Sized>(
         &mut self,
         now_ms: u64,
         lane: usize,
-        out: &mut Vec<u8>,
+        out: &mut F,
         max_bytes: usize,
     ) -> usize {
         self.link.poll_transmit(
@@ -561,6 +562,13 @@ impl<S: Storage> Primary<S> {
             &mut self.retention,
             &mut self.stats,
         )
+    }
+
+    /// The payload of retained record `seq` (what a `TxBatch` names).
+    pub fn retained_payload(&self, seq: Seq) -> Option<&[u8]> {
+        self.retention
+            .get(seq)
+            .map(|record| self.retention.payload(record))
     }
 
     /// The handshake failure that stalls replication, if any (visible in status).

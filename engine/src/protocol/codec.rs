@@ -121,6 +121,27 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
     out[start + CRC_OFFSET..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Encodes a `Write` frame without its payload, which must follow it on the wire as is:
+/// the header's crc already covers it. `encode_write_head(w, out)` then the payload gives
+/// the bytes `encode(&Frame::Write(w), out)` gives, so a sender can write the payload
+/// from where it lies (a vectored write) instead of copying it.
+pub fn encode_write_head(write: &WriteFrame<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut whole = *write;
+    whole.payload = &[];
+    encode(&Frame::Write(whole), out);
+    let body_len = out.len() - start - HEADER_BYTES + write.payload.len();
+    assert!(body_len <= MAX_BODY_BYTES, "body of {body_len} bytes");
+    out[start + BODY_LEN_OFFSET..start + CRC_OFFSET]
+        .copy_from_slice(&(body_len as u32).to_le_bytes());
+    // The fields just past the header: volume (2), padding (2), then the payload length.
+    let len_at = start + HEADER_BYTES + 4;
+    out[len_at..len_at + 4].copy_from_slice(&(write.payload.len() as u32).to_le_bytes());
+    out[start + CRC_OFFSET..start + HEADER_BYTES].fill(0);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..]), write.payload);
+    out[start + CRC_OFFSET..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Decodes the first frame in `buf`, returning it and the bytes it took. A `Write` payload
 /// borrows from `buf`. Never panics; allocates at most `MAX_VOLUMES` names and
 /// `MAX_ACK_RANGES` ranges.

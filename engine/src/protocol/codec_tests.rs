@@ -360,3 +360,26 @@ proptest! {
         check_total(&buf);
     }
 }
+
+#[test]
+fn a_write_head_then_its_payload_is_the_whole_write_frame() {
+    let writes: Vec<WriteFrame<'_>> = samples()
+        .into_iter()
+        .filter_map(|frame| match frame {
+            Frame::Write(write) => Some(write),
+            _ => None,
+        })
+        .collect();
+    assert!(!writes.is_empty());
+    for write in writes {
+        for payload in [&[][..], &[0xA5; 512][..], &[7; 4096][..], write.payload] {
+            let write = WriteFrame { payload, ..write };
+            let mut split = vec![0xEE; 3]; // after other bytes, as in a lane's buffer
+            encode_write_head(&write, &mut split);
+            split.extend_from_slice(payload);
+            let mut whole = vec![0xEE; 3];
+            encode(&Frame::Write(write), &mut whole);
+            assert_eq!(split, whole);
+        }
+    }
+}

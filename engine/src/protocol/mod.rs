@@ -6,8 +6,8 @@ pub mod handshake;
 pub mod ids;
 
 pub use codec::{
-    decode, encode, frame_len, DecodeError, HEADER_BYTES, MAX_CONTROL_FRAME_BYTES,
-    RECORD_FRAME_OVERHEAD_BYTES,
+    decode, encode, encode_write_head, frame_len, DecodeError, HEADER_BYTES,
+    MAX_CONTROL_FRAME_BYTES, RECORD_FRAME_OVERHEAD_BYTES,
 };
 pub use frame::*;
 pub use handshake::{check_hello, PeerError};

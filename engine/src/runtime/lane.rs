@@ -8,13 +8,17 @@
 //! split (`Lane::split`): a receiver thread blocks in reads on its own `FrameReader` while
 //! the poller sends without blocking (`MSG_DONTWAIT`) on the same connection.
 
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::protocol::{decode, frame_len, DecodeError, Frame, PeerError, HEADER_BYTES};
+use crate::primary::tx::TxBatch;
+use crate::protocol::{decode, frame_len, DecodeError, Frame, PeerError, Seq, HEADER_BYTES};
+
+/// Slices per vectored write: Linux's `IOV_MAX`.
+const MAX_SLICES: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum LaneError {
@@ -212,6 +216,60 @@ impl Lane {
         (&mut self.tx, room)
     }
 
+    /// Sends `batch` with vectored writes, its payloads straight from where
+    /// `payload(seq)` finds them (the primary's retention), up to `IOV_MAX` slices per
+    /// system call. What the socket does not take now is copied into the outgoing buffer
+    /// for `send` to finish later, so nothing of `batch` is borrowed past this call. Only
+    /// with the outgoing buffer empty (`send` returned true). True if all went out.
+    pub fn send_batch<'a>(
+        &mut self,
+        batch: &'a TxBatch,
+        payload: impl Fn(Seq) -> &'a [u8] + 'a,
+    ) -> Result<bool, LaneError> {
+        assert_eq!(self.tx_sent, self.tx.len(), "unsent bytes go first");
+        self.tx.clear();
+        self.tx_sent = 0;
+        let socket = socket2::SockRef::from(&self.stream);
+        let mut segments = batch.segments(payload).peekable();
+        let mut slices: [IoSlice<'a>; MAX_SLICES] = [IoSlice::new(&[]); MAX_SLICES];
+        while segments.peek().is_some() {
+            let mut count = 0;
+            let mut total = 0;
+            while count < MAX_SLICES {
+                let Some(segment) = segments.next() else {
+                    break;
+                };
+                slices[count] = IoSlice::new(segment);
+                total += segment.len();
+                count += 1;
+            }
+            let mut taken = 0;
+            loop {
+                // Never blocks, also on a split lane's blocking socket.
+                match socket.send_vectored_with_flags(&slices[..count], libc::MSG_DONTWAIT) {
+                    Ok(0) => return Err(LaneError::Closed),
+                    Ok(sent) => taken = sent,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                break;
+            }
+            if taken < total {
+                // Keep the rest: of these slices from `taken` on, then every segment left.
+                let mut skip = taken;
+                for slice in &slices[..count] {
+                    let part = &slice[skip.min(slice.len())..];
+                    skip = skip.saturating_sub(slice.len());
+                    self.tx.extend_from_slice(part);
+                }
+                segments.for_each(|segment| self.tx.extend_from_slice(segment));
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Writes as much of the outgoing buffer as the socket takes; true once it is empty.
     pub fn send(&mut self) -> Result<bool, LaneError> {
         let socket = socket2::SockRef::from(&self.stream);
@@ -361,6 +419,64 @@ mod tests {
             matches!(error, LaneError::FrameTooLarge { max: 64, .. }),
             "{error}"
         );
+    }
+
+    /// A batch bigger than the socket takes at once: what the vectored writes leave is
+    /// copied and sent later, and the peer gets exactly the frames `encode` makes.
+    #[test]
+    fn a_batch_goes_out_whole_even_when_the_socket_takes_part() {
+        use crate::primary::tx::FrameSink;
+        use crate::protocol::{VolumeId, WriteFrame};
+
+        let (mut lane, client) = pair(4096);
+        socket2::SockRef::from(lane.stream())
+            .set_send_buffer_size(64 << 10)
+            .unwrap();
+        let payloads: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| vec![i as u8; 512 * (1 + (i as usize % 16))])
+            .collect();
+        let mut batch = TxBatch::default();
+        let mut expected = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            let seq = Seq(i as u64 + 1);
+            if i % 7 == 0 {
+                batch.push(&sync(seq.0 + 1));
+                encode(&sync(seq.0 + 1), &mut expected);
+            }
+            let write = WriteFrame {
+                volume: VolumeId(0),
+                seq,
+                data_set: DataSetId(1),
+                offset: 0,
+                stream_offset: 0,
+                payload,
+            };
+            batch.push_write(seq, &write);
+            encode(&Frame::Write(write), &mut expected);
+        }
+        assert_eq!(batch.len(), expected.len());
+        let all_sent = lane
+            .send_batch(&batch, |seq| &payloads[seq.0 as usize - 1])
+            .unwrap();
+        assert!(
+            !all_sent,
+            "a 64 KiB socket buffer cannot take {} bytes",
+            expected.len()
+        );
+        let want = expected.len();
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0; want];
+            let mut client = client;
+            client.read_exact(&mut got).unwrap();
+            got
+        });
+        // The deadline only keeps a broken test from hanging CI; nothing is timed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !lane.send().unwrap() {
+            assert!(std::time::Instant::now() < deadline, "never drained");
+            std::thread::yield_now();
+        }
+        assert!(reader.join().unwrap() == expected, "the bytes differ");
     }
 
     #[test]

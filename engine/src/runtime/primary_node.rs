@@ -13,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::lane::{Lane, LaneError};
+use crate::primary::tx::TxBatch;
 use crate::primary::Primary;
 use crate::storage::Storage;
 
@@ -68,6 +69,8 @@ pub struct PrimaryNode<S: Storage> {
     secondary: SocketAddr,
     slots: Vec<Slot>,
     connector: Connector,
+    /// Frames for one lane in one round: heads here, payloads named in retention.
+    batch: TxBatch,
     last_error: Option<String>,
     lanes_dropped: u64,
 }
@@ -86,6 +89,8 @@ impl<S: Storage> PrimaryNode<S> {
             secondary,
             slots: (0..lanes).map(|_| slot()).collect(),
             connector: Connector::spawn(secondary, lanes)?,
+            // A head per frame; 4 KiB frames at least, but for syncs.
+            batch: TxBatch::with_capacity(TX_BYTES / 16, TX_BYTES / 4096),
             last_error: None,
             lanes_dropped: 0,
         })
@@ -121,12 +126,21 @@ impl<S: Storage> PrimaryNode<S> {
                 continue;
             };
             let primary = &mut self.primary;
+            let batch = &mut self.batch;
             let result = lane
                 .receive(|frame| primary.handle_frame(index, frame))
                 .and_then(|frames| {
-                    let (tx, room) = lane.tx_room();
-                    let sent = primary.poll_transmit(now_ms, index, tx, room);
-                    lane.send()?;
+                    // New frames only once what the socket left over has gone.
+                    if !lane.send()? {
+                        return Ok(frames > 0);
+                    }
+                    batch.clear();
+                    let sent = primary.poll_transmit(now_ms, index, batch, TX_BYTES);
+                    let primary = &*primary;
+                    lane.send_batch(batch, |seq| {
+                        let payload = primary.retained_payload(seq);
+                        payload.expect("a record stays retained while its batch is sent")
+                    })?;
                     Ok(frames > 0 || sent > 0)
                 });
             match result {
