@@ -43,6 +43,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests (the README's test command)"
 cargo test --workspace --locked
 
+step "micro-benchmarks: each once, as a smoke test (criterion's test mode; no timing)"
+cargo test -p ordo-benches --benches --locked
+
 step "loom: every interleaving of the lock-free models"
 ci/loom.sh
 
