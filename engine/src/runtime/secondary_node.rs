@@ -26,8 +26,8 @@ use crossbeam_channel::{Receiver, Sender};
 use super::idle::IdlePolicy;
 
 use super::lane::{FrameReader, Lane, LaneError};
-use crate::protocol::{Frame, PeerError, MAX_CONTROL_FRAME_BYTES, RECORD_FRAME_OVERHEAD_BYTES};
-use crate::secondary::{Inbox, Received, Secondary};
+use crate::protocol::{PeerError, MAX_CONTROL_FRAME_BYTES, RECORD_FRAME_OVERHEAD_BYTES};
+use crate::secondary::{Delivered, Inbox, Received, Secondary};
 use crate::storage::Storage;
 
 /// Outgoing buffer per lane: acknowledgements and the watermark are small.
@@ -437,22 +437,13 @@ impl Receiving {
             let mut hello = false;
             let mut staged = false;
             let result = self.reader.read_frames(|frame| {
-                match frame {
-                    Frame::Hello(theirs) => {
-                        inbox.check_hello(theirs)?;
+                match inbox.deliver(frame, ready)? {
+                    Delivered::Hello => {
                         hello |= !ready;
                         ready = true;
                     }
-                    Frame::Write(_) | Frame::Sync(_) if !ready => inbox.dropped_before_hello(),
-                    Frame::Write(write) => {
-                        staged |= inbox.receive_write(write)? != Received::OutOfWindow;
-                    }
-                    Frame::Sync(sync) => {
-                        staged |= inbox.receive_sync(sync)? != Received::OutOfWindow;
-                    }
-                    Frame::Ack(_) | Frame::Applied(_) => {
-                        return Err(PeerError::Unexpected("an Ack or Applied frame"));
-                    }
+                    Delivered::BeforeHello | Delivered::Record(Received::OutOfWindow) => {}
+                    Delivered::Record(_) => staged = true,
                 }
                 Ok(())
             });

@@ -22,7 +22,7 @@ use crossbeam_queue::ArrayQueue;
 use ordo_lockfree::{ArenaWriter, Producer, Rejected};
 
 use crate::protocol::{
-    check_hello, stream_cost, DataSetId, Hello, PeerError, RecordKind, Role, Seq, SyncFrame,
+    check_hello, stream_cost, DataSetId, Frame, Hello, PeerError, RecordKind, Role, Seq, SyncFrame,
     WriteFrame,
 };
 use crate::storage::Geometry;
@@ -56,6 +56,16 @@ pub enum Received {
     Resent,
     /// Past the window the primary was given: dropped; the primary resends it later.
     OutOfWindow,
+}
+
+/// What became of a frame from the primary (see `Inbox::deliver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// The primary's Hello, checked: the lane is ready.
+    Hello,
+    /// A record on a lane whose Hello has not come: dropped and counted.
+    BeforeHello,
+    Record(Received),
 }
 
 /// Counters of the receiving side; each is exact, together they are not a snapshot.
@@ -126,6 +136,24 @@ impl Inbox {
             });
         }
         Ok(())
+    }
+
+    /// Handles a frame from the primary on a lane that is `ready` (its Hello passed): the
+    /// one dispatch both a receiver thread and `Secondary::handle_frame` use. An error
+    /// means the peer is wrong or broke the protocol: drop the lane.
+    pub fn deliver(&self, frame: &Frame<'_>, ready: bool) -> Result<Delivered, PeerError> {
+        match frame {
+            Frame::Hello(theirs) => self.check_hello(theirs).map(|()| Delivered::Hello),
+            Frame::Write(_) | Frame::Sync(_) if !ready => {
+                self.counters.before_hello.fetch_add(1, Ordering::Relaxed);
+                Ok(Delivered::BeforeHello)
+            }
+            Frame::Write(write) => self.receive_write(write).map(Delivered::Record),
+            Frame::Sync(sync) => self.receive_sync(sync).map(Delivered::Record),
+            Frame::Ack(_) | Frame::Applied(_) => {
+                Err(PeerError::Unexpected("an Ack or Applied frame"))
+            }
+        }
     }
 
     pub fn receive_write(&self, write: &WriteFrame<'_>) -> Result<Received, PeerError> {
@@ -223,11 +251,6 @@ impl Inbox {
         reservation.publish(staged);
         self.counters.staged.fetch_add(1, Ordering::Relaxed);
         Ok(Received::Staged)
-    }
-
-    /// Counts a record dropped because its lane has not completed its handshake.
-    pub fn dropped_before_hello(&self) {
-        self.counters.before_hello.fetch_add(1, Ordering::Relaxed);
     }
 
     fn out_of_window(&self) -> Received {

@@ -28,7 +28,7 @@ use thiserror::Error;
 
 use applier::Applier;
 pub use config::{InjectedBug, SecondaryConfig};
-pub use inbox::{Inbox, InboxStats, Received, Staged, STAGING_GRANULE_BYTES};
+pub use inbox::{Delivered, Inbox, InboxStats, Received, Staged, STAGING_GRANULE_BYTES};
 use journal::{Journal, JournalError, RecordHeader};
 use open::drain_all;
 use staging::{Slot, SlotState, Staging};
@@ -253,25 +253,8 @@ impl<S: Storage> Secondary<S> {
     /// Handles a frame from the primary on `lane`. An error means the peer is wrong or
     /// broke the protocol: drop the lane (nothing it sent was staged).
     pub fn handle_frame(&mut self, lane: usize, frame: &Frame<'_>) -> Result<(), PeerError> {
-        let received = match frame {
-            Frame::Hello(hello) => {
-                self.inbox.check_hello(hello)?;
-                self.lane_hello(lane);
-                return Ok(());
-            }
-            Frame::Write(_) | Frame::Sync(_) if !self.lanes[lane].ready => {
-                self.inbox.dropped_before_hello();
-                return Ok(());
-            }
-            Frame::Write(write) => self.inbox.receive_write(write)?,
-            Frame::Sync(sync) => self.inbox.receive_sync(sync)?,
-            Frame::Ack(_) | Frame::Applied(_) => {
-                return Err(PeerError::Unexpected("an Ack or Applied frame"))
-            }
-        };
-        if received == Received::Resent {
-            // Answer it in this round, as a receiver thread's poller would.
-            self.take_reacks();
+        if self.inbox.deliver(frame, self.lanes[lane].ready)? == Delivered::Hello {
+            self.lane_hello(lane);
         }
         Ok(())
     }
