@@ -100,23 +100,15 @@ impl Applier {
                     if self.stalled.is_some() {
                         return applied;
                     }
-                    match staging.next_complete() {
-                        Ok(Some(data_set)) => {
-                            self.state = State::Writing {
-                                data_set,
-                                next: data_set.first_seq,
-                            };
-                        }
-                        Ok(None) => {
-                            // Nothing complete past the watermark: no apply was cut short.
-                            self.recovering = false;
-                            return applied;
-                        }
-                        Err(why) => {
-                            self.stalled = Some(format!("refusing to apply: {why}"));
-                            return applied;
-                        }
-                    }
+                    let Some(data_set) = staging.next_complete() else {
+                        // Nothing complete past the watermark: no apply was cut short.
+                        self.recovering = false;
+                        return applied;
+                    };
+                    self.state = State::Writing {
+                        data_set,
+                        next: data_set.first_seq,
+                    };
                 }
                 State::Writing { data_set, next } => {
                     let next = match self.submit_writes(staging, replicas, data_set, next) {

@@ -49,7 +49,6 @@ struct DataSetSlot {
     id: DataSetId,
     sync_seq: Option<Seq>,
     sync_durable: bool,
-    durable_writes: u64,
 }
 
 /// A data set whose sync and every write are durable and consistent, ready to apply.
@@ -172,7 +171,7 @@ impl Staging {
         );
         self.slots[index] = slot;
         if slot.state == SlotState::Durable {
-            self.count_durable(slot.seq);
+            self.sync_durable(slot.seq);
         }
         Ok(())
     }
@@ -215,69 +214,45 @@ impl Staging {
         assert!(state != SlotState::Empty && slot.state != SlotState::Durable);
         slot.state = state;
         if state == SlotState::Durable {
-            self.count_durable(seq);
+            self.sync_durable(seq);
         }
     }
 
-    fn count_durable(&mut self, seq: Seq) {
+    /// Marks the data set of `seq` complete if `seq` is its sync.
+    fn sync_durable(&mut self, seq: Seq) {
         let slot = *self.slot(seq).expect("held");
-        let index = self.data_set_index(slot.data_set);
-        let entry = &mut self.data_sets[index];
-        assert_eq!(entry.id, slot.data_set);
-        match slot.kind {
-            RecordKind::Write { .. } => entry.durable_writes += 1,
-            RecordKind::Sync { .. } => entry.sync_durable = true,
+        if let RecordKind::Sync { .. } = slot.kind {
+            let index = self.data_set_index(slot.data_set);
+            let entry = &mut self.data_sets[index];
+            assert_eq!(entry.id, slot.data_set);
+            entry.sync_durable = true;
         }
     }
 
-    /// The next data set to apply, if it is complete. `Err` if its records contradict
-    /// each other (then it must never be applied).
-    pub fn next_complete(&self) -> Result<Option<CompleteDataSet>, &'static str> {
+    /// The next data set to apply, if it is complete: its sync is durable. Records are
+    /// taken in seq order, checked to follow one another (the cursor), journaled in that
+    /// order and committed as a prefix, so every write before a durable sync is durable.
+    pub fn next_complete(&self) -> Option<CompleteDataSet> {
         let id = self.applied.next();
         let entry = &self.data_sets[self.data_set_index(id)];
         if entry.id != id || !entry.sync_durable {
-            return Ok(None);
+            return None;
         }
         let sync_seq = entry.sync_seq.expect("a durable sync was recorded");
         let sync = *self.slot(sync_seq).expect("sync held");
-        let RecordKind::Sync {
-            first_seq,
-            write_count,
-        } = sync.kind
-        else {
-            return Err("sync slot holds a write");
+        let RecordKind::Sync { first_seq, .. } = sync.kind else {
+            unreachable!("the data set's sync slot holds its sync");
         };
-        if first_seq != self.applied_seq.next() {
-            return Err("data set does not start right after the applied one");
-        }
-        if entry.durable_writes < write_count {
-            return Ok(None);
-        }
-        let mut expected_offset = self.applied_stream_end;
-        for seq in first_seq.0..sync_seq.0 {
-            let Some(slot) = self.slot(Seq(seq)) else {
-                return Ok(None);
-            };
-            if slot.state != SlotState::Durable {
-                return Ok(None);
-            }
-            if slot.data_set != id || !matches!(slot.kind, RecordKind::Write { .. }) {
-                return Err("a seq inside a data set belongs elsewhere");
-            }
-            if slot.stream_offset != expected_offset {
-                return Err("stream offsets of a data set are not contiguous");
-            }
-            expected_offset = slot.stream_end();
-        }
-        if sync.stream_offset != expected_offset {
-            return Err("sync does not follow its data set's last write");
-        }
-        Ok(Some(CompleteDataSet {
+        debug_assert_eq!(first_seq, self.applied_seq.next());
+        debug_assert!((first_seq.0..sync_seq.0).all(|seq| self
+            .slot(Seq(seq))
+            .is_some_and(|slot| slot.data_set == id && slot.state == SlotState::Durable)));
+        Some(CompleteDataSet {
             id,
             first_seq,
             sync_seq,
             stream_end: sync.stream_end(),
-        }))
+        })
     }
 
     /// `data_set` is applied and its watermark durable: forget its records and free
