@@ -73,37 +73,18 @@ impl TxBatch {
         &'a self,
         payload: impl Fn(Seq) -> &'a [u8] + 'a,
     ) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let mut from = 0;
-        let mut refs = self.payloads.iter();
-        let mut pending: Option<&'a [u8]> = None;
-        let mut done = false;
-        std::iter::from_fn(move || loop {
-            if let Some(next) = pending.take() {
-                return Some(next);
-            }
-            if done {
-                return None;
-            }
-            match refs.next() {
-                Some(r) => {
-                    let retained = payload(r.seq);
-                    assert_eq!(retained.len(), r.len, "retained payload of {}", r.seq);
-                    pending = Some(retained);
-                    let heads = &self.heads[from..r.at];
-                    from = r.at;
-                    if !heads.is_empty() {
-                        return Some(heads);
-                    }
-                }
-                None => {
-                    done = true;
-                    let heads = &self.heads[from..];
-                    if !heads.is_empty() {
-                        return Some(heads);
-                    }
-                }
-            }
-        })
+        let heads = &self.heads;
+        let tail = self.payloads.last().map_or(0, |r| r.at);
+        let runs = self.payloads.iter().scan(0, move |from, r| {
+            let retained = payload(r.seq);
+            assert_eq!(retained.len(), r.len, "retained payload of {}", r.seq);
+            let before = &heads[*from..r.at];
+            *from = r.at;
+            Some([before, retained])
+        });
+        runs.flatten()
+            .chain(std::iter::once(&heads[tail..]))
+            .filter(|segment| !segment.is_empty())
     }
 }
 

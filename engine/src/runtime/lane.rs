@@ -143,17 +143,9 @@ impl Lane {
     /// Wraps a connected stream (made non-blocking, Nagle off). `max_frame_bytes` bounds
     /// what one incoming frame may be; `tx_bytes` is the outgoing buffer's capacity.
     pub fn new(stream: TcpStream, max_frame_bytes: usize, tx_bytes: usize) -> io::Result<Lane> {
-        stream.set_nonblocking(true)?;
-        stream.set_nodelay(true)?;
-        detect_dead_peer(&stream)?;
-        let reader = FrameReader::new(stream.try_clone()?, max_frame_bytes);
-        Ok(Lane {
-            stream,
-            reader: Some(reader),
-            tx: Vec::with_capacity(tx_bytes),
-            tx_limit: tx_bytes,
-            tx_sent: 0,
-        })
+        let (mut lane, reader) = Lane::setup(stream, true, max_frame_bytes, tx_bytes)?;
+        lane.reader = Some(reader);
+        Ok(lane)
     }
 
     /// Wraps a connected stream (blocking, Nagle off) as a sending lane and the reader a
@@ -163,7 +155,17 @@ impl Lane {
         max_frame_bytes: usize,
         tx_bytes: usize,
     ) -> io::Result<(Lane, FrameReader)> {
-        stream.set_nonblocking(false)?;
+        Lane::setup(stream, false, max_frame_bytes, tx_bytes)
+    }
+
+    /// The socket options every lane has, a sending lane and a reader on the connection.
+    fn setup(
+        stream: TcpStream,
+        nonblocking: bool,
+        max_frame_bytes: usize,
+        tx_bytes: usize,
+    ) -> io::Result<(Lane, FrameReader)> {
+        stream.set_nonblocking(nonblocking)?;
         stream.set_nodelay(true)?;
         detect_dead_peer(&stream)?;
         let reader = FrameReader::new(stream.try_clone()?, max_frame_bytes);
