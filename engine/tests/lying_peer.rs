@@ -249,6 +249,7 @@ proptest! {
             lanes: 2,
             retransmit_ms: 5,
             max_pending_flushes: 4,
+            ..PrimaryConfig::default()
         };
         let mut primary = Primary::new(config, vec![mem(VOLUME_BYTES)]).unwrap();
         primary.lane_up(0);

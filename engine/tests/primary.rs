@@ -4,7 +4,8 @@
 //! are computed here from the protocol's rules, not read back from the engine.
 
 use ordo_engine::primary::{
-    ConfigError, DataSetPolicy, PeerError, Primary, PrimaryConfig, PrimaryEvent, SubmitError,
+    ConfigError, DataSetPolicy, PeerError, Primary, PrimaryConfig, PrimaryEvent, Replication,
+    SubmitError,
 };
 use ordo_engine::protocol::{
     decode, encode, frame_len, stream_cost, AckFrame, AppliedFrame, DataSetId, Frame, GroupId,
@@ -42,6 +43,7 @@ fn config(policy: DataSetPolicy) -> PrimaryConfig {
         lanes: 2,
         retransmit_ms: RETRANSMIT_MS,
         max_pending_flushes: 4,
+        ..PrimaryConfig::default()
     }
 }
 
@@ -667,4 +669,59 @@ fn a_secondary_with_another_history_stalls_replication() {
     connect(&mut p, 0, window);
     assert_eq!(p.stalled(), None);
     assert_eq!(record_seqs(&transmit(&mut p, 1, 0)), [1, 2]);
+}
+
+#[test]
+fn group_ordered_sends_a_data_set_only_once_the_one_before_is_applied() {
+    // Two one-block writes and a sync per data set; a window wide enough for all of them,
+    // so only the mode holds records back.
+    let config = PrimaryConfig {
+        max_write_bytes: BLOCK,
+        replication: Replication::GroupOrdered,
+        ..config(policy(2, 2 * u64::from(BLOCK), 0))
+    };
+    let mut p = primary(config);
+    for i in 0..6 {
+        write_block(&mut p, 0, i, i as u8);
+    }
+    connect(&mut p, 0, 16 << 20);
+    assert_eq!(record_seqs(&transmit(&mut p, 0, 0)), [1, 2, 3]);
+    ack(&mut p, 0, 1, 3);
+    assert!(transmit(&mut p, 1, 0).is_empty(), "staged is not applied");
+    let applied = Frame::Applied(AppliedFrame {
+        data_set: DataSetId(1),
+        applied_seq: Seq(3),
+        stream_end: 20480,
+    });
+    deliver(&mut p, 0, &applied).unwrap();
+    assert_eq!(record_seqs(&transmit(&mut p, 2, 0)), [4, 5, 6]);
+    assert!(transmit(&mut p, 3, 0).is_empty(), "data set 3 waits for 2");
+}
+
+#[test]
+fn with_replication_off_records_go_once_written_locally_and_nothing_is_sent() {
+    let config = PrimaryConfig {
+        replication: Replication::Off,
+        ..config(policy(2, 1 << 20, 0))
+    };
+    let mut p = primary(config);
+    for i in 0..5 {
+        write_block(&mut p, 0, i, i as u8);
+    }
+    p.flush(9).unwrap();
+    connect(&mut p, 0, 16 << 20);
+    assert!(transmit(&mut p, 0, 0).is_empty(), "not even a Hello");
+    while p.poll_storage() > 0 {}
+    let events = events(&mut p);
+    let acked = events
+        .iter()
+        .filter(|e| matches!(e, PrimaryEvent::WriteDone { result: Ok(()), .. }))
+        .count();
+    assert_eq!(acked, 5);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, PrimaryEvent::FlushDone { token: 9, .. })));
+    assert_eq!(closed(&events).len(), 3, "data sets still close by policy");
+    assert_eq!(p.retention_bytes(), 0, "nothing waits for a secondary");
+    assert_eq!(p.volumes()[0].contents()[4 * BLOCK as usize], 4);
 }

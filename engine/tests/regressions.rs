@@ -200,6 +200,7 @@ fn primary(max_write_bytes: u32) -> Primary<MemStorage> {
         lanes: 2,
         retransmit_ms: 100,
         max_pending_flushes: 4,
+        ..PrimaryConfig::default()
     };
     Primary::new(config, vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)]).unwrap()
 }

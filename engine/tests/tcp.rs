@@ -58,6 +58,7 @@ fn primary() -> Primary<MemStorage> {
         lanes: LANES,
         retransmit_ms: 200,
         max_pending_flushes: 8,
+        ..PrimaryConfig::default()
     };
     Primary::new(config, vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)]).unwrap()
 }

@@ -1,6 +1,7 @@
 //! `ordo`: the command-line front of ordo's asynchronous block replication.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod daemon;
 mod demo;
 mod inspect;

@@ -38,6 +38,22 @@ impl DataSetPolicy {
     }
 }
 
+/// How records reach the secondary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Replication {
+    /// ordo's design: every record is sent as soon as it is accepted, so many data sets
+    /// are in flight at once.
+    #[default]
+    Pipelined,
+    /// One cycle at a time: a data set's records are sent only once the secondary reported
+    /// the data set before it applied. What products that ship one data set per round
+    /// trip do; kept as the baseline pipelining is measured against (`ordo bench`).
+    GroupOrdered,
+    /// No secondary: a record is released as soon as it is on the local volume. The same
+    /// write path with replication turned off, for measuring what replication costs.
+    Off,
+}
+
 /// Largest retention or journal window: the arenas are preallocated, so configuration
 /// must not be able to ask for more memory than a machine has.
 pub const MAX_WINDOW_BYTES: u64 = 64 << 30;
@@ -61,6 +77,7 @@ pub struct PrimaryConfig {
     pub retransmit_ms: u64,
     /// Most flushes waiting at once.
     pub max_pending_flushes: usize,
+    pub replication: Replication,
 }
 
 impl Default for PrimaryConfig {
@@ -74,6 +91,7 @@ impl Default for PrimaryConfig {
             lanes: 4,
             retransmit_ms: 200,
             max_pending_flushes: 64,
+            replication: Replication::Pipelined,
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use super::config::PrimaryConfig;
+use super::config::{PrimaryConfig, Replication};
 use super::retention::{RecordKind, Retention, SentOn};
 use super::tx::FrameSink;
 use super::PrimaryStats;
@@ -40,6 +40,8 @@ pub struct Link {
     /// Data sets can need this much journal window on the secondary.
     max_data_set_stream_bytes: u64,
     retransmit_ms: u64,
+    /// Send a data set only once the one before it was applied.
+    group_ordered: bool,
     /// Next seq never sent yet.
     next_unsent: Seq,
     resend: VecDeque<Seq>,
@@ -63,6 +65,7 @@ impl Link {
             peer: None,
             max_data_set_stream_bytes: config.policy.max_stream_bytes(config.max_write_bytes),
             retransmit_ms: config.retransmit_ms,
+            group_ordered: config.replication == Replication::GroupOrdered,
             next_unsent: Seq(1),
             resend: VecDeque::with_capacity(max_records),
             next_timeout_scan_ms: 0,
@@ -294,6 +297,9 @@ impl Link {
             if record.acked {
                 self.next_unsent = self.next_unsent.next();
                 continue;
+            }
+            if self.group_ordered && record.data_set > peer.applied_data_set.next() {
+                break;
             }
             if record.stream_end() > credit_end {
                 stats.credit_stalls += 1;

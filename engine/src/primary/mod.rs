@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use thiserror::Error;
 
 pub use crate::protocol::PeerError;
-pub use config::{ConfigError, DataSetPolicy, PrimaryConfig};
+pub use config::{ConfigError, DataSetPolicy, PrimaryConfig, Replication};
 use link::Link;
 use retention::{RecordKind, Retention};
 
@@ -238,6 +238,7 @@ impl<S: Storage> Primary<S> {
             len,
         };
         self.retention.push(seq, self.open.id, kind, data, token);
+        self.released_unsent(seq);
         self.open.writes += 1;
         self.open.payload_bytes += u64::from(len);
         self.stats.writes_accepted += 1;
@@ -297,6 +298,7 @@ impl<S: Storage> Primary<S> {
         };
         assert_eq!(self.open.first_seq.0 + self.open.writes, sync_seq.0);
         self.retention.push(sync_seq, self.open.id, kind, &[], 0);
+        self.released_unsent(sync_seq);
         self.events.push_back(PrimaryEvent::DataSetClosed {
             data_set: self.open.id,
             first_seq: self.open.first_seq,
@@ -311,6 +313,14 @@ impl<S: Storage> Primary<S> {
             payload_bytes: 0,
             opened_at_ms: 0,
         };
+    }
+
+    /// With replication off nothing waits for a secondary: a record counts as
+    /// acknowledged from the start and goes as soon as it is on the local volume.
+    fn released_unsent(&mut self, seq: Seq) {
+        if self.config.replication == Replication::Off {
+            self.retention.ack_range(seq, seq);
+        }
     }
 
     fn start_local_write(&mut self, seq: Seq) {
@@ -554,6 +564,9 @@ impl<S: Storage> Primary<S> {
         out: &mut F,
         max_bytes: usize,
     ) -> usize {
+        if self.config.replication == Replication::Off {
+            return 0;
+        }
         self.link.poll_transmit(
             now_ms,
             lane,

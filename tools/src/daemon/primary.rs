@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ordo_engine::primary::{DataSetPolicy, Primary, PrimaryConfig};
+use ordo_engine::primary::{DataSetPolicy, Primary, PrimaryConfig, Replication};
 use ordo_engine::protocol::{GroupId, VolumeId};
 use ordo_engine::runtime::primary_node::PrimaryNode;
 use ordo_engine::runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus, Request};
@@ -144,6 +144,7 @@ fn primary_config(settings: &PrimarySettings) -> PrimaryConfig {
         lanes: settings.lanes,
         retransmit_ms: settings.retransmit_ms,
         max_pending_flushes: settings.max_requests,
+        replication: Replication::Pipelined,
     }
 }
 
