@@ -156,7 +156,10 @@ impl RecordHeader {
     /// Writes header and payload into `out` (sized to the record) with the crc set; the
     /// crc covers the journal id, then header and payload.
     fn encode(&self, journal_id: u64, payload: &[u8], out: &mut [u8]) {
-        out.fill(0);
+        // Zeroes only what the payload does not cover: the header and the padding.
+        let end = RECORD_HEADER_BYTES + payload.len();
+        out[..RECORD_HEADER_BYTES].fill(0);
+        out[end..].fill(0);
         put_u32(out, 0, RECORD_MAGIC);
         let (kind, volume, a, b) = match self.kind {
             RecordKind::Write { volume, offset, .. } => (1u8, volume.0, offset, 0),
@@ -175,8 +178,7 @@ impl RecordHeader {
         put_u64(out, 48, self.stream_offset);
         put_u64(out, 56, b);
         put_u64(out, 64, self.incarnation);
-        out[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload.len()].copy_from_slice(payload);
-        let end = RECORD_HEADER_BYTES + payload.len();
+        out[RECORD_HEADER_BYTES..end].copy_from_slice(payload);
         let crc = crc32c::crc32c_append(crc32c::crc32c(&journal_id.to_le_bytes()), &out[..end]);
         put_u32(out, 12, crc);
     }
