@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What CI runs, in order: toolchain check, format, lints, the README's test command, loom
-# and miri on the lock-free crate, a thousand simulation seeds, and the demo. Each step
-# must pass; the script stops at the first failure. Runs from any directory; needs a Rust toolchain (cargo, rustfmt, clippy),
-# crates.io, and apt-get for the NBD clients the daemon tests use.
+# and miri on the lock-free crate, a thousand simulation seeds, the demo and a benchmark
+# smoke run. Each step must pass; the script stops at the first failure. Runs from any
+# directory; needs a Rust toolchain (cargo, rustfmt, clippy), crates.io, and apt-get for
+# the NBD clients the daemon tests use and the benchmark's baselines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,17 +23,23 @@ done
 
 step "system packages"
 # The real NBD clients the tests drive the primary with: qemu-io and qemu-img
-# (qemu-utils), nbdcopy and nbdinfo (libnbd-bin), and fio with its nbd engine.
+# (qemu-utils), nbdcopy and nbdinfo (libnbd-bin), and fio with its nbd engine; fio and
+# iperf3 are also the benchmark's baselines.
 missing=()
 command -v qemu-io >/dev/null || missing+=(qemu-utils)
 command -v nbdcopy >/dev/null || missing+=(libnbd-bin)
 command -v fio >/dev/null || missing+=(fio)
+# What `ordo bench compare` measures its baselines with, and what checks its report.
+command -v iperf3 >/dev/null || missing+=(iperf3)
+command -v jq >/dev/null || missing+=(jq)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 qemu-io --version | sed -n 1p
 nbdcopy --version | sed -n 1p
 fio --version
+iperf3 --version | sed -n 1p
+jq --version
 
 step "format"
 cargo fmt --all --check
@@ -67,5 +74,8 @@ step "demo"
 demo_log=$(mktemp)
 ./target/release/ordo demo | tee "$demo_log"
 tail -n 1 "$demo_log" | grep -qE '^replica verified at data set [0-9]+$'
+
+step "benchmark: ordo bench compare --quick, as a smoke test (the report is complete)"
+ci/bench-smoke.sh
 
 step "done"

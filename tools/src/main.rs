@@ -36,6 +36,11 @@ enum Command {
     Status(inspect::StatusArgs),
     /// Compare a quiet primary's volumes with the secondary's replicas.
     Verify(inspect::VerifyArgs),
+    /// Benchmark the write path: ack latency, replication lag, throughput, memory.
+    Bench(bench::BenchCommand),
+    /// The secondary process `ordo bench` starts (not for direct use).
+    #[command(hide = true)]
+    BenchSecondary(bench::peer::PeerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +52,8 @@ fn main() -> std::process::ExitCode {
         Command::Secondary(options) => daemon::secondary::run(options),
         Command::Status(args) => inspect::status(&args),
         Command::Verify(args) => inspect::verify(&args),
+        Command::Bench(command) => bench::run(&command),
+        Command::BenchSecondary(args) => bench::peer::serve(&args),
     };
     match result {
         Ok(code) => code,

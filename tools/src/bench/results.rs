@@ -88,6 +88,7 @@ pub struct Counts {
 }
 
 impl Counts {
+    #[cfg(test)]
     pub fn add(&mut self, other: &Counts) {
         self.writes += other.writes;
         self.write_bytes += other.write_bytes;
@@ -156,6 +157,9 @@ pub struct Results {
     pub memory: Memory,
     /// Whether replication lag was measured (not with replication off).
     pub replicated: bool,
+    /// Times a write found the retention window full and waited (during the measured
+    /// run): the secondary, or the link, set the pace.
+    pub window_full_waits: u64,
 }
 
 impl Results {
@@ -193,3 +197,92 @@ pub fn per_second(count: u64, seconds: f64) -> f64 {
 
 /// The percentiles every summary prints.
 pub const PERCENTILES: [f64; 5] = [50.0, 90.0, 99.0, 99.9, 99.99];
+
+/// A synthetic run for the reports' tests: five intervals (the last half a second long),
+/// a few thousand latencies per metric on heavy (Pareto) tails over three decades, and no
+/// reads in the first interval.
+#[cfg(test)]
+pub(crate) fn sample() -> Results {
+    let header = Header {
+        ordo_version: "0.1.0-test".into(),
+        started: "2024-02-29T23:59:30Z".into(),
+        seed: 42,
+        machine: Machine {
+            cores: 2,
+            kernel: "Linux test".into(),
+            cpu: "test cpu".into(),
+            hostname: "test".into(),
+        },
+        config: BTreeMap::from([
+            ("ramp_s".to_string(), "1".to_string()),
+            ("rw".to_string(), "randwrite".to_string()),
+        ]),
+    };
+    let mut results = Results {
+        header,
+        runtime_s: 4.5,
+        counts: Counts::default(),
+        histograms: Histograms::default(),
+        intervals: Vec::new(),
+        memory: Memory::default(),
+        replicated: true,
+        window_full_waits: 3,
+    };
+    // xorshift64: deterministic and independent of the code under test.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut spread = |base_ns: f64, count: usize| {
+        let mut histogram = new_histogram();
+        for _ in 0..count {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let uniform = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let ns = base_ns * (1.0 - uniform).powf(-1.0 / 1.5);
+            let ns = (ns as u64).clamp(1, HIGHEST_NS);
+            histogram.record(ns).expect("clamped to the bounds");
+        }
+        histogram
+    };
+    for i in 0..5u64 {
+        let writes = 1000 + 200 * i;
+        let reads = if i == 0 { 0 } else { 300 };
+        let histograms = Histograms {
+            ack: spread(20_000.0, 700),
+            lag: spread(500_000.0, 700),
+            read: spread(8_000.0, 2 * reads as usize),
+        };
+        results
+            .histograms
+            .ack
+            .add(&histograms.ack)
+            .expect("same bounds");
+        results
+            .histograms
+            .lag
+            .add(&histograms.lag)
+            .expect("same bounds");
+        results
+            .histograms
+            .read
+            .add(&histograms.read)
+            .expect("same bounds");
+        let counts = Counts {
+            writes,
+            write_bytes: writes * 4096,
+            reads,
+            read_bytes: reads * 4096,
+            applied_writes: writes - 100,
+            applied_bytes: (writes - 100) * 4096,
+        };
+        results.counts.add(&counts);
+        results.intervals.push(Interval {
+            start_s: i as f64,
+            length_s: if i == 4 { 0.5 } else { 1.0 },
+            counts,
+            lag_data_sets: 2 + i % 3,
+            retention_bytes: (i + 1) << 20,
+            histograms,
+        });
+    }
+    results
+}

@@ -1,0 +1,533 @@
+//! `ordo bench compare`: a fixed suite, each measurement next to its baseline measured in
+//! the same run (iperf3 on the same loopback, fio on the same file system, replication
+//! off, one data set at a time), as ratios, the median of several runs. Ends with one line
+//! `compare: P1=<ratio> P2=<ratio> P3=<ratio> P5=<ratio> P6=<ratio>`.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{driver, BenchArgs, Results};
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// One short run of each (under 3 minutes): a smoke test, not a measurement.
+    #[arg(long)]
+    quick: bool,
+    /// Runs of each measurement (the median is reported); default 3, 1 with --quick.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Seconds measured per run; default 10, 3 with --quick.
+    #[arg(long)]
+    runtime: Option<f64>,
+    /// Where P6 puts its files (the file system measured): the current directory by default.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "ordo-compare.json")]
+    output: PathBuf,
+}
+
+/// `ordo bench` options parsed the way a user would type them.
+#[derive(Debug, Parser)]
+struct Bench {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+/// Which way a ratio is better.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Goal {
+    AtLeast,
+    AtMost,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Measured {
+    value: f64,
+    unit: &'static str,
+    /// What produced it: the `ordo bench` options, or the baseline tool's command.
+    how: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    id: &'static str,
+    what: &'static str,
+    goal: Goal,
+    target: f64,
+    aim: f64,
+    /// Medians over the runs (`None` when the baseline could not be measured).
+    ours: Option<Measured>,
+    baseline: Option<Measured>,
+    ratio: Option<f64>,
+    /// Each run's ratio.
+    ratios: Vec<f64>,
+    met: Option<bool>,
+    note: Option<String>,
+}
+
+struct Settings {
+    runs: usize,
+    runtime: f64,
+    ramp: f64,
+    dir: PathBuf,
+}
+
+pub fn run(args: &CompareArgs) -> Result<ExitCode> {
+    let settings = Settings {
+        runs: args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
+        runtime: args.runtime.unwrap_or(if args.quick { 3.0 } else { 10.0 }),
+        ramp: if args.quick { 0.5 } else { 2.0 },
+        dir: args.dir.clone(),
+    };
+    anyhow::ensure!(
+        settings.runtime > 0.0 && settings.runtime <= 3600.0,
+        "--runtime must be in (0, 3600]"
+    );
+    anyhow::ensure!(
+        settings.dir.is_dir(),
+        "--dir {}: not a directory",
+        settings.dir.display()
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "compare: {} run(s) of {} s each (ramp {} s), median ratio per row",
+        settings.runs, settings.runtime, settings.ramp
+    )?;
+    let mut rows = Vec::new();
+    for row in [p1, p2_p5, p3, p6] {
+        for done in row(&settings)? {
+            print_row(&mut out, &done)?;
+            rows.push(done);
+        }
+    }
+    rows.sort_by_key(|r| r.id);
+    let summary: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}={}",
+                r.id,
+                r.ratio.map_or("n/a".into(), |x| format!("{x:.2}"))
+            )
+        })
+        .collect();
+    let report = serde_json::json!({
+        "ordo_version": env!("CARGO_PKG_VERSION"),
+        "quick": args.quick,
+        "runs": settings.runs,
+        "runtime_s": settings.runtime,
+        "machine": {
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        },
+        "rows": rows,
+    });
+    std::fs::write(&args.output, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    writeln!(out, "report written to {}", args.output.display())?;
+    writeln!(out, "compare: {}", summary.join(" "))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_row(out: &mut impl Write, row: &Row) -> Result<()> {
+    let show = |m: &Option<Measured>| {
+        m.as_ref()
+            .map_or("n/a".to_string(), |m| format!("{:.1} {}", m.value, m.unit))
+    };
+    let goal = match row.goal {
+        Goal::AtLeast => ">=",
+        Goal::AtMost => "<=",
+    };
+    let verdict = match row.met {
+        Some(true) => "met",
+        Some(false) => "missed",
+        None => "not measured",
+    };
+    writeln!(
+        out,
+        "{:<3} {:<58} ours {:>14}  baseline {:>14}  ratio {:>5}  target {goal} {} (aim {})  {verdict}{}",
+        row.id,
+        row.what,
+        show(&row.ours),
+        show(&row.baseline),
+        row.ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
+        row.target,
+        row.aim,
+        row.note.as_deref().map_or(String::new(), |n| format!(" ({n})")),
+    )?;
+    Ok(())
+}
+
+/// One `ordo bench` run with these options (on top of the suite's runtime and ramp).
+fn bench(settings: &Settings, options: &str) -> Result<(Results, String)> {
+    let how = format!(
+        "ordo bench {options} --runtime {} --ramp {}",
+        settings.runtime, settings.ramp
+    );
+    let argv = how.split_whitespace().skip(1);
+    let parsed = Bench::try_parse_from(argv).with_context(|| format!("parsing {how:?}"))?;
+    parsed.args.validate()?;
+    let results = driver::run(&parsed.args, false).with_context(|| format!("running {how}"))?;
+    Ok((results, how))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A row from per-run (ours, baseline) pairs; ratio = ours / baseline per run.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    id: &'static str,
+    what: &'static str,
+    goal: Goal,
+    (target, aim): (f64, f64),
+    unit: &'static str,
+    runs: &[(f64, f64)],
+    how: (String, String),
+    note: Option<String>,
+) -> Row {
+    if runs.is_empty() {
+        return Row {
+            id,
+            what,
+            goal,
+            target,
+            aim,
+            ours: None,
+            baseline: None,
+            ratio: None,
+            ratios: vec![],
+            met: None,
+            note,
+        };
+    }
+    let mut ratios: Vec<f64> = runs
+        .iter()
+        .map(|&(ours, base)| if base > 0.0 { ours / base } else { f64::NAN })
+        .collect();
+    let ratio = median(&mut ratios.clone());
+    let mut ours: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let mut base: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    ratios
+        .iter_mut()
+        .for_each(|r| *r = (*r * 1000.0).round() / 1000.0);
+    let met = ratio.is_finite().then_some(match goal {
+        Goal::AtLeast => ratio >= target,
+        Goal::AtMost => ratio <= target,
+    });
+    Row {
+        id,
+        what,
+        goal,
+        target,
+        aim,
+        ours: Some(Measured {
+            value: median(&mut ours),
+            unit,
+            how: how.0,
+        }),
+        baseline: Some(Measured {
+            value: median(&mut base),
+            unit,
+            how: how.1,
+        }),
+        ratio: ratio.is_finite().then_some(ratio),
+        ratios,
+        met,
+        note,
+    }
+}
+
+fn mb(bytes_per_s: f64) -> f64 {
+    bytes_per_s / 1e6
+}
+
+/// P1: replicated 1 MiB sequential writes over loopback against iperf3, one stream.
+fn p1(settings: &Settings) -> Result<Vec<Row>> {
+    const WHAT: &str = "1M seq writes replicated (applied MB/s) / iperf3 loopback";
+    let options = "--rw write --bs 1M --iodepth 8 --size 1G --backend mem";
+    let mut runs = Vec::new();
+    let mut how = (String::new(), String::new());
+    let mut note = None;
+    for _ in 0..settings.runs {
+        let iperf = match iperf3(settings.runtime) {
+            Ok(found) => found,
+            Err(why) => {
+                note = Some(format!("iperf3: {why:#}"));
+                break;
+            }
+        };
+        let (results, command) = bench(settings, options)?;
+        runs.push((mb(results.applied_bytes_per_s()), mb(iperf.0)));
+        how = (command, iperf.1);
+    }
+    Ok(vec![row(
+        "P1",
+        WHAT,
+        Goal::AtLeast,
+        (0.6, 0.8),
+        "MB/s",
+        &runs,
+        how,
+        note,
+    )])
+}
+
+/// P2 and P5 from the same runs: 4K random writes at iodepth 32, replicated against
+/// replication off. P2: ack latency p99; P5: IOPS.
+fn p2_p5(settings: &Settings) -> Result<Vec<Row>> {
+    let options = "--rw randwrite --bs 4K --iodepth 32 --size 1G --backend mem";
+    let (mut p99, mut iops) = (Vec::new(), Vec::new());
+    let mut how = (String::new(), String::new());
+    for _ in 0..settings.runs {
+        let (ours, ours_how) = bench(settings, &format!("{options} --mode replicated"))?;
+        let (base, base_how) = bench(settings, &format!("{options} --mode local-only"))?;
+        let p = |r: &Results| r.histograms.ack.value_at_percentile(99.0) as f64 / 1e3;
+        p99.push((p(&ours), p(&base)));
+        iops.push((ours.write_iops(), base.write_iops()));
+        how = (ours_how, base_how);
+    }
+    Ok(vec![
+        row(
+            "P2",
+            "4K randwrite qd32: ack p99, replicated / local-only",
+            Goal::AtMost,
+            (1.15, 1.05),
+            "us",
+            &p99,
+            how.clone(),
+            None,
+        ),
+        row(
+            "P5",
+            "4K randwrite qd32: IOPS, replicated / local-only",
+            Goal::AtLeast,
+            (0.6, 0.8),
+            "IOPS",
+            &iops,
+            how,
+            None,
+        ),
+    ])
+}
+
+/// P3: at RTT 4 ms (2 ms each way) with 1 ms data sets, pipelined against one data set
+/// at a time: bytes applied per second.
+fn p3(settings: &Settings) -> Result<Vec<Row>> {
+    let options = "--rw write --bs 64K --iodepth 16 --size 1G --backend mem \
+                   --link-delay-ms 2 --data-set-interval-ms 1 --window 64M";
+    let mut runs = Vec::new();
+    let mut how = (String::new(), String::new());
+    for _ in 0..settings.runs {
+        let (ours, ours_how) = bench(settings, &format!("{options} --mode replicated"))?;
+        let (base, base_how) = bench(settings, &format!("{options} --mode group-ordered"))?;
+        runs.push((
+            mb(ours.applied_bytes_per_s()),
+            mb(base.applied_bytes_per_s()),
+        ));
+        how = (ours_how, base_how);
+    }
+    Ok(vec![row(
+        "P3",
+        "RTT 4 ms, 1 ms data sets: applied MB/s, pipelined / group-ordered",
+        Goal::AtLeast,
+        (5.0, 10.0),
+        "MB/s",
+        &runs,
+        how,
+        None,
+    )])
+}
+
+/// P6: replicated 1 MiB sequential writes on files (io_uring, O_DIRECT) against fio on
+/// the same file system with the same block size and depth.
+fn p6(settings: &Settings) -> Result<Vec<Row>> {
+    const WHAT: &str = "1M seq writes on files: replicated (applied MB/s) / fio";
+    let dir = settings.dir.canonicalize()?;
+    let options = format!(
+        "--rw write --bs 1M --iodepth 8 --size 1G --backend file:{}",
+        dir.display()
+    );
+    let mut runs = Vec::new();
+    let mut how = (String::new(), String::new());
+    let mut note = None;
+    for _ in 0..settings.runs {
+        let fio = match fio(&dir, settings.runtime) {
+            Ok(found) => found,
+            Err(why) => {
+                note = Some(format!("fio: {why:#}"));
+                break;
+            }
+        };
+        let (results, command) = bench(settings, &options)?;
+        runs.push((mb(results.applied_bytes_per_s()), mb(fio.0)));
+        how = (command, fio.1);
+    }
+    Ok(vec![row(
+        "P6",
+        WHAT,
+        Goal::AtLeast,
+        (0.8, 0.8),
+        "MB/s",
+        &runs,
+        how,
+        note,
+    )])
+}
+
+/// Runs `program` and returns its stdout; an error says if it is not installed.
+fn output(program: &str, args: &[String]) -> Result<String> {
+    let result = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output();
+    let output = match result {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("not installed (apt-get install {program})")
+        }
+        Err(e) => return Err(e).with_context(|| format!("running {program}")),
+    };
+    if !output.status.success() {
+        bail!(
+            "{program} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// iperf3, one stream over loopback: bytes per second received, and the command.
+fn iperf3(seconds: f64) -> Result<(f64, String)> {
+    let port = free_port()?.to_string();
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                anyhow::anyhow!("not installed (apt-get install iperf3)")
+            }
+            _ => anyhow::Error::new(e).context("starting the iperf3 server"),
+        })?;
+    let args: Vec<String> = ["-c", "127.0.0.1", "-p", &port, "-J", "-t"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("{}", seconds.ceil().max(1.0))])
+        .collect();
+    // The server needs a moment to listen: until then the client reports an error.
+    let mut result = Err(anyhow::anyhow!("not run"));
+    for _ in 0..50 {
+        result = output("iperf3", &args).and_then(|text| {
+            let json: Value = serde_json::from_str(&text).context("iperf3's JSON")?;
+            if let Some(error) = json["error"].as_str() {
+                bail!("{error}");
+            }
+            json["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .context("no end.sum_received.bits_per_second in iperf3's JSON")
+        });
+        if result.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.kill().ok();
+    server.wait().ok();
+    Ok((result? / 8.0, format!("iperf3 {}", args.join(" "))))
+}
+
+/// fio with io_uring and O_DIRECT, 1 MiB sequential writes at depth 8, on a file in `dir`:
+/// bytes per second, and the command.
+fn fio(dir: &Path, seconds: f64) -> Result<(f64, String)> {
+    let file = dir.join("ordo-compare-fio.img");
+    let args: Vec<String> = [
+        "--name=p6".to_string(),
+        format!("--filename={}", file.display()),
+        "--ioengine=io_uring".into(),
+        "--direct=1".into(),
+        "--rw=write".into(),
+        "--bs=1M".into(),
+        "--iodepth=8".into(),
+        "--size=1G".into(),
+        "--time_based".into(),
+        format!("--runtime={}", seconds.ceil().max(1.0)),
+        "--output-format=json".into(),
+    ]
+    .into();
+    let result = output("fio", &args);
+    std::fs::remove_file(&file).ok();
+    let json: Value = serde_json::from_str(&result?).context("fio's JSON")?;
+    let bytes = json["jobs"][0]["write"]["bw_bytes"]
+        .as_f64()
+        .context("no jobs[0].write.bw_bytes in fio's JSON")?;
+    Ok((bytes, format!("fio {}", args.join(" "))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_takes_the_median_ratio_and_judges_it_by_its_goal() {
+        let runs = [(10.0, 20.0), (30.0, 20.0), (14.0, 20.0)];
+        let how = (String::new(), String::new());
+        let r = row(
+            "P9",
+            "x",
+            Goal::AtLeast,
+            (0.6, 0.8),
+            "MB/s",
+            &runs,
+            how.clone(),
+            None,
+        );
+        assert_eq!(r.ratio, Some(0.7));
+        assert_eq!(r.met, Some(true));
+        assert_eq!(r.ours.as_ref().map(|m| m.value), Some(14.0));
+        let r = row(
+            "P9",
+            "x",
+            Goal::AtMost,
+            (0.6, 0.8),
+            "us",
+            &runs,
+            how.clone(),
+            None,
+        );
+        assert_eq!(r.met, Some(false));
+        let none = row("P9", "x", Goal::AtLeast, (1.0, 1.0), "MB/s", &[], how, None);
+        assert_eq!((none.ratio, none.met), (None, None));
+    }
+
+    #[test]
+    fn every_suite_command_parses_as_bench_options() {
+        for options in [
+            "ordo bench --rw write --bs 1M --iodepth 8 --size 1G --backend mem --runtime 3 --ramp 0.5",
+            "ordo bench --rw write --bs 64K --iodepth 16 --size 1G --backend mem --link-delay-ms 2 \
+             --data-set-interval-ms 1 --window 64M --mode group-ordered --runtime 3 --ramp 0.5",
+        ] {
+            let parsed = Bench::try_parse_from(options.split_whitespace().skip(1)).unwrap();
+            parsed.args.validate().unwrap();
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! One `ordo bench` run: sets up the pair, drives the primary's write path from this
+//! thread (the primary's poller: it submits, polls the lanes and the volume, and takes the
+//! events), and measures as it goes. Nothing is allocated per operation: slots, the lag
+//! queue and the histograms are sized before the run.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use ordo_engine::primary::{Primary, PrimaryEvent, SubmitError};
+use ordo_engine::protocol::VolumeId;
+use ordo_engine::runtime::idle::IdlePolicy;
+use ordo_engine::runtime::primary_node::PrimaryNode;
+use ordo_engine::storage::{Geometry, MemStorage, StorageError};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::lag::LagTracker;
+use super::peer::{peak_rss_bytes, PeerArgs, PeerProcess, JOURNAL_FILE, REPLICA_FILE};
+use super::relay::{LinkShape, Relay};
+use super::results::{Counts, Header, Histograms, Interval, Machine, Memory, Results};
+use super::workload::{Job, Op, OpKind};
+use super::{Backend, BenchArgs, Mode, PRIMARY_FILE};
+use crate::daemon::config::pin;
+use crate::volume::Volume;
+
+const VOLUME: VolumeId = VolumeId(0);
+const LANES_UP_LIMIT: Duration = Duration::from_secs(10);
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+const INTERVAL_NS: u64 = 1_000_000_000;
+
+/// The primary, with or without its lanes.
+enum Engine {
+    Node(Box<PrimaryNode<Volume>>),
+    Local(Box<Primary<Volume>>),
+}
+
+impl Engine {
+    fn primary(&mut self) -> &mut Primary<Volume> {
+        match self {
+            Engine::Node(node) => node.primary(),
+            Engine::Local(primary) => primary,
+        }
+    }
+
+    fn poll(&mut self, now_ms: u64) -> bool {
+        match self {
+            Engine::Node(node) => node.poll(now_ms),
+            Engine::Local(primary) => {
+                primary.tick(now_ms);
+                primary.poll_storage() > 0
+            }
+        }
+    }
+}
+
+/// The pair and what it runs on; files it created are removed when dropped.
+struct Pair {
+    engine: Engine,
+    peer: Option<PeerProcess>,
+    /// Kept alive for the run: dropping it cuts the lanes.
+    _relay: Option<Relay>,
+    files: Vec<std::path::PathBuf>,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for file in &self.files {
+            std::fs::remove_file(file).ok();
+        }
+    }
+}
+
+fn start_pair(args: &BenchArgs) -> Result<Pair> {
+    let block_size = if args.bs.0.is_multiple_of(4096) {
+        4096
+    } else {
+        512
+    };
+    let mut files = Vec::new();
+    let volume = match &args.backend {
+        Backend::Mem => Volume::Mem(MemStorage::new(Geometry::new(args.size.0, block_size)?)?),
+        Backend::Dir(dir) => {
+            let path = dir.join(PRIMARY_FILE);
+            files.push(path.clone());
+            if args.mode != Mode::LocalOnly {
+                files.push(dir.join(REPLICA_FILE));
+                files.push(dir.join(JOURNAL_FILE));
+            }
+            Volume::open_file(&path, Some(args.size.0), block_size, args.max_write_bytes())
+                .with_context(|| format!("creating {}", path.display()))?
+        }
+    };
+    let primary = Primary::new(args.engine_config(), vec![volume])?;
+    if args.mode == Mode::LocalOnly {
+        return Ok(Pair {
+            engine: Engine::Local(Box::new(primary)),
+            peer: None,
+            _relay: None,
+            files,
+        });
+    }
+    let peer = PeerProcess::spawn(&PeerArgs {
+        lanes: args.lanes,
+        volume_bytes: args.size.0,
+        block_size,
+        window_bytes: args.secondary_window_bytes(),
+        max_write_bytes: args.max_write_bytes(),
+        dir: match &args.backend {
+            Backend::Mem => None,
+            Backend::Dir(dir) => Some(dir.clone()),
+        },
+        core: args.cores.get(1).copied(),
+        idle: args.idle,
+    })?;
+    let relay = if args.link_delay_ms > 0.0 || args.link_rate.is_some() {
+        let shape = LinkShape {
+            delay: args.link_delay(),
+            rate_bytes_per_s: args.link_rate.map(|r| r.0),
+        };
+        Some(Relay::start(peer.addr(), shape).context("starting the link relay")?)
+    } else {
+        None
+    };
+    let addr = relay.as_ref().map_or(peer.addr(), |r| r.local_addr());
+    let node = PrimaryNode::new(primary, addr, args.lanes).context("starting the lanes")?;
+    let mut pair = Pair {
+        engine: Engine::Node(Box::new(node)),
+        peer: Some(peer),
+        _relay: relay,
+        files,
+    };
+    wait_for_lanes(&mut pair, args.lanes)?;
+    Ok(pair)
+}
+
+/// Until every lane is up and answered the handshake.
+fn wait_for_lanes(pair: &mut Pair, lanes: usize) -> Result<()> {
+    let Engine::Node(node) = &mut pair.engine else {
+        return Ok(());
+    };
+    let clock = Instant::now();
+    loop {
+        node.poll(clock.elapsed().as_millis() as u64);
+        let ready = (0..lanes).all(|lane| node.primary().lane_ready(lane));
+        if ready {
+            return Ok(());
+        }
+        if let Some(stalled) = node.primary().stalled() {
+            bail!("the secondary refused the primary: {stalled}");
+        }
+        ensure!(
+            clock.elapsed() < LANES_UP_LIMIT,
+            "the lanes did not come up in {LANES_UP_LIMIT:?}: {}",
+            node.last_error().unwrap_or("no error reported")
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
+    let header = header(args)?;
+    let mut pair = start_pair(args)?;
+    // Pinned only now: the lane connector, the relay and the secondary are not ours.
+    pin(args.cores.first().copied())?;
+    let mut run = Run::new(args, progress);
+    run.measure(&mut pair.engine)?;
+    run.drain(&mut pair.engine)?;
+    if let Engine::Node(node) = &mut pair.engine {
+        if let Some(stalled) = node.primary().stalled() {
+            bail!("replication stalled: {stalled}");
+        }
+    }
+    let replicated = args.mode != Mode::LocalOnly;
+    let memory = Memory {
+        primary_peak_rss_bytes: peak_rss_bytes("/proc/self/status")?,
+        primary_window_bytes: args.window.0,
+        secondary_peak_rss_bytes: match &pair.peer {
+            Some(peer) => Some(peer.peak_rss_bytes()?),
+            None => None,
+        },
+        secondary_window_bytes: replicated.then(|| args.secondary_window_bytes()),
+    };
+    if let Some(peer) = pair.peer.take() {
+        peer.stop()?;
+    }
+    Ok(Results {
+        header,
+        runtime_s: run.runtime_s,
+        counts: run.counts,
+        histograms: run.total,
+        intervals: run.intervals,
+        memory,
+        replicated,
+        window_full_waits: run.window_full_waits,
+    })
+}
+
+/// The state of a run, sized before it starts.
+struct Run {
+    block: usize,
+    iodepth: usize,
+    open_loop: bool,
+    ramp_ns: u64,
+    end_ns: u64,
+    clock: Instant,
+    jobs: Vec<Job>,
+    /// An operation refused for now (window full, device queue full), and its start.
+    held: Vec<Option<(Op, u64)>>,
+    /// Per in-flight write: its start (ns) and job; `free` lists unused slots.
+    started_ns: Vec<u64>,
+    slot_job: Vec<usize>,
+    free: Vec<usize>,
+    data: Vec<u8>,
+    read_buf: Vec<u8>,
+    lag: LagTracker,
+    measuring: bool,
+    measure_start_ns: u64,
+    runtime_s: f64,
+    counts: Counts,
+    total: Histograms,
+    interval_counts: Counts,
+    interval: Histograms,
+    interval_start_ns: u64,
+    intervals: Vec<Interval>,
+    progress: Progress,
+    idle: IdlePolicy,
+    /// The primary's count of window-full refusals when measuring began, then the
+    /// refusals during the measured run.
+    window_full_at_start: u64,
+    window_full_waits: u64,
+}
+
+impl Run {
+    fn new(args: &BenchArgs, progress: bool) -> Run {
+        let jobs = args.numjobs;
+        let block = args.bs.0 as usize;
+        let rate = args.rate.map(|r| r / jobs as f64);
+        let slots = jobs * args.iodepth;
+        let mut data = vec![0u8; block];
+        ChaCha8Rng::seed_from_u64(args.seed).fill_bytes(&mut data);
+        let ramp_ns = (args.ramp * 1e9) as u64;
+        Run {
+            block,
+            iodepth: args.iodepth,
+            open_loop: rate.is_some(),
+            ramp_ns,
+            end_ns: ramp_ns + (args.runtime * 1e9) as u64,
+            clock: Instant::now(),
+            jobs: (0..jobs)
+                .map(|i| {
+                    let pattern = args.rw;
+                    let size = args.size.0;
+                    Job::new(
+                        pattern,
+                        args.rwmixwrite,
+                        block as u64,
+                        size,
+                        (i, jobs),
+                        args.seed,
+                        rate,
+                    )
+                })
+                .collect(),
+            held: vec![None; jobs],
+            started_ns: vec![0; slots],
+            slot_job: vec![0; slots],
+            free: (0..slots).rev().collect(),
+            data,
+            read_buf: vec![0u8; block],
+            lag: LagTracker::with_capacity(args.max_unapplied_writes().min(1 << 20)),
+            measuring: false,
+            measure_start_ns: 0,
+            runtime_s: 0.0,
+            counts: Counts::default(),
+            total: Histograms::default(),
+            interval_counts: Counts::default(),
+            interval: Histograms::default(),
+            interval_start_ns: 0,
+            intervals: Vec::with_capacity((args.runtime.ceil() as usize).min(1 << 16) + 1),
+            progress: Progress::new(progress, args.ramp + args.runtime),
+            idle: args.idle.policy(),
+            window_full_at_start: 0,
+            window_full_waits: 0,
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// The ramp, then the measured run.
+    fn measure(&mut self, engine: &mut Engine) -> Result<()> {
+        self.clock = Instant::now();
+        loop {
+            let now_ns = self.now_ns();
+            if !self.measuring && now_ns >= self.ramp_ns {
+                self.start_measuring(now_ns);
+                self.window_full_at_start = engine.primary().stats().window_full;
+            }
+            if now_ns >= self.end_ns {
+                let total = engine.primary().stats().window_full;
+                self.window_full_waits = total - self.window_full_at_start;
+                break;
+            }
+            let issued = self.issue(engine, now_ns)?;
+            let did = engine.poll(now_ns / 1_000_000);
+            self.take_events(engine)?;
+            if self.measuring && self.now_ns() >= self.interval_start_ns + INTERVAL_NS {
+                self.close_interval(engine);
+            }
+            let now_ns = self.now_ns();
+            if self.progress.due(now_ns) {
+                let line = self.progress_line(engine);
+                self.progress.show(now_ns, &line);
+            }
+            self.idle.after_round(issued || did);
+        }
+        let now_ns = self.now_ns();
+        if now_ns > self.interval_start_ns + INTERVAL_NS / 20 {
+            self.close_interval(engine);
+        }
+        self.runtime_s = (now_ns - self.measure_start_ns) as f64 / 1e9;
+        self.progress.finish();
+        Ok(())
+    }
+
+    fn start_measuring(&mut self, now_ns: u64) {
+        self.measuring = true;
+        self.measure_start_ns = now_ns;
+        self.interval_start_ns = now_ns;
+        self.counts = Counts::default();
+        self.interval_counts = Counts::default();
+        self.total.reset();
+        self.interval.reset();
+    }
+
+    /// After the run: every write acknowledged and, with a secondary, applied, so the
+    /// last writes' latency and lag are in the histograms (not in the throughput).
+    fn drain(&mut self, engine: &mut Engine) -> Result<()> {
+        engine
+            .primary()
+            .flush(u64::MAX)
+            .context("closing the last data set")?;
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        let replicated = matches!(engine, Engine::Node(_));
+        loop {
+            let did = engine.poll(self.now_ns() / 1_000_000);
+            self.take_events(engine)?;
+            let primary = engine.primary();
+            let acked = self.free.len() == self.started_ns.len();
+            if acked && (!replicated || primary.peer_applied() >= primary.last_closed()) {
+                return Ok(());
+            }
+            if let Some(stalled) = primary.stalled() {
+                bail!("replication stalled: {stalled}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the secondary did not catch up within {DRAIN_LIMIT:?} of the end (applied {}, closed {})",
+                primary.peer_applied(),
+                primary.last_closed()
+            );
+            self.idle.after_round(did);
+        }
+    }
+
+    /// Starts what each job may start now; true if it started any.
+    fn issue(&mut self, engine: &mut Engine, now_ns: u64) -> Result<bool> {
+        let mut any = false;
+        for j in 0..self.jobs.len() {
+            let mut started = 0;
+            while self.jobs[j].in_flight < self.iodepth && started < self.iodepth {
+                let (op, start_ns) = match self.held[j].take() {
+                    Some(held) => held,
+                    None => {
+                        if self.jobs[j].next_due_ns().is_some_and(|due| due > now_ns) {
+                            break;
+                        }
+                        let op = self.jobs[j].next();
+                        (
+                            op,
+                            if self.open_loop {
+                                op.intended_ns
+                            } else {
+                                now_ns
+                            },
+                        )
+                    }
+                };
+                let done = match op.kind {
+                    OpKind::Write => self.write(engine, j, op, start_ns, now_ns)?,
+                    OpKind::Read => self.read(engine, op, start_ns)?,
+                };
+                if !done {
+                    self.held[j] = Some((op, start_ns));
+                    break;
+                }
+                started += 1;
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Submits a write; false if the primary cannot take it yet.
+    fn write(
+        &mut self,
+        engine: &mut Engine,
+        job: usize,
+        op: Op,
+        start_ns: u64,
+        now_ns: u64,
+    ) -> Result<bool> {
+        let slot = self.free.pop().context("a free slot below the iodepth")?;
+        let data = &self.data[..self.block];
+        match engine.primary().submit_write(
+            now_ns / 1_000_000,
+            VOLUME,
+            op.offset,
+            data,
+            slot as u64,
+        ) {
+            Ok(seq) => {
+                self.started_ns[slot] = start_ns;
+                self.slot_job[slot] = job;
+                self.jobs[job].in_flight += 1;
+                self.lag.submitted(seq, self.block as u32);
+                Ok(true)
+            }
+            Err(SubmitError::WindowFull) => {
+                self.free.push(slot);
+                Ok(false)
+            }
+            Err(error) => Err(error).context("submitting a write"),
+        }
+    }
+
+    /// Reads from the primary's volume (it answers at once); false if its queue is full.
+    fn read(&mut self, engine: &mut Engine, op: Op, start_ns: u64) -> Result<bool> {
+        let buf = &mut self.read_buf[..self.block];
+        match engine.primary().read(VOLUME, op.offset, buf) {
+            Ok(()) => {}
+            Err(SubmitError::Invalid(StorageError::QueueFull(_))) => return Ok(false),
+            Err(error) => return Err(error).context("reading"),
+        }
+        if self.measuring {
+            let latency = self.now_ns().saturating_sub(start_ns).max(1);
+            self.total.read.saturating_record(latency);
+            self.interval.read.saturating_record(latency);
+            for counts in [&mut self.counts, &mut self.interval_counts] {
+                counts.reads += 1;
+                counts.read_bytes += self.block as u64;
+            }
+        }
+        Ok(true)
+    }
+
+    fn take_events(&mut self, engine: &mut Engine) -> Result<()> {
+        let now_ns = self.now_ns();
+        let primary = engine.primary();
+        while let Some(event) = primary.next_event() {
+            match event {
+                PrimaryEvent::WriteDone { token, seq, result } => {
+                    result.context("the primary's volume failed a write")?;
+                    let slot = token as usize;
+                    self.jobs[self.slot_job[slot]].in_flight -= 1;
+                    self.free.push(slot);
+                    self.lag.acked(seq, now_ns);
+                    if self.measuring && self.started_ns[slot] >= self.measure_start_ns {
+                        let latency = now_ns.saturating_sub(self.started_ns[slot]).max(1);
+                        self.total.ack.saturating_record(latency);
+                        self.interval.ack.saturating_record(latency);
+                    }
+                    if self.measuring && now_ns < self.end_ns {
+                        for counts in [&mut self.counts, &mut self.interval_counts] {
+                            counts.writes += 1;
+                            counts.write_bytes += self.block as u64;
+                        }
+                    }
+                }
+                PrimaryEvent::FlushDone { result, .. } => {
+                    result.context("the primary's volume failed a flush")?;
+                }
+                PrimaryEvent::DataSetClosed {
+                    data_set, sync_seq, ..
+                } => self.lag.closed(data_set, sync_seq),
+            }
+        }
+        let applied = primary.peer_applied();
+        if self.measuring {
+            let mut scratch = Counts::default();
+            let counts = if now_ns < self.end_ns {
+                &mut self.interval_counts
+            } else {
+                &mut scratch
+            };
+            let histograms = &mut [&mut self.total.lag, &mut self.interval.lag];
+            let before = *counts;
+            self.lag.applied(applied, now_ns, Some(histograms), counts);
+            if now_ns < self.end_ns {
+                self.counts.applied_writes += counts.applied_writes - before.applied_writes;
+                self.counts.applied_bytes += counts.applied_bytes - before.applied_bytes;
+            }
+        } else {
+            self.lag
+                .applied(applied, now_ns, None, &mut Counts::default());
+        }
+        Ok(())
+    }
+
+    /// The last second's rates and the lag now, for the progress line.
+    fn progress_line(&self, engine: &mut Engine) -> String {
+        let primary = engine.primary();
+        let lag = primary
+            .last_closed()
+            .0
+            .saturating_sub(primary.peer_applied().0);
+        let rates = self
+            .intervals
+            .last()
+            .map_or(String::from("ramping up"), |i| {
+                let per_s = |n: u64| n as f64 / i.length_s.max(1e-9);
+                format!(
+                    "write {:.0} IOPS {:.1} MB/s, read {:.0} IOPS, applied {:.1} MB/s",
+                    per_s(i.counts.writes),
+                    per_s(i.counts.write_bytes) / 1e6,
+                    per_s(i.counts.reads),
+                    per_s(i.counts.applied_bytes) / 1e6,
+                )
+            });
+        format!("{rates}, lag {lag} data sets")
+    }
+
+    fn close_interval(&mut self, engine: &mut Engine) {
+        let now_ns = self.now_ns().min(self.end_ns);
+        let replicated = matches!(engine, Engine::Node(_));
+        let primary = engine.primary();
+        let (lag_data_sets, retention_bytes) = if replicated {
+            let lag = primary
+                .last_closed()
+                .0
+                .saturating_sub(primary.peer_applied().0);
+            (lag, primary.retention_bytes())
+        } else {
+            (0, 0)
+        };
+        self.intervals.push(Interval {
+            start_s: (self.interval_start_ns - self.measure_start_ns) as f64 / 1e9,
+            length_s: now_ns.saturating_sub(self.interval_start_ns) as f64 / 1e9,
+            counts: std::mem::take(&mut self.interval_counts),
+            lag_data_sets,
+            retention_bytes,
+            histograms: self.interval.clone(),
+        });
+        self.interval.reset();
+        self.interval_start_ns = now_ns;
+    }
+}
+
+/// A bar with an ETA on a terminal; a plain line a second otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    total_s: f64,
+    next_ns: u64,
+}
+
+impl Progress {
+    fn new(enabled: bool, total_s: f64) -> Progress {
+        let terminal = enabled && std::io::stderr().is_terminal();
+        let bar = terminal.then(|| {
+            let bar = ProgressBar::new((total_s * 1000.0) as u64);
+            let style = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Progress {
+            bar,
+            plain: enabled && !terminal,
+            total_s,
+            next_ns: INTERVAL_NS,
+        }
+    }
+
+    fn due(&self, now_ns: u64) -> bool {
+        now_ns >= self.next_ns && (self.bar.is_some() || self.plain)
+    }
+
+    fn show(&mut self, now_ns: u64, message: &str) {
+        let step = if self.bar.is_some() {
+            200_000_000
+        } else {
+            INTERVAL_NS
+        };
+        self.next_ns = now_ns + step;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(now_ns / 1_000_000);
+                bar.set_message(message.to_string());
+            }
+            None => eprintln!(
+                "bench: {:>5.1}/{:.0} s  {message}",
+                now_ns as f64 / 1e9,
+                self.total_s
+            ),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn header(args: &BenchArgs) -> Result<Header> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Ok(Header {
+        ordo_version: env!("CARGO_PKG_VERSION").to_string(),
+        started: utc_now()?,
+        seed: args.seed,
+        machine: Machine {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: format!("Linux {}", read("/proc/sys/kernel/osrelease")),
+            cpu,
+            hostname: read("/proc/sys/kernel/hostname"),
+        },
+        config: args.describe(),
+    })
+}
+
+/// The time now as RFC 3339 UTC, to the second.
+fn utc_now() -> Result<String> {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Ok(format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    ))
+}

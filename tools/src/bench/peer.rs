@@ -1,0 +1,244 @@
+//! The secondary side of `ordo bench`: a child process (this same binary, hidden
+//! subcommand `bench-secondary`) running a secondary node on loopback, so each side's
+//! memory is its own and the two sides share nothing but the lanes. It prints the address
+//! it listens on, runs until its stdin closes (the bench ended or died), and exits.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use ordo_engine::runtime::secondary_node::{SecondaryNode, SecondaryThread};
+use ordo_engine::secondary::journal::{record_bytes, required_bytes};
+use ordo_engine::secondary::{Secondary, SecondaryConfig};
+use ordo_engine::storage::{Geometry, MemStorage};
+
+use crate::daemon::config::{pin, Idle};
+use crate::volume::Volume;
+
+use super::{GROUP, VOLUME_NAME};
+
+/// What the bench tells its secondary process (hidden: not for users).
+#[derive(Clone, Debug, Args)]
+pub struct PeerArgs {
+    #[arg(long)]
+    pub lanes: usize,
+    #[arg(long)]
+    pub volume_bytes: u64,
+    #[arg(long)]
+    pub block_size: u32,
+    #[arg(long)]
+    pub window_bytes: u64,
+    #[arg(long)]
+    pub max_write_bytes: u32,
+    /// Replica and journal files go in this directory; in memory without it.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long)]
+    pub core: Option<usize>,
+    #[arg(long, value_enum)]
+    pub idle: Idle,
+}
+
+pub const REPLICA_FILE: &str = "ordo-bench-replica.img";
+pub const JOURNAL_FILE: &str = "ordo-bench-journal";
+
+/// `ordo bench-secondary`: the child's side.
+pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
+    // Pinned before any thread starts, so the acceptor and receivers share the core.
+    pin(args.core)?;
+    let config = SecondaryConfig {
+        group: GROUP,
+        volume_names: vec![VOLUME_NAME.to_string()],
+        window_bytes: args.window_bytes,
+        max_write_bytes: args.max_write_bytes,
+        lanes: args.lanes,
+        ..SecondaryConfig::default()
+    };
+    let journal_bytes = required_bytes(args.window_bytes, args.max_write_bytes, args.block_size)
+        .next_multiple_of(u64::from(args.block_size));
+    let geometry = Geometry::new(args.volume_bytes, args.block_size)?;
+    // Each journal record goes to the device in one request: header block and payload.
+    let record_io = u32::try_from(record_bytes(args.max_write_bytes, args.block_size))?;
+    let (journal, replica) = match &args.dir {
+        None => {
+            let journal = Geometry {
+                max_io_bytes: record_io.max(geometry.max_io_bytes),
+                ..Geometry::new(journal_bytes, args.block_size)?
+            };
+            (
+                Volume::Mem(MemStorage::new(journal)?),
+                Volume::Mem(MemStorage::new(geometry)?),
+            )
+        }
+        Some(dir) => {
+            let journal = Volume::open_file(
+                &dir.join(JOURNAL_FILE),
+                Some(journal_bytes),
+                args.block_size,
+                record_io,
+            )
+            .context("creating the journal")?;
+            let replica = Volume::open_file(
+                &dir.join(REPLICA_FILE),
+                Some(args.volume_bytes),
+                args.block_size,
+                args.max_write_bytes,
+            )
+            .context("creating the replica")?;
+            (journal, replica)
+        }
+    };
+    let secondary = Secondary::create(config, 1, journal, vec![replica])?;
+    let listener = TcpListener::bind("127.0.0.1:0").context("listening on loopback")?;
+    let addr = listener.local_addr()?;
+    let node = SecondaryNode::new(secondary, listener, args.lanes, args.max_write_bytes)?;
+    let thread = SecondaryThread::spawn(node, args.idle.policy());
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening {addr}")?;
+    stdout.flush()?;
+    // Until the bench closes our stdin (or dies).
+    std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+    let node = thread
+        .stop()
+        .map_err(|_| anyhow::anyhow!("the secondary thread panicked"))?;
+    if let Some(why) = node.secondary().failure() {
+        bail!("the secondary stopped: {why}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bench's handle on its secondary process; killed if dropped before `stop`.
+#[derive(Debug)]
+pub struct PeerProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    addr: SocketAddr,
+}
+
+impl PeerProcess {
+    pub fn spawn(args: &PeerArgs) -> Result<PeerProcess> {
+        let exe = std::env::current_exe().context("finding the ordo binary")?;
+        let mut command = Command::new(exe);
+        command
+            .arg("bench-secondary")
+            .args(["--lanes", &args.lanes.to_string()])
+            .args(["--volume-bytes", &args.volume_bytes.to_string()])
+            .args(["--block-size", &args.block_size.to_string()])
+            .args(["--window-bytes", &args.window_bytes.to_string()])
+            .args(["--max-write-bytes", &args.max_write_bytes.to_string()])
+            .args(["--idle", idle_name(args.idle)]);
+        if let Some(dir) = &args.dir {
+            command.arg("--dir").arg(dir);
+        }
+        if let Some(core) = args.core {
+            command.args(["--core", &core.to_string()]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the secondary process")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("the secondary's stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(addr) = line.trim().strip_prefix("listening ") else {
+            let mut why = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                stderr.read_to_string(&mut why).ok();
+            }
+            child.kill().ok();
+            child.wait().ok();
+            bail!("the secondary process did not start: {}", why.trim());
+        };
+        let addr = addr.parse().context("the secondary's address")?;
+        Ok(PeerProcess { child, stdin, addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its peak resident memory so far.
+    pub fn peak_rss_bytes(&self) -> Result<u64> {
+        peak_rss_bytes(&format!("/proc/{}/status", self.child.id()))
+    }
+
+    /// Closes its stdin and waits for it to exit; an error carries what it printed.
+    pub fn stop(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                let mut why = String::new();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    stderr.read_to_string(&mut why).ok();
+                }
+                bail!("the secondary process failed ({status}): {}", why.trim());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the secondary process did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
+
+fn idle_name(idle: Idle) -> &'static str {
+    match idle {
+        Idle::Spin => "spin",
+        Idle::Yield => "yield",
+        Idle::Park => "park",
+    }
+}
+
+/// `VmHWM` (peak resident set) from a `/proc/PID/status` file.
+pub fn peak_rss_bytes(status_path: &str) -> Result<u64> {
+    let status =
+        std::fs::read_to_string(status_path).with_context(|| format!("reading {status_path}"))?;
+    parse_vm_hwm(&status).with_context(|| format!("no VmHWM in {status_path}"))
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peak_rss_is_read_from_vm_hwm() {
+        let status = "Name:\tordo\nVmPeak:\t  900 kB\nVmHWM:\t   1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_hwm("VmRSS:\t 1000 kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\t lots kB\n"), None);
+        assert!(peak_rss_bytes("/proc/self/status").unwrap() > 0);
+    }
+}
