@@ -45,6 +45,7 @@ pub struct PeerArgs {
 
 pub const REPLICA_FILE: &str = "ordo-bench-replica.img";
 pub const JOURNAL_FILE: &str = "ordo-bench-journal";
+const JOURNAL_BLOCK_BYTES: u32 = 512;
 
 /// `ordo bench-secondary`: the child's side.
 pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
@@ -58,16 +59,19 @@ pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
         lanes: args.lanes,
         ..SecondaryConfig::default()
     };
-    let journal_bytes = required_bytes(args.window_bytes, args.max_write_bytes, args.block_size)
+    // The journal's records are padded to its block size: 512-byte blocks keep a 4 KiB
+    // write's record at 4.5 KiB rather than 8 KiB.
+    let journal_block = JOURNAL_BLOCK_BYTES;
+    let journal_bytes = required_bytes(args.window_bytes, args.max_write_bytes, journal_block)
         .next_multiple_of(u64::from(args.block_size));
     let geometry = Geometry::new(args.volume_bytes, args.block_size)?;
-    // Each journal record goes to the device in one request: header block and payload.
-    let record_io = u32::try_from(record_bytes(args.max_write_bytes, args.block_size))?;
+    // Each journal record goes to the device in one request: header and payload.
+    let record_io = u32::try_from(record_bytes(args.max_write_bytes, journal_block))?;
     let (journal, replica) = match &args.dir {
         None => {
             let journal = Geometry {
                 max_io_bytes: record_io.max(geometry.max_io_bytes),
-                ..Geometry::new(journal_bytes, args.block_size)?
+                ..Geometry::new(journal_bytes, journal_block)?
             };
             (
                 Volume::Mem(MemStorage::new(journal)?),
@@ -78,7 +82,7 @@ pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
             let journal = Volume::open_file(
                 &dir.join(JOURNAL_FILE),
                 Some(journal_bytes),
-                args.block_size,
+                journal_block,
                 record_io,
             )
             .context("creating the journal")?;
