@@ -259,6 +259,16 @@ impl Storage for Volume {
         self.inner_mut().submit_write(tag, offset, data)
     }
 
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError> {
+        self.inner_mut().submit_write_with(tag, offset, len, fill)
+    }
+
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.inner_mut().submit_read(tag, offset, buf)
     }

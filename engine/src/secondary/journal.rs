@@ -540,15 +540,13 @@ impl<S: Storage> Journal<S> {
         );
         header.lsn = lsn;
         header.incarnation = self.superblock.incarnation;
-        header.encode(
-            self.superblock.journal_id,
-            payload,
-            &mut self.scratch[..size as usize],
-        );
-        self.storage.submit_write(
+        let journal_id = self.superblock.journal_id;
+        // Encoded straight into the device's buffer: the payload is copied once.
+        self.storage.submit_write_with(
             tag,
             LOG_START + lsn % log_bytes,
-            &self.scratch[..size as usize],
+            size as usize,
+            &mut |out| header.encode(journal_id, payload, out),
         )?;
         self.tail_lsn = lsn + size;
         self.index.push_back((lsn, header.data_set));

@@ -164,6 +164,26 @@ impl Storage for SimDisk {
         Ok(())
     }
 
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError> {
+        self.geometry.check_io(offset, len)?;
+        self.check_queue()?;
+        let at = offset as usize;
+        let visible = &mut self.visible[at..at + len];
+        fill(visible);
+        let write = UnflushedWrite {
+            offset,
+            data: visible.to_vec(),
+        };
+        self.in_flight.push((tag, Op::Write, Some(write)));
+        Ok(())
+    }
+
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.geometry.check_io(offset, buf.len())?;
         self.check_queue()?;

@@ -195,6 +195,22 @@ pub(crate) fn write_then_read_back<S: FileVolume>() {
         let mut image = vec![0u8; VOLUME_BYTES as usize];
         image[offset as usize..].copy_from_slice(&data);
         assert!(read_file(&path) == image);
+
+        // A write assembled in place lands like any other, even over stale buffer bytes.
+        let assembled = pattern(2 * block, 0x5a);
+        storage
+            .submit_write_with(4, 0, assembled.len(), &mut |out| {
+                out.copy_from_slice(&assembled)
+            })
+            .unwrap();
+        assert_eq!(poll_until(&mut storage, 1, 1), [ok(4)]);
+        image[..2 * block].copy_from_slice(&assembled);
+        assert!(read_file(&path) == image);
+        let refused = storage.submit_write_with(5, 1, block, &mut |_| panic!("not admitted"));
+        assert!(
+            refused.is_err(),
+            "a misaligned request is refused before fill"
+        );
     }
 }
 

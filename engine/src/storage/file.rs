@@ -19,6 +19,8 @@ pub struct FileStorage {
     geometry: Geometry,
     /// Finished requests not yet reported by `poll`; its length is the in-flight count.
     completions: CompletionQueue,
+    /// Where `submit_write_with` assembles a request: it grows to the largest one once.
+    assembled: Vec<u8>,
 }
 
 impl FileStorage {
@@ -43,6 +45,7 @@ impl FileStorage {
             file,
             geometry,
             completions,
+            assembled: Vec::new(),
         })
     }
 
@@ -81,6 +84,24 @@ impl Storage for FileStorage {
         self.geometry.check_io(offset, data.len())?;
         self.admit()?;
         let result = self.file.write_all_at(data, offset);
+        self.complete(tag, result);
+        Ok(())
+    }
+
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError> {
+        self.geometry.check_io(offset, len)?;
+        self.admit()?;
+        if self.assembled.len() < len {
+            self.assembled.resize(len, 0);
+        }
+        fill(&mut self.assembled[..len]);
+        let result = self.file.write_all_at(&self.assembled[..len], offset);
         self.complete(tag, result);
         Ok(())
     }

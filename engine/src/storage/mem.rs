@@ -82,6 +82,19 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError> {
+        let range = self.admit_io(offset, len)?;
+        fill(&mut self.volume[range]);
+        self.complete(tag, Ok(()));
+        Ok(())
+    }
+
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         let range = self.admit_io(offset, buf.len())?;
         buf.copy_from_slice(&self.volume[range]);
@@ -214,6 +227,16 @@ mod tests {
             // Against an independent image.
             let mut image = vec![0u8; VOLUME_BLOCKS as usize * block];
             image[2 * block..5 * block].copy_from_slice(&data);
+            assert_eq!(storage.contents(), image);
+
+            // Assembled in place, over what was there.
+            let assembled = pattern(2 * block, 0x3c);
+            let mut fill = |out: &mut [u8]| out.copy_from_slice(&assembled);
+            storage
+                .submit_write_with(4, offset, 2 * block, &mut fill)
+                .unwrap();
+            assert_eq!(poll_all(&mut storage), [ok(4)]);
+            image[2 * block..4 * block].copy_from_slice(&assembled);
             assert_eq!(storage.contents(), image);
         }
     }

@@ -170,6 +170,18 @@ pub trait Storage {
     /// Starts writing `data` at `offset`; `data` is consumed before this returns.
     fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError>;
 
+    /// Starts writing `len` bytes at `offset` that `fill` puts straight into the request's
+    /// buffer (exactly `len` bytes, of unspecified contents before): a record assembled in
+    /// place from a header and a payload held elsewhere, with no copy in between. `fill`
+    /// runs once before this returns, and only if the request is accepted.
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError>;
+
     /// Starts reading `buf.len()` bytes at `offset` into `buf`. The contents of `buf` are
     /// defined once the completion for `tag` reports success (backends here fill it
     /// before returning; asynchronous ones may copy at completion).

@@ -362,6 +362,29 @@ impl Storage for UringStorage {
         self.push(slot, entry)
     }
 
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError> {
+        self.geometry.check_io(offset, len)?;
+        self.admit()?;
+        // check_io bounds the length by max_io_bytes, a u32.
+        let slot = self.take_slot(Slot::Write {
+            tag,
+            len: len as u32,
+        });
+        // SAFETY: the slot was free, so no request in flight uses its memory.
+        let buffer = unsafe { self.pool.slot_mut(slot) };
+        fill(&mut buffer[..len]);
+        let entry = opcode::Write::new(self.fd(), self.pool.slot_ptr(slot), len as u32)
+            .offset(offset)
+            .build();
+        self.push(slot, entry)
+    }
+
     /// Reads synchronously (a pread), since `buf` is borrowed only for this call and so
     /// cannot stay in the ring; the completion still comes from `poll`. Reads are not the
     /// hot path: recovery, verify and NBD reads.

@@ -49,6 +49,15 @@ impl Storage for Buffered {
     fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
         self.0.submit_write(tag, offset, data)
     }
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError> {
+        self.0.submit_write_with(tag, offset, len, fill)
+    }
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.0.submit_read(tag, offset, buf)
     }
