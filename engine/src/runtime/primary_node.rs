@@ -19,6 +19,10 @@ use crate::storage::Storage;
 
 /// Outgoing buffer per lane: several of the largest writes.
 const TX_BYTES: usize = 8 << 20;
+/// What one lane may take in one round: small enough that every lane gets a share of a
+/// busy stream (so each secondary receiver thread gets one), and that a round never keeps
+/// the poller from its completions for long; a larger frame still goes, alone.
+const ROUND_BYTES: usize = 256 << 10;
 /// What the secondary sends (its Hello with resume ranges, acks) fits in this.
 const RX_BYTES: usize = 64 << 10;
 const _: () = assert!(RX_BYTES >= crate::protocol::MAX_CONTROL_FRAME_BYTES);
@@ -135,7 +139,7 @@ impl<S: Storage> PrimaryNode<S> {
                         return Ok(frames > 0);
                     }
                     batch.clear();
-                    let sent = primary.poll_transmit(now_ms, index, batch, TX_BYTES);
+                    let sent = primary.poll_transmit(now_ms, index, batch, ROUND_BYTES);
                     let primary = &*primary;
                     lane.send_batch(batch, |seq| {
                         let payload = primary.retained_payload(seq);
