@@ -158,6 +158,7 @@ pub struct BenchArgs {
     /// mem, or file:DIRECTORY (volumes and journal as files there, io_uring + O_DIRECT).
     #[arg(long, default_value = "mem")]
     pub backend: Backend,
+    /// Replication during the run: on (pipelined), off, or one data set at a time.
     #[arg(long, value_enum, default_value = "replicated")]
     pub mode: Mode,
     /// Close a data set this long after its first write.
@@ -402,7 +403,19 @@ pub fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
+/// Warnings (a lane dropped, a relay connection failed) go to stderr; the lanes' routine
+/// comings and goings do not.
+fn init_warnings() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
+
 pub fn run(command: &BenchCommand) -> Result<ExitCode> {
+    init_warnings();
     if let Some(BenchSub::Compare(args)) = &command.compare {
         return compare::run(args);
     }

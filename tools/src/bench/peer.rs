@@ -3,10 +3,11 @@
 //! memory is its own and the two sides share nothing but the lanes. It prints the address
 //! it listens on, runs until its stdin closes (the bench ended or died), and exits.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, Command, ExitCode, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -49,6 +50,7 @@ const JOURNAL_BLOCK_BYTES: u32 = 512;
 
 /// `ordo bench-secondary`: the child's side.
 pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
+    super::init_warnings();
     // Pinned before any thread starts, so the acceptor and receivers share the core.
     pin(args.core)?;
     let config = SecondaryConfig {
@@ -121,6 +123,26 @@ pub struct PeerProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     addr: SocketAddr,
+    /// What it printed on stderr (warnings, its last error): passed on to ours, and the
+    /// last lines kept for the error if it fails.
+    stderr: Option<JoinHandle<Vec<String>>>,
+}
+
+/// Lines of the secondary's stderr kept for an error message.
+const STDERR_LINES_KEPT: usize = 20;
+
+/// Passes the secondary's stderr on to ours, line by line, and returns its last lines.
+fn forward_stderr(stderr: ChildStderr) -> Vec<String> {
+    let mut kept = std::collections::VecDeque::with_capacity(STDERR_LINES_KEPT);
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        eprintln!("secondary: {line}");
+        if kept.len() == STDERR_LINES_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    }
+    kept.into()
 }
 
 impl PeerProcess {
@@ -149,19 +171,22 @@ impl PeerProcess {
             .context("starting the secondary process")?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("the secondary's stdout")?;
+        let stderr = child.stderr.take().context("the secondary's stderr")?;
+        let mut peer = PeerProcess {
+            child,
+            stdin,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr: Some(std::thread::spawn(move || forward_stderr(stderr))),
+        };
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
         let Some(addr) = line.trim().strip_prefix("listening ") else {
-            let mut why = String::new();
-            if let Some(mut stderr) = child.stderr.take() {
-                stderr.read_to_string(&mut why).ok();
-            }
-            child.kill().ok();
-            child.wait().ok();
-            bail!("the secondary process did not start: {}", why.trim());
+            peer.child.kill().ok();
+            peer.child.wait().ok();
+            bail!("the secondary process did not start: {}", peer.last_words());
         };
-        let addr = addr.parse().context("the secondary's address")?;
-        Ok(PeerProcess { child, stdin, addr })
+        peer.addr = addr.parse().context("the secondary's address")?;
+        Ok(peer)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -173,20 +198,23 @@ impl PeerProcess {
         peak_rss_bytes(&format!("/proc/{}/status", self.child.id()))
     }
 
+    /// Its last lines on stderr, once it has exited.
+    fn last_words(&mut self) -> String {
+        let lines = self.stderr.take().and_then(|t| t.join().ok());
+        lines.unwrap_or_default().join("; ")
+    }
+
     /// Closes its stdin and waits for it to exit; an error carries what it printed.
     pub fn stop(mut self) -> Result<()> {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait()? {
+                let why = self.last_words();
                 if status.success() {
                     return Ok(());
                 }
-                let mut why = String::new();
-                if let Some(mut stderr) = self.child.stderr.take() {
-                    stderr.read_to_string(&mut why).ok();
-                }
-                bail!("the secondary process failed ({status}): {}", why.trim());
+                bail!("the secondary process failed ({status}): {why}");
             }
             ensure!(
                 Instant::now() < deadline,
