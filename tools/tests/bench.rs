@@ -1,0 +1,130 @@
+//! `ordo bench` as a user runs it: each mode end to end on small volumes (its own pair, the
+//! secondary a child process, the relay for a delayed link), its JSON report, its files,
+//! and the input it refuses.
+
+mod common;
+
+use common::ordo;
+use serde_json::Value;
+
+/// A short run with `extra` options; returns the JSON report.
+fn bench(extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let mut args = vec![
+        "bench",
+        "--size",
+        "64M",
+        "--runtime",
+        "0.5",
+        "--ramp",
+        "0.1",
+        "--quiet",
+        "--output-format",
+        "json",
+        "--output",
+        report.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (ok, output) = ordo(&args);
+    assert!(ok, "ordo {args:?} failed: {output}");
+    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
+}
+
+fn number(report: &Value, pointer: &str) -> f64 {
+    report
+        .pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number at {pointer} in {report}"))
+}
+
+#[test]
+fn a_replicated_run_measures_acks_lag_throughput_and_both_sides_memory() {
+    let report = bench(&["--rw", "randwrite", "--bs", "4K", "--iodepth", "8"]);
+    assert!(number(&report, "/jobs/0/write/total_ios") > 0.0);
+    assert!(number(&report, "/jobs/0/write/lat_ns/percentile/99.000000") > 0.0);
+    assert!(number(&report, "/jobs/0/replication/lag_ns/N") > 0.0);
+    assert!(number(&report, "/jobs/0/replication/applied_bytes") > 0.0);
+    assert!(number(&report, "/memory/secondary_peak_rss_bytes") > 0.0);
+    assert!(!report["intervals"].as_array().unwrap().is_empty());
+    assert_eq!(report["config"]["mode"], "replicated");
+    assert_eq!(report["seed"], 1);
+    assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn local_only_runs_without_a_secondary_and_measures_no_lag() {
+    let report = bench(&["--mode", "local-only", "--rw", "randrw"]);
+    assert!(number(&report, "/jobs/0/write/total_ios") > 0.0);
+    assert!(number(&report, "/jobs/0/read/total_ios") > 0.0);
+    assert_eq!(number(&report, "/jobs/0/replication/lag_ns/N"), 0.0);
+    assert_eq!(report["jobs"][0]["replication"]["enabled"], false);
+    assert!(report["memory"]["secondary_peak_rss_bytes"].is_null());
+}
+
+#[test]
+fn group_ordered_over_a_delayed_link_still_applies_everything() {
+    let report = bench(&[
+        "--mode",
+        "group-ordered",
+        "--rw",
+        "write",
+        "--bs",
+        "64K",
+        "--link-delay-ms",
+        "2",
+        "--data-set-interval-ms",
+        "1",
+        "--window",
+        "16M",
+    ]);
+    assert!(number(&report, "/jobs/0/replication/lag_ns/N") > 0.0);
+    // Every write was applied before the bench ended, at least 4 ms (one RTT) after it
+    // was acknowledged.
+    assert!(number(&report, "/jobs/0/replication/lag_ns/min") >= 4e6);
+}
+
+#[test]
+fn open_loop_runs_at_the_rate_asked_and_writes_the_log_and_the_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("run.hlog");
+    let plot = dir.path().join("run.svg");
+    let report = bench(&[
+        "--rate",
+        "2000",
+        "--hdr-log",
+        log.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let writes = number(&report, "/jobs/0/write/total_ios");
+    // 2000 a second for half a second, give or take the schedule's edges.
+    assert!((800.0..=1100.0).contains(&writes), "{writes} writes");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains("#[StartTime:") && log.contains("Tag=ack,"),
+        "{log}"
+    );
+    assert!(std::fs::read_to_string(plot).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn bad_options_are_refused_with_the_option_named() {
+    for (args, expected) in [
+        (&["--bs", "1000"][..], "--bs"),
+        (
+            &["--mode", "local-only", "--link-delay-ms", "2"][..],
+            "--link-delay-ms",
+        ),
+        (&["--size", "8K", "--numjobs", "4"][..], "--numjobs"),
+        (&["--backend", "file:/no/such/dir"][..], "not a directory"),
+        (&["--rate", "0"][..], "--rate"),
+        (&["--secondary-window", "1M"][..], "--secondary-window"),
+    ] {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(args);
+        let (ok, output) = ordo(&all);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(output.contains(expected), "{args:?}: {output}");
+    }
+}
