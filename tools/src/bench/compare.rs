@@ -156,12 +156,12 @@ fn print_row(out: &mut impl Write, row: &Row) -> Result<()> {
     };
     writeln!(
         out,
-        "{:<3} {:<58} ours {:>14}  baseline {:>14}  ratio {:>5}  target {goal} {} (aim {})  {verdict}{}",
+        "{:<3} {:<66} ours {:>14}  baseline {:>14}  ratio {:>6}  target {goal} {} (aim {})  {verdict}{}",
         row.id,
         row.what,
         show(&row.ours),
         show(&row.baseline),
-        row.ratio.map_or("n/a".into(), |r| format!("{r:.2}")),
+        row.ratio.map_or("n/a".into(), |r| format!("{r:.3}")),
         row.target,
         row.aim,
         row.note.as_deref().map_or(String::new(), |n| format!(" ({n})")),
