@@ -58,6 +58,8 @@ impl Engine {
 /// The pair and what it runs on; files it created are removed when dropped.
 struct Pair {
     engine: Engine,
+    /// The engine's millisecond clock starts here, once for the whole run.
+    epoch: Instant,
     peer: Option<PeerProcess>,
     /// Kept alive for the run: dropping it cuts the lanes.
     _relay: Option<Relay>,
@@ -96,6 +98,7 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
     if args.mode == Mode::LocalOnly {
         return Ok(Pair {
             engine: Engine::Local(Box::new(primary)),
+            epoch: Instant::now(),
             peer: None,
             _relay: None,
             files,
@@ -127,6 +130,7 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
     let node = PrimaryNode::new(primary, addr, args.lanes).context("starting the lanes")?;
     let mut pair = Pair {
         engine: Engine::Node(Box::new(node)),
+        epoch: Instant::now(),
         peer: Some(peer),
         _relay: relay,
         files,
@@ -142,7 +146,7 @@ fn wait_for_lanes(pair: &mut Pair, lanes: usize) -> Result<()> {
     };
     let clock = Instant::now();
     loop {
-        node.poll(clock.elapsed().as_millis() as u64);
+        node.poll(pair.epoch.elapsed().as_millis() as u64);
         let ready = (0..lanes).all(|lane| node.primary().lane_ready(lane));
         if ready {
             return Ok(());
@@ -164,7 +168,7 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
     let mut pair = start_pair(args)?;
     // Pinned only now: the lane connector, the relay and the secondary are not ours.
     pin(args.cores.first().copied())?;
-    let mut run = Run::new(args, progress);
+    let mut run = Run::new(args, progress, pair.epoch);
     run.measure(&mut pair.engine)?;
     run.drain(&mut pair.engine)?;
     if let Engine::Node(node) = &mut pair.engine {
@@ -205,6 +209,8 @@ struct Run {
     ramp_ns: u64,
     end_ns: u64,
     clock: Instant,
+    /// Where the engine's millisecond clock starts (before the lanes came up).
+    epoch: Instant,
     jobs: Vec<Job>,
     /// An operation refused for now (window full, device queue full), and its start.
     held: Vec<Option<(Op, u64)>>,
@@ -233,7 +239,7 @@ struct Run {
 }
 
 impl Run {
-    fn new(args: &BenchArgs, progress: bool) -> Run {
+    fn new(args: &BenchArgs, progress: bool, epoch: Instant) -> Run {
         let jobs = args.numjobs;
         let block = args.bs.0 as usize;
         let rate = args.rate.map(|r| r / jobs as f64);
@@ -248,6 +254,7 @@ impl Run {
             ramp_ns,
             end_ns: ramp_ns + (args.runtime * 1e9) as u64,
             clock: Instant::now(),
+            epoch,
             jobs: (0..jobs)
                 .map(|i| {
                     let pattern = args.rw;
@@ -290,6 +297,11 @@ impl Run {
         self.clock.elapsed().as_nanos() as u64
     }
 
+    /// The engine's clock: one that never restarts, unlike the run's.
+    fn engine_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     /// The ramp, then the measured run.
     fn measure(&mut self, engine: &mut Engine) -> Result<()> {
         self.clock = Instant::now();
@@ -305,7 +317,7 @@ impl Run {
                 break;
             }
             let issued = self.issue(engine, now_ns)?;
-            let did = engine.poll(now_ns / 1_000_000);
+            let did = engine.poll(self.engine_ms());
             self.take_events(engine)?;
             if self.measuring && self.now_ns() >= self.interval_start_ns + INTERVAL_NS {
                 self.close_interval(engine);
@@ -346,7 +358,7 @@ impl Run {
         let deadline = Instant::now() + DRAIN_LIMIT;
         let replicated = matches!(engine, Engine::Node(_));
         loop {
-            let did = engine.poll(self.now_ns() / 1_000_000);
+            let did = engine.poll(self.engine_ms());
             self.take_events(engine)?;
             let primary = engine.primary();
             let acked = self.free.len() == self.started_ns.len();
@@ -390,7 +402,7 @@ impl Run {
                     }
                 };
                 let done = match op.kind {
-                    OpKind::Write => self.write(engine, j, op, start_ns, now_ns)?,
+                    OpKind::Write => self.write(engine, j, op, start_ns)?,
                     OpKind::Read => self.read(engine, op, start_ns)?,
                 };
                 if !done {
@@ -405,23 +417,13 @@ impl Run {
     }
 
     /// Submits a write; false if the primary cannot take it yet.
-    fn write(
-        &mut self,
-        engine: &mut Engine,
-        job: usize,
-        op: Op,
-        start_ns: u64,
-        now_ns: u64,
-    ) -> Result<bool> {
+    fn write(&mut self, engine: &mut Engine, job: usize, op: Op, start_ns: u64) -> Result<bool> {
         let slot = self.free.pop().context("a free slot below the iodepth")?;
         let data = &self.data[..self.block];
-        match engine.primary().submit_write(
-            now_ns / 1_000_000,
-            VOLUME,
-            op.offset,
-            data,
-            slot as u64,
-        ) {
+        match engine
+            .primary()
+            .submit_write(self.engine_ms(), VOLUME, op.offset, data, slot as u64)
+        {
             Ok(seq) => {
                 self.started_ns[slot] = start_ns;
                 self.slot_job[slot] = job;
