@@ -10,7 +10,7 @@ mod hdrlog;
 mod lag;
 pub mod peer;
 mod plot;
-mod relay;
+pub mod relay;
 pub mod results;
 mod summary;
 mod workload;
