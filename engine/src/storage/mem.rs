@@ -132,7 +132,7 @@ mod tests {
     use crate::storage::contract_tests::{
         completions_only_from_poll_bounded_by_max, refuses_invalid_requests,
     };
-    use crate::storage::read_blocking;
+    use crate::storage::{read_blocking, wait_for};
 
     const BLOCK_SIZES: [u32; 2] = [512, 4096];
     const VOLUME_BLOCKS: u64 = 16;
@@ -190,6 +190,24 @@ mod tests {
         let storage = small(4096);
         assert_eq!(storage.contents().len(), 16 * 4096);
         assert!(storage.contents().iter().all(|&b| b == 0));
+        assert_eq!(storage.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_blocking_read_hands_back_the_completions_around_its_own() {
+        let mut storage = small(4096);
+        let data = pattern(4096, 0x11);
+        storage.submit_write(1, 0, &data).unwrap();
+        storage.submit_write(2, 4096, &data).unwrap();
+        // The read completes between writes 2 and 3, all in one poll batch.
+        let mut buf = vec![0u8; 4096];
+        let read_tag = u64::MAX;
+        storage.submit_read(read_tag, 0, &mut buf).unwrap();
+        storage.submit_write(3, 8192, &data).unwrap();
+        let mut others = Vec::new();
+        wait_for(&mut storage, read_tag, &mut others).unwrap();
+        assert_eq!(buf, data);
+        assert_eq!(others, [ok(1), ok(2), ok(3)], "none lost");
         assert_eq!(storage.in_flight(), 0);
     }
 

@@ -222,11 +222,17 @@ pub fn wait_for<S: Storage + ?Sized>(
     loop {
         batch.clear();
         storage.poll(&mut batch, 8);
+        let mut found = None;
+        // Every other completion of the batch goes to `others`, those after ours too.
         for completion in batch.drain(..) {
-            if completion.tag == tag {
-                return completion.result;
+            if completion.tag == tag && found.is_none() {
+                found = Some(completion.result);
+            } else {
+                others.push(completion);
             }
-            others.push(completion);
+        }
+        if let Some(result) = found {
+            return result;
         }
     }
 }
