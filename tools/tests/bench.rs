@@ -1,24 +1,25 @@
 //! `ordo bench` as a user runs it: each mode end to end on small volumes (its own pair, the
-//! secondary a child process, the relay for a delayed link), its JSON report, its files,
-//! and the input it refuses.
+//! secondary a child process, the relay for a delayed link), against a running pair through
+//! its NBD export (`--target`), its JSON report, its files, and the input it refuses.
 
 mod common;
 
-use common::ordo;
+use common::{assert_verifies, ordo, Pair, CATCH_UP};
 use serde_json::Value;
 
 /// A short run with `extra` options; returns the JSON report.
 fn bench(extra: &[&str]) -> Value {
+    let mut args = vec!["--size", "64M", "--runtime", "0.5", "--ramp", "0.1"];
+    args.extend_from_slice(extra);
+    bench_report(&args)
+}
+
+/// `ordo bench ARGS`, quiet, with its JSON report in a file; returns the report.
+fn bench_report(extra: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let mut args = vec![
         "bench",
-        "--size",
-        "64M",
-        "--runtime",
-        "0.5",
-        "--ramp",
-        "0.1",
         "--quiet",
         "--output-format",
         "json",
@@ -108,6 +109,67 @@ fn open_loop_runs_at_the_rate_asked_and_writes_the_log_and_the_plot() {
     assert!(std::fs::read_to_string(plot).unwrap().starts_with("<svg"));
 }
 
+/// A running pair driven through its NBD export: acknowledgements, lag from the primary's
+/// control socket and its memory; without the socket no lag; the pair stays consistent;
+/// a region larger than the export is refused.
+#[test]
+fn a_target_run_drives_a_running_primary_over_nbd_and_the_pair_stays_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = Pair::start(dir.path(), "64M", &[]);
+    let target = format!("nbd://{}/data", pair.nbd);
+    let control = pair.primary.control.display().to_string();
+    let report = bench_report(&[
+        "--target",
+        &target,
+        "--target-control",
+        &control,
+        "--rw",
+        "randwrite",
+        "--bs",
+        "4K",
+        "--iodepth",
+        "8",
+        "--runtime",
+        "1",
+        "--ramp",
+        "0",
+    ]);
+    assert!(number(&report, "/jobs/0/write/total_ios") > 0.0);
+    for p in ["50.000000", "99.000000"] {
+        assert!(number(&report, &format!("/jobs/0/write/lat_ns/percentile/{p}")) > 0.0);
+    }
+    assert!(number(&report, "/jobs/0/replication/lag_ns/N") > 0.0);
+    assert!(number(&report, "/jobs/0/replication/lag_ns/percentile/50.000000") > 0.0);
+    assert_eq!(report["jobs"][0]["replication"]["enabled"], true);
+    assert!(number(&report, "/memory/primary_peak_rss_bytes") > 0.0);
+    assert!(report["memory"]["secondary_peak_rss_bytes"].is_null());
+    assert_eq!(
+        report["config"]["size"], "64M",
+        "all of the export by default"
+    );
+    assert!(report["config"]["lag_source"]
+        .as_str()
+        .unwrap()
+        .contains("upper bound"));
+    assert!(!report["intervals"].as_array().unwrap().is_empty());
+
+    let unwatched = bench_report(&["--target", &target, "--runtime", "0.3", "--ramp", "0"]);
+    assert!(number(&unwatched, "/jobs/0/write/total_ios") > 0.0);
+    assert_eq!(unwatched["jobs"][0]["replication"]["enabled"], false);
+    assert_eq!(number(&unwatched, "/jobs/0/replication/lag_ns/N"), 0.0);
+    assert!(unwatched["memory"]["primary_peak_rss_bytes"].is_null());
+
+    pair.wait_caught_up(CATCH_UP);
+    assert_verifies(&pair);
+
+    let (ok, output) = ordo(&["bench", "--target", &target, "--size", "128M"]);
+    assert!(!ok, "a region larger than the export was accepted");
+    assert!(
+        output.contains("--size 128M is larger than the export"),
+        "{output}"
+    );
+}
+
 #[test]
 fn bad_options_are_refused_with_the_option_named() {
     for (args, expected) in [
@@ -120,6 +182,20 @@ fn bad_options_are_refused_with_the_option_named() {
         (&["--backend", "file:/no/such/dir"][..], "not a directory"),
         (&["--rate", "0"][..], "--rate"),
         (&["--secondary-window", "1M"][..], "--secondary-window"),
+        (
+            &["--target", "nbd://127.0.0.1:9/d", "--lanes", "2"][..],
+            "--lanes",
+        ),
+        (
+            &["--target", "nbd://127.0.0.1:9/d", "--mode", "local-only"][..],
+            "--mode",
+        ),
+        (
+            &["--target", "nbd://127.0.0.1:9/d", "--cores", "0,0"][..],
+            "--cores",
+        ),
+        (&["--target-control", "/tmp/x.sock"][..], "--target"),
+        (&["--target", "http://host/d"][..], "nbd://"),
     ] {
         let mut all = vec!["bench"];
         all.extend_from_slice(args);

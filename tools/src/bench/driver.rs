@@ -3,6 +3,7 @@
 //! events), and measures as it goes. Nothing is allocated per operation: slots, the lag
 //! queue and the histograms are sized before the run.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,7 @@ use crate::volume::Volume;
 const VOLUME: VolumeId = VolumeId(0);
 const LANES_UP_LIMIT: Duration = Duration::from_secs(10);
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
-const INTERVAL_NS: u64 = 1_000_000_000;
+pub(super) const INTERVAL_NS: u64 = 1_000_000_000;
 
 /// The primary, with or without its lanes.
 enum Engine {
@@ -82,7 +83,10 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
     };
     let mut files = Vec::new();
     let volume = match &args.backend {
-        Backend::Mem => Volume::Mem(MemStorage::new(Geometry::new(args.size.0, block_size)?)?),
+        Backend::Mem => Volume::Mem(MemStorage::new(Geometry::new(
+            args.size_bytes(),
+            block_size,
+        )?)?),
         Backend::Dir(dir) => {
             let path = dir.join(PRIMARY_FILE);
             files.push(path.clone());
@@ -90,8 +94,13 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
                 files.push(dir.join(REPLICA_FILE));
                 files.push(dir.join(JOURNAL_FILE));
             }
-            Volume::open_file(&path, Some(args.size.0), block_size, args.max_write_bytes())
-                .with_context(|| format!("creating {}", path.display()))?
+            Volume::open_file(
+                &path,
+                Some(args.size_bytes()),
+                block_size,
+                args.max_write_bytes(),
+            )
+            .with_context(|| format!("creating {}", path.display()))?
         }
     };
     let primary = Primary::new(args.engine_config(), vec![volume])?;
@@ -106,7 +115,7 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
     }
     let peer = PeerProcess::spawn(&PeerArgs {
         lanes: args.lanes,
-        volume_bytes: args.size.0,
+        volume_bytes: args.size_bytes(),
         block_size,
         window_bytes: args.secondary_window_bytes(),
         max_write_bytes: args.max_write_bytes(),
@@ -164,7 +173,7 @@ fn wait_for_lanes(pair: &mut Pair, lanes: usize) -> Result<()> {
 }
 
 pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
-    let header = header(args)?;
+    let header = header(args.seed, args.describe())?;
     let mut pair = start_pair(args)?;
     // Pinned only now: the lane connector, the relay and the secondary are not ours.
     pin(args.cores.first().copied())?;
@@ -178,8 +187,8 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
     }
     let replicated = args.mode != Mode::LocalOnly;
     let memory = Memory {
-        primary_peak_rss_bytes: peak_rss_bytes("/proc/self/status")?,
-        primary_window_bytes: args.window.0,
+        primary_peak_rss_bytes: Some(peak_rss_bytes("/proc/self/status")?),
+        primary_window_bytes: Some(args.window.0),
         secondary_peak_rss_bytes: match &pair.peer {
             Some(peer) => Some(peer.peak_rss_bytes()?),
             None => None,
@@ -258,7 +267,7 @@ impl Run {
             jobs: (0..jobs)
                 .map(|i| {
                     let pattern = args.rw;
-                    let size = args.size.0;
+                    let size = args.size_bytes();
                     Job::new(
                         pattern,
                         args.rwmixwrite,
@@ -519,20 +528,7 @@ impl Run {
             .last_closed()
             .0
             .saturating_sub(primary.peer_applied().0);
-        let rates = self
-            .intervals
-            .last()
-            .map_or(String::from("ramping up"), |i| {
-                let per_s = |n: u64| n as f64 / i.length_s.max(1e-9);
-                format!(
-                    "write {:.0} IOPS {:.1} MB/s, read {:.0} IOPS, applied {:.1} MB/s",
-                    per_s(i.counts.writes),
-                    per_s(i.counts.write_bytes) / 1e6,
-                    per_s(i.counts.reads),
-                    per_s(i.counts.applied_bytes) / 1e6,
-                )
-            });
-        format!("{rates}, lag {lag} data sets")
+        format!("{}, lag {lag} data sets", rates_line(&self.intervals))
     }
 
     fn close_interval(&mut self, engine: &mut Engine) {
@@ -561,8 +557,22 @@ impl Run {
     }
 }
 
+/// The last second's rates, for the progress line.
+pub(super) fn rates_line(intervals: &[Interval]) -> String {
+    intervals.last().map_or(String::from("ramping up"), |i| {
+        let per_s = |n: u64| n as f64 / i.length_s.max(1e-9);
+        format!(
+            "write {:.0} IOPS {:.1} MB/s, read {:.0} IOPS, applied {:.1} MB/s",
+            per_s(i.counts.writes),
+            per_s(i.counts.write_bytes) / 1e6,
+            per_s(i.counts.reads),
+            per_s(i.counts.applied_bytes) / 1e6,
+        )
+    })
+}
+
 /// A bar with an ETA on a terminal; a plain line a second otherwise.
-struct Progress {
+pub(super) struct Progress {
     bar: Option<ProgressBar>,
     plain: bool,
     total_s: f64,
@@ -570,7 +580,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(enabled: bool, total_s: f64) -> Progress {
+    pub(super) fn new(enabled: bool, total_s: f64) -> Progress {
         let terminal = enabled && std::io::stderr().is_terminal();
         let bar = terminal.then(|| {
             let bar = ProgressBar::new((total_s * 1000.0) as u64);
@@ -589,11 +599,11 @@ impl Progress {
         }
     }
 
-    fn due(&self, now_ns: u64) -> bool {
+    pub(super) fn due(&self, now_ns: u64) -> bool {
         now_ns >= self.next_ns && (self.bar.is_some() || self.plain)
     }
 
-    fn show(&mut self, now_ns: u64, message: &str) {
+    pub(super) fn show(&mut self, now_ns: u64, message: &str) {
         let step = if self.bar.is_some() {
             200_000_000
         } else {
@@ -613,14 +623,15 @@ impl Progress {
         }
     }
 
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
     }
 }
 
-fn header(args: &BenchArgs) -> Result<Header> {
+/// The report's header: this machine, the time now, the seed and `config`.
+pub(super) fn header(seed: u64, config: BTreeMap<String, String>) -> Result<Header> {
     let read = |path: &str| {
         std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
@@ -638,14 +649,14 @@ fn header(args: &BenchArgs) -> Result<Header> {
     Ok(Header {
         ordo_version: env!("CARGO_PKG_VERSION").to_string(),
         started: utc_now()?,
-        seed: args.seed,
+        seed,
         machine: Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             kernel: format!("Linux {}", read("/proc/sys/kernel/osrelease")),
             cpu,
             hostname: read("/proc/sys/kernel/hostname"),
         },
-        config: args.describe(),
+        config,
     })
 }
 

@@ -2,17 +2,22 @@
 //! pair (the primary in this process, driven directly, not through NBD; the secondary in a
 //! child process over loopback lanes, optionally through a delaying relay), runs a fio-like
 //! load and reports primary ack latency, replication lag, throughput per second and each
-//! side's peak memory. `ordo bench compare` runs the baselines next to it.
+//! side's peak memory. With `--target` it drives a running primary through its NBD export
+//! instead (`target`). `ordo bench compare` runs the baselines next to it.
 
 pub mod compare;
 mod driver;
 mod hdrlog;
 mod lag;
+mod nbd_client;
 pub mod peer;
 mod plot;
 pub mod relay;
 pub mod results;
+mod status_lag;
 mod summary;
+mod target;
+mod target_loop;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -30,6 +35,7 @@ use ordo_engine::secondary::SecondaryConfig;
 use crate::daemon::config::Idle;
 use crate::volume::ByteSize;
 pub use results::Results;
+pub use target::TargetUrl;
 pub use workload::Pattern;
 
 pub const GROUP: GroupId = GroupId(1);
@@ -122,9 +128,10 @@ pub struct BenchArgs {
     /// Block size of each operation.
     #[arg(long, default_value = "4K")]
     pub bs: ByteSize,
-    /// Size of the volume (split evenly between the jobs).
-    #[arg(long, default_value = "1G")]
-    pub size: ByteSize,
+    /// Size of the volume (split evenly between the jobs) [default: 1G; with --target,
+    /// the region of the export used from its start, by default all of it].
+    #[arg(long)]
+    pub size: Option<ByteSize>,
     /// Operations in flight per job.
     #[arg(long, default_value_t = 32)]
     pub iodepth: usize,
@@ -149,10 +156,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     pub lanes: usize,
     /// Cores to pin to: the primary's poller on the first, the secondary process on the
-    /// second (if given).
+    /// second (if given). With --target, one core: this process's loop.
     #[arg(long, value_delimiter = ',')]
     pub cores: Vec<usize>,
-    /// What the pollers do when a round found nothing to do.
+    /// What the pollers (with --target, this process's loop) do when a round found nothing
+    /// to do.
     #[arg(long, value_enum, default_value = "yield")]
     pub idle: Idle,
     /// mem, or file:DIRECTORY (volumes and journal as files there, io_uring + O_DIRECT).
@@ -197,15 +205,60 @@ pub struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Drive a running `ordo primary` through its NBD export, nbd://HOST[:PORT]/EXPORT,
+    /// instead of starting a pair: one connection per job, up to --iodepth requests in
+    /// flight on each (ordo's NBD server serves 8 at a time per connection; more wait in
+    /// its socket), the same load and reports. Ack latency is then the NBD request's send
+    /// (or intended start) to its reply. The pair's own options (mode, backend, lanes,
+    /// link, windows, data-set policy) belong to the daemons and are refused with it.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with_all = [
+            "mode", "backend", "lanes", "link_delay_ms", "link_rate", "window",
+            "secondary_window", "data_set_interval_ms", "data_set_max_writes",
+            "data_set_max_bytes",
+        ]
+    )]
+    pub target: Option<TargetUrl>,
+    /// With --target: the primary's control socket, polled every 5 ms from a helper thread
+    /// for replication lag. A write's data set is taken as the one open at the first poll
+    /// sent after its acknowledgement (last_closed + 1, an upper bound: NBD does not say),
+    /// and its lag runs from its acknowledgement to the first poll showing that data set
+    /// applied: an upper bound of the true lag (the report gives the share of writes whose
+    /// data set was exact). A flush after the run closes the last data set. Also gives the
+    /// primary's peak RSS if it runs on this host. Without it lag is not measured.
+    #[arg(long, value_name = "SOCKET", requires = "target")]
+    pub target_control: Option<PathBuf>,
 }
 
 /// Most operations in flight in all, and the largest block: bounds what the bench holds.
 const MAX_IN_FLIGHT: usize = 1 << 16;
 const MAX_BLOCK: u64 = 1 << 20;
+const DEFAULT_SIZE: u64 = 1 << 30;
 
 impl BenchArgs {
+    /// The volume's size (the pair's own runs).
+    pub fn size_bytes(&self) -> u64 {
+        self.size.map_or(DEFAULT_SIZE, |s| s.0)
+    }
+
     /// Refuses what cannot run, with the option named.
     pub fn validate(&self) -> Result<()> {
+        self.validate_load()?;
+        if self.target.is_some() {
+            // The rest is the pair's; clap refused those options given with --target.
+            ensure!(
+                self.cores.len() <= 1,
+                "--cores takes one core with --target (this loop's): the second is for the secondary of a pair ordo bench starts itself"
+            );
+            return Ok(());
+        }
+        self.validate_pair()
+    }
+
+    /// The load's options, which every run shares.
+    fn validate_load(&self) -> Result<()> {
         let block = self.bs.0;
         ensure!(
             (512..=MAX_BLOCK).contains(&block) && block.is_multiple_of(512),
@@ -220,14 +273,16 @@ impl BenchArgs {
             self.iodepth >= 1 && self.iodepth * self.numjobs <= MAX_IN_FLIGHT,
             "--iodepth must be at least 1, and iodepth × numjobs at most {MAX_IN_FLIGHT}"
         );
+        if let Some(size) = self.size {
+            ensure!(
+                size.0.is_multiple_of(4096) && size.0 <= 1 << 40,
+                "--size must be a multiple of 4K up to 1T"
+            );
+        }
         ensure!(
-            self.size.0.is_multiple_of(4096) && self.size.0 <= 1 << 40,
-            "--size must be a multiple of 4K up to 1T"
-        );
-        ensure!(
-            self.size.0 / block >= self.numjobs as u64,
+            self.size_bytes() / block >= self.numjobs as u64,
             "--size {} holds fewer {} blocks than --numjobs {}",
-            self.size,
+            ByteSize(self.size_bytes()),
             self.bs,
             self.numjobs
         );
@@ -245,6 +300,19 @@ impl BenchArgs {
                 "--rate must be 1 to 1e9 operations per second"
             );
         }
+        let cores = core_affinity::get_core_ids().map_or(0, |ids| ids.len());
+        for &core in &self.cores {
+            ensure!(
+                core < cores.max(1),
+                "--cores {core}: this machine has {cores}"
+            );
+        }
+        ensure!(self.cores.len() <= 2, "--cores takes at most two cores");
+        Ok(())
+    }
+
+    /// The pair's options (not with --target).
+    fn validate_pair(&self) -> Result<()> {
         ensure!((1..=64).contains(&self.lanes), "--lanes must be 1 to 64");
         ensure!(
             self.link_delay_ms.is_finite() && (0.0..=10_000.0).contains(&self.link_delay_ms),
@@ -258,14 +326,6 @@ impl BenchArgs {
             !(linked && self.mode == Mode::LocalOnly),
             "--link-delay-ms and --link-rate need a secondary: not with --mode local-only"
         );
-        let cores = core_affinity::get_core_ids().map_or(0, |ids| ids.len());
-        for &core in &self.cores {
-            ensure!(
-                core < cores.max(1),
-                "--cores {core}: this machine has {cores}"
-            );
-        }
-        ensure!(self.cores.len() <= 2, "--cores takes at most two cores");
         if let Backend::Dir(dir) = &self.backend {
             ensure!(
                 dir.is_dir(),
@@ -337,8 +397,9 @@ impl BenchArgs {
             .min(1 << 24)
     }
 
-    /// The effective configuration, for the report's header.
-    pub fn describe(&self) -> BTreeMap<String, String> {
+    /// The load's configuration (every run's), for the report's header; `size_bytes` is
+    /// the region the jobs share.
+    pub fn describe_load(&self, size_bytes: u64) -> BTreeMap<String, String> {
         let mut c = BTreeMap::new();
         let mut put = |k: &str, v: String| {
             c.insert(k.to_string(), v);
@@ -348,7 +409,7 @@ impl BenchArgs {
             put("rwmixwrite", self.rwmixwrite.to_string());
         }
         put("bs", self.bs.to_string());
-        put("size", self.size.to_string());
+        put("size", ByteSize(size_bytes).to_string());
         put("iodepth", self.iodepth.to_string());
         put("numjobs", self.numjobs.to_string());
         put("runtime_s", self.runtime.to_string());
@@ -358,9 +419,6 @@ impl BenchArgs {
             self.rate
                 .map_or("closed loop".into(), |r| format!("{r} ops/s")),
         );
-        put("mode", mode_name(self.mode).into());
-        put("backend", self.backend.to_string());
-        put("lanes", self.lanes.to_string());
         put(
             "cores",
             if self.cores.is_empty() {
@@ -370,6 +428,18 @@ impl BenchArgs {
             },
         );
         put("idle", format!("{:?}", self.idle).to_lowercase());
+        c
+    }
+
+    /// The effective configuration of a pair's run, for the report's header.
+    pub fn describe(&self) -> BTreeMap<String, String> {
+        let mut c = self.describe_load(self.size_bytes());
+        let mut put = |k: &str, v: String| {
+            c.insert(k.to_string(), v);
+        };
+        put("mode", mode_name(self.mode).into());
+        put("backend", self.backend.to_string());
+        put("lanes", self.lanes.to_string());
         put(
             "data_set_interval_ms",
             self.data_set_interval_ms.to_string(),
@@ -421,7 +491,11 @@ pub fn run(command: &BenchCommand) -> Result<ExitCode> {
     }
     let args = &command.args;
     args.validate()?;
-    let results = driver::run(args, !args.quiet)?;
+    let results = if args.target.is_some() {
+        target::run(args, !args.quiet)?
+    } else {
+        driver::run(args, !args.quiet)?
+    };
     let report = match args.output_format {
         OutputFormat::Normal => summary::human(&results),
         OutputFormat::Json => serde_json::to_string_pretty(&summary::json(&results))? + "\n",

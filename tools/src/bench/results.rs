@@ -117,9 +117,11 @@ pub struct Interval {
 /// Peak resident memory of each side, next to the windows configured for it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Memory {
-    /// The bench process: the primary, its retention window and the load generator.
-    pub primary_peak_rss_bytes: u64,
-    pub primary_window_bytes: u64,
+    /// The bench process: the primary, its retention window and the load generator. With
+    /// `--target`, the running primary's process over its lifetime, if it is on this
+    /// host (none without `--target-control` or elsewhere).
+    pub primary_peak_rss_bytes: Option<u64>,
+    pub primary_window_bytes: Option<u64>,
     /// The secondary's process (none with replication off).
     pub secondary_peak_rss_bytes: Option<u64>,
     pub secondary_window_bytes: Option<u64>,
@@ -155,7 +157,8 @@ pub struct Results {
     pub histograms: Histograms,
     pub intervals: Vec<Interval>,
     pub memory: Memory,
-    /// Whether replication lag was measured (not with replication off).
+    /// Whether replication lag was measured (not with replication off, nor with
+    /// `--target` without `--target-control`).
     pub replicated: bool,
     /// Times a write found the retention window full and waited (during the measured
     /// run): the secondary, or the link, set the pace.
@@ -224,7 +227,12 @@ pub(crate) fn sample() -> Results {
         counts: Counts::default(),
         histograms: Histograms::default(),
         intervals: Vec::new(),
-        memory: Memory::default(),
+        memory: Memory {
+            primary_peak_rss_bytes: Some(300 << 20),
+            primary_window_bytes: Some(256 << 20),
+            secondary_peak_rss_bytes: Some(200 << 20),
+            secondary_window_bytes: Some(64 << 20),
+        },
         replicated: true,
         window_full_waits: 3,
     };

@@ -199,15 +199,24 @@ pub fn human(results: &Results) -> String {
         );
         latency(&mut out, "lag", results.histograms.get(Metric::Lag));
     } else {
-        let _ = writeln!(out, "  replicated: no (replication off)");
+        // A target's run says why it did not measure lag; a pair's had replication off.
+        let _ = match header.config.get("lag_source") {
+            Some(why) => writeln!(out, "  replicated: lag {why}"),
+            None => writeln!(out, "  replicated: no (replication off)"),
+        };
     }
     let memory = &results.memory;
     let _ = write!(
         out,
-        "  memory: primary peak RSS {} (retention window {})",
-        mib(memory.primary_peak_rss_bytes),
-        mib(memory.primary_window_bytes)
+        "  memory: primary peak RSS {}",
+        memory.primary_peak_rss_bytes.map_or(
+            "unknown (not on this host, or no --target-control)".into(),
+            mib
+        )
     );
+    if let Some(window) = memory.primary_window_bytes {
+        let _ = write!(out, " (retention window {})", mib(window));
+    }
     match (
         memory.secondary_peak_rss_bytes,
         memory.secondary_window_bytes,

@@ -210,6 +210,130 @@ pub fn encode_export_name_reply(out: &mut Vec<u8>, size: u64, flags: u16, no_zer
     }
 }
 
+/// The client's side: the server's greeting parsed, its handshake flags returned.
+pub fn parse_greeting(buf: &[u8]) -> Result<Option<u16>, NbdError> {
+    if buf.len() < 18 {
+        return Ok(None);
+    }
+    for (at, expected) in [(0, NBDMAGIC), (8, IHAVEOPT)] {
+        let found = be_u64(buf, at);
+        if found != expected {
+            return Err(NbdError::BadMagic { expected, found });
+        }
+    }
+    let flags = be_u16(buf, 16);
+    if flags & FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(NbdError::NotFixedNewstyle(flags));
+    }
+    Ok(Some(flags))
+}
+
+/// The client's flags: fixed newstyle, and no zero padding when the server offers it.
+pub fn encode_client_flags(out: &mut Vec<u8>, server_flags: u16) {
+    let mut flags = CLIENT_FIXED_NEWSTYLE;
+    if server_flags & FLAG_NO_ZEROES != 0 {
+        flags |= CLIENT_NO_ZEROES;
+    }
+    out.extend_from_slice(&flags.to_be_bytes());
+}
+
+/// `NBD_OPT_GO` (or `NBD_OPT_INFO`) for export `name`, asking for the info types `wanted`.
+pub fn encode_go(out: &mut Vec<u8>, option: u32, name: &str, wanted: &[u16]) {
+    debug_assert!(option == OPT_GO || option == OPT_INFO);
+    let len = 4 + name.len() + 2 + 2 * wanted.len();
+    out.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    out.extend_from_slice(&option.to_be_bytes());
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&(wanted.len() as u16).to_be_bytes());
+    wanted
+        .iter()
+        .for_each(|w| out.extend_from_slice(&w.to_be_bytes()));
+}
+
+/// An option reply as the client reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionReply<'a> {
+    pub option: u32,
+    pub reply: u32,
+    pub data: &'a [u8],
+}
+
+impl OptionReply<'_> {
+    /// Error replies have the top bit set.
+    pub fn is_error(&self) -> bool {
+        self.reply & (1 << 31) != 0
+    }
+}
+
+/// The next option reply in `buf`, with the bytes it took.
+pub fn parse_option_reply(buf: &[u8]) -> Result<Option<(OptionReply<'_>, usize)>, NbdError> {
+    if buf.len() < 20 {
+        return Ok(None);
+    }
+    let magic = be_u64(buf, 0);
+    if magic != OPTION_REPLY_MAGIC {
+        return Err(NbdError::BadMagic {
+            expected: OPTION_REPLY_MAGIC,
+            found: magic,
+        });
+    }
+    let len = be_u32(buf, 16);
+    if len > MAX_OPTION_BYTES {
+        return Err(NbdError::OptionTooLong(len));
+    }
+    let end = 20 + len as usize;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    let reply = OptionReply {
+        option: be_u32(buf, 8),
+        reply: be_u32(buf, 12),
+        data: &buf[20..end],
+    };
+    Ok(Some((reply, end)))
+}
+
+/// What an `NBD_REP_INFO` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Info {
+    Export {
+        size: u64,
+        flags: u16,
+    },
+    BlockSize {
+        minimum: u32,
+        preferred: u32,
+        maximum: u32,
+    },
+    /// A type this client did not ask for: ignored.
+    Other(u16),
+}
+
+pub fn decode_info(data: &[u8]) -> Result<Info, NbdError> {
+    let short = |info| NbdError::ShortInfo {
+        info,
+        len: data.len(),
+    };
+    if data.len() < 2 {
+        return Err(short(u16::MAX));
+    }
+    match be_u16(data, 0) {
+        INFO_EXPORT if data.len() >= 12 => Ok(Info::Export {
+            size: be_u64(data, 2),
+            flags: be_u16(data, 10),
+        }),
+        INFO_BLOCK_SIZE if data.len() >= 14 => Ok(Info::BlockSize {
+            minimum: be_u32(data, 2),
+            preferred: be_u32(data, 6),
+            maximum: be_u32(data, 10),
+        }),
+        info @ (INFO_EXPORT | INFO_BLOCK_SIZE) => Err(short(info)),
+        other => Ok(Info::Other(other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +456,90 @@ mod tests {
         let ack = 20 + 12 + 20 + 14;
         assert_eq!(be_u32(&out, ack + 12), REP_ACK);
         assert_eq!(be_u32(&out, ack + 16), 0);
+    }
+
+    #[test]
+    fn the_client_half_reads_what_the_server_half_writes() {
+        let mut greeting = Vec::new();
+        encode_greeting(&mut greeting);
+        for cut in 0..greeting.len() {
+            assert_eq!(parse_greeting(&greeting[..cut]), Ok(None));
+        }
+        let flags = parse_greeting(&greeting).unwrap().unwrap();
+        let mut client = Vec::new();
+        encode_client_flags(&mut client, flags);
+        assert_eq!(parse_client_flags(&client), Ok(Some((true, 4))));
+        client.clear();
+        encode_client_flags(&mut client, FLAG_FIXED_NEWSTYLE);
+        assert_eq!(parse_client_flags(&client), Ok(Some((false, 4))));
+
+        let mut go = Vec::new();
+        encode_go(&mut go, OPT_GO, "data", &[INFO_BLOCK_SIZE]);
+        let (raw, used) = parse_option(&go).unwrap().unwrap();
+        assert_eq!(used, go.len());
+        assert_eq!(
+            decode_option(&raw),
+            Request::Info {
+                go: true,
+                name: "data",
+                wanted: vec![INFO_BLOCK_SIZE]
+            }
+        );
+
+        let mut replies = Vec::new();
+        encode_info(&mut replies, OPT_GO, 64 << 20, 0x10d, 4096, 1 << 20);
+        encode_reply(&mut replies, OPT_GO, REP_ERR_UNKNOWN, b"no such export");
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while let Some((reply, used)) = parse_option_reply(&replies[at..]).unwrap() {
+            assert_eq!(reply.option, OPT_GO);
+            seen.push(match reply.reply {
+                REP_INFO => format!("{:?}", decode_info(reply.data).unwrap()),
+                REP_ACK => "ack".into(),
+                _ => {
+                    assert!(reply.is_error());
+                    String::from_utf8_lossy(reply.data).into_owned()
+                }
+            });
+            at += used;
+        }
+        assert_eq!(at, replies.len());
+        assert_eq!(
+            seen,
+            [
+                "Export { size: 67108864, flags: 269 }",
+                "BlockSize { minimum: 4096, preferred: 4096, maximum: 1048576 }",
+                "ack",
+                "no such export"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_client_half_refuses_a_bad_server() {
+        let mut greeting = Vec::new();
+        encode_greeting(&mut greeting);
+        greeting[17] = 0;
+        assert_eq!(
+            parse_greeting(&greeting),
+            Err(NbdError::NotFixedNewstyle(0))
+        );
+        greeting[3] ^= 1;
+        assert!(matches!(
+            parse_greeting(&greeting),
+            Err(NbdError::BadMagic { .. })
+        ));
+        let mut reply = Vec::new();
+        encode_reply(&mut reply, OPT_GO, REP_INFO, &[0, 0, 1]);
+        let (raw, _) = parse_option_reply(&reply).unwrap().unwrap();
+        assert_eq!(
+            decode_info(raw.data),
+            Err(NbdError::ShortInfo { info: 0, len: 3 })
+        );
+        reply[16..20].copy_from_slice(&(MAX_OPTION_BYTES + 1).to_be_bytes());
+        assert_eq!(
+            parse_option_reply(&reply),
+            Err(NbdError::OptionTooLong(MAX_OPTION_BYTES + 1))
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The NBD protocol (fixed newstyle handshake and transmission), as a sans-I/O codec: it
-//! parses what a client sends from a byte buffer and encodes the server's replies. The
-//! primary's NBD export (a later step) drives it over TCP. Numbers follow the NBD
-//! protocol document (NetworkBlockDevice/nbd `doc/proto.md`); all integers are big-endian.
+//! parses what a client sends from a byte buffer and encodes the server's replies (the
+//! primary's NBD export drives it over TCP); its client half (what a client sends, the
+//! server's replies parsed) serves `ordo bench --target`. Numbers follow the NBD protocol
+//! document (NetworkBlockDevice/nbd `doc/proto.md`); all integers are big-endian.
 
 pub mod handshake;
 pub mod pipeline;
@@ -22,6 +23,7 @@ pub const CLIENT_NO_ZEROES: u32 = 1 << 1;
 
 /// Transmission flags.
 pub const TFLAG_HAS_FLAGS: u16 = 1 << 0;
+pub const TFLAG_READ_ONLY: u16 = 1 << 1;
 pub const TFLAG_SEND_FLUSH: u16 = 1 << 2;
 pub const TFLAG_SEND_FUA: u16 = 1 << 3;
 pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
@@ -46,6 +48,12 @@ pub enum NbdError {
     UnknownClientFlags(u32),
     #[error("option data of {0} bytes is over the {MAX_OPTION_BYTES}-byte limit")]
     OptionTooLong(u32),
+    /// The server does not speak the fixed newstyle handshake (client side).
+    #[error("the server's handshake flags {0:#x} lack fixed newstyle")]
+    NotFixedNewstyle(u16),
+    /// An `NBD_REP_INFO` too short for its type (client side).
+    #[error("NBD_REP_INFO of type {info} has {len} bytes, too few")]
+    ShortInfo { info: u16, len: usize },
 }
 
 /// Largest option payload accepted (a name of `MAX_STRING_BYTES` and its info requests).
