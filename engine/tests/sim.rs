@@ -15,8 +15,10 @@ use ordo_engine::sim::{run_seed, SimStats};
 /// but never flushed were trusted as durable, and a later power loss took them away;
 /// 461: the recovery scan jumped over a lost record that ended a lap exactly (it took the
 /// hole for the writer's skip to the next lap), so a data set applied to the replica was
-/// not found again in the journal.
-const REGRESSION_SEEDS: [u64; 10] = [37, 124, 400, 952, 994, 214, 445, 448, 988, 461];
+/// not found again in the journal;
+/// 51: a read on the primary dropped the device completions polled after its own, so
+/// writes were never acknowledged and the primary never caught up.
+const REGRESSION_SEEDS: [u64; 11] = [37, 124, 400, 952, 994, 214, 445, 448, 988, 461, 51];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

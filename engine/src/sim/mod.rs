@@ -25,6 +25,8 @@ pub struct SimStats {
     pub steps: u64,
     pub writes: u64,
     pub flushes: u64,
+    /// Application reads on the primary.
+    pub reads: u64,
     pub data_sets: u64,
     pub window_full: u64,
     pub packets: u64,
@@ -52,6 +54,7 @@ impl SimStats {
         self.steps += other.steps;
         self.writes += other.writes;
         self.flushes += other.flushes;
+        self.reads += other.reads;
         self.data_sets += other.data_sets;
         self.window_full += other.window_full;
         self.packets += other.packets;
@@ -76,10 +79,11 @@ impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "steps {} writes {} flushes {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {})",
+            "steps {} writes {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {})",
             self.steps,
             self.writes,
             self.flushes,
+            self.reads,
             self.data_sets,
             self.window_full,
             self.packets,

@@ -16,7 +16,7 @@ use super::{SimStats, Violation};
 use crate::primary::{Primary, PrimaryEvent, SubmitError};
 use crate::protocol::{decode, frame_len, DataSetId, VolumeId};
 use crate::secondary::{InjectedBug, Secondary};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 
 /// Simulated time allowed after the workload ends for the secondary to reach the last
 /// closed data set: generous next to the longest fault (a 100 ms partition).
@@ -49,6 +49,10 @@ pub struct World {
     reported_applied: DataSetId,
     checked_applied: Option<DataSetId>,
     writes_left: u64,
+    /// Application reads on the primary, drawn apart from everything else so that every
+    /// seed's other draws stay as they were before reads existed: how often, and where.
+    reads_rng: ChaCha8Rng,
+    read_percent: u32,
     next_token: u64,
     buf: Vec<u8>,
     pub stats: SimStats,
@@ -86,8 +90,16 @@ impl World {
             .iter()
             .map(|g| g.size_bytes as usize)
             .collect();
+        let mut reads_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EAD_5EAD);
+        let read_percent = if reads_rng.random_bool(0.5) {
+            reads_rng.random_range(1..=30)
+        } else {
+            0
+        };
         World {
             seed,
+            reads_rng,
+            read_percent,
             net: Network::new(lanes, config.latency_us_max, config.net_faults),
             writes_left: config.writes,
             model: Model::new(&sizes),
@@ -261,7 +273,30 @@ impl World {
         if self.rng.random_ratio(self.config.flush_per_mille, 1000) {
             self.flush_primary()?;
         }
+        if self.read_percent > 0 && self.reads_rng.random_ratio(self.read_percent, 100) {
+            self.read_primary()?;
+        }
         Ok(())
+    }
+
+    /// An application read on the primary while its writes are in flight: it waits for the
+    /// device, and every other completion that arrives meanwhile must still be handled (a
+    /// lost one leaves a write never acknowledged, and the run never catches up).
+    fn read_primary(&mut self) -> Result<(), Violation> {
+        let volume = self.reads_rng.random_range(0..self.config.volumes.len());
+        let geometry = self.config.volumes[volume];
+        let block = u64::from(geometry.block_size);
+        let blocks_total = geometry.size_bytes / block;
+        let max_blocks = (u64::from(self.config.primary.max_write_bytes) / block).min(blocks_total);
+        let blocks = self.reads_rng.random_range(1..=max_blocks);
+        let offset = block * self.reads_rng.random_range(0..=blocks_total - blocks);
+        let mut buf = vec![0u8; (blocks * block) as usize];
+        match self.primary.read(VolumeId(volume as u16), offset, &mut buf) {
+            Ok(()) => self.stats.reads += 1,
+            Err(SubmitError::Invalid(StorageError::QueueFull(_))) => {}
+            Err(error) => return Err(self.violation(format!("read refused: {error}"))),
+        }
+        self.drain_primary_events()
     }
 
     fn flush_primary(&mut self) -> Result<(), Violation> {
