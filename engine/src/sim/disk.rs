@@ -151,19 +151,6 @@ impl Storage for SimDisk {
         self.geometry
     }
 
-    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        self.geometry.check_io(offset, data.len())?;
-        self.check_queue()?;
-        let at = offset as usize;
-        self.visible[at..at + data.len()].copy_from_slice(data);
-        let write = UnflushedWrite {
-            offset,
-            data: data.to_vec(),
-        };
-        self.in_flight.push((tag, Op::Write, Some(write)));
-        Ok(())
-    }
-
     fn submit_write_with(
         &mut self,
         tag: IoTag,

@@ -75,13 +75,6 @@ impl Storage for MemStorage {
         self.geometry
     }
 
-    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        let range = self.admit_io(offset, data.len())?;
-        self.volume[range].copy_from_slice(data);
-        self.complete(tag, Ok(()));
-        Ok(())
-    }
-
     fn submit_write_with(
         &mut self,
         tag: IoTag,

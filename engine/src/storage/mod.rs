@@ -168,7 +168,11 @@ pub trait Storage {
     fn geometry(&self) -> Geometry;
 
     /// Starts writing `data` at `offset`; `data` is consumed before this returns.
-    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError>;
+    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.submit_write_with(tag, offset, data.len(), &mut |out| {
+            out.copy_from_slice(data)
+        })
+    }
 
     /// Starts writing `len` bytes at `offset` that `fill` puts straight into the request's
     /// buffer (exactly `len` bytes, of unspecified contents before): a record assembled in

@@ -347,21 +347,6 @@ impl Storage for UringStorage {
         self.geometry
     }
 
-    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        self.geometry.check_io(offset, data.len())?;
-        self.admit()?;
-        // check_io bounds the length by max_io_bytes, a u32.
-        let len = data.len() as u32;
-        let slot = self.take_slot(Slot::Write { tag, len });
-        // SAFETY: the slot was free, so no request in flight uses its memory.
-        let buffer = unsafe { self.pool.slot_mut(slot) };
-        buffer[..data.len()].copy_from_slice(data);
-        let entry = opcode::Write::new(self.fd(), self.pool.slot_ptr(slot), len)
-            .offset(offset)
-            .build();
-        self.push(slot, entry)
-    }
-
     fn submit_write_with(
         &mut self,
         tag: IoTag,
