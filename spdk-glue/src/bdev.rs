@@ -1,0 +1,529 @@
+//! `BdevStorage`: the engine's `Storage` on an SPDK bdev (malloc in CI, NVMe on bare
+//! metal). A descriptor and an io channel on the opening OS thread's SPDK thread, one DMA
+//! region cut into `max_in_flight` request slots (no allocation per request), completions
+//! recorded by the callback into a queue that `poll` drains: never delivered inside
+//! `submit_*`. A request the bdev layer has no room for (`-ENOMEM`) waits in SPDK's io-wait
+//! queue and is resubmitted from there.
+//!
+//! Reads wait for the device inside `submit_read`, as the io_uring backend's `pread` does:
+//! they serve recovery, verification and the application's reads, not the write path.
+
+use std::collections::VecDeque;
+use std::ffi::{c_int, c_void, CString};
+use std::ptr::{self, NonNull};
+use std::rc::Rc;
+
+use ordo_engine::storage::{Completion, Geometry, IoTag, Storage, StorageError};
+
+use crate::dma::DmaBuffer;
+use crate::env::Env;
+use crate::error::SpdkError;
+use crate::sys;
+use crate::thread::SpdkThread;
+
+const ENOMEM: c_int = 12;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Write,
+    Read,
+    Flush,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Free,
+    /// With the bdev layer.
+    Submitted,
+    /// In SPDK's io-wait queue after `-ENOMEM`.
+    Waiting,
+    /// Finished (`Ok` or the errno / failure), not yet reported by `poll`.
+    Done(Result<(), c_int>),
+}
+
+/// What the callbacks need to resubmit a request and to report it.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    desc: *mut sys::spdk_bdev_desc,
+    channel: *mut sys::spdk_io_channel,
+    bdev: *mut sys::spdk_bdev,
+    /// The finished-request queue (its own allocation, apart from the slots).
+    done: *mut VecDeque<u32>,
+}
+
+/// One request in flight. Slots live in a boxed slice that never moves or resizes while
+/// the bdev is open: SPDK holds `*mut Slot` as its callback argument.
+struct Slot {
+    index: u32,
+    target: Target,
+    state: State,
+    op: Op,
+    tag: IoTag,
+    offset: u64,
+    len: u64,
+    /// This slot's part of the DMA region.
+    buf: *mut u8,
+    /// SPDK links this into its io-wait queue while the request waits for room.
+    wait: sys::spdk_bdev_io_wait_entry,
+}
+
+/// An SPDK bdev opened for reading and writing on this OS thread.
+#[derive(Debug)]
+pub struct BdevStorage {
+    name: String,
+    geometry: Geometry,
+    flush_supported: bool,
+    /// `Box<[Slot]>` turned into a raw pointer: the callbacks reach slots through the
+    /// pointers SPDK hands back, so no `&mut` to the whole slice is held across SPDK calls.
+    slots: NonNull<[Slot]>,
+    done: NonNull<VecDeque<u32>>,
+    free: Vec<u32>,
+    /// Slots taken and not yet reported by `poll`.
+    busy: u32,
+    slot_bytes: usize,
+    /// Fields drop in this order after `Drop::drop` waited for every request: the DMA
+    /// region, the channel (put before its descriptor closes), the descriptor, and last
+    /// the SPDK thread both belong to.
+    _pool: DmaBuffer,
+    _channel: Channel,
+    _desc: Desc,
+    thread: Rc<SpdkThread>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("index", &self.index)
+            .field("state", &self.state)
+            .field("op", &self.op)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BdevStorage {
+    /// Opens bdev `name` on this OS thread (creating its SPDK thread if needed), with up to
+    /// `max_in_flight` requests of at most `max_io_bytes` each; the DMA region is their
+    /// product. The bdev's own block size must be 512 or 4096.
+    pub fn open(
+        env: &Env,
+        name: &str,
+        max_in_flight: u32,
+        max_io_bytes: u32,
+    ) -> Result<BdevStorage, SpdkError> {
+        let bad = |what: String| SpdkError::BdevShape {
+            name: name.to_string(),
+            what,
+        };
+        let thread = SpdkThread::current(env)?;
+        let c_name = CString::new(name).map_err(|_| bad("a name with a NUL byte".into()))?;
+        let mut desc = ptr::null_mut();
+        // SAFETY: this OS thread's SPDK thread is current (SpdkThread::current); the name
+        // is NUL-terminated and copied by SPDK; `desc` is written on success only. The
+        // event callback ignores events and needs no context.
+        let rc = unsafe {
+            sys::spdk_bdev_open_ext(
+                c_name.as_ptr(),
+                true,
+                Some(bdev_event),
+                ptr::null_mut(),
+                &mut desc,
+            )
+        };
+        let desc = match NonNull::new(desc) {
+            Some(desc) if rc == 0 => Desc(desc),
+            _ => {
+                return Err(SpdkError::Bdev {
+                    name: name.to_string(),
+                    what: "cannot open it (no bdev of that name in the SPDK config?)",
+                    errno: -rc,
+                })
+            }
+        };
+        // SAFETY: `desc` is open; the bdev lives at least as long as the descriptor.
+        let bdev = unsafe { sys::spdk_bdev_desc_get_bdev(desc.0.as_ptr()) };
+        // SAFETY: `bdev` is the descriptor's live bdev.
+        let (block_size, blocks, buf_align, flush_supported) = unsafe {
+            (
+                sys::spdk_bdev_get_block_size(bdev),
+                sys::spdk_bdev_get_num_blocks(bdev),
+                sys::spdk_bdev_get_buf_align(bdev),
+                sys::spdk_bdev_io_type_supported(
+                    bdev,
+                    sys::spdk_bdev_io_type::SPDK_BDEV_IO_TYPE_FLUSH,
+                ),
+            )
+        };
+        let size_bytes = blocks
+            .checked_mul(u64::from(block_size))
+            .ok_or_else(|| bad(format!("{blocks} blocks of {block_size} bytes overflow")))?;
+        let geometry = Geometry {
+            size_bytes,
+            block_size,
+            max_io_bytes,
+            max_in_flight,
+        };
+        geometry.validate().map_err(|e| bad(e.to_string()))?;
+        // SAFETY: `desc` is open and this OS thread's SPDK thread is current.
+        let channel = unsafe { sys::spdk_bdev_get_io_channel(desc.0.as_ptr()) };
+        let channel = NonNull::new(channel).ok_or(SpdkError::Bdev {
+            name: name.to_string(),
+            what: "no io channel",
+            errno: 0,
+        })?;
+        let channel = Channel(channel);
+        let slot_bytes = max_io_bytes as usize;
+        let pool = DmaBuffer::zeroed(
+            slot_bytes * max_in_flight as usize,
+            buf_align.max(block_size as usize).next_power_of_two(),
+        )?;
+        let done = Box::into_raw(Box::new(VecDeque::with_capacity(max_in_flight as usize)));
+        let target = Target {
+            desc: desc.0.as_ptr(),
+            channel: channel.0.as_ptr(),
+            bdev,
+            done,
+        };
+        let slots: Box<[Slot]> = (0..max_in_flight)
+            .map(|index| Slot {
+                index,
+                target,
+                state: State::Free,
+                op: Op::Flush,
+                tag: 0,
+                offset: 0,
+                len: 0,
+                // SAFETY: slot `index` < max_in_flight, so its part is inside the region.
+                buf: unsafe { pool.as_mut_ptr().add(index as usize * slot_bytes) },
+                // SAFETY: plain C data (pointers and a function pointer option), filled in
+                // before SPDK sees it.
+                wait: unsafe { std::mem::zeroed() },
+            })
+            .collect();
+        let storage = BdevStorage {
+            name: name.to_string(),
+            geometry,
+            flush_supported,
+            // SAFETY: Box::into_raw never returns null.
+            slots: unsafe { NonNull::new_unchecked(Box::into_raw(slots)) },
+            // SAFETY: as above.
+            done: unsafe { NonNull::new_unchecked(done) },
+            free: (0..max_in_flight).rev().collect(),
+            busy: 0,
+            slot_bytes,
+            _pool: pool,
+            _channel: channel,
+            _desc: desc,
+            thread,
+        };
+        tracing::info!(
+            "SPDK bdev {name}: {size_bytes} bytes, {block_size}-byte blocks, flush {}",
+            if flush_supported {
+                "supported"
+            } else {
+                "not needed"
+            }
+        );
+        Ok(storage)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn slot(&mut self, index: u32) -> *mut Slot {
+        assert!(index < self.geometry.max_in_flight);
+        // SAFETY: `slots` points to a live boxed slice of max_in_flight slots.
+        unsafe { self.slots.as_ptr().cast::<Slot>().add(index as usize) }
+    }
+
+    /// Takes a free slot for a request, or refuses with `QueueFull`.
+    fn admit(
+        &mut self,
+        op: Op,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+    ) -> Result<*mut Slot, StorageError> {
+        let index = self
+            .free
+            .pop()
+            .ok_or(StorageError::QueueFull(self.geometry.max_in_flight))?;
+        self.busy += 1;
+        let slot = self.slot(index);
+        // SAFETY: a free slot is not known to SPDK; no other reference to it exists.
+        unsafe {
+            assert_eq!((*slot).state, State::Free);
+            (*slot).op = op;
+            (*slot).tag = tag;
+            (*slot).offset = offset;
+            (*slot).len = len;
+        }
+        Ok(slot)
+    }
+
+    fn buffer(&mut self, slot: *mut Slot, len: usize) -> &mut [u8] {
+        assert!(len <= self.slot_bytes);
+        // SAFETY: the slot's buffer is `slot_bytes` long inside the DMA region, used by
+        // this request only, and SPDK does not touch it until the request is issued.
+        unsafe { std::slice::from_raw_parts_mut((*slot).buf, len) }
+    }
+
+    fn error(&self, op: &str, offset: u64, errno: c_int) -> StorageError {
+        StorageError::Io {
+            kind: std::io::ErrorKind::Other,
+            message: if errno == 0 {
+                format!("SPDK bdev {}: {op} at offset {offset} failed", self.name)
+            } else {
+                format!(
+                    "SPDK bdev {}: {op} at offset {offset}: errno {errno}",
+                    self.name
+                )
+            },
+        }
+    }
+}
+
+/// Hands the slot's request to the bdev layer; on `-ENOMEM` queues it to wait for room.
+/// Any other refusal finishes it with that error (reported by `poll`).
+///
+/// # Safety
+/// `slot` points to a live slot of an open `BdevStorage`, on that bdev's SPDK thread, and
+/// no reference to the slot is alive.
+unsafe fn issue(slot: *mut Slot) {
+    // SAFETY: the caller's contract.
+    let (target, op, offset, len, buf) = unsafe {
+        let s = &*slot;
+        (s.target, s.op, s.offset, s.len, s.buf)
+    };
+    let arg = slot.cast::<c_void>();
+    // SAFETY: descriptor and channel are open on this SPDK thread; the buffer is the
+    // slot's DMA memory (at least `len` bytes), untouched until the completion; `arg`
+    // stays valid until the callback (the slots outlive every request in flight).
+    let rc = unsafe {
+        match op {
+            Op::Write => sys::spdk_bdev_write(
+                target.desc,
+                target.channel,
+                buf.cast(),
+                offset,
+                len,
+                Some(io_done),
+                arg,
+            ),
+            Op::Read => sys::spdk_bdev_read(
+                target.desc,
+                target.channel,
+                buf.cast(),
+                offset,
+                len,
+                Some(io_done),
+                arg,
+            ),
+            Op::Flush => {
+                sys::spdk_bdev_flush(target.desc, target.channel, offset, len, Some(io_done), arg)
+            }
+        }
+    };
+    if rc == 0 {
+        // SAFETY: the caller's contract; SPDK completes from a later poll, never inside.
+        unsafe { (*slot).state = State::Submitted };
+        return;
+    }
+    if rc == -ENOMEM {
+        // SAFETY: the caller's contract; the entry is inside the slot, which stays put
+        // until SPDK calls `io_retry` with it.
+        let queued = unsafe {
+            (*slot).state = State::Waiting;
+            (*slot).wait.bdev = target.bdev;
+            (*slot).wait.cb_fn = Some(io_retry);
+            (*slot).wait.cb_arg = arg;
+            sys::spdk_bdev_queue_io_wait(target.bdev, target.channel, &mut (*slot).wait)
+        };
+        if queued == 0 {
+            return;
+        }
+        // SAFETY: the caller's contract.
+        unsafe { finish(slot, Err(-queued)) };
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { finish(slot, Err(-rc)) };
+}
+
+/// Marks the slot finished and queues it for `poll`.
+///
+/// # Safety
+/// As for `issue`.
+unsafe fn finish(slot: *mut Slot, result: Result<(), c_int>) {
+    // SAFETY: the caller's contract; the done queue is a separate allocation of the same
+    // bdev, with capacity for every slot, so the push never reallocates.
+    unsafe {
+        (*slot).state = State::Done(result);
+        let done = &mut *(*slot).target.done;
+        debug_assert!(done.len() < done.capacity());
+        done.push_back((*slot).index);
+    }
+}
+
+/// SPDK's completion callback, on the bdev's SPDK thread inside `spdk_thread_poll`.
+extern "C" fn io_done(bdev_io: *mut sys::spdk_bdev_io, success: bool, arg: *mut c_void) {
+    // SAFETY: SPDK hands back the bdev_io it gave us, to be freed once.
+    unsafe { sys::spdk_bdev_free_io(bdev_io) };
+    let slot = arg.cast::<Slot>();
+    // SAFETY: `arg` is the `*mut Slot` passed in `issue`; the slot is live (a bdev waits
+    // for its requests before it frees them) and no reference to it is held during the
+    // poll that runs this callback.
+    unsafe { finish(slot, if success { Ok(()) } else { Err(0) }) };
+}
+
+/// SPDK's io-wait callback: room in the bdev layer again.
+extern "C" fn io_retry(arg: *mut c_void) {
+    // SAFETY: `arg` is the waiting slot (see `issue`), on its SPDK thread, unreferenced.
+    unsafe { issue(arg.cast::<Slot>()) };
+}
+
+/// Events on an open bdev (resize, hot remove). A removed bdev's requests fail, which the
+/// engine reports; nothing else to do here.
+extern "C" fn bdev_event(
+    _kind: sys::spdk_bdev_event_type,
+    _bdev: *mut sys::spdk_bdev,
+    _ctx: *mut c_void,
+) {
+}
+
+impl Storage for BdevStorage {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError> {
+        self.geometry.check_io(offset, len)?;
+        let slot = self.admit(Op::Write, tag, offset, len as u64)?;
+        fill(self.buffer(slot, len));
+        // SAFETY: a slot of ours, on this bdev's SPDK thread (this OS thread), the
+        // buffer filled and no reference to the slot alive.
+        unsafe { issue(slot) };
+        Ok(())
+    }
+
+    fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.geometry.check_io(offset, buf.len())?;
+        let slot = self.admit(Op::Read, tag, offset, buf.len() as u64)?;
+        // SAFETY: as in submit_write_with.
+        unsafe { issue(slot) };
+        // The callback changes the state inside a poll (SPDK holds the slot pointer).
+        loop {
+            // SAFETY: read between polls, with no reference held across one.
+            if !matches!(unsafe { (*slot).state }, State::Submitted | State::Waiting) {
+                break;
+            }
+            self.thread.poll();
+        }
+        // SAFETY: finished: SPDK is done with the slot's buffer.
+        if let State::Done(Ok(())) = unsafe { (*slot).state } {
+            buf.copy_from_slice(self.buffer(slot, buf.len()));
+        }
+        Ok(())
+    }
+
+    fn submit_flush(&mut self, tag: IoTag) -> Result<(), StorageError> {
+        let slot = self.admit(Op::Flush, tag, 0, self.geometry.size_bytes)?;
+        if self.flush_supported {
+            // SAFETY: as in submit_write_with.
+            unsafe { issue(slot) };
+        } else {
+            // No volatile cache: a completed write is already durable. Reported by poll.
+            // SAFETY: our slot, unknown to SPDK.
+            unsafe { finish(slot, Ok(())) };
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+        self.thread.poll();
+        let mut reported = 0;
+        while reported < max {
+            // SAFETY: the callbacks push only during `thread.poll()`, which has returned;
+            // this is the only reference to the queue now.
+            let Some(index) = (unsafe { (*self.done.as_ptr()).pop_front() }) else {
+                break;
+            };
+            let slot = self.slot(index);
+            // SAFETY: a finished slot: SPDK no longer refers to it.
+            let (state, op, tag, offset) =
+                unsafe { ((*slot).state, (*slot).op, (*slot).tag, (*slot).offset) };
+            let result = match state {
+                State::Done(Ok(())) => Ok(()),
+                State::Done(Err(errno)) => {
+                    let what = match op {
+                        Op::Write => "write",
+                        Op::Read => "read",
+                        Op::Flush => "flush",
+                    };
+                    Err(self.error(what, offset, errno))
+                }
+                other => unreachable!("slot {index} queued as done in state {other:?}"),
+            };
+            // SAFETY: as above.
+            unsafe { (*slot).state = State::Free };
+            self.free.push(index);
+            self.busy -= 1;
+            out.push(Completion { tag, result });
+            reported += 1;
+        }
+        reported
+    }
+
+    fn in_flight(&self) -> u32 {
+        self.busy
+    }
+}
+
+impl Drop for BdevStorage {
+    fn drop(&mut self) {
+        // SPDK may still write into slots and buffers of requests in flight: wait for
+        // every one (the bdev layer completes or fails each, on its own timeouts).
+        let mut discard = Vec::new();
+        while self.busy > 0 {
+            discard.clear();
+            self.poll(&mut discard, usize::MAX);
+        }
+        // SAFETY: nothing is in flight, so SPDK holds no pointer into the slots or the
+        // queue; both came from Box::into_raw in `open` and are freed once.
+        unsafe {
+            drop(Box::from_raw(self.slots.as_ptr()));
+            drop(Box::from_raw(self.done.as_ptr()));
+        }
+    }
+}
+
+/// An open bdev descriptor, closed on drop (on the SPDK thread that opened it, which the
+/// owner keeps alive longer).
+#[derive(Debug)]
+struct Desc(NonNull<sys::spdk_bdev_desc>);
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: opened on this OS thread's SPDK thread, closed once; its channel was put
+        // first (field order in BdevStorage, or never taken).
+        unsafe { sys::spdk_bdev_close(self.0.as_ptr()) };
+    }
+}
+
+/// An io channel, put back on drop; the SPDK thread's exit runs the release.
+#[derive(Debug)]
+struct Channel(NonNull<sys::spdk_io_channel>);
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        // SAFETY: taken on this OS thread's SPDK thread, put once, with nothing in flight
+        // on it (BdevStorage waits for its requests first).
+        unsafe { sys::spdk_put_io_channel(self.0.as_ptr()) };
+    }
+}

@@ -1,0 +1,289 @@
+//! SPDK's environment, started once per process: DPDK's EAL (memory, no hugepages on
+//! request), the thread library without SPDK's event framework, and the subsystems with
+//! the bdevs of a JSON config (the format SPDK's own applications take). A background
+//! thread owns SPDK's application thread and polls it for as long as the process lives
+//! (DPDK cannot be initialised twice in one process, so there is no teardown).
+
+use std::ffi::{c_int, c_void, CString};
+use std::path::PathBuf;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::SpdkError;
+use crate::sys;
+
+/// A JSON config larger than this is refused before it is read.
+const CONFIG_BYTES_MAX: u64 = 16 << 20;
+/// How long the application thread's poller sleeps when SPDK had nothing for it: its
+/// messages are rare (bdev registration, hot remove), and it must not take a core.
+const APP_IDLE: Duration = Duration::from_micros(500);
+
+/// How to start SPDK's environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvOptions {
+    /// Names the process to DPDK (its shared files are per process id, so several ordo
+    /// processes can run at once).
+    pub name: String,
+    /// An SPDK JSON config: `{"subsystems": [{"subsystem": "bdev", "config": [...]}]}`.
+    pub config: PathBuf,
+    /// Memory for DMA buffers and bdevs, in MiB (required without hugepages).
+    pub mem_size_mb: Option<u32>,
+    /// Plain memory instead of hugepages: for tests and small machines; no PCI devices.
+    pub no_huge: bool,
+    /// Do not probe PCI devices (malloc, aio and other software bdevs only).
+    pub no_pci: bool,
+}
+
+/// The started environment: proof that bdevs can be opened.
+#[derive(Debug)]
+pub struct Env {
+    options: EnvOptions,
+}
+
+impl Env {
+    pub fn options(&self) -> &EnvOptions {
+        &self.options
+    }
+}
+
+enum Started {
+    Ok(&'static Env),
+    Failed,
+}
+
+static STARTED: Mutex<Option<Started>> = Mutex::new(None);
+/// Set at process exit: the application thread stops polling before SPDK's and DPDK's
+/// destructors free what a poll would touch.
+static STOP: AtomicBool = AtomicBool::new(false);
+static APP_THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
+
+/// The environment, if `init` started it.
+pub fn env() -> Option<&'static Env> {
+    match *STARTED.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(Started::Ok(env)) => Some(env),
+        _ => None,
+    }
+}
+
+/// Starts SPDK's environment with `options`, once per process: a second call with the
+/// same options returns the running environment, with other options it is an error.
+pub fn init(options: EnvOptions) -> Result<&'static Env, SpdkError> {
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    match &*started {
+        Some(Started::Ok(env)) if env.options == options => return Ok(env),
+        Some(Started::Ok(_)) => return Err(SpdkError::AlreadyStarted),
+        Some(Started::Failed) => return Err(SpdkError::StartFailedBefore),
+        None => {}
+    }
+    let json = read_config(&options)?;
+    if options.no_huge && options.mem_size_mb.is_none() {
+        return Err(SpdkError::Config {
+            path: options.config.clone(),
+            message: "running without hugepages needs a memory size (--spdk-mem-mb)".into(),
+        });
+    }
+    // From here on, a failure leaves DPDK half started: no second attempt.
+    *started = Some(Started::Failed);
+    let (report, outcome) = mpsc::sync_channel(1);
+    let thread_options = options.clone();
+    let handle = std::thread::Builder::new()
+        .name("spdk-app".into())
+        .spawn(move || app_thread(thread_options, json, report))
+        .map_err(|_| SpdkError::Thread("the application thread"))?;
+    outcome
+        .recv()
+        .unwrap_or(Err(SpdkError::Thread("the application thread ended")))?;
+    *APP_THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    // SAFETY: registers a plain `extern "C" fn()` that is valid for the whole process.
+    // Handlers run in reverse order of registration, so it runs before the destructors
+    // SPDK and DPDK registered when they were loaded.
+    if unsafe { libc::atexit(stop_app_thread) } != 0 {
+        tracing::warn!("SPDK: no exit handler; the process may crash on exit");
+    }
+    let env: &'static Env = Box::leak(Box::new(Env { options }));
+    *started = Some(Started::Ok(env));
+    Ok(env)
+}
+
+fn read_config(options: &EnvOptions) -> Result<Vec<u8>, SpdkError> {
+    let bad = |message: String| SpdkError::Config {
+        path: options.config.clone(),
+        message,
+    };
+    let len = std::fs::metadata(&options.config)
+        .map_err(|e| bad(e.to_string()))?
+        .len();
+    if len > CONFIG_BYTES_MAX {
+        return Err(bad(format!("{len} bytes, more than {CONFIG_BYTES_MAX}")));
+    }
+    let json = std::fs::read(&options.config).map_err(|e| bad(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&json).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if !value.get("subsystems").is_some_and(|s| s.is_array()) {
+        return Err(bad(
+            "no \"subsystems\" array (SPDK's JSON config format, as `spdk_tgt --json` takes)"
+                .into(),
+        ));
+    }
+    Ok(json)
+}
+
+/// Starts the environment on this (unpinned) thread, loads the config, reports the
+/// outcome, then polls SPDK's application thread until the process ends.
+fn app_thread(options: EnvOptions, json: Vec<u8>, report: mpsc::SyncSender<Result<(), SpdkError>>) {
+    let app = match start(&options, json) {
+        Ok(app) => app,
+        Err(error) => {
+            let _ = report.send(Err(error));
+            return;
+        }
+    };
+    let _ = report.send(Ok(()));
+    // Relaxed: the flag orders nothing; the exit handler joins this thread.
+    while !STOP.load(Ordering::Relaxed) {
+        // SAFETY: `app` is the SPDK thread this OS thread created in `start`; only this
+        // thread polls it, and it is never destroyed (it lives as long as the process).
+        let did = unsafe { sys::spdk_thread_poll(app, 0, 0) };
+        if did == 0 {
+            std::thread::sleep(APP_IDLE);
+        }
+    }
+}
+
+/// Process exit: stop polling SPDK's application thread, and wait until it stopped.
+extern "C" fn stop_app_thread() {
+    STOP.store(true, Ordering::Relaxed);
+    let handle = APP_THREAD.lock().ok().and_then(|mut h| h.take());
+    if let Some(handle) = handle {
+        let _ = handle.join();
+    }
+}
+
+/// What the config-loading callbacks share with `start`, which polls until `rc` is set.
+struct Loading {
+    json: Vec<u8>,
+    stage: &'static str,
+    rc: Option<c_int>,
+}
+
+fn start(options: &EnvOptions, mut json: Vec<u8>) -> Result<*mut sys::spdk_thread, SpdkError> {
+    // Leaked: DPDK keeps pointers into its arguments for the life of the process.
+    let name = CString::new(options.name.as_str())
+        .map_err(|_| SpdkError::Thread("a process name with a NUL byte"))?;
+    let name: &'static CString = Box::leak(Box::new(name));
+    // SAFETY: `spdk_env_opts` is plain data; `spdk_env_opts_init` fills every field once
+    // `opts_size` says how large our copy of the struct is (SPDK's versioned options).
+    let mut opts: sys::spdk_env_opts = unsafe { std::mem::zeroed() };
+    opts.opts_size = std::mem::size_of::<sys::spdk_env_opts>();
+    // SAFETY: `opts` is a valid, writable spdk_env_opts with opts_size set.
+    unsafe { sys::spdk_env_opts_init(&mut opts) };
+    opts.name = name.as_ptr();
+    opts.no_huge = options.no_huge;
+    opts.no_pci = options.no_pci;
+    if let Some(mb) = options.mem_size_mb {
+        opts.mem_size = c_int::try_from(mb).unwrap_or(c_int::MAX);
+    }
+    // SAFETY: `opts` was initialised by spdk_env_opts_init; its strings are 'static.
+    if unsafe { sys::spdk_env_init(&opts) } < 0 {
+        return Err(SpdkError::EnvInit);
+    }
+    // SAFETY: no arguments; undoes the EAL's pinning of this thread to the first core
+    // (ordo pins its own pollers).
+    unsafe { sys::spdk_unaffinitize_thread() };
+    // SAFETY: called once (guarded by `init`), after the environment, with no scheduling
+    // callback: each SPDK thread is polled by the OS thread that created it.
+    if unsafe { sys::spdk_thread_lib_init(None, 0) } != 0 {
+        return Err(SpdkError::Thread("the thread library did not start"));
+    }
+    // SAFETY: the thread library is initialised; the name is a NUL-terminated literal; a
+    // NULL cpumask means any core.
+    let app = unsafe { sys::spdk_thread_create(c"ordo_app".as_ptr(), ptr::null()) };
+    if app.is_null() {
+        return Err(SpdkError::Thread("the application thread"));
+    }
+    // SAFETY: `app` was just created and is polled only by this OS thread.
+    unsafe { sys::spdk_set_thread(app) };
+    json.push(0);
+    let mut loading = Loading {
+        json,
+        stage: "startup RPCs",
+        rc: None,
+    };
+    let ctx: *mut Loading = &mut loading;
+    // SAFETY: the JSON buffer and `loading` outlive the load: this function polls until
+    // `rc` is set and only then returns (the callbacks are the last use of `ctx`). SPDK
+    // copies the JSON before parsing it.
+    unsafe {
+        sys::spdk_subsystem_load_config(
+            (*ctx).json.as_mut_ptr().cast(),
+            ((*ctx).json.len() - 1) as isize,
+            Some(startup_loaded),
+            ctx.cast(),
+            true,
+        )
+    };
+    loop {
+        // SAFETY: as above: `app` belongs to this OS thread.
+        unsafe { sys::spdk_thread_poll(app, 0, 0) };
+        // SAFETY: the callbacks ran (if at all) inside the poll above, on this thread;
+        // no reference to `loading` is alive across it.
+        if let Some(rc) = unsafe { (*ctx).rc } {
+            if rc != 0 {
+                return Err(SpdkError::LoadConfig {
+                    path: options.config.clone(),
+                    // SAFETY: as above.
+                    stage: unsafe { (*ctx).stage },
+                    rc,
+                });
+            }
+            return Ok(app);
+        }
+    }
+}
+
+/// The config's startup-time RPCs ran: start the subsystems.
+extern "C" fn startup_loaded(rc: c_int, ctx: *mut c_void) {
+    let loading = ctx.cast::<Loading>();
+    if rc != 0 {
+        // SAFETY: `ctx` is the `Loading` that `start` keeps alive until `rc` is set.
+        unsafe { (*loading).rc = Some(rc) };
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*loading).stage = "subsystem init" };
+    // SAFETY: called on the application thread, once the startup RPCs are done, as
+    // SPDK's own applications do; `ctx` stays valid (see above).
+    unsafe { sys::spdk_subsystem_init(Some(subsystems_started), ctx) };
+}
+
+/// The subsystems are up: run the config's runtime RPCs (bdev_malloc_create, ...).
+extern "C" fn subsystems_started(rc: c_int, ctx: *mut c_void) {
+    let loading = ctx.cast::<Loading>();
+    if rc != 0 {
+        // SAFETY: `ctx` is the `Loading` that `start` keeps alive until `rc` is set.
+        unsafe { (*loading).rc = Some(rc) };
+        return;
+    }
+    // SAFETY: as above; the JSON buffer is the one passed for the startup RPCs, still
+    // NUL-terminated and alive.
+    unsafe {
+        (*loading).stage = "runtime RPCs";
+        sys::spdk_rpc_set_state(sys::SPDK_RPC_RUNTIME);
+        sys::spdk_subsystem_load_config(
+            (*loading).json.as_mut_ptr().cast(),
+            ((*loading).json.len() - 1) as isize,
+            Some(runtime_loaded),
+            ctx,
+            true,
+        );
+    }
+}
+
+extern "C" fn runtime_loaded(rc: c_int, ctx: *mut c_void) {
+    // SAFETY: `ctx` is the `Loading` that `start` keeps alive until `rc` is set.
+    unsafe { (*ctx.cast::<Loading>()).rc = Some(rc) };
+}
