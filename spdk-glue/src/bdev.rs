@@ -48,7 +48,16 @@ struct Target {
     channel: *mut sys::spdk_io_channel,
     bdev: *mut sys::spdk_bdev,
     /// The finished-request queue (its own allocation, apart from the slots).
-    done: *mut VecDeque<u32>,
+    done: *mut Finished,
+}
+
+/// What the callbacks report back, in an allocation of its own (apart from the slots).
+#[derive(Debug)]
+struct Finished {
+    /// Slots finished and not yet reported by `poll`; capacity for every slot.
+    queue: VecDeque<u32>,
+    /// Requests that had to wait for room in the bdev layer (`-ENOMEM`).
+    io_waits: u64,
 }
 
 /// One request in flight. Slots live in a boxed slice that never moves or resizes while
@@ -76,7 +85,7 @@ pub struct BdevStorage {
     /// `Box<[Slot]>` turned into a raw pointer: the callbacks reach slots through the
     /// pointers SPDK hands back, so no `&mut` to the whole slice is held across SPDK calls.
     slots: NonNull<[Slot]>,
-    done: NonNull<VecDeque<u32>>,
+    done: NonNull<Finished>,
     free: Vec<u32>,
     /// Slots taken and not yet reported by `poll`.
     busy: u32,
@@ -176,7 +185,10 @@ impl BdevStorage {
             slot_bytes * max_in_flight as usize,
             buf_align.max(block_size as usize).next_power_of_two(),
         )?;
-        let done = Box::into_raw(Box::new(VecDeque::with_capacity(max_in_flight as usize)));
+        let done = Box::into_raw(Box::new(Finished {
+            queue: VecDeque::with_capacity(max_in_flight as usize),
+            io_waits: 0,
+        }));
         let target = Target {
             desc: desc.0.as_ptr(),
             channel: channel.0.as_ptr(),
@@ -228,6 +240,13 @@ impl BdevStorage {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Requests that found the bdev layer out of room (`-ENOMEM`) and waited in SPDK's
+    /// io-wait queue before going out: backpressure from SPDK, counted.
+    pub fn io_waits(&self) -> u64 {
+        // SAFETY: read between polls; the callbacks write it only inside one.
+        unsafe { (*self.done.as_ptr()).io_waits }
     }
 
     fn slot(&mut self, index: u32) -> *mut Slot {
@@ -334,6 +353,7 @@ unsafe fn issue(slot: *mut Slot) {
         // until SPDK calls `io_retry` with it.
         let queued = unsafe {
             (*slot).state = State::Waiting;
+            (*target.done).io_waits += 1;
             (*slot).wait.bdev = target.bdev;
             (*slot).wait.cb_fn = Some(io_retry);
             (*slot).wait.cb_arg = arg;
@@ -359,7 +379,7 @@ unsafe fn finish(slot: *mut Slot, result: Result<(), c_int>) {
     // bdev, with capacity for every slot, so the push never reallocates.
     unsafe {
         (*slot).state = State::Done(result);
-        let done = &mut *(*slot).target.done;
+        let done = &mut (*(*slot).target.done).queue;
         debug_assert!(done.len() < done.capacity());
         done.push_back((*slot).index);
     }
@@ -451,7 +471,7 @@ impl Storage for BdevStorage {
         while reported < max {
             // SAFETY: the callbacks push only during `thread.poll()`, which has returned;
             // this is the only reference to the queue now.
-            let Some(index) = (unsafe { (*self.done.as_ptr()).pop_front() }) else {
+            let Some(index) = (unsafe { (*self.done.as_ptr()).queue.pop_front() }) else {
                 break;
             };
             let slot = self.slot(index);
