@@ -7,6 +7,7 @@ mod demo;
 mod inspect;
 mod nbd;
 mod sim;
+mod spdk;
 mod volume;
 
 use clap::{Parser, Subcommand};

@@ -1,6 +1,6 @@
-//! Volume specs as users write them (`NAME=mem:SIZE`, `NAME=file:PATH[:SIZE]`), byte sizes
-//! with binary suffixes, and `Volume`: one storage type over every backend so a daemon's
-//! volumes can mix them.
+//! Volume specs as users write them (`NAME=mem:SIZE`, `NAME=file:PATH[:SIZE]`,
+//! `NAME=spdk:BDEV`), byte sizes with binary suffixes, and `Volume`: one storage type over
+//! every backend so a daemon's volumes can mix them.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use thiserror::Error;
 pub enum SpecError {
     #[error("{0:?} is not a size (a number of bytes, optionally with K, M, G or T: binary units)")]
     BadSize(String),
-    #[error("{0:?} is not NAME=mem:SIZE or NAME=file:PATH[:SIZE]")]
+    #[error("{0:?} is not NAME=mem:SIZE, NAME=file:PATH[:SIZE] or NAME=spdk:BDEV")]
     BadVolume(String),
 }
 
@@ -90,6 +90,8 @@ pub enum Backend {
     Mem { size: u64 },
     /// A file or block device; created (sparse) or extended to `size` when given.
     File { path: PathBuf, size: Option<u64> },
+    /// An SPDK bdev of the `--spdk-config` (builds with the `spdk` feature).
+    Spdk { bdev: String },
 }
 
 /// One `--volume NAME=SPEC`.
@@ -127,6 +129,13 @@ impl FromStr for VolumeSpec {
                 path: PathBuf::from(path),
                 size,
             }
+        } else if let Some(bdev) = spec.strip_prefix("spdk:") {
+            if bdev.is_empty() {
+                return Err(bad());
+            }
+            Backend::Spdk {
+                bdev: bdev.to_string(),
+            }
         } else {
             return Err(bad());
         };
@@ -154,6 +163,7 @@ impl fmt::Display for VolumeSpec {
                 path.display(),
                 ByteSize(*size)
             ),
+            Backend::Spdk { bdev } => write!(f, "{}=spdk:{bdev}", self.name),
         }
     }
 }
@@ -184,18 +194,45 @@ pub enum Volume {
     Uring(Box<UringStorage>),
     /// Positional I/O: where io_uring is unavailable (an old kernel, a seccomp filter).
     File(FileStorage),
+    /// An SPDK bdev, driven from the thread that opened it.
+    #[cfg(feature = "spdk")]
+    Spdk(Box<ordo_spdk::BdevStorage>),
 }
 
 impl Volume {
-    pub fn open(spec: &VolumeSpec, block_size: u32) -> Result<Volume, StorageError> {
+    pub fn open(spec: &VolumeSpec, block_size: u32) -> anyhow::Result<Volume> {
         match &spec.backend {
             Backend::Mem { size } => Ok(Volume::Mem(MemStorage::new(Geometry::new(
                 *size, block_size,
             )?)?)),
-            Backend::File { path, size } => {
-                Volume::open_file(path, *size, block_size, DEFAULT_MAX_IO_BYTES)
-            }
+            Backend::File { path, size } => Ok(Volume::open_file(
+                path,
+                *size,
+                block_size,
+                DEFAULT_MAX_IO_BYTES,
+            )?),
+            Backend::Spdk { bdev } => Volume::open_bdev(bdev, block_size, DEFAULT_MAX_IO_BYTES),
         }
+    }
+
+    /// SPDK bdev `name` on this thread (the poller's: an SPDK bdev is driven from the
+    /// thread that opened it), with requests of at most `max_io_bytes`; its block size
+    /// must be `block_size`. SPDK must have been started (`--spdk-config`).
+    #[cfg(feature = "spdk")]
+    pub fn open_bdev(name: &str, block_size: u32, max_io_bytes: u32) -> anyhow::Result<Volume> {
+        let env = ordo_spdk::env().ok_or(ordo_spdk::SpdkError::NotStarted)?;
+        let storage = ordo_spdk::BdevStorage::open(env, name, FILE_QUEUE_DEPTH, max_io_bytes)?;
+        let bdev_block = storage.geometry().block_size;
+        anyhow::ensure!(
+            bdev_block == block_size,
+            "SPDK bdev {name} has {bdev_block}-byte blocks, the block size here is {block_size} (--block-size)"
+        );
+        Ok(Volume::Spdk(Box::new(storage)))
+    }
+
+    #[cfg(not(feature = "spdk"))]
+    pub fn open_bdev(_name: &str, _block_size: u32, _max_io_bytes: u32) -> anyhow::Result<Volume> {
+        anyhow::bail!("{}", crate::spdk::NOT_BUILT)
     }
 
     /// A file or block device through io_uring (saying in the log whether O_DIRECT was
@@ -238,6 +275,8 @@ impl Volume {
             Volume::Mem(s) => s,
             Volume::Uring(s) => &**s,
             Volume::File(s) => s,
+            #[cfg(feature = "spdk")]
+            Volume::Spdk(s) => &**s,
         }
     }
 
@@ -246,6 +285,8 @@ impl Volume {
             Volume::Mem(s) => s,
             Volume::Uring(s) => &mut **s,
             Volume::File(s) => s,
+            #[cfg(feature = "spdk")]
+            Volume::Spdk(s) => &mut **s,
         }
     }
 }
@@ -332,7 +373,22 @@ mod tests {
             assert_eq!(spec.backend, backend);
             assert_eq!(spec.to_string(), text);
         }
-        for bad in ["data", "=mem:1M", "data=mem:", "data=disk:/x", "data=file:"] {
+        let spdk: VolumeSpec = "db=spdk:Malloc0".parse().unwrap();
+        assert_eq!(
+            spdk.backend,
+            Backend::Spdk {
+                bdev: "Malloc0".into()
+            }
+        );
+        assert_eq!(spdk.to_string(), "db=spdk:Malloc0");
+        for bad in [
+            "data",
+            "=mem:1M",
+            "data=mem:",
+            "data=disk:/x",
+            "data=file:",
+            "data=spdk:",
+        ] {
             assert!(bad.parse::<VolumeSpec>().is_err(), "{bad:?} parsed");
         }
     }

@@ -7,12 +7,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use ordo_engine::runtime::secondary_node::{SecondaryNode, SecondaryThread};
+use ordo_engine::runtime::secondary_node::SecondaryNode;
 use ordo_engine::secondary::journal::{record_bytes, required_bytes};
 use ordo_engine::secondary::{Secondary, SecondaryConfig};
 use ordo_engine::storage::{Geometry, MemStorage};
@@ -101,16 +103,30 @@ pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
     let secondary = Secondary::create(config, 1, journal, vec![replica])?;
     let listener = TcpListener::bind("127.0.0.1:0").context("listening on loopback")?;
     let addr = listener.local_addr()?;
-    let node = SecondaryNode::new(secondary, listener, args.lanes, args.max_write_bytes)?;
-    let thread = SecondaryThread::spawn(node, args.idle.policy());
+    let mut node = SecondaryNode::new(secondary, listener, args.lanes, args.max_write_bytes)?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening {addr}")?;
     stdout.flush()?;
-    // Until the bench closes our stdin (or dies).
-    std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
-    let node = thread
-        .stop()
-        .map_err(|_| anyhow::anyhow!("the secondary thread panicked"))?;
+    // Until the bench closes our stdin (or dies), watched by a thread of its own: this one
+    // polls, since the volumes stay on the thread that opened them.
+    let closed = Arc::new(AtomicBool::new(false));
+    let poller = std::thread::current();
+    let watcher = {
+        let closed = Arc::clone(&closed);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            // Relaxed: the flag orders nothing else.
+            closed.store(true, Ordering::Relaxed);
+            poller.unpark();
+        })
+    };
+    let idle = args.idle.policy();
+    let started = Instant::now();
+    while !closed.load(Ordering::Relaxed) {
+        let did = node.poll(started.elapsed().as_millis() as u64);
+        idle.after_round(did);
+    }
+    let _ = watcher.join();
     if let Some(why) = node.secondary().failure() {
         bail!("the secondary stopped: {why}");
     }

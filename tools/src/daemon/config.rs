@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use ordo_engine::runtime::idle::IdlePolicy;
 use serde::{Deserialize, Serialize};
 
+use crate::spdk::SpdkArgs;
 use crate::volume::{ByteSize, VolumeSpec};
 
 /// What a poller does when a round found nothing to do.
@@ -95,6 +96,9 @@ pub struct PrimaryOptions {
     /// On SIGTERM, wait this long for the secondary to apply what was written.
     #[arg(long)]
     pub drain_timeout_s: Option<u64>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub spdk: SpdkArgs,
 }
 
 #[derive(Clone, Debug, Default, Args, Deserialize)]
@@ -145,6 +149,13 @@ pub struct SecondaryOptions {
     /// What the poller does when idle.
     #[arg(long, value_enum)]
     pub idle: Option<Idle>,
+    /// Keep the journal on this SPDK bdev instead of STATE_DIR/journal (formatted when its
+    /// first block is blank, recovered from when it holds a journal).
+    #[arg(long, value_name = "BDEV")]
+    pub journal_bdev: Option<String>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub spdk: SpdkArgs,
 }
 
 /// Reads `path` as TOML into `T`, naming the file in every error.
@@ -320,6 +331,8 @@ pub struct SecondarySettings {
     pub applied_interval_ms: u64,
     pub cores: Vec<usize>,
     pub idle: Idle,
+    /// `None`: the journal is STATE_DIR/journal.
+    pub journal_bdev: Option<String>,
     #[serde(skip)]
     pub pin: Option<usize>,
 }
@@ -369,6 +382,7 @@ impl SecondaryOptions {
             pin: core(&cores)?,
             cores,
             idle: self.idle.or(file.idle).unwrap_or(Idle::Park),
+            journal_bdev: self.journal_bdev.or(file.journal_bdev),
         })
     }
 }

@@ -35,8 +35,10 @@ const DIGEST_APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     init_logging();
+    let spdk = options.spdk.clone();
     let settings = options.resolve()?;
     print_banner("primary", &settings)?;
+    spdk.start("ordo_primary")?;
     let mut volumes = Vec::with_capacity(settings.volume.len());
     for spec in &settings.volume {
         let volume = Volume::open(spec, settings.block_size)

@@ -18,7 +18,7 @@ use ordo_engine::protocol::{GroupId, VolumeId};
 use ordo_engine::runtime::secondary_node::SecondaryNode;
 use ordo_engine::secondary::journal::{record_bytes, required_bytes};
 use ordo_engine::secondary::{Secondary, SecondaryConfig};
-use ordo_engine::storage::Storage;
+use ordo_engine::storage::{read_blocking, Storage};
 
 use super::config::{pin, print_banner, SecondaryOptions, SecondarySettings};
 use super::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
@@ -40,8 +40,10 @@ type DigestJob = (ControlRequest, Sender<String>);
 
 pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     init_logging();
+    let spdk = options.spdk.clone();
     let settings = options.resolve()?;
     print_banner("secondary", &settings)?;
+    spdk.start("ordo_secondary")?;
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
     let _lock = lock_state_dir(&settings.state_dir)?;
@@ -177,20 +179,18 @@ fn secondary_config(settings: &SecondarySettings) -> SecondaryConfig {
 /// temporary name, renamed once formatted, so a crash mid-creation leaves no half journal).
 fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
     let config = secondary_config(settings);
-    let path = settings.state_dir.join(JOURNAL_FILE);
-    let existing = path.exists();
     // Each journal record goes to the device in one request: header block and payload.
     let record_io = u32::try_from(record_bytes(config.max_write_bytes, settings.block_size))
         .context("--max-write-bytes is too large")?;
+    if let Some(bdev) = &settings.journal_bdev {
+        return open_or_create_on_bdev(settings, bdev, record_io);
+    }
+    let path = settings.state_dir.join(JOURNAL_FILE);
+    let existing = path.exists();
     if existing {
         check_replicas_survived(settings)?;
     }
-    let mut replicas = Vec::with_capacity(settings.volume.len());
-    for spec in &settings.volume {
-        let replica = Volume::open(spec, settings.block_size)
-            .with_context(|| format!("opening replica {spec}"))?;
-        replicas.push(replica);
-    }
+    let replicas = open_replicas(settings)?;
     if existing {
         let journal = Volume::open_file(&path, None, settings.block_size, record_io)
             .with_context(|| format!("opening journal {}", path.display()))?;
@@ -204,11 +204,7 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
         );
         return Ok(secondary);
     }
-    let needed = required_bytes(
-        config.window_bytes,
-        config.max_write_bytes,
-        settings.block_size,
-    );
+    let needed = journal_bytes_needed(settings);
     let size = settings.journal_bytes.map_or(needed, |b| b.0);
     ensure!(
         size >= needed,
@@ -232,6 +228,67 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
     Ok(secondary)
 }
 
+fn open_replicas(settings: &SecondarySettings) -> Result<Vec<Volume>> {
+    let mut replicas = Vec::with_capacity(settings.volume.len());
+    for spec in &settings.volume {
+        let replica = Volume::open(spec, settings.block_size)
+            .with_context(|| format!("opening replica {spec}"))?;
+        replicas.push(replica);
+    }
+    Ok(replicas)
+}
+
+fn journal_bytes_needed(settings: &SecondarySettings) -> u64 {
+    let config = secondary_config(settings);
+    required_bytes(
+        config.window_bytes,
+        config.max_write_bytes,
+        settings.block_size,
+    )
+}
+
+/// The journal on an SPDK bdev: recovered from if it holds one, formatted if its first
+/// block is blank (a new bdev), refused otherwise (a bdev holding something else is never
+/// overwritten). It takes the whole bdev.
+fn open_or_create_on_bdev(
+    settings: &SecondarySettings,
+    bdev: &str,
+    record_io: u32,
+) -> Result<Secondary<Volume>> {
+    let config = secondary_config(settings);
+    let mut journal = Volume::open_bdev(bdev, settings.block_size, record_io)
+        .with_context(|| format!("opening journal bdev {bdev}"))?;
+    let mut first = vec![0u8; settings.block_size as usize];
+    read_blocking(&mut journal, 0, &mut first, &mut Vec::new())
+        .with_context(|| format!("reading journal bdev {bdev}"))?;
+    if first.iter().any(|&b| b != 0) {
+        check_replicas_survived(settings)?;
+        let replicas = open_replicas(settings)?;
+        let secondary = Secondary::open(config, journal, replicas).with_context(|| {
+            format!("recovering from journal bdev {bdev} (its first block is not blank)")
+        })?;
+        tracing::info!(
+            "recovered from journal bdev {bdev}: applied {}, {} records restaged",
+            secondary.applied(),
+            secondary.stats().recovered_records
+        );
+        return Ok(secondary);
+    }
+    let needed = journal_bytes_needed(settings);
+    let size = journal.geometry().size_bytes;
+    ensure!(
+        size >= needed,
+        "journal bdev {bdev} has {size} bytes, fewer than the {needed} a {}-byte window needs",
+        config.window_bytes
+    );
+    let replicas = open_replicas(settings)?;
+    let journal_id = RandomState::new().build_hasher().finish() | 1;
+    let secondary = Secondary::create(config, journal_id, journal, replicas)
+        .with_context(|| format!("formatting journal bdev {bdev}"))?;
+    tracing::info!("formatted journal bdev {bdev} ({size} bytes, id {journal_id:#x})");
+    Ok(secondary)
+}
+
 /// A journal from an earlier run says what was applied to the replicas: they must still
 /// be there. A `mem:` replica is gone with its process; a missing file would be created
 /// empty. Either way the replica no longer holds what the journal says.
@@ -241,6 +298,9 @@ fn check_replicas_survived(settings: &SecondarySettings) -> Result<()> {
             Backend::Mem { .. } => Some("is in memory"),
             Backend::File { path, .. } if !path.exists() => Some("does not exist"),
             Backend::File { .. } => None,
+            // Whether a bdev keeps its data across a restart is SPDK's config (a malloc
+            // bdev does not, an NVMe or aio bdev does): nothing to tell from here.
+            Backend::Spdk { .. } => None,
         };
         if let Some(why) = lost {
             bail!(
