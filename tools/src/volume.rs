@@ -211,27 +211,39 @@ impl Volume {
                 block_size,
                 DEFAULT_MAX_IO_BYTES,
             )?),
-            Backend::Spdk { bdev } => Volume::open_bdev(bdev, block_size, DEFAULT_MAX_IO_BYTES),
+            Backend::Spdk { bdev } => {
+                Volume::open_bdev(bdev, Some(block_size), DEFAULT_MAX_IO_BYTES)
+            }
         }
     }
 
     /// SPDK bdev `name` on this thread (the poller's: an SPDK bdev is driven from the
     /// thread that opened it), with requests of at most `max_io_bytes`; its block size
-    /// must be `block_size`. SPDK must have been started (`--spdk-config`).
+    /// must be `block_size` if given. SPDK must have been started (`--spdk-config`).
     #[cfg(feature = "spdk")]
-    pub fn open_bdev(name: &str, block_size: u32, max_io_bytes: u32) -> anyhow::Result<Volume> {
+    pub fn open_bdev(
+        name: &str,
+        block_size: Option<u32>,
+        max_io_bytes: u32,
+    ) -> anyhow::Result<Volume> {
         let env = ordo_spdk::env().ok_or(ordo_spdk::SpdkError::NotStarted)?;
         let storage = ordo_spdk::BdevStorage::open(env, name, FILE_QUEUE_DEPTH, max_io_bytes)?;
         let bdev_block = storage.geometry().block_size;
-        anyhow::ensure!(
-            bdev_block == block_size,
-            "SPDK bdev {name} has {bdev_block}-byte blocks, the block size here is {block_size} (--block-size)"
-        );
+        if let Some(block_size) = block_size {
+            anyhow::ensure!(
+                bdev_block == block_size,
+                "SPDK bdev {name} has {bdev_block}-byte blocks, the block size here is {block_size} (--block-size)"
+            );
+        }
         Ok(Volume::Spdk(Box::new(storage)))
     }
 
     #[cfg(not(feature = "spdk"))]
-    pub fn open_bdev(_name: &str, _block_size: u32, _max_io_bytes: u32) -> anyhow::Result<Volume> {
+    pub fn open_bdev(
+        _name: &str,
+        _block_size: Option<u32>,
+        _max_io_bytes: u32,
+    ) -> anyhow::Result<Volume> {
         anyhow::bail!("{}", crate::spdk::NOT_BUILT)
     }
 

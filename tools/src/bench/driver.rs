@@ -13,7 +13,7 @@ use ordo_engine::primary::{Primary, PrimaryEvent, SubmitError};
 use ordo_engine::protocol::VolumeId;
 use ordo_engine::runtime::idle::IdlePolicy;
 use ordo_engine::runtime::primary_node::PrimaryNode;
-use ordo_engine::storage::{Geometry, MemStorage, StorageError};
+use ordo_engine::storage::{Geometry, MemStorage, Storage, StorageError};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -24,7 +24,7 @@ use super::results::{Counts, Header, Histograms, Interval, Machine, Memory, Resu
 use super::workload::{Job, Op, OpKind};
 use super::{Backend, BenchArgs, Mode, PRIMARY_FILE};
 use crate::daemon::config::pin;
-use crate::volume::Volume;
+use crate::volume::{ByteSize, Volume};
 
 const VOLUME: VolumeId = VolumeId(0);
 const LANES_UP_LIMIT: Duration = Duration::from_secs(10);
@@ -82,6 +82,7 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
         512
     };
     let mut files = Vec::new();
+    let mut block_size = block_size;
     let volume = match &args.backend {
         Backend::Mem => Volume::Mem(MemStorage::new(Geometry::new(
             args.size_bytes(),
@@ -102,7 +103,21 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
             )
             .with_context(|| format!("creating {}", path.display()))?
         }
+        Backend::Spdk(bdev) => {
+            args.spdk.start("ordo_bench")?;
+            let volume = Volume::open_bdev(bdev, None, args.max_write_bytes())?;
+            let geometry = volume.geometry();
+            ensure!(
+                args.size_bytes() <= geometry.size_bytes,
+                "--size {} is larger than SPDK bdev {bdev} ({} bytes): give a smaller --size",
+                ByteSize(args.size_bytes()),
+                geometry.size_bytes
+            );
+            block_size = geometry.block_size;
+            volume
+        }
     };
+    let volume_bytes = volume.geometry().size_bytes;
     let primary = Primary::new(args.engine_config(), vec![volume])?;
     if args.mode == Mode::LocalOnly {
         return Ok(Pair {
@@ -115,12 +130,12 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
     }
     let peer = PeerProcess::spawn(&PeerArgs {
         lanes: args.lanes,
-        volume_bytes: args.size_bytes(),
+        volume_bytes,
         block_size,
         window_bytes: args.secondary_window_bytes(),
         max_write_bytes: args.max_write_bytes(),
         dir: match &args.backend {
-            Backend::Mem => None,
+            Backend::Mem | Backend::Spdk(_) => None,
             Backend::Dir(dir) => Some(dir.clone()),
         },
         core: args.cores.get(1).copied(),

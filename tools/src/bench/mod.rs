@@ -33,6 +33,7 @@ use ordo_engine::protocol::{stream_cost, GroupId};
 use ordo_engine::secondary::SecondaryConfig;
 
 use crate::daemon::config::Idle;
+use crate::spdk::SpdkArgs;
 use crate::volume::ByteSize;
 pub use results::Results;
 pub use target::TargetUrl;
@@ -87,6 +88,9 @@ pub enum Backend {
     /// Files in this directory (io_uring, O_DIRECT where allowed): the primary's volume,
     /// the secondary's replica and its journal. Created for the run and removed after.
     Dir(PathBuf),
+    /// The primary's volume on this SPDK bdev (`--spdk-config` creates it; a build with
+    /// the `spdk` feature); the secondary's replica and journal in memory.
+    Spdk(String),
 }
 
 impl std::str::FromStr for Backend {
@@ -96,7 +100,8 @@ impl std::str::FromStr for Backend {
         match text.split_once(':') {
             None if text == "mem" => Ok(Backend::Mem),
             Some(("file", path)) if !path.is_empty() => Ok(Backend::Dir(PathBuf::from(path))),
-            _ => Err(format!("{text:?} is not mem or file:DIRECTORY")),
+            Some(("spdk", bdev)) if !bdev.is_empty() => Ok(Backend::Spdk(bdev.to_string())),
+            _ => Err(format!("{text:?} is not mem, file:DIRECTORY or spdk:BDEV")),
         }
     }
 }
@@ -106,6 +111,7 @@ impl std::fmt::Display for Backend {
         match self {
             Backend::Mem => write!(f, "mem"),
             Backend::Dir(path) => write!(f, "file:{}", path.display()),
+            Backend::Spdk(bdev) => write!(f, "spdk:{bdev}"),
         }
     }
 }
@@ -163,7 +169,9 @@ pub struct BenchArgs {
     /// to do.
     #[arg(long, value_enum, default_value = "yield")]
     pub idle: Idle,
-    /// mem, or file:DIRECTORY (volumes and journal as files there, io_uring + O_DIRECT).
+    /// mem, file:DIRECTORY (volumes and journal as files there, io_uring + O_DIRECT), or
+    /// spdk:BDEV (the primary's volume on an SPDK bdev of --spdk-config; --size at most
+    /// the bdev's).
     #[arg(long, default_value = "mem")]
     pub backend: Backend,
     /// Replication during the run: on (pipelined), off, or one data set at a time.
@@ -230,6 +238,8 @@ pub struct BenchArgs {
     /// primary's peak RSS if it runs on this host. Without it lag is not measured.
     #[arg(long, value_name = "SOCKET", requires = "target")]
     pub target_control: Option<PathBuf>,
+    #[command(flatten)]
+    pub spdk: SpdkArgs,
 }
 
 /// Most operations in flight in all, and the largest block: bounds what the bench holds.
@@ -333,6 +343,10 @@ impl BenchArgs {
                 dir.display()
             );
         }
+        ensure!(
+            matches!(self.backend, Backend::Spdk(_)) == self.spdk.spdk_config.is_some(),
+            "--backend spdk:BDEV and --spdk-config go together"
+        );
         self.engine_config()
             .validate()
             .context("the primary's settings")?;

@@ -256,7 +256,7 @@ fn open_or_create_on_bdev(
     record_io: u32,
 ) -> Result<Secondary<Volume>> {
     let config = secondary_config(settings);
-    let mut journal = Volume::open_bdev(bdev, settings.block_size, record_io)
+    let mut journal = Volume::open_bdev(bdev, Some(settings.block_size), record_io)
         .with_context(|| format!("opening journal bdev {bdev}"))?;
     let mut first = vec![0u8; settings.block_size as usize];
     read_blocking(&mut journal, 0, &mut first, &mut Vec::new())

@@ -7,6 +7,7 @@
     reason = "each test binary uses a different part of the helpers"
 )]
 
+pub mod model;
 pub mod nbd;
 
 use std::io::{Read, Write};
