@@ -63,3 +63,38 @@ fn start(_name: &str, _config: PathBuf, _args: &SpdkArgs) -> Result<()> {
 /// What a build without SPDK says when asked for it.
 #[cfg(not(feature = "spdk"))]
 pub const NOT_BUILT: &str = "this ordo was built without SPDK: build it with `SPDK_DIR=/path/to/spdk cargo build --release --features spdk` (README, section SPDK)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spdk_memory_options_without_a_config_are_refused() {
+        let args = SpdkArgs {
+            spdk_no_huge: true,
+            ..SpdkArgs::default()
+        };
+        let error = args.start("test").unwrap_err().to_string();
+        assert!(error.contains("need --spdk-config"), "{error}");
+        assert!(
+            SpdkArgs::default().start("test").is_ok(),
+            "no SPDK asked for"
+        );
+    }
+
+    #[cfg(not(feature = "spdk"))]
+    #[test]
+    fn a_build_without_spdk_says_how_to_get_one() {
+        let args = SpdkArgs {
+            spdk_config: Some("bdevs.json".into()),
+            ..SpdkArgs::default()
+        };
+        let error = args.start("test").unwrap_err().to_string();
+        assert!(error.contains("--features spdk"), "{error}");
+        let volume = "data=spdk:Malloc0".parse().unwrap();
+        let error = crate::volume::Volume::open(&volume, 4096)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--features spdk"), "{error}");
+    }
+}
