@@ -18,9 +18,10 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::lag::LagTracker;
+use super::meter::{Meter, INTERVAL_NS};
 use super::peer::{peak_rss_bytes, PeerArgs, PeerProcess, JOURNAL_FILE, REPLICA_FILE};
 use super::relay::{LinkShape, Relay};
-use super::results::{Counts, Header, Histograms, Interval, Machine, Memory, Results};
+use super::results::{Header, Interval, Machine, Memory, Results};
 use super::workload::{Job, Op, OpKind};
 use super::{Backend, BenchArgs, Mode, PRIMARY_FILE};
 use crate::daemon::config::pin;
@@ -29,7 +30,6 @@ use crate::volume::{ByteSize, Volume};
 const VOLUME: VolumeId = VolumeId(0);
 const LANES_UP_LIMIT: Duration = Duration::from_secs(10);
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
-pub(super) const INTERVAL_NS: u64 = 1_000_000_000;
 
 /// The primary, with or without its lanes.
 enum Engine {
@@ -213,15 +213,17 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
     if let Some(peer) = pair.peer.take() {
         peer.stop()?;
     }
+    let window_full_waits = run.window_full_waits;
+    let measured = run.meter.finish();
     Ok(Results {
         header,
-        runtime_s: run.runtime_s,
-        counts: run.counts,
-        histograms: run.total,
-        intervals: run.intervals,
+        runtime_s: measured.runtime_s,
+        counts: measured.counts,
+        histograms: measured.histograms,
+        intervals: measured.intervals,
         memory,
         replicated,
-        window_full_waits: run.window_full_waits,
+        window_full_waits,
     })
 }
 
@@ -230,8 +232,6 @@ struct Run {
     block: usize,
     iodepth: usize,
     open_loop: bool,
-    ramp_ns: u64,
-    end_ns: u64,
     clock: Instant,
     /// Where the engine's millisecond clock starts (before the lanes came up).
     epoch: Instant,
@@ -245,15 +245,7 @@ struct Run {
     data: Vec<u8>,
     read_buf: Vec<u8>,
     lag: LagTracker,
-    measuring: bool,
-    measure_start_ns: u64,
-    runtime_s: f64,
-    counts: Counts,
-    total: Histograms,
-    interval_counts: Counts,
-    interval: Histograms,
-    interval_start_ns: u64,
-    intervals: Vec<Interval>,
+    meter: Meter,
     progress: Progress,
     idle: IdlePolicy,
     /// The primary's count of window-full refusals when measuring began, then the
@@ -270,13 +262,10 @@ impl Run {
         let slots = jobs * args.iodepth;
         let mut data = vec![0u8; block];
         ChaCha8Rng::seed_from_u64(args.seed).fill_bytes(&mut data);
-        let ramp_ns = (args.ramp * 1e9) as u64;
         Run {
             block,
             iodepth: args.iodepth,
             open_loop: rate.is_some(),
-            ramp_ns,
-            end_ns: ramp_ns + (args.runtime * 1e9) as u64,
             clock: Instant::now(),
             epoch,
             jobs: (0..jobs)
@@ -301,15 +290,7 @@ impl Run {
             data,
             read_buf: vec![0u8; block],
             lag: LagTracker::with_capacity(args.max_unapplied_writes().min(1 << 20)),
-            measuring: false,
-            measure_start_ns: 0,
-            runtime_s: 0.0,
-            counts: Counts::default(),
-            total: Histograms::default(),
-            interval_counts: Counts::default(),
-            interval: Histograms::default(),
-            interval_start_ns: 0,
-            intervals: Vec::with_capacity((args.runtime.ceil() as usize).min(1 << 16) + 1),
+            meter: Meter::new(args),
             progress: Progress::new(progress, args.ramp + args.runtime),
             idle: args.idle.policy(),
             window_full_at_start: 0,
@@ -331,11 +312,10 @@ impl Run {
         self.clock = Instant::now();
         loop {
             let now_ns = self.now_ns();
-            if !self.measuring && now_ns >= self.ramp_ns {
-                self.start_measuring(now_ns);
+            if self.meter.start_if_due(now_ns) {
                 self.window_full_at_start = engine.primary().stats().window_full;
             }
-            if now_ns >= self.end_ns {
+            if self.meter.ended(now_ns) {
                 let total = engine.primary().stats().window_full;
                 self.window_full_waits = total - self.window_full_at_start;
                 break;
@@ -343,7 +323,7 @@ impl Run {
             let issued = self.issue(engine, now_ns)?;
             let did = engine.poll(self.engine_ms());
             self.take_events(engine)?;
-            if self.measuring && self.now_ns() >= self.interval_start_ns + INTERVAL_NS {
+            if self.meter.interval_due(self.now_ns()) {
                 self.close_interval(engine);
             }
             let now_ns = self.now_ns();
@@ -353,23 +333,11 @@ impl Run {
             }
             self.idle.after_round(issued || did);
         }
-        let now_ns = self.now_ns();
-        if now_ns > self.interval_start_ns + INTERVAL_NS / 20 {
+        if self.meter.stop(self.now_ns()) {
             self.close_interval(engine);
         }
-        self.runtime_s = (now_ns - self.measure_start_ns) as f64 / 1e9;
         self.progress.finish();
         Ok(())
-    }
-
-    fn start_measuring(&mut self, now_ns: u64) {
-        self.measuring = true;
-        self.measure_start_ns = now_ns;
-        self.interval_start_ns = now_ns;
-        self.counts = Counts::default();
-        self.interval_counts = Counts::default();
-        self.total.reset();
-        self.interval.reset();
     }
 
     /// After the run: every write acknowledged and, with a secondary, applied, so the
@@ -471,15 +439,7 @@ impl Run {
             Err(SubmitError::Invalid(StorageError::QueueFull(_))) => return Ok(false),
             Err(error) => return Err(error).context("reading"),
         }
-        if self.measuring {
-            let latency = self.now_ns().saturating_sub(start_ns).max(1);
-            self.total.read.saturating_record(latency);
-            self.interval.read.saturating_record(latency);
-            for counts in [&mut self.counts, &mut self.interval_counts] {
-                counts.reads += 1;
-                counts.read_bytes += self.block as u64;
-            }
-        }
+        self.meter.record(OpKind::Read, start_ns, self.now_ns());
         Ok(true)
     }
 
@@ -494,17 +454,8 @@ impl Run {
                     self.jobs[self.slot_job[slot]].in_flight -= 1;
                     self.free.push(slot);
                     self.lag.acked(seq, now_ns);
-                    if self.measuring && self.started_ns[slot] >= self.measure_start_ns {
-                        let latency = now_ns.saturating_sub(self.started_ns[slot]).max(1);
-                        self.total.ack.saturating_record(latency);
-                        self.interval.ack.saturating_record(latency);
-                    }
-                    if self.measuring && now_ns < self.end_ns {
-                        for counts in [&mut self.counts, &mut self.interval_counts] {
-                            counts.writes += 1;
-                            counts.write_bytes += self.block as u64;
-                        }
-                    }
+                    self.meter
+                        .record(OpKind::Write, self.started_ns[slot], now_ns);
                 }
                 PrimaryEvent::FlushDone { result, .. } => {
                     result.context("the primary's volume failed a flush")?;
@@ -515,24 +466,10 @@ impl Run {
             }
         }
         let applied = primary.peer_applied();
-        if self.measuring {
-            let mut scratch = Counts::default();
-            let counts = if now_ns < self.end_ns {
-                &mut self.interval_counts
-            } else {
-                &mut scratch
-            };
-            let histograms = &mut [&mut self.total.lag, &mut self.interval.lag];
-            let before = *counts;
-            self.lag.applied(applied, now_ns, Some(histograms), counts);
-            if now_ns < self.end_ns {
-                self.counts.applied_writes += counts.applied_writes - before.applied_writes;
-                self.counts.applied_bytes += counts.applied_bytes - before.applied_bytes;
-            }
-        } else {
-            self.lag
-                .applied(applied, now_ns, None, &mut Counts::default());
-        }
+        let lag = &mut self.lag;
+        self.meter.record_lag(now_ns, |histograms, counts| {
+            lag.applied(applied, now_ns, histograms, counts)
+        });
         Ok(())
     }
 
@@ -543,11 +480,13 @@ impl Run {
             .last_closed()
             .0
             .saturating_sub(primary.peer_applied().0);
-        format!("{}, lag {lag} data sets", rates_line(&self.intervals))
+        format!(
+            "{}, lag {lag} data sets",
+            rates_line(self.meter.intervals())
+        )
     }
 
     fn close_interval(&mut self, engine: &mut Engine) {
-        let now_ns = self.now_ns().min(self.end_ns);
         let replicated = matches!(engine, Engine::Node(_));
         let primary = engine.primary();
         let (lag_data_sets, retention_bytes) = if replicated {
@@ -559,16 +498,8 @@ impl Run {
         } else {
             (0, 0)
         };
-        self.intervals.push(Interval {
-            start_s: (self.interval_start_ns - self.measure_start_ns) as f64 / 1e9,
-            length_s: now_ns.saturating_sub(self.interval_start_ns) as f64 / 1e9,
-            counts: std::mem::take(&mut self.interval_counts),
-            lag_data_sets,
-            retention_bytes,
-            histograms: self.interval.clone(),
-        });
-        self.interval.reset();
-        self.interval_start_ns = now_ns;
+        self.meter
+            .close_interval(self.now_ns(), lag_data_sets, retention_bytes);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod compare;
 mod driver;
 mod hdrlog;
 mod lag;
+mod meter;
 mod nbd_client;
 pub mod peer;
 mod plot;

@@ -10,7 +10,8 @@ use anyhow::{bail, ensure, Context, Result};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::driver::{rates_line, Progress, INTERVAL_NS};
+use super::driver::{rates_line, Progress};
+use super::meter::Meter;
 use super::nbd_client::{ClientError, Connection};
 use super::results::{Counts, Histograms, Interval};
 use super::status_lag::{Sample, StatusLag, StatusPoller};
@@ -91,8 +92,6 @@ pub(super) struct TargetRun {
     block: usize,
     iodepth: usize,
     open_loop: bool,
-    ramp_ns: u64,
-    end_ns: u64,
     clock: Instant,
     jobs: Vec<Job>,
     conns: Vec<Conn>,
@@ -104,15 +103,7 @@ pub(super) struct TargetRun {
     lag: Option<StatusLag>,
     /// The last status sample (zeros before the first).
     latest: Sample,
-    measuring: bool,
-    measure_start_ns: u64,
-    runtime_s: f64,
-    counts: Counts,
-    total: Histograms,
-    interval_counts: Counts,
-    interval: Histograms,
-    interval_start_ns: u64,
-    intervals: Vec<Interval>,
+    meter: Meter,
     progress: Progress,
     idle: ordo_engine::runtime::idle::IdlePolicy,
     waited_at_start: u64,
@@ -132,7 +123,6 @@ impl TargetRun {
         let rate = args.rate.map(|r| r / jobs as f64);
         let mut data = vec![0u8; block];
         ChaCha8Rng::seed_from_u64(args.seed).fill_bytes(&mut data);
-        let ramp_ns = (args.ramp * 1e9) as u64;
         let lag = setup.primary.as_ref().map(|p| {
             let window_writes = usize::try_from(p.window_bytes / block as u64).unwrap_or(0);
             let capacity = (window_writes + jobs * args.iodepth + LAG_MARGIN_WRITES)
@@ -153,8 +143,6 @@ impl TargetRun {
             block,
             iodepth: args.iodepth,
             open_loop: rate.is_some(),
-            ramp_ns,
-            end_ns: ramp_ns + (args.runtime * 1e9) as u64,
             clock: setup.clock,
             jobs: (0..jobs)
                 .map(|i| {
@@ -186,15 +174,7 @@ impl TargetRun {
             writes_in_flight: 0,
             lag,
             latest,
-            measuring: false,
-            measure_start_ns: 0,
-            runtime_s: 0.0,
-            counts: Counts::default(),
-            total: Histograms::default(),
-            interval_counts: Counts::default(),
-            interval: Histograms::default(),
-            interval_start_ns: 0,
-            intervals: Vec::with_capacity((args.runtime.ceil() as usize).min(1 << 16) + 1),
+            meter: Meter::new(args),
             progress: Progress::new(progress, args.ramp + args.runtime),
             idle: args.idle.policy(),
             waited_at_start: 0,
@@ -211,21 +191,21 @@ impl TargetRun {
     pub(super) fn measure(&mut self, poller: Option<&StatusPoller>) -> Result<()> {
         loop {
             let now_ns = self.now_ns();
-            if !self.measuring && now_ns >= self.ramp_ns {
-                self.start_measuring(now_ns);
+            if self.meter.start_if_due(now_ns) {
+                self.waited_at_start = self.latest.writes_waited;
             }
-            if now_ns >= self.end_ns {
+            if self.meter.ended(now_ns) {
                 let waited = self.latest.writes_waited;
                 self.window_full_waits = waited.saturating_sub(self.waited_at_start);
                 break;
             }
             let did = self.round(poller, true)?;
-            if self.measuring && self.now_ns() >= self.interval_start_ns + INTERVAL_NS {
+            if self.meter.interval_due(self.now_ns()) {
                 self.close_interval();
             }
             let now_ns = self.now_ns();
             if self.progress.due(now_ns) {
-                let mut line = rates_line(&self.intervals);
+                let mut line = rates_line(self.meter.intervals());
                 if self.lag.is_some() {
                     let behind = self.latest.last_closed.saturating_sub(self.latest.applied);
                     line += &format!(", lag {behind} data sets");
@@ -234,24 +214,11 @@ impl TargetRun {
             }
             self.idle.after_round(did);
         }
-        let now_ns = self.now_ns();
-        if now_ns > self.interval_start_ns + INTERVAL_NS / 20 {
+        if self.meter.stop(self.now_ns()) {
             self.close_interval();
         }
-        self.runtime_s = (now_ns.min(self.end_ns) - self.measure_start_ns) as f64 / 1e9;
         self.progress.finish();
         Ok(())
-    }
-
-    fn start_measuring(&mut self, now_ns: u64) {
-        self.measuring = true;
-        self.measure_start_ns = now_ns;
-        self.interval_start_ns = now_ns;
-        self.counts = Counts::default();
-        self.interval_counts = Counts::default();
-        self.total.reset();
-        self.interval.reset();
-        self.waited_at_start = self.latest.writes_waited;
     }
 
     /// After the run: every request answered, a flush (which closes the last data set),
@@ -432,11 +399,11 @@ impl TargetRun {
                 if let Some(lag) = &mut self.lag {
                     lag.acked(now_ns, lowest, self.block as u32);
                 }
-                self.record(OpKind::Write, start_ns, now_ns);
+                self.meter.record(OpKind::Write, start_ns, now_ns);
             }
             Slot::Read { start_ns, .. } => {
                 self.jobs[c].in_flight -= 1;
-                self.record(OpKind::Read, start_ns, now_ns);
+                self.meter.record(OpKind::Read, start_ns, now_ns);
             }
             Slot::Flush => {
                 self.flushing = false;
@@ -448,79 +415,25 @@ impl TargetRun {
         }
     }
 
-    /// A write's or read's latency (if it started in the measured run) and count (if it
-    /// ended in it).
-    fn record(&mut self, kind: OpKind, start_ns: u64, now_ns: u64) {
-        if !self.measuring {
-            return;
-        }
-        let write = kind == OpKind::Write;
-        if start_ns >= self.measure_start_ns {
-            let latency = now_ns.saturating_sub(start_ns).max(1);
-            for histograms in [&mut self.total, &mut self.interval] {
-                let histogram = if write {
-                    &mut histograms.ack
-                } else {
-                    &mut histograms.read
-                };
-                histogram.saturating_record(latency);
-            }
-        }
-        if now_ns < self.end_ns {
-            let bytes = self.block as u64;
-            for counts in [&mut self.counts, &mut self.interval_counts] {
-                if write {
-                    counts.writes += 1;
-                    counts.write_bytes += bytes;
-                } else {
-                    counts.reads += 1;
-                    counts.read_bytes += bytes;
-                }
-            }
-        }
-    }
-
     /// Takes the status samples that came; true if any did.
     fn take_samples(&mut self, poller: &StatusPoller) -> Result<bool> {
         let mut any = false;
         while let Some(sample) = poller.try_next()? {
             any = true;
             let lag = self.lag.as_mut().expect("a poller only with a lag tracker");
-            if self.measuring {
-                let counting = sample.received_ns < self.end_ns;
-                let mut scratch = Counts::default();
-                let counts = if counting {
-                    &mut self.interval_counts
-                } else {
-                    &mut scratch
-                };
-                let before = *counts;
-                let histograms = &mut [&mut self.total.lag, &mut self.interval.lag];
-                lag.sample(&sample, Some(histograms), counts)?;
-                if counting {
-                    self.counts.applied_writes += counts.applied_writes - before.applied_writes;
-                    self.counts.applied_bytes += counts.applied_bytes - before.applied_bytes;
-                }
-            } else {
-                lag.sample(&sample, None, &mut Counts::default())?;
-            }
+            self.meter
+                .record_lag(sample.received_ns, |histograms, counts| {
+                    lag.sample(&sample, histograms, counts)
+                })?;
             self.latest = sample;
         }
         Ok(any)
     }
 
     fn close_interval(&mut self) {
-        let now_ns = self.now_ns().min(self.end_ns);
-        self.intervals.push(Interval {
-            start_s: (self.interval_start_ns - self.measure_start_ns) as f64 / 1e9,
-            length_s: now_ns.saturating_sub(self.interval_start_ns) as f64 / 1e9,
-            counts: std::mem::take(&mut self.interval_counts),
-            lag_data_sets: self.latest.last_closed.saturating_sub(self.latest.applied),
-            retention_bytes: self.latest.retention_bytes,
-            histograms: self.interval.clone(),
-        });
-        self.interval.reset();
-        self.interval_start_ns = now_ns;
+        let lag_data_sets = self.latest.last_closed.saturating_sub(self.latest.applied);
+        self.meter
+            .close_interval(self.now_ns(), lag_data_sets, self.latest.retention_bytes);
     }
 
     /// Says goodbye on every connection; returns what the run measured.
@@ -536,11 +449,12 @@ impl TargetRun {
                 self.lag_full_waits
             );
         }
+        let measured = self.meter.finish();
         Finished {
-            runtime_s: self.runtime_s,
-            counts: self.counts,
-            histograms: self.total,
-            intervals: self.intervals,
+            runtime_s: measured.runtime_s,
+            counts: measured.counts,
+            histograms: measured.histograms,
+            intervals: measured.intervals,
             window_full_waits: self.window_full_waits,
             lag_exact: self.lag.map(|lag| (lag.exact, lag.bounded)),
         }
