@@ -3,12 +3,9 @@
 //! events), and measures as it goes. Nothing is allocated per operation: slots, the lag
 //! queue and the histograms are sized before the run.
 
-use std::collections::BTreeMap;
-use std::io::IsTerminal;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use ordo_engine::primary::{Primary, PrimaryEvent, SubmitError};
 use ordo_engine::protocol::VolumeId;
 use ordo_engine::runtime::idle::IdlePolicy;
@@ -17,11 +14,13 @@ use ordo_engine::storage::{Geometry, MemStorage, Storage, StorageError};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::header::header;
 use super::lag::LagTracker;
-use super::meter::{Meter, INTERVAL_NS};
+use super::meter::Meter;
 use super::peer::{peak_rss_bytes, PeerArgs, PeerProcess, JOURNAL_FILE, REPLICA_FILE};
+use super::progress::{rates_line, Progress};
 use super::relay::{LinkShape, Relay};
-use super::results::{Header, Interval, Machine, Memory, Results};
+use super::results::{Memory, Results};
 use super::workload::{Job, Op, OpKind};
 use super::{Backend, BenchArgs, Mode, PRIMARY_FILE};
 use crate::daemon::config::pin;
@@ -501,129 +500,4 @@ impl Run {
         self.meter
             .close_interval(self.now_ns(), lag_data_sets, retention_bytes);
     }
-}
-
-/// The last second's rates, for the progress line.
-pub(super) fn rates_line(intervals: &[Interval]) -> String {
-    intervals.last().map_or(String::from("ramping up"), |i| {
-        let per_s = |n: u64| n as f64 / i.length_s.max(1e-9);
-        format!(
-            "write {:.0} IOPS {:.1} MB/s, read {:.0} IOPS, applied {:.1} MB/s",
-            per_s(i.counts.writes),
-            per_s(i.counts.write_bytes) / 1e6,
-            per_s(i.counts.reads),
-            per_s(i.counts.applied_bytes) / 1e6,
-        )
-    })
-}
-
-/// A bar with an ETA on a terminal; a plain line a second otherwise.
-pub(super) struct Progress {
-    bar: Option<ProgressBar>,
-    plain: bool,
-    total_s: f64,
-    next_ns: u64,
-}
-
-impl Progress {
-    pub(super) fn new(enabled: bool, total_s: f64) -> Progress {
-        let terminal = enabled && std::io::stderr().is_terminal();
-        let bar = terminal.then(|| {
-            let bar = ProgressBar::new((total_s * 1000.0) as u64);
-            let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar
-        });
-        Progress {
-            bar,
-            plain: enabled && !terminal,
-            total_s,
-            next_ns: INTERVAL_NS,
-        }
-    }
-
-    pub(super) fn due(&self, now_ns: u64) -> bool {
-        now_ns >= self.next_ns && (self.bar.is_some() || self.plain)
-    }
-
-    pub(super) fn show(&mut self, now_ns: u64, message: &str) {
-        let step = if self.bar.is_some() {
-            200_000_000
-        } else {
-            INTERVAL_NS
-        };
-        self.next_ns = now_ns + step;
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(now_ns / 1_000_000);
-                bar.set_message(message.to_string());
-            }
-            None => eprintln!(
-                "bench: {:>5.1}/{:.0} s  {message}",
-                now_ns as f64 / 1e9,
-                self.total_s
-            ),
-        }
-    }
-
-    pub(super) fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-/// The report's header: this machine, the time now, the seed and `config`.
-pub(super) fn header(seed: u64, config: BTreeMap<String, String>) -> Result<Header> {
-    let read = |path: &str| {
-        std::fs::read_to_string(path)
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into())
-    };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, name)| name.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    Ok(Header {
-        ordo_version: env!("CARGO_PKG_VERSION").to_string(),
-        started: utc_now()?,
-        seed,
-        machine: Machine {
-            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            kernel: format!("Linux {}", read("/proc/sys/kernel/osrelease")),
-            cpu,
-            hostname: read("/proc/sys/kernel/hostname"),
-        },
-        config,
-    })
-}
-
-/// The time now as RFC 3339 UTC, to the second.
-fn utc_now() -> Result<String> {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Ok(format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    ))
 }

@@ -8,11 +8,13 @@
 pub mod compare;
 mod driver;
 mod hdrlog;
+mod header;
 mod lag;
 mod meter;
 mod nbd_client;
 pub mod peer;
 mod plot;
+mod progress;
 pub mod relay;
 pub mod results;
 mod status_lag;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
-use super::driver::header;
+use super::header::header;
 use super::nbd_client::{Connection, ExportInfo};
 use super::peer::peak_rss_bytes;
 use super::results::{Memory, Results};

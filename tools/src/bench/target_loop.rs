@@ -10,9 +10,9 @@ use anyhow::{bail, ensure, Context, Result};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::driver::{rates_line, Progress};
 use super::meter::Meter;
 use super::nbd_client::{ClientError, Connection};
+use super::progress::{rates_line, Progress};
 use super::results::{Counts, Histograms, Interval};
 use super::status_lag::{Sample, StatusLag, StatusPoller};
 use super::workload::{Job, Op, OpKind};
