@@ -14,9 +14,11 @@ mod spdk {
     use std::env;
     use std::path::PathBuf;
 
-    /// What ordo uses: the bdev layer and its subsystem, every bdev module (malloc, aio,
-    /// nvme, ...) and the modules they bring (accel, sock, keyring), the DPDK environment.
-    const PACKAGES: [&str; 7] = [
+    /// What ordo uses: the application framework (reactors), the bdev layer and its
+    /// subsystem, every bdev module (malloc, aio, nvme, ...) and the modules they bring
+    /// (accel, sock, keyring), the DPDK environment.
+    const PACKAGES: [&str; 8] = [
+        "spdk_event",
         "spdk_event_bdev",
         "spdk_bdev_modules",
         "spdk_accel_modules",
@@ -144,6 +146,17 @@ where /path/to/spdk/build/lib/pkgconfig holds spdk_bdev.pc. An SPDK installed wi
             .allowlist_function("spdk_bdev_queue_io_wait")
             .allowlist_function("spdk_dma_zmalloc")
             .allowlist_function("spdk_dma_free")
+            .allowlist_function("spdk_app_opts_init")
+            .allowlist_function("spdk_app_start")
+            .allowlist_function("spdk_app_stop")
+            .allowlist_function("spdk_app_fini")
+            .allowlist_function("spdk_thread_get_app_thread")
+            .allowlist_function("spdk_poller_register")
+            .allowlist_function("spdk_poller_unregister")
+            .allowlist_function("spdk_cpuset_zero")
+            .allowlist_function("spdk_cpuset_set_cpu")
+            .allowlist_function("spdk_env_get_current_core")
+            .allowlist_type("spdk_thread_poller_rc")
             .allowlist_type("spdk_bdev_io_wait_entry")
             .allowlist_var("SPDK_RPC_STARTUP")
             .allowlist_var("SPDK_RPC_RUNTIME")

@@ -1,8 +1,8 @@
 //! `BdevStorage`: the engine's `Storage` on an SPDK bdev (malloc in CI, NVMe on bare
-//! metal). A descriptor and an io channel on the opening OS thread's SPDK thread, one DMA
-//! region cut into `max_in_flight` request slots (no allocation per request), completions
-//! recorded by the callback into a queue that `poll` drains: never delivered inside
-//! `submit_*`. A request the bdev layer has no room for (`-ENOMEM`) waits in SPDK's io-wait
+//! metal). A descriptor and an io channel on an SPDK thread of its own (`IoThread`, which
+//! `poll` polls), one DMA region cut into `max_in_flight` request slots (no allocation per
+//! request), completions recorded by the callback into a queue that `poll` drains: never
+//! delivered inside `submit_*`. A request the bdev layer has no room for (`-ENOMEM`) waits in SPDK's io-wait
 //! queue and is resubmitted from there.
 //!
 //! Reads wait for the device inside `submit_read`, as the io_uring backend's `pread` does:
@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::ffi::{c_int, c_void, CString};
 use std::ptr::{self, NonNull};
-use std::rc::Rc;
 
 use ordo_engine::storage::{Completion, Geometry, IoTag, Storage, StorageError};
 
@@ -19,7 +18,7 @@ use crate::dma::DmaBuffer;
 use crate::env::Env;
 use crate::error::SpdkError;
 use crate::sys;
-use crate::thread::SpdkThread;
+use crate::thread::IoThread;
 
 const ENOMEM: c_int = 12;
 
@@ -90,13 +89,13 @@ pub struct BdevStorage {
     /// Slots taken and not yet reported by `poll`.
     busy: u32,
     slot_bytes: usize,
-    /// Fields drop in this order after `Drop::drop` waited for every request: the DMA
-    /// region, the channel (put before its descriptor closes), the descriptor, and last
-    /// the SPDK thread both belong to.
+    /// Released in `Drop::drop` on `thread`, after every request completed: the channel,
+    /// then its descriptor.
+    channel: Option<Channel>,
+    desc: Option<Desc>,
+    /// Fields drop in this order after `Drop::drop`: the DMA region, then the SPDK thread.
     _pool: DmaBuffer,
-    _channel: Channel,
-    _desc: Desc,
-    thread: Rc<SpdkThread>,
+    thread: IoThread,
 }
 
 impl std::fmt::Debug for Slot {
@@ -110,11 +109,12 @@ impl std::fmt::Debug for Slot {
 }
 
 impl BdevStorage {
-    /// Opens bdev `name` on this OS thread (creating its SPDK thread if needed), with up to
-    /// `max_in_flight` requests of at most `max_io_bytes` each; the DMA region is their
-    /// product. The bdev's own block size must be 512 or 4096.
+    /// Opens bdev `name` for this OS thread (on a reactor: for this reactor's poller),
+    /// with up to `max_in_flight` requests of at most `max_io_bytes` each; the DMA region
+    /// is their product. The bdev's own block size must be 512 or 4096. `_started` proves
+    /// SPDK runs (`env::init` or `app::start`).
     pub fn open(
-        env: &Env,
+        _started: &Env,
         name: &str,
         max_in_flight: u32,
         max_io_bytes: u32,
@@ -123,12 +123,13 @@ impl BdevStorage {
             name: name.to_string(),
             what,
         };
-        let thread = SpdkThread::current(env)?;
         let c_name = CString::new(name).map_err(|_| bad("a name with a NUL byte".into()))?;
+        let thread = IoThread::new()?;
+        let entered = thread.enter();
         let mut desc = ptr::null_mut();
-        // SAFETY: this OS thread's SPDK thread is current (SpdkThread::current); the name
-        // is NUL-terminated and copied by SPDK; `desc` is written on success only. The
-        // event callback ignores events and needs no context.
+        // SAFETY: the bdev's own SPDK thread is current (entered); the name is
+        // NUL-terminated and copied by SPDK; `desc` is written on success only. The event
+        // callback ignores events and needs no context.
         let rc = unsafe {
             sys::spdk_bdev_open_ext(
                 c_name.as_ptr(),
@@ -222,11 +223,12 @@ impl BdevStorage {
             free: (0..max_in_flight).rev().collect(),
             busy: 0,
             slot_bytes,
+            channel: Some(channel),
+            desc: Some(desc),
             _pool: pool,
-            _channel: channel,
-            _desc: desc,
             thread,
         };
+        drop(entered);
         tracing::info!(
             "SPDK bdev {name}: {size_bytes} bytes, {block_size}-byte blocks, flush {}",
             if flush_supported {
@@ -426,8 +428,9 @@ impl Storage for BdevStorage {
         self.geometry.check_io(offset, len)?;
         let slot = self.admit(Op::Write, tag, offset, len as u64)?;
         fill(self.buffer(slot, len));
-        // SAFETY: a slot of ours, on this bdev's SPDK thread (this OS thread), the
-        // buffer filled and no reference to the slot alive.
+        let _entered = self.thread.enter();
+        // SAFETY: a slot of ours, with the bdev's SPDK thread current, the buffer filled
+        // and no reference to the slot alive.
         unsafe { issue(slot) };
         Ok(())
     }
@@ -435,8 +438,11 @@ impl Storage for BdevStorage {
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.geometry.check_io(offset, buf.len())?;
         let slot = self.admit(Op::Read, tag, offset, buf.len() as u64)?;
-        // SAFETY: as in submit_write_with.
-        unsafe { issue(slot) };
+        {
+            let _entered = self.thread.enter();
+            // SAFETY: as in submit_write_with.
+            unsafe { issue(slot) };
+        }
         // The callback changes the state inside a poll (SPDK holds the slot pointer).
         loop {
             // SAFETY: read between polls, with no reference held across one.
@@ -455,6 +461,7 @@ impl Storage for BdevStorage {
     fn submit_flush(&mut self, tag: IoTag) -> Result<(), StorageError> {
         let slot = self.admit(Op::Flush, tag, 0, self.geometry.size_bytes)?;
         if self.flush_supported {
+            let _entered = self.thread.enter();
             // SAFETY: as in submit_write_with.
             unsafe { issue(slot) };
         } else {
@@ -514,6 +521,11 @@ impl Drop for BdevStorage {
             discard.clear();
             self.poll(&mut discard, usize::MAX);
         }
+        {
+            let _entered = self.thread.enter();
+            drop(self.channel.take());
+            drop(self.desc.take());
+        }
         // SAFETY: nothing is in flight, so SPDK holds no pointer into the slots or the
         // queue; both came from Box::into_raw in `open` and are freed once.
         unsafe {
@@ -523,27 +535,28 @@ impl Drop for BdevStorage {
     }
 }
 
-/// An open bdev descriptor, closed on drop (on the SPDK thread that opened it, which the
-/// owner keeps alive longer).
+/// An open bdev descriptor, closed on drop (with the SPDK thread that opened it current:
+/// the owner enters it first).
 #[derive(Debug)]
 struct Desc(NonNull<sys::spdk_bdev_desc>);
 
 impl Drop for Desc {
     fn drop(&mut self) {
-        // SAFETY: opened on this OS thread's SPDK thread, closed once; its channel was put
-        // first (field order in BdevStorage, or never taken).
+        // SAFETY: closed once, with the SPDK thread that opened it current (BdevStorage's
+        // Drop and `open` enter it); its channel was put first, or never taken.
         unsafe { sys::spdk_bdev_close(self.0.as_ptr()) };
     }
 }
 
-/// An io channel, put back on drop; the SPDK thread's exit runs the release.
+/// An io channel, put back on drop (with its SPDK thread current); the thread's exit
+/// runs the release.
 #[derive(Debug)]
 struct Channel(NonNull<sys::spdk_io_channel>);
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        // SAFETY: taken on this OS thread's SPDK thread, put once, with nothing in flight
-        // on it (BdevStorage waits for its requests first).
+        // SAFETY: put once, with its SPDK thread current and nothing in flight on it
+        // (BdevStorage waits for its requests first).
         unsafe { sys::spdk_put_io_channel(self.0.as_ptr()) };
     }
 }

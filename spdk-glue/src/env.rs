@@ -1,8 +1,12 @@
-//! SPDK's environment, started once per process: DPDK's EAL (memory, no hugepages on
-//! request), the thread library without SPDK's event framework, and the subsystems with
-//! the bdevs of a JSON config (the format SPDK's own applications take). A background
-//! thread owns SPDK's application thread and polls it for as long as the process lives
-//! (DPDK cannot be initialised twice in one process, so there is no teardown).
+//! SPDK's environment, started once per process (DPDK cannot be initialised twice in one
+//! process, so there is no teardown before exit): DPDK's EAL (memory, no hugepages on
+//! request) and the subsystems with the bdevs of a JSON config (the format SPDK's own
+//! applications take), in one of two ways:
+//! - on ordo's own threads (no reactor cores given): the thread library without SPDK's
+//!   event framework, as SPDK's fio plugin runs it; a background thread owns SPDK's
+//!   application thread and polls it, and each bdev's SPDK thread is polled by its owner;
+//! - on reactors (`reactor_cores`): SPDK's application framework (`app.rs`), with ordo's
+//!   pollers started as SPDK pollers on them by `Env::spawn_poller`.
 
 use std::ffi::{c_int, c_void, CString};
 use std::path::PathBuf;
@@ -13,6 +17,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::app::{Poll, PollerHandle};
 use crate::error::SpdkError;
 use crate::sys;
 
@@ -36,6 +41,9 @@ pub struct EnvOptions {
     pub no_huge: bool,
     /// Do not probe PCI devices (malloc, aio and other software bdevs only).
     pub no_pci: bool,
+    /// Run SPDK's reactors on these cores (the first is the main reactor) and ordo's
+    /// pollers on them; `None`: ordo's own threads drive SPDK.
+    pub reactor_cores: Option<Vec<u32>>,
 }
 
 /// The started environment: proof that bdevs can be opened.
@@ -47,6 +55,30 @@ pub struct Env {
 impl Env {
     pub fn options(&self) -> &EnvOptions {
         &self.options
+    }
+
+    /// Starts a poller as an SPDK poller on a new SPDK thread on `core`'s reactor (a
+    /// core of `reactor_cores`). `make` runs on that thread first and builds the poller's
+    /// state (bdevs opened in it belong to that reactor); what it returns is then called
+    /// every reactor round until it returns `Poll::Done`. A panic in either ends the
+    /// poller with an error instead of crossing into SPDK.
+    pub fn spawn_poller<M, P>(&self, core: u32, make: M) -> Result<PollerHandle, SpdkError>
+    where
+        M: FnOnce() -> Result<P, String> + Send + 'static,
+        P: FnMut() -> Poll + 'static,
+    {
+        let cores = self
+            .options
+            .reactor_cores
+            .as_ref()
+            .ok_or(SpdkError::NoReactors)?;
+        if !cores.contains(&core) {
+            return Err(SpdkError::NotAReactor(core));
+        }
+        crate::app::spawn_poller(
+            core,
+            Box::new(move || make().map(|p| Box::new(p) as Box<dyn FnMut() -> Poll>)),
+        )
     }
 }
 
@@ -88,6 +120,15 @@ pub fn init(options: EnvOptions) -> Result<&'static Env, SpdkError> {
     }
     // From here on, a failure leaves DPDK half started: no second attempt.
     *started = Some(Started::Failed);
+    if let Some(cores) = &options.reactor_cores {
+        if cores.is_empty() {
+            return Err(SpdkError::NoReactors);
+        }
+        crate::app::start(&options, cores)?;
+        let env: &'static Env = Box::leak(Box::new(Env { options }));
+        *started = Some(Started::Ok(env));
+        return Ok(env);
+    }
     let (report, outcome) = mpsc::sync_channel(1);
     let thread_options = options.clone();
     let handle = std::thread::Builder::new()

@@ -34,6 +34,12 @@ pub enum SpdkError {
     },
     #[error("SPDK bdev {name:?}: {what}")]
     BdevShape { name: String, what: String },
+    #[error("SPDK's application framework did not start (error {0}; SPDK's log above says why)")]
+    AppStart(i32),
+    #[error("SPDK runs without reactors here (no reactor cores were given)")]
+    NoReactors,
+    #[error("core {0} runs no SPDK reactor (not in the reactor cores)")]
+    NotAReactor(u32),
     #[error(
         "SPDK: out of DMA memory for {bytes} bytes (raise --spdk-mem-mb or reserve more hugepages)"
     )]

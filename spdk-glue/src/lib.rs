@@ -4,13 +4,15 @@
 //! SPDK bdev. Everything is behind the `spdk` feature: without it this crate is empty, so
 //! the workspace builds where SPDK is not installed.
 //!
-//! Threading follows SPDK's "bring your own threads" model (the one its fio plugin uses):
-//! SPDK's thread library runs without its event framework, each ordo poller thread that
-//! opens a bdev gets an SPDK thread of its own and polls it inside `Storage::poll`, and a
-//! background thread polls the application thread that loaded the JSON config.
+//! Two ways to run (see `env`): ordo's own pinned threads drive SPDK (its "bring your own
+//! threads" model, as its fio plugin uses), or SPDK's reactors run ordo's pollers as SPDK
+//! pollers. Either way each bdev has an SPDK thread of its own that its owner polls, so a
+//! read can wait for its completion without returning to a reactor.
 
 #![cfg_attr(not(feature = "spdk"), forbid(unsafe_code))]
 
+#[cfg(feature = "spdk")]
+mod app;
 #[cfg(feature = "spdk")]
 mod bdev;
 #[cfg(feature = "spdk")]
@@ -23,6 +25,8 @@ mod sys;
 #[cfg(feature = "spdk")]
 mod thread;
 
+#[cfg(feature = "spdk")]
+pub use app::{Poll, PollerHandle};
 #[cfg(feature = "spdk")]
 pub use bdev::BdevStorage;
 #[cfg(feature = "spdk")]

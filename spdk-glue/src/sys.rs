@@ -13,6 +13,7 @@
     clippy::undocumented_unsafe_blocks,
     clippy::useless_transmute,
     clippy::ptr_offset_with_cast,
+    clippy::upper_case_acronyms,
     reason = "generated code: the wrappers in this crate document every call they make"
 )]
 

@@ -6,3 +6,5 @@
 #include <spdk/init.h>
 #include <spdk/rpc.h>
 #include <spdk/log.h>
+#include <spdk/event.h>
+#include <spdk/cpuset.h>

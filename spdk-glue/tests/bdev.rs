@@ -44,6 +44,7 @@ fn options(config: &std::path::Path) -> EnvOptions {
         mem_size_mb: Some(1024),
         no_huge: true,
         no_pci: true,
+        reactor_cores: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn out_of_bdev_requests_waits_in_spdk_and_loses_nothing() {
         mem_size_mb: Some(1024),
         no_huge: true,
         no_pci: true,
+        reactor_cores: None,
     })
     .unwrap();
     let mut storage = BdevStorage::open(env, "Malloc0", 128, 128 << 10).unwrap();

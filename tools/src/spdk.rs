@@ -49,6 +49,7 @@ fn start(name: &str, config: PathBuf, args: &SpdkArgs) -> Result<()> {
         mem_size_mb: args.spdk_mem_mb,
         no_huge: args.spdk_no_huge,
         no_pci: args.spdk_no_pci,
+        reactor_cores: None,
     })
     .with_context(|| format!("starting SPDK with {}", config.display()))?;
     tracing::info!("SPDK started with {}", config.display());
