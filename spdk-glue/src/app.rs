@@ -18,6 +18,43 @@ use crate::sys;
 /// Set once the framework runs: bdevs opened on a reactor get their thread there.
 static RUNNING: AtomicBool = AtomicBool::new(false);
 static REACTOR_THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
+/// The CPUs the process may run on, from before the reactors pinned anything: threads a
+/// poller's `make` starts get these, not the reactor's one core.
+static PROCESS_CPUS: Mutex<Option<libc::cpu_set_t>> = Mutex::new(None);
+
+fn affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it for
+    // this thread (pid 0) and returns 0 on success.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+fn set_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: `set` is a valid cpu_set_t; this changes only this thread's affinity.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if rc != 0 {
+        tracing::warn!("SPDK: could not change a reactor thread's CPU affinity");
+    }
+}
+
+/// Runs `f` on this reactor thread with the process's CPUs, so that threads it starts
+/// (NBD, control, lane connector and receivers) are not pinned to the reactor's core,
+/// where the reactor spins; then pins it back.
+fn unpinned<R>(f: impl FnOnce() -> R) -> R {
+    let process = *PROCESS_CPUS.lock().unwrap_or_else(|e| e.into_inner());
+    let reactor = affinity();
+    if let Some(process) = &process {
+        set_affinity(process);
+    }
+    let result = f();
+    if let Some(reactor) = &reactor {
+        set_affinity(reactor);
+    }
+    result
+}
 
 /// What a poller's round did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +114,7 @@ pub(crate) fn start(options: &EnvOptions, cores: &[u32]) -> Result<(), SpdkError
         ))
         .map_err(|_| bad("a core list with a NUL byte"))?,
     };
+    *PROCESS_CPUS.lock().unwrap_or_else(|e| e.into_inner()) = affinity();
     let (report, outcome) = mpsc::sync_channel(1);
     let options = options.clone();
     let handle = std::thread::Builder::new()
@@ -170,8 +208,9 @@ extern "C" fn stop_app(_ctx: *mut c_void) {
 }
 
 /// Starts a poller on a new SPDK thread on `core`'s reactor: `make` runs there first
-/// (open bdevs in it: they belong to that reactor), then what it returns runs every
-/// reactor round until it returns `Poll::Done`.
+/// (open bdevs in it: they belong to that reactor; threads it starts may run on any of
+/// the process's CPUs), then what it returns runs every reactor round until it returns
+/// `Poll::Done`.
 pub(crate) fn spawn_poller(core: u32, make: MakeFn) -> Result<PollerHandle, SpdkError> {
     // SAFETY: plain data, set below.
     let mut cpuset: sys::spdk_cpuset = unsafe { std::mem::zeroed() };
@@ -218,7 +257,8 @@ extern "C" fn launch_poller(arg: *mut c_void) {
     // SAFETY: the `Launch` boxed in `spawn_poller`, handed over once.
     let launch = unsafe { Box::from_raw(arg.cast::<Launch>()) };
     let Launch { make, finished } = *launch;
-    let made = catch_unwind(AssertUnwindSafe(make)).unwrap_or_else(|_| Err("panicked".into()));
+    let made = unpinned(|| catch_unwind(AssertUnwindSafe(make)))
+        .unwrap_or_else(|_| Err("panicked".into()));
     let poll = match made {
         Ok(poll) => poll,
         Err(why) => {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 #[derive(Clone, Debug, Default, Args)]
@@ -23,41 +23,122 @@ pub struct SpdkArgs {
     /// Do not probe PCI devices (software bdevs only: malloc, aio, ...).
     #[arg(long)]
     pub spdk_no_pci: bool,
+    /// Drive SPDK from ordo's own poller thread (pinned by --cores, idling as --idle)
+    /// instead of running the poller on SPDK reactors, which spin on their cores.
+    #[arg(long)]
+    pub spdk_own_threads: bool,
 }
 
 impl SpdkArgs {
-    /// Starts SPDK if a config was given (`name` names the process to it); an `spdk:`
-    /// volume without one fails later, when it is opened, saying so.
-    pub fn start(&self, name: &str) -> Result<()> {
+    /// Starts SPDK if a config was given (`name` names the process to it), with reactors
+    /// on `reactor_cores` if any; an `spdk:` volume without a config fails later, when
+    /// it is opened, saying so.
+    pub fn start(&self, name: &str, reactor_cores: Option<Vec<u32>>) -> Result<()> {
         let Some(config) = &self.spdk_config else {
             anyhow::ensure!(
-                self.spdk_mem_mb.is_none() && !self.spdk_no_huge && !self.spdk_no_pci,
-                "--spdk-mem-mb, --spdk-no-huge and --spdk-no-pci need --spdk-config"
+                self.spdk_mem_mb.is_none()
+                    && !self.spdk_no_huge
+                    && !self.spdk_no_pci
+                    && !self.spdk_own_threads,
+                "--spdk-mem-mb, --spdk-no-huge, --spdk-no-pci and --spdk-own-threads need --spdk-config"
             );
             return Ok(());
         };
-        start(name, config.clone(), self)
+        start(name, config.clone(), self, reactor_cores)
+    }
+
+    /// The reactor cores a daemon with `--cores CORES` runs SPDK on: those cores (the
+    /// poller on the first), or the first core this process may use; `None` without SPDK
+    /// or with --spdk-own-threads.
+    pub fn reactor_cores(&self, cores: &[usize]) -> Result<Option<Vec<u32>>> {
+        if self.spdk_config.is_none() || self.spdk_own_threads {
+            return Ok(None);
+        }
+        let cores: Vec<usize> = if cores.is_empty() {
+            let first = core_affinity::get_core_ids()
+                .and_then(|ids| ids.first().map(|id| id.id))
+                .context("no CPU core to run an SPDK reactor on")?;
+            vec![first]
+        } else {
+            cores.to_vec()
+        };
+        let cores = cores
+            .into_iter()
+            .map(|c| u32::try_from(c).context("a core number beyond u32"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(cores))
     }
 }
 
 #[cfg(feature = "spdk")]
-fn start(name: &str, config: PathBuf, args: &SpdkArgs) -> Result<()> {
-    use anyhow::Context;
+fn start(
+    name: &str,
+    config: PathBuf,
+    args: &SpdkArgs,
+    reactor_cores: Option<Vec<u32>>,
+) -> Result<()> {
     ordo_spdk::init(ordo_spdk::EnvOptions {
         name: name.to_string(),
         config: config.clone(),
         mem_size_mb: args.spdk_mem_mb,
         no_huge: args.spdk_no_huge,
         no_pci: args.spdk_no_pci,
-        reactor_cores: None,
+        reactor_cores: reactor_cores.clone(),
     })
     .with_context(|| format!("starting SPDK with {}", config.display()))?;
-    tracing::info!("SPDK started with {}", config.display());
+    match reactor_cores {
+        Some(cores) => tracing::info!(
+            "SPDK started with {}, reactors on cores {cores:?}",
+            config.display()
+        ),
+        None => tracing::info!("SPDK started with {}", config.display()),
+    }
     Ok(())
 }
 
 #[cfg(not(feature = "spdk"))]
-fn start(_name: &str, _config: PathBuf, _args: &SpdkArgs) -> Result<()> {
+fn start(
+    _name: &str,
+    _config: PathBuf,
+    _args: &SpdkArgs,
+    _reactor_cores: Option<Vec<u32>>,
+) -> Result<()> {
+    anyhow::bail!("{NOT_BUILT}")
+}
+
+/// Runs a daemon's poller as an SPDK poller on the reactor of `core`: `build` makes it
+/// there, then each reactor round runs one of its rounds until it exits.
+#[cfg(feature = "spdk")]
+pub fn run_on_reactor<B, D>(core: u32, build: B) -> Result<std::process::ExitCode>
+where
+    B: FnOnce() -> Result<D> + Send + 'static,
+    D: crate::daemon::runner::Rounds + 'static,
+{
+    use crate::daemon::runner::Round;
+    let env = ordo_spdk::env().context("SPDK is not started")?;
+    let (exit, code) = std::sync::mpsc::sync_channel(1);
+    let handle = env.spawn_poller(core, move || {
+        let mut daemon = build().map_err(|e| format!("{e:#}"))?;
+        Ok(move || match daemon.round() {
+            Round::Busy => ordo_spdk::Poll::Busy,
+            Round::Idle => ordo_spdk::Poll::Idle,
+            Round::Exit(code) => {
+                let _ = exit.try_send(code);
+                ordo_spdk::Poll::Done
+            }
+        })
+    })?;
+    handle.wait().map_err(anyhow::Error::msg)?;
+    code.recv()
+        .context("the daemon's poller ended without an exit code")
+}
+
+#[cfg(not(feature = "spdk"))]
+pub fn run_on_reactor<B, D>(_core: u32, _build: B) -> Result<std::process::ExitCode>
+where
+    B: FnOnce() -> Result<D> + Send + 'static,
+    D: crate::daemon::runner::Rounds + 'static,
+{
     anyhow::bail!("{NOT_BUILT}")
 }
 
@@ -75,10 +156,10 @@ mod tests {
             spdk_no_huge: true,
             ..SpdkArgs::default()
         };
-        let error = args.start("test").unwrap_err().to_string();
+        let error = args.start("test", None).unwrap_err().to_string();
         assert!(error.contains("need --spdk-config"), "{error}");
         assert!(
-            SpdkArgs::default().start("test").is_ok(),
+            SpdkArgs::default().start("test", None).is_ok(),
             "no SPDK asked for"
         );
     }
@@ -90,7 +171,7 @@ mod tests {
             spdk_config: Some("bdevs.json".into()),
             ..SpdkArgs::default()
         };
-        let error = args.start("test").unwrap_err().to_string();
+        let error = args.start("test", None).unwrap_err().to_string();
         assert!(error.contains("--features spdk"), "{error}");
         let volume = "data=spdk:Malloc0".parse().unwrap();
         let error = crate::volume::Volume::open(&volume, 4096)

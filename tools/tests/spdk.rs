@@ -1,8 +1,9 @@
 //! Both daemons on SPDK bdevs (`cargo test --features spdk`, SPDK_DIR pointing at a built
-//! SPDK): malloc bdevs for writing, flushing and verifying; a secondary on aio bdevs (files,
-//! so they outlive the process) killed with SIGKILL and recovering from its journal bdev
-//! with the invariant checked against the client's model after each restart; `ordo bench`
-//! on a malloc bdev. SPDK runs without hugepages here (`--spdk-no-huge`).
+//! SPDK), their pollers on SPDK reactors (and once on their own threads): malloc bdevs for
+//! writing, flushing and verifying; a secondary on aio bdevs (files, so they outlive the
+//! process) killed with SIGKILL and recovering from its journal bdev with the invariant
+//! checked against the client's model after each restart; `ordo bench` on a malloc bdev.
+//! SPDK runs without hugepages here (`--spdk-no-huge`).
 
 #![cfg(feature = "spdk")]
 
@@ -10,6 +11,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use common::model::{kill_secondary_while_writing, replica_digest, MODEL_BLOCKS};
 use common::nbd::NbdClient;
@@ -18,8 +20,17 @@ use common::{assert_verifies, free_port, random_bytes, Daemon, Pair, BLOCK, CATC
 /// Memory each daemon gives SPDK: its pools, the malloc bdevs, 64 MiB of DMA per volume.
 const SPDK_MEM_MB: &str = "1024";
 
-fn spdk_args(config: &Path) -> Vec<String> {
-    [
+/// Where a daemon's poller runs.
+#[derive(Clone, Copy, Debug)]
+enum Runtime {
+    /// An SPDK poller on a reactor on this core (the default with SPDK).
+    Reactor(usize),
+    /// ordo's own poller thread (`--spdk-own-threads`).
+    OwnThread,
+}
+
+fn spdk_args(config: &Path, runtime: Runtime) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--spdk-config",
         &config.display().to_string(),
         "--spdk-no-huge",
@@ -29,7 +40,19 @@ fn spdk_args(config: &Path) -> Vec<String> {
     ]
     .iter()
     .map(ToString::to_string)
-    .collect()
+    .collect();
+    match runtime {
+        Runtime::Reactor(core) => args.extend(["--cores".to_string(), core.to_string()]),
+        Runtime::OwnThread => args.push("--spdk-own-threads".into()),
+    }
+    args
+}
+
+/// SPDK's reactors claim their cores (a lock file per core), and this machine may have
+/// only two: one pair of daemons on reactors at a time.
+fn reactor_cores() -> MutexGuard<'static, ()> {
+    static CORES: Mutex<()> = Mutex::new(());
+    CORES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn write_config(path: &Path, bdevs: &[String]) -> PathBuf {
@@ -59,8 +82,16 @@ fn aio(name: &str, file: &Path, bytes: u64) -> String {
 
 /// A primary serving malloc bdev `Malloc0` (`bytes` long) as volume `data`, and a
 /// secondary whose replica is bdev `Replica0` and journal bdev `Journal0`, as `secondary`
-/// (a list of bdev-creating methods) defines them.
-fn spdk_pair(dir: &Path, bytes: usize, secondary: &[String]) -> Pair {
+/// (a list of bdev-creating methods) defines them. On reactors, the primary's is on core
+/// 0 and the secondary's on core 1.
+fn spdk_pair(dir: &Path, bytes: usize, secondary: &[String], reactors: bool) -> Pair {
+    let runtime = |core| {
+        if reactors {
+            Runtime::Reactor(core)
+        } else {
+            Runtime::OwnThread
+        }
+    };
     let port = free_port();
     let state = dir.join("state");
     let mut args: Vec<String> = [
@@ -79,10 +110,10 @@ fn spdk_pair(dir: &Path, bytes: usize, secondary: &[String]) -> Pair {
     .iter()
     .map(ToString::to_string)
     .collect();
-    args.extend(spdk_args(&write_config(
-        &dir.join("secondary.json"),
-        secondary,
-    )));
+    args.extend(spdk_args(
+        &write_config(&dir.join("secondary.json"), secondary),
+        runtime(1),
+    ));
     let secondary = Daemon::start("secondary", dir, &args, &state.join("control.sock"));
     let nbd: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let control = dir.join("primary.sock");
@@ -105,7 +136,7 @@ fn spdk_pair(dir: &Path, bytes: usize, secondary: &[String]) -> Pair {
     .map(ToString::to_string)
     .collect();
     let primary_config = write_config(&dir.join("primary.json"), &[malloc("Malloc0", bytes)]);
-    args.extend(spdk_args(&primary_config));
+    args.extend(spdk_args(&primary_config, runtime(0)));
     let primary = Daemon::start("primary", dir, &args, &control);
     Pair {
         secondary,
@@ -118,13 +149,13 @@ fn spdk_pair(dir: &Path, bytes: usize, secondary: &[String]) -> Pair {
 
 /// Malloc bdevs on both sides: 8 MiB written in 64 KiB requests through NBD, flushed; the
 /// secondary applies everything, `ordo verify` passes, the primary reads back the image
-/// and the replica's digest equals the image's, block by block.
-#[test]
-fn malloc_bdevs_replicate_flush_and_verify() {
+/// and the replica's digest equals the image's, block by block. Both daemons' pollers run
+/// on SPDK reactors, or on their own threads.
+fn malloc_bdevs_replicate_flush_and_verify(reactors: bool) {
     let dir = tempfile::tempdir().unwrap();
     let bytes = 8 << 20;
     let secondary = [malloc("Replica0", bytes), malloc("Journal0", 160 << 20)];
-    let pair = spdk_pair(dir.path(), bytes, &secondary);
+    let pair = spdk_pair(dir.path(), bytes, &secondary, reactors);
     let image = random_bytes(bytes, 42);
     let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
     for (i, chunk) in image.chunks(64 << 10).enumerate() {
@@ -146,21 +177,38 @@ fn malloc_bdevs_replicate_flush_and_verify() {
     );
     let log = pair.primary.log();
     assert!(log.contains("SPDK bdev Malloc0"), "{log}");
+    assert_eq!(
+        log.contains("reactors on cores [0]"),
+        reactors,
+        "where the poller ran: {log}"
+    );
 }
 
-/// The simulation's invariant on real SPDK I/O: the secondary's replica and journal are
-/// aio bdevs over files (a malloc bdev dies with its process); it is killed with SIGKILL
-/// three times while a client writes; after each restart it recovers from its journal
+#[test]
+fn on_reactors_malloc_bdevs_replicate_flush_and_verify() {
+    let _cores = reactor_cores();
+    malloc_bdevs_replicate_flush_and_verify(true);
+}
+
+#[test]
+fn on_own_threads_malloc_bdevs_replicate_flush_and_verify() {
+    malloc_bdevs_replicate_flush_and_verify(false);
+}
+
+/// The simulation's invariant on real SPDK I/O, both daemons on reactors: the
+/// secondary's replica and journal are aio bdevs over files (a malloc bdev dies with its
+/// process); it is killed with SIGKILL three times while a client writes; after each restart it recovers from its journal
 /// bdev to the image of a prefix of the writes, and at the end it equals the model.
 #[test]
 fn a_secondary_on_bdevs_killed_three_times_recovers_a_prefix_image() {
+    let _cores = reactor_cores();
     let dir = tempfile::tempdir().unwrap();
     let bytes = MODEL_BLOCKS * BLOCK;
     let secondary = [
         aio("Replica0", &dir.path().join("replica.img"), bytes as u64),
         aio("Journal0", &dir.path().join("journal.img"), 160 << 20),
     ];
-    let mut pair = spdk_pair(dir.path(), bytes, &secondary);
+    let mut pair = spdk_pair(dir.path(), bytes, &secondary, true);
     let image = kill_secondary_while_writing(&mut pair, 3);
     let (_, crcs) = replica_digest(&pair.secondary);
     let expected: Vec<u32> = image.chunks(BLOCK).map(crc32c::crc32c).collect();
@@ -200,7 +248,7 @@ fn bench_runs_replicated_on_a_malloc_bdev() {
         "--output".into(),
         json.display().to_string(),
     ];
-    args.extend(spdk_args(&config));
+    args.extend(spdk_args(&config, Runtime::OwnThread));
     let output = std::process::Command::new(ORDO)
         .args(&args)
         .output()

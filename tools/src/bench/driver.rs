@@ -103,7 +103,8 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
             .with_context(|| format!("creating {}", path.display()))?
         }
         Backend::Spdk(bdev) => {
-            args.spdk.start("ordo_bench")?;
+            // The bench's loop drives the primary itself: SPDK on its own threads.
+            args.spdk.start("ordo_bench", None)?;
             let volume = Volume::open_bdev(bdev, None, args.max_write_bytes())?;
             let geometry = volume.geometry();
             ensure!(

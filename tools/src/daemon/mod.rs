@@ -6,6 +6,7 @@ pub mod control;
 pub mod nbd_export;
 pub mod primary;
 pub mod report;
+pub mod runner;
 pub mod secondary;
 
 use std::sync::atomic::AtomicBool;

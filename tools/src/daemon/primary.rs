@@ -16,11 +16,12 @@ use ordo_engine::runtime::primary_node::PrimaryNode;
 use ordo_engine::runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus, Request};
 use ordo_engine::storage::Storage;
 
-use super::config::{pin, print_banner, PrimaryOptions, PrimarySettings};
+use super::config::{print_banner, PrimaryOptions, PrimarySettings};
 use super::nbd_export::{listen, NbdVolume};
 use super::report::{
     error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport, Writes,
 };
+use super::runner::{self, Round, Rounds, Runtime};
 use super::{
     ask_status, control, describe_volumes, digest, digest_plan, init_logging, status_channel,
     status_json, termination_flag, StatusAsk,
@@ -38,54 +39,156 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     let spdk = options.spdk.clone();
     let settings = options.resolve()?;
     print_banner("primary", &settings)?;
-    spdk.start("ordo_primary")?;
-    let mut volumes = Vec::with_capacity(settings.volume.len());
-    for spec in &settings.volume {
-        let volume = Volume::open(spec, settings.block_size)
-            .with_context(|| format!("opening volume {spec}"))?;
-        tracing::info!("volume {spec}: {:?}", volume.geometry());
-        volumes.push(volume);
-    }
-    let (reports, max_io) = describe_volumes(&settings.volume, &volumes);
-    let config = primary_config(&settings);
-    let primary = Primary::new(config.clone(), volumes).context("primary configuration")?;
-    let node = PrimaryNode::new(primary, settings.connect, settings.lanes)
-        .context("starting the lane connector")?;
-    let mut service = PrimaryService::new(node, settings.max_requests, settings.window_bytes.0);
-    service.set_poller(std::thread::current());
-    let frontend = service.frontend();
-    let (asks, ask_queue) = status_channel();
-    let handler = {
-        let (frontend, reports) = (frontend.clone(), reports.clone());
-        move |line: &str| control_reply(line, &asks, &frontend, &reports, max_io)
-    };
-    control::serve(&settings.control, Arc::new(handler))?;
-    let max_request = config.max_write_bytes.min(max_io);
-    let closing = Arc::new(AtomicBool::new(false));
-    let exports = nbd_exports(&reports, max_request, &frontend);
-    let nbd = listen(settings.nbd, Arc::new(exports), Arc::clone(&closing))?;
-    tracing::info!(
-        "primary up: NBD on {nbd}, replicating to {} over {} lanes, control {}",
-        settings.connect,
-        settings.lanes,
-        settings.control.display()
-    );
+    let reactors = spdk.reactor_cores(&settings.cores)?;
+    spdk.start("ordo_primary", reactors.clone())?;
     let terminate = termination_flag()?;
-    pin(settings.pin)?;
-    let started = Instant::now();
-    let clock = || started.elapsed().as_millis() as u64;
-    serve(
-        &mut service,
-        &ask_queue,
-        &settings,
-        &reports,
-        &terminate,
-        clock,
-    );
-    closing.store(true, Ordering::Relaxed);
-    let code = drain(&mut service, &settings, clock);
-    let _ = std::fs::remove_file(&settings.control);
+    let runtime = match reactors {
+        Some(cores) => Runtime::Reactor { core: cores[0] },
+        None => Runtime::Thread {
+            pin: settings.pin,
+            idle: settings.idle.policy(),
+        },
+    };
+    let control = settings.control.clone();
+    let code = runner::run(runtime, move || Serving::start(settings, terminate))?;
+    let _ = std::fs::remove_file(&control);
     Ok(code)
+}
+
+/// The primary once up: the service, what the control thread asks, and the phase (serving
+/// until SIGTERM, then draining).
+struct Serving {
+    service: PrimaryService<Volume>,
+    asks: Receiver<StatusAsk>,
+    settings: PrimarySettings,
+    reports: Vec<VolumeReport>,
+    terminate: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
+    started: Instant,
+    watch: Watch,
+    next_watch: u64,
+    /// Draining, until this time (ms).
+    drain_deadline: Option<u64>,
+}
+
+impl Serving {
+    /// Opens the volumes and starts the lanes, the control socket and the NBD server.
+    fn start(settings: PrimarySettings, terminate: Arc<AtomicBool>) -> Result<Serving> {
+        let mut volumes = Vec::with_capacity(settings.volume.len());
+        for spec in &settings.volume {
+            let volume = Volume::open(spec, settings.block_size)
+                .with_context(|| format!("opening volume {spec}"))?;
+            tracing::info!("volume {spec}: {:?}", volume.geometry());
+            volumes.push(volume);
+        }
+        let (reports, max_io) = describe_volumes(&settings.volume, &volumes);
+        let config = primary_config(&settings);
+        let primary = Primary::new(config.clone(), volumes).context("primary configuration")?;
+        let node = PrimaryNode::new(primary, settings.connect, settings.lanes)
+            .context("starting the lane connector")?;
+        let service = PrimaryService::new(node, settings.max_requests, settings.window_bytes.0);
+        service.set_poller(std::thread::current());
+        let frontend = service.frontend();
+        let (asks, ask_queue) = status_channel();
+        let handler = {
+            let (frontend, reports) = (frontend.clone(), reports.clone());
+            move |line: &str| control_reply(line, &asks, &frontend, &reports, max_io)
+        };
+        control::serve(&settings.control, Arc::new(handler))?;
+        let max_request = config.max_write_bytes.min(max_io);
+        let closing = Arc::new(AtomicBool::new(false));
+        let exports = nbd_exports(&reports, max_request, &frontend);
+        let nbd = listen(settings.nbd, Arc::new(exports), Arc::clone(&closing))?;
+        tracing::info!(
+            "primary up: NBD on {nbd}, replicating to {} over {} lanes, control {}",
+            settings.connect,
+            settings.lanes,
+            settings.control.display()
+        );
+        Ok(Serving {
+            service,
+            asks: ask_queue,
+            settings,
+            reports,
+            terminate,
+            closing,
+            started: Instant::now(),
+            watch: Watch::default(),
+            next_watch: 0,
+            drain_deadline: None,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Serving: the service, status asks, and state changes to log; SIGTERM starts the
+    /// drain.
+    fn serve(&mut self, now: u64) -> bool {
+        let mut did = self.service.poll(now);
+        while let Ok(reply) = self.asks.try_recv() {
+            let status = status_report(
+                &self.service.status(now),
+                now,
+                &self.settings,
+                &self.reports,
+            );
+            let _ = reply.try_send(status);
+            did = true;
+        }
+        if now >= self.next_watch {
+            log_changes(&self.service.status(now), &mut self.watch);
+            self.next_watch = now + WATCH_EVERY_MS;
+        }
+        // Relaxed: a flag set by the signal handler; it orders nothing else.
+        if self.terminate.load(Ordering::Relaxed) {
+            tracing::info!("terminating: refusing new requests, closing the open data set and draining to the secondary");
+            self.closing.store(true, Ordering::Relaxed);
+            self.service.close();
+            self.drain_deadline =
+                Some(now.saturating_add(self.settings.drain_timeout_s.saturating_mul(1000)));
+        }
+        did
+    }
+
+    /// Draining: until the secondary applied the last data set, or the deadline.
+    fn drain(&mut self, now: u64, deadline: u64) -> Round {
+        let did = self.service.poll(now);
+        let applied = self.service.node().primary().peer_applied();
+        let target = self.service.drained();
+        if target.is_some_and(|target| applied >= target) {
+            tracing::info!("drained: the secondary applied {applied}; exiting");
+            return Round::Exit(ExitCode::SUCCESS);
+        }
+        if now >= deadline {
+            tracing::warn!(
+                "drain timed out after {} s: the secondary applied {applied}, {} left unreplicated",
+                self.settings.drain_timeout_s,
+                target.map_or("the open data set".into(), |t| format!("up to {t}"))
+            );
+            return Round::Exit(ExitCode::from(3));
+        }
+        if did {
+            Round::Busy
+        } else {
+            Round::Idle
+        }
+    }
+}
+
+impl Rounds for Serving {
+    fn round(&mut self) -> Round {
+        let now = self.now_ms();
+        if let Some(deadline) = self.drain_deadline {
+            return self.drain(now, deadline);
+        }
+        if self.serve(now) {
+            Round::Busy
+        } else {
+            Round::Idle
+        }
+    }
 }
 
 fn nbd_exports(volumes: &[VolumeReport], max_request: u32, frontend: &Frontend) -> Vec<NbdVolume> {
@@ -101,35 +204,6 @@ fn nbd_exports(volumes: &[VolumeReport], max_request: u32, frontend: &Frontend) 
             frontend: frontend.clone(),
         })
         .collect()
-}
-
-/// Polls until SIGTERM: the service, status asks, and state changes to log.
-fn serve(
-    service: &mut PrimaryService<Volume>,
-    asks: &Receiver<StatusAsk>,
-    settings: &PrimarySettings,
-    volumes: &[VolumeReport],
-    terminate: &AtomicBool,
-    clock: impl Fn() -> u64,
-) {
-    let idle = settings.idle.policy();
-    let mut watch = Watch::default();
-    let mut next_watch = 0;
-    // Relaxed: a flag set by the signal handler; it orders nothing else.
-    while !terminate.load(Ordering::Relaxed) {
-        let now = clock();
-        let mut did = service.poll(now);
-        while let Ok(reply) = asks.try_recv() {
-            let status = status_report(&service.status(now), now, settings, volumes);
-            let _ = reply.try_send(status);
-            did = true;
-        }
-        if now >= next_watch {
-            log_changes(&service.status(now), &mut watch);
-            next_watch = now + WATCH_EVERY_MS;
-        }
-        idle.after_round(did);
-    }
 }
 
 fn primary_config(settings: &PrimarySettings) -> PrimaryConfig {
@@ -334,36 +408,4 @@ fn primary_digest(
         ));
     }
     Ok(digest)
-}
-
-/// On SIGTERM: refuse new clients, close the open data set and wait (bounded) for the
-/// secondary to apply it.
-fn drain(
-    service: &mut PrimaryService<Volume>,
-    settings: &PrimarySettings,
-    clock: impl Fn() -> u64,
-) -> ExitCode {
-    tracing::info!("terminating: refusing new requests, closing the open data set and draining to the secondary");
-    service.close();
-    let deadline = clock().saturating_add(settings.drain_timeout_s.saturating_mul(1000));
-    let idle = settings.idle.policy();
-    loop {
-        let now = clock();
-        let did = service.poll(now);
-        let applied = service.node().primary().peer_applied();
-        let target = service.drained();
-        if target.is_some_and(|target| applied >= target) {
-            tracing::info!("drained: the secondary applied {applied}; exiting");
-            return ExitCode::SUCCESS;
-        }
-        if now >= deadline {
-            tracing::warn!(
-                "drain timed out after {} s: the secondary applied {applied}, {} left unreplicated",
-                settings.drain_timeout_s,
-                target.map_or("the open data set".into(), |t| format!("up to {t}"))
-            );
-            return ExitCode::from(3);
-        }
-        idle.after_round(did);
-    }
 }

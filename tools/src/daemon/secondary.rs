@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
@@ -20,8 +20,9 @@ use ordo_engine::secondary::journal::{record_bytes, required_bytes};
 use ordo_engine::secondary::{Secondary, SecondaryConfig};
 use ordo_engine::storage::{read_blocking, Storage};
 
-use super::config::{pin, print_banner, SecondaryOptions, SecondarySettings};
+use super::config::{print_banner, SecondaryOptions, SecondarySettings};
 use super::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
+use super::runner::{self, Round, Rounds, Runtime};
 use super::{
     control, describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
     termination_flag, StatusAsk,
@@ -33,7 +34,7 @@ const WATCH_EVERY_MS: u64 = 100;
 /// A digest waits this long for the secondary to be between data sets.
 const DIGEST_QUIET_TIMEOUT_MS: u64 = 10_000;
 /// On SIGTERM, finish the data set being applied for at most this long.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT_MS: u64 = 10_000;
 const JOURNAL_FILE: &str = "journal";
 
 type DigestJob = (ControlRequest, Sender<String>);
@@ -43,30 +44,117 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     let spdk = options.spdk.clone();
     let settings = options.resolve()?;
     print_banner("secondary", &settings)?;
-    spdk.start("ordo_secondary")?;
+    let reactors = spdk.reactor_cores(&settings.cores)?;
+    spdk.start("ordo_secondary", reactors.clone())?;
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
-    let _lock = lock_state_dir(&settings.state_dir)?;
-    let secondary = open_or_create(&settings)?;
-    let control = Control::start(&settings, &secondary)?;
-    let listener = TcpListener::bind(settings.listen)
-        .with_context(|| format!("listening on {}", settings.listen))?;
-    let max_write = u32::try_from(settings.max_write_bytes.0).unwrap_or(u32::MAX);
-    let mut node = SecondaryNode::new(secondary, listener, settings.lanes, max_write)?;
-    tracing::info!(
-        "secondary up: listening on {}, applied {}, control {}",
-        node.local_addr()?,
-        node.secondary().applied(),
-        settings.control.display()
-    );
+    let lock = lock_state_dir(&settings.state_dir)?;
     let terminate = termination_flag()?;
-    pin(settings.pin)?;
-    let started = Instant::now();
-    let clock = || started.elapsed().as_millis() as u64;
-    serve(&mut node, control, &settings, &terminate, clock);
-    drain(&mut node, clock);
-    let _ = std::fs::remove_file(&settings.control);
-    Ok(ExitCode::SUCCESS)
+    let runtime = match reactors {
+        Some(cores) => Runtime::Reactor { core: cores[0] },
+        None => Runtime::Thread {
+            pin: settings.pin,
+            idle: settings.idle.policy(),
+        },
+    };
+    let control = settings.control.clone();
+    let code = runner::run(runtime, move || Receiving::start(settings, terminate))?;
+    drop(lock);
+    let _ = std::fs::remove_file(&control);
+    Ok(code)
+}
+
+/// The secondary once up: its node, the control socket's side, and the phase (serving
+/// until SIGTERM, then finishing the data set being applied).
+struct Receiving {
+    node: SecondaryNode<Volume>,
+    control: Control,
+    settings: SecondarySettings,
+    terminate: Arc<AtomicBool>,
+    started: Instant,
+    next_watch: u64,
+    reported_failure: bool,
+    /// Terminating, until this time (ms).
+    drain_deadline: Option<u64>,
+}
+
+impl Receiving {
+    /// Opens (recovering) or creates the journal and replicas, then serves the control
+    /// socket and accepts the primary's lanes.
+    fn start(settings: SecondarySettings, terminate: Arc<AtomicBool>) -> Result<Receiving> {
+        let secondary = open_or_create(&settings)?;
+        let control = Control::start(&settings, &secondary)?;
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("listening on {}", settings.listen))?;
+        let max_write = u32::try_from(settings.max_write_bytes.0).unwrap_or(u32::MAX);
+        let node = SecondaryNode::new(secondary, listener, settings.lanes, max_write)?;
+        tracing::info!(
+            "secondary up: listening on {}, applied {}, control {}",
+            node.local_addr()?,
+            node.secondary().applied(),
+            settings.control.display()
+        );
+        Ok(Receiving {
+            node,
+            control,
+            settings,
+            terminate,
+            started: Instant::now(),
+            next_watch: 0,
+            reported_failure: false,
+            drain_deadline: None,
+        })
+    }
+
+    fn serve(&mut self, now: u64) -> bool {
+        let mut did = self.node.poll(now);
+        did |= self.control.round(&mut self.node, now, &self.settings);
+        if now >= self.next_watch {
+            if let (Some(failure), false) = (self.node.secondary().failure(), self.reported_failure)
+            {
+                tracing::error!("secondary failed: {failure}");
+                self.reported_failure = true;
+            }
+            self.next_watch = now + WATCH_EVERY_MS;
+        }
+        // Relaxed: a flag set by the signal handler; it orders nothing else.
+        if self.terminate.load(Ordering::Relaxed) {
+            self.drain_deadline = Some(now.saturating_add(DRAIN_TIMEOUT_MS));
+        }
+        did
+    }
+
+    /// On SIGTERM: let the data set being applied finish (bounded), so the replica is
+    /// left between data sets; the journal is durable either way.
+    fn drain(&mut self, now: u64, deadline: u64) -> Round {
+        let between = self.node.secondary().is_between_data_sets();
+        if between || now >= deadline {
+            tracing::info!(
+                "terminating at applied {} (between data sets: {between})",
+                self.node.secondary().applied(),
+            );
+            return Round::Exit(ExitCode::SUCCESS);
+        }
+        if self.node.poll(now) {
+            Round::Busy
+        } else {
+            Round::Idle
+        }
+    }
+}
+
+impl Rounds for Receiving {
+    fn round(&mut self) -> Round {
+        let now = self.started.elapsed().as_millis() as u64;
+        if let Some(deadline) = self.drain_deadline {
+            return self.drain(now, deadline);
+        }
+        if self.serve(now) {
+            Round::Busy
+        } else {
+            Round::Idle
+        }
+    }
 }
 
 /// The control socket's side on the poller: status asks and digest jobs to answer.
@@ -137,32 +225,6 @@ impl Control {
 }
 
 /// Polls until SIGTERM: the node, the control socket's requests, and a failure to log.
-fn serve(
-    node: &mut SecondaryNode<Volume>,
-    mut control: Control,
-    settings: &SecondarySettings,
-    terminate: &AtomicBool,
-    clock: impl Fn() -> u64,
-) {
-    let idle = settings.idle.policy();
-    let mut next_watch = 0;
-    let mut reported_failure = false;
-    // Relaxed: a flag set by the signal handler; it orders nothing else.
-    while !terminate.load(Ordering::Relaxed) {
-        let now = clock();
-        let mut did = node.poll(now);
-        did |= control.round(node, now, settings);
-        if now >= next_watch {
-            if let (Some(failure), false) = (node.secondary().failure(), reported_failure) {
-                tracing::error!("secondary failed: {failure}");
-                reported_failure = true;
-            }
-            next_watch = now + WATCH_EVERY_MS;
-        }
-        idle.after_round(did);
-    }
-}
-
 fn secondary_config(settings: &SecondarySettings) -> SecondaryConfig {
     SecondaryConfig {
         group: GroupId(settings.group),
@@ -449,19 +511,4 @@ fn status_report(
         .map(|(name, value)| (name.to_string(), value))
         .collect(),
     }
-}
-
-/// On SIGTERM: let the data set being applied finish (bounded), so the replica is left
-/// between data sets; the journal is durable either way.
-fn drain(node: &mut SecondaryNode<Volume>, clock: impl Fn() -> u64) {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while !node.secondary().is_between_data_sets() && Instant::now() < deadline {
-        node.poll(clock());
-        std::thread::yield_now();
-    }
-    tracing::info!(
-        "terminating at applied {} (between data sets: {})",
-        node.secondary().applied(),
-        node.secondary().is_between_data_sets()
-    );
 }

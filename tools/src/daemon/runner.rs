@@ -1,0 +1,57 @@
+//! A daemon's poller, wherever it runs: on this thread (pinned, idling between rounds as
+//! its policy says) or, with SPDK, as an SPDK poller on a reactor. Either way the daemon
+//! is one value whose `round` does a bounded amount of work.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ordo_engine::runtime::idle::IdlePolicy;
+
+use super::config::pin;
+
+/// What one round of a daemon's poller did.
+#[derive(Debug)]
+pub enum Round {
+    Busy,
+    Idle,
+    /// The daemon is done (terminated and drained): exit with this.
+    Exit(ExitCode),
+}
+
+pub trait Rounds {
+    fn round(&mut self) -> Round;
+}
+
+/// Where the poller runs.
+#[derive(Debug)]
+pub enum Runtime {
+    /// This thread, pinned to the core if any, idling as the policy says.
+    Thread {
+        pin: Option<usize>,
+        idle: IdlePolicy,
+    },
+    /// An SPDK poller on the reactor of this core.
+    Reactor { core: u32 },
+}
+
+/// Builds the daemon where its poller runs, then runs it until it exits.
+pub fn run<B, D>(runtime: Runtime, build: B) -> Result<ExitCode>
+where
+    B: FnOnce() -> Result<D> + Send + 'static,
+    D: Rounds + 'static,
+{
+    match runtime {
+        Runtime::Thread { pin: core, idle } => {
+            let mut daemon = build()?;
+            pin(core)?;
+            loop {
+                match daemon.round() {
+                    Round::Busy => idle.after_round(true),
+                    Round::Idle => idle.after_round(false),
+                    Round::Exit(code) => return Ok(code),
+                }
+            }
+        }
+        Runtime::Reactor { core } => crate::spdk::run_on_reactor(core, build),
+    }
+}
