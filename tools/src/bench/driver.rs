@@ -244,7 +244,8 @@ struct Run {
     free: Vec<usize>,
     data: Vec<u8>,
     read_buf: Vec<u8>,
-    lag: LagTracker,
+    /// `None` with replication off: nothing is ever applied, so it would only grow.
+    lag: Option<LagTracker>,
     meter: Meter,
     progress: Progress,
     idle: IdlePolicy,
@@ -289,7 +290,8 @@ impl Run {
             free: (0..slots).rev().collect(),
             data,
             read_buf: vec![0u8; block],
-            lag: LagTracker::with_capacity(args.max_unapplied_writes().min(1 << 20)),
+            lag: (args.mode != Mode::LocalOnly)
+                .then(|| LagTracker::with_capacity(args.max_unapplied_writes().min(1 << 20))),
             meter: Meter::new(args),
             progress: Progress::new(progress, args.ramp + args.runtime),
             idle: args.idle.policy(),
@@ -420,7 +422,9 @@ impl Run {
                 self.started_ns[slot] = start_ns;
                 self.slot_job[slot] = job;
                 self.jobs[job].in_flight += 1;
-                self.lag.submitted(seq, self.block as u32);
+                if let Some(lag) = &mut self.lag {
+                    lag.submitted(seq, self.block as u32);
+                }
                 Ok(true)
             }
             Err(SubmitError::WindowFull) => {
@@ -453,7 +457,9 @@ impl Run {
                     let slot = token as usize;
                     self.jobs[self.slot_job[slot]].in_flight -= 1;
                     self.free.push(slot);
-                    self.lag.acked(seq, now_ns);
+                    if let Some(lag) = &mut self.lag {
+                        lag.acked(seq, now_ns);
+                    }
                     self.meter
                         .record(OpKind::Write, self.started_ns[slot], now_ns);
                 }
@@ -462,14 +468,19 @@ impl Run {
                 }
                 PrimaryEvent::DataSetClosed {
                     data_set, sync_seq, ..
-                } => self.lag.closed(data_set, sync_seq),
+                } => {
+                    if let Some(lag) = &mut self.lag {
+                        lag.closed(data_set, sync_seq);
+                    }
+                }
             }
         }
         let applied = primary.peer_applied();
-        let lag = &mut self.lag;
-        self.meter.record_lag(now_ns, |histograms, counts| {
-            lag.applied(applied, now_ns, histograms, counts)
-        });
+        if let Some(lag) = &mut self.lag {
+            self.meter.record_lag(now_ns, |histograms, counts| {
+                lag.applied(applied, now_ns, histograms, counts)
+            });
+        }
         Ok(())
     }
 
