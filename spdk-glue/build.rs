@@ -1,6 +1,11 @@
 //! Finds an installed SPDK (through `SPDK_DIR`, else pkg-config's own search path), links
-//! its shared libraries and generates the narrow binding in `src/sys.rs` from its headers.
-//! Without the `spdk` feature it does nothing: the crate is then empty.
+//! its libraries (SPDK's archives whole, DPDK's and the system's shared) and generates the
+//! narrow binding `sys.rs` from its headers. Without the `spdk` feature it does nothing:
+//! the crate is then empty.
+//!
+//! Tested with SPDK built against Debian's shared DPDK, whose EAL loads its drivers from
+//! its plugin directory; an SPDK with a bundled static DPDK would need DPDK's archives
+//! whole too.
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SPDK_DIR");
@@ -64,6 +69,7 @@ where /path/to/spdk/build/lib/pkgconfig holds spdk_bdev.pc. An SPDK installed wi
         // Every package at once, with what they need privately: SPDK's own libraries
         // statically, DPDK's and the system's (libaio, libuuid, libnuma, ...) shared.
         let (mut link_paths, mut libs, mut include_paths) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut link_files, mut ld_args) = (Vec::new(), Vec::new());
         for package in PACKAGES {
             let library = pkg_config::Config::new()
                 .cargo_metadata(false)
@@ -85,15 +91,27 @@ where /path/to/spdk/build/lib/pkgconfig holds spdk_bdev.pc. An SPDK installed wi
                     libs.push(lib);
                 }
             }
+            // A library named by its path (ISA-L's libisal.a in an SPDK built with it).
+            for file in library.link_files {
+                if !link_files.contains(&file) {
+                    link_files.push(file);
+                }
+            }
+            ld_args.extend(library.ld_args);
+        }
+        for file in &link_files {
+            link_file(file);
+        }
+        if !ld_args.is_empty() {
+            println!(
+                "cargo:warning=SPDK's pkg-config asks for linker flags ordo does not pass on: {ld_args:?}"
+            );
         }
         for dir in &link_paths {
             println!("cargo:rustc-link-search=native={}", dir.display());
         }
         for lib in &libs {
             link(lib);
-        }
-        if let Some(dir) = link_paths.first() {
-            println!("cargo:lib_dir={}", dir.display());
         }
         bind(&include_paths);
     }
@@ -106,6 +124,29 @@ where /path/to/spdk/build/lib/pkgconfig holds spdk_bdev.pc. An SPDK installed wi
             println!("cargo:rustc-link-lib=static:+whole-archive,-bundle={lib}");
         } else {
             println!("cargo:rustc-link-lib=dylib={lib}");
+        }
+    }
+
+    /// `/dir/libNAME.a` (or `.so`) as a search path and a library, SPDK's way for ISA-L.
+    fn link_file(file: &std::path::Path) {
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str()))
+        else {
+            fail(&format!(
+                "SPDK names a library ordo cannot link: {}",
+                file.display()
+            ));
+        };
+        println!("cargo:rustc-link-search=native={}", dir.display());
+        let stem = name.trim_start_matches("lib");
+        if let Some(archive) = stem.strip_suffix(".a") {
+            println!("cargo:rustc-link-lib=static:+whole-archive,-bundle={archive}");
+        } else if let Some(shared) = stem.split(".so").next().filter(|_| stem.contains(".so")) {
+            println!("cargo:rustc-link-lib=dylib={shared}");
+        } else {
+            fail(&format!(
+                "SPDK names a library ordo cannot link: {}",
+                file.display()
+            ));
         }
     }
 
@@ -137,6 +178,10 @@ where /path/to/spdk/build/lib/pkgconfig holds spdk_bdev.pc. An SPDK installed wi
             .allowlist_function("spdk_bdev_get_num_blocks")
             .allowlist_function("spdk_bdev_get_buf_align")
             .allowlist_function("spdk_bdev_io_type_supported")
+            .allowlist_function("spdk_bdev_has_write_cache")
+            .allowlist_function("spdk_bdev_get_md_size")
+            .allowlist_function("spdk_bdev_is_zoned")
+            .allowlist_function("spdk_bdev_get_write_unit_size")
             .allowlist_function("spdk_bdev_get_io_channel")
             .allowlist_function("spdk_put_io_channel")
             .allowlist_function("spdk_bdev_write")

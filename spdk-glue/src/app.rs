@@ -85,6 +85,12 @@ impl PollerHandle {
     }
 }
 
+/// True while the application framework runs in this process.
+pub fn running() -> bool {
+    // Relaxed: see `RUNNING`.
+    RUNNING.load(Ordering::Relaxed)
+}
+
 /// True on an OS thread running one of the framework's reactors.
 pub fn on_reactor() -> bool {
     // Relaxed: set once, before any poller can run.

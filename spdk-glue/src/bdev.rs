@@ -57,6 +57,9 @@ struct Finished {
     queue: VecDeque<u32>,
     /// Requests that had to wait for room in the bdev layer (`-ENOMEM`).
     io_waits: u64,
+    /// SPDK said the bdev is going away (hot remove, controller lost): new requests are
+    /// refused and the descriptor is closed once nothing is in flight, as SPDK requires.
+    removed: bool,
 }
 
 /// One request in flight. Slots live in a boxed slice that never moves or resizes while
@@ -125,17 +128,19 @@ impl BdevStorage {
         };
         let c_name = CString::new(name).map_err(|_| bad("a name with a NUL byte".into()))?;
         let thread = IoThread::new()?;
+        // Before the descriptor (dropped after it on an error below): its events land here.
+        let done = FinishedBox::new(max_in_flight);
         let entered = thread.enter();
         let mut desc = ptr::null_mut();
         // SAFETY: the bdev's own SPDK thread is current (entered); the name is
         // NUL-terminated and copied by SPDK; `desc` is written on success only. The event
-        // callback ignores events and needs no context.
+        // context outlives the descriptor (closed before it is freed).
         let rc = unsafe {
             sys::spdk_bdev_open_ext(
                 c_name.as_ptr(),
                 true,
                 Some(bdev_event),
-                ptr::null_mut(),
+                done.0.as_ptr().cast(),
                 &mut desc,
             )
         };
@@ -152,7 +157,7 @@ impl BdevStorage {
         // SAFETY: `desc` is open; the bdev lives at least as long as the descriptor.
         let bdev = unsafe { sys::spdk_bdev_desc_get_bdev(desc.0.as_ptr()) };
         // SAFETY: `bdev` is the descriptor's live bdev.
-        let (block_size, blocks, buf_align, flush_supported) = unsafe {
+        let (block_size, blocks, buf_align, flush_supported, write_cache) = unsafe {
             (
                 sys::spdk_bdev_get_block_size(bdev),
                 sys::spdk_bdev_get_num_blocks(bdev),
@@ -161,8 +166,29 @@ impl BdevStorage {
                     bdev,
                     sys::spdk_bdev_io_type::SPDK_BDEV_IO_TYPE_FLUSH,
                 ),
+                sys::spdk_bdev_has_write_cache(bdev),
             )
         };
+        // SAFETY: as above.
+        let (md_size, zoned, write_unit) = unsafe {
+            (
+                sys::spdk_bdev_get_md_size(bdev),
+                sys::spdk_bdev_is_zoned(bdev),
+                sys::spdk_bdev_get_write_unit_size(bdev),
+            )
+        };
+        if md_size != 0 || zoned || write_unit > 1 {
+            return Err(bad(format!(
+                "separate metadata ({md_size} bytes), zoned ({zoned}) or a write unit of {write_unit} blocks: ordo writes plain blocks"
+            )));
+        }
+        if !flush_supported && write_cache {
+            // A flush would be acknowledged without reaching the media.
+            return Err(bad(
+                "it has a volatile write cache but cannot flush it, so nothing written to it would be durable"
+                    .into(),
+            ));
+        }
         let size_bytes = blocks
             .checked_mul(u64::from(block_size))
             .ok_or_else(|| bad(format!("{blocks} blocks of {block_size} bytes overflow")))?;
@@ -181,15 +207,11 @@ impl BdevStorage {
             errno: 0,
         })?;
         let channel = Channel(channel);
-        let slot_bytes = max_io_bytes as usize;
-        let pool = DmaBuffer::zeroed(
-            slot_bytes * max_in_flight as usize,
-            buf_align.max(block_size as usize).next_power_of_two(),
-        )?;
-        let done = Box::into_raw(Box::new(Finished {
-            queue: VecDeque::with_capacity(max_in_flight as usize),
-            io_waits: 0,
-        }));
+        // Every slot starts aligned as the bdev wants its buffers, so SPDK never bounces.
+        let align = buf_align.max(block_size as usize).next_power_of_two();
+        let slot_bytes = (max_io_bytes as usize).next_multiple_of(align);
+        let pool = DmaBuffer::zeroed(slot_bytes * max_in_flight as usize, align)?;
+        let done = done.into_raw();
         let target = Target {
             desc: desc.0.as_ptr(),
             channel: channel.0.as_ptr(),
@@ -234,7 +256,7 @@ impl BdevStorage {
             if flush_supported {
                 "supported"
             } else {
-                "not needed"
+                "not supported (the bdev reports no volatile write cache: a completed write is durable)"
             }
         );
         Ok(storage)
@@ -282,6 +304,30 @@ impl BdevStorage {
         Ok(slot)
     }
 
+    /// SPDK said the bdev is going away: refuse new requests.
+    fn refuse_if_removed(&self) -> Result<(), StorageError> {
+        // SAFETY: read between polls; the event callback writes it only inside one.
+        if unsafe { (*self.done.as_ptr()).removed } {
+            return Err(StorageError::Io {
+                kind: std::io::ErrorKind::NotConnected,
+                message: format!("SPDK bdev {} was removed", self.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// Requests SPDK still holds (submitted, or waiting for room), as opposed to finished
+    /// ones `poll` has not reported yet.
+    fn with_spdk(&mut self) -> usize {
+        (0..self.geometry.max_in_flight)
+            .filter(|&i| {
+                let slot = self.slot(i);
+                // SAFETY: read between polls, no reference held across one.
+                matches!(unsafe { (*slot).state }, State::Submitted | State::Waiting)
+            })
+            .count()
+    }
+
     fn buffer(&mut self, slot: *mut Slot, len: usize) -> &mut [u8] {
         assert!(len <= self.slot_bytes);
         // SAFETY: the slot's buffer is `slot_bytes` long inside the DMA region, used by
@@ -291,7 +337,11 @@ impl BdevStorage {
 
     fn error(&self, op: &str, offset: u64, errno: c_int) -> StorageError {
         StorageError::Io {
-            kind: std::io::ErrorKind::Other,
+            kind: if errno == 0 {
+                std::io::ErrorKind::Other
+            } else {
+                std::io::Error::from_raw_os_error(errno).kind()
+            },
             message: if errno == 0 {
                 format!("SPDK bdev {}: {op} at offset {offset} failed", self.name)
             } else {
@@ -317,6 +367,11 @@ unsafe fn issue(slot: *mut Slot) {
         (s.target, s.op, s.offset, s.len, s.buf)
     };
     let arg = slot.cast::<c_void>();
+    // Before the call: on some error paths (a split request failing) SPDK runs the
+    // completion callback inside it and still returns 0, and the callback's `Done` must
+    // stand.
+    // SAFETY: the caller's contract.
+    unsafe { (*slot).state = State::Submitted };
     // SAFETY: descriptor and channel are open on this SPDK thread; the buffer is the
     // slot's DMA memory (at least `len` bytes), untouched until the completion; `arg`
     // stays valid until the callback (the slots outlive every request in flight).
@@ -346,8 +401,6 @@ unsafe fn issue(slot: *mut Slot) {
         }
     };
     if rc == 0 {
-        // SAFETY: the caller's contract; SPDK completes from a later poll, never inside.
-        unsafe { (*slot).state = State::Submitted };
         return;
     }
     if rc == -ENOMEM {
@@ -404,13 +457,19 @@ extern "C" fn io_retry(arg: *mut c_void) {
     unsafe { issue(arg.cast::<Slot>()) };
 }
 
-/// Events on an open bdev (resize, hot remove). A removed bdev's requests fail, which the
-/// engine reports; nothing else to do here.
+/// Events on an open bdev, on its SPDK thread inside a poll. On removal (hot remove, a
+/// lost controller) SPDK waits for the descriptor to close: `poll` closes it once nothing
+/// is in flight. A resize changes nothing here (the geometry was fixed at open).
 extern "C" fn bdev_event(
-    _kind: sys::spdk_bdev_event_type,
+    kind: sys::spdk_bdev_event_type,
     _bdev: *mut sys::spdk_bdev,
-    _ctx: *mut c_void,
+    ctx: *mut c_void,
 ) {
+    if kind == sys::spdk_bdev_event_type::SPDK_BDEV_EVENT_REMOVE {
+        // SAFETY: `ctx` is the bdev's `Finished`, which outlives its descriptor; no other
+        // reference to it is held during the poll that runs this callback.
+        unsafe { (*ctx.cast::<Finished>()).removed = true };
+    }
 }
 
 impl Storage for BdevStorage {
@@ -426,6 +485,7 @@ impl Storage for BdevStorage {
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Result<(), StorageError> {
         self.geometry.check_io(offset, len)?;
+        self.refuse_if_removed()?;
         let slot = self.admit(Op::Write, tag, offset, len as u64)?;
         fill(self.buffer(slot, len));
         let _entered = self.thread.enter();
@@ -437,6 +497,7 @@ impl Storage for BdevStorage {
 
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.geometry.check_io(offset, buf.len())?;
+        self.refuse_if_removed()?;
         let slot = self.admit(Op::Read, tag, offset, buf.len() as u64)?;
         {
             let _entered = self.thread.enter();
@@ -459,6 +520,7 @@ impl Storage for BdevStorage {
     }
 
     fn submit_flush(&mut self, tag: IoTag) -> Result<(), StorageError> {
+        self.refuse_if_removed()?;
         let slot = self.admit(Op::Flush, tag, 0, self.geometry.size_bytes)?;
         if self.flush_supported {
             let _entered = self.thread.enter();
@@ -504,6 +566,7 @@ impl Storage for BdevStorage {
             out.push(Completion { tag, result });
             reported += 1;
         }
+        self.close_if_removed();
         reported
     }
 
@@ -512,12 +575,28 @@ impl Storage for BdevStorage {
     }
 }
 
+impl BdevStorage {
+    /// Removed and nothing left with SPDK: release the channel and close the descriptor,
+    /// so SPDK can finish removing the bdev.
+    fn close_if_removed(&mut self) {
+        // SAFETY: read between polls (see `refuse_if_removed`).
+        let removed = unsafe { (*self.done.as_ptr()).removed };
+        if removed && self.desc.is_some() && self.with_spdk() == 0 {
+            tracing::warn!("SPDK bdev {} was removed: closing it", self.name);
+            let _entered = self.thread.enter();
+            drop(self.channel.take());
+            drop(self.desc.take());
+        }
+    }
+}
+
 impl Drop for BdevStorage {
     fn drop(&mut self) {
-        // SPDK may still write into slots and buffers of requests in flight: wait for
-        // every one (the bdev layer completes or fails each, on its own timeouts).
+        // SPDK may still write into slots and buffers of requests it holds: wait for
+        // every one (the bdev layer completes or fails each, on its own timeouts). A slot
+        // taken but never handed over (a `fill` that panicked) is not waited for.
         let mut discard = Vec::new();
-        while self.busy > 0 {
+        while self.with_spdk() > 0 {
             discard.clear();
             self.poll(&mut discard, usize::MAX);
         }
@@ -532,6 +611,36 @@ impl Drop for BdevStorage {
             drop(Box::from_raw(self.slots.as_ptr()));
             drop(Box::from_raw(self.done.as_ptr()));
         }
+    }
+}
+
+/// The `Finished` of a bdev being opened: freed if opening fails, handed to the
+/// `BdevStorage` (which frees it in its Drop) otherwise.
+struct FinishedBox(NonNull<Finished>);
+
+impl FinishedBox {
+    fn new(max_in_flight: u32) -> FinishedBox {
+        let boxed = Box::new(Finished {
+            queue: VecDeque::with_capacity(max_in_flight as usize),
+            io_waits: 0,
+            removed: false,
+        });
+        // SAFETY: Box::into_raw never returns null.
+        FinishedBox(unsafe { NonNull::new_unchecked(Box::into_raw(boxed)) })
+    }
+
+    fn into_raw(self) -> *mut Finished {
+        let raw = self.0.as_ptr();
+        std::mem::forget(self);
+        raw
+    }
+}
+
+impl Drop for FinishedBox {
+    fn drop(&mut self) {
+        // SAFETY: from Box::into_raw in `new`, not handed over (into_raw forgets), and the
+        // descriptor that had it as event context is already closed (dropped first).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
 }
 

@@ -118,12 +118,12 @@ pub fn init(options: EnvOptions) -> Result<&'static Env, SpdkError> {
             message: "running without hugepages needs a memory size (--spdk-mem-mb)".into(),
         });
     }
+    if options.reactor_cores.as_ref().is_some_and(Vec::is_empty) {
+        return Err(SpdkError::NoReactors);
+    }
     // From here on, a failure leaves DPDK half started: no second attempt.
     *started = Some(Started::Failed);
     if let Some(cores) = &options.reactor_cores {
-        if cores.is_empty() {
-            return Err(SpdkError::NoReactors);
-        }
         crate::app::start(&options, cores)?;
         let env: &'static Env = Box::leak(Box::new(Env { options }));
         *started = Some(Started::Ok(env));

@@ -40,6 +40,8 @@ pub enum SpdkError {
     NoReactors,
     #[error("core {0} runs no SPDK reactor (not in the reactor cores)")]
     NotAReactor(u32),
+    #[error("with SPDK's reactors running, bdevs are opened by pollers on them (Env::spawn_poller), not from other threads")]
+    NotOnReactor,
     #[error(
         "SPDK: out of DMA memory for {bytes} bytes (raise --spdk-mem-mb or reserve more hugepages)"
     )]

@@ -15,6 +15,9 @@ use std::ptr::NonNull;
 use crate::error::SpdkError;
 use crate::sys;
 
+/// Just under SPDK's own timeout for a thread's exit, after which it forces it.
+const FORCED_EXIT: std::time::Duration = std::time::Duration::from_millis(4500);
+
 #[derive(Debug)]
 pub struct IoThread {
     raw: NonNull<sys::spdk_thread>,
@@ -40,9 +43,14 @@ impl Drop for Entered {
 
 impl IoThread {
     /// A new SPDK thread; on a reactor, pinned to the reactor this runs on. SPDK's
-    /// environment must be started (`env::init` or `app::start`).
+    /// environment must be started (`env::init` or `app::start`). With reactors running,
+    /// only a reactor may open bdevs: elsewhere the framework would schedule the thread
+    /// on some reactor, which would then poll it at the same time as its owner.
     pub fn new() -> Result<IoThread, SpdkError> {
         let reactor = crate::app::on_reactor();
+        if !reactor && crate::app::running() {
+            return Err(SpdkError::NotOnReactor);
+        }
         // SAFETY: plain data, filled in below before SPDK reads it.
         let mut cpuset: sys::spdk_cpuset = unsafe { std::mem::zeroed() };
         let mask = if reactor {
@@ -97,13 +105,24 @@ impl Drop for IoThread {
             // after its own timeout, so the loop below ends.
             unsafe { sys::spdk_thread_exit(raw) };
         }
+        let started = std::time::Instant::now();
         // SAFETY: as in `poll`.
         while !unsafe { sys::spdk_thread_is_exited(raw) } {
             self.poll();
         }
-        if !self.reactor {
-            // SAFETY: exited, and nobody else knows it: freed once, here.
-            unsafe { sys::spdk_thread_destroy(raw) };
+        if self.reactor {
+            return;
         }
+        // SPDK forces the exit after its own timeout (5 s) even with channels still
+        // registered; freeing the thread then would leave them pointing at freed memory.
+        if started.elapsed() >= FORCED_EXIT {
+            tracing::warn!(
+                "an SPDK thread took {:?} to exit: leaked, not freed",
+                started.elapsed()
+            );
+            return;
+        }
+        // SAFETY: exited cleanly, and nobody else knows it: freed once, here.
+        unsafe { sys::spdk_thread_destroy(raw) };
     }
 }

@@ -12,7 +12,8 @@ use ordo_spdk::{BdevStorage, Env, EnvOptions, SpdkError};
 
 const MALLOC_BYTES: u64 = 4 << 20;
 
-/// Malloc0..Malloc5: 4 MiB each; Malloc4 has 512-byte blocks, the rest 4096.
+/// Malloc0..Malloc5: 4 MiB each; Malloc4 has 512-byte blocks, the rest 4096. Meta0 has
+/// separate metadata, which ordo cannot write.
 fn env() -> &'static Env {
     static CONFIG: OnceLock<tempfile::NamedTempFile> = OnceLock::new();
     let file = CONFIG.get_or_init(|| {
@@ -26,10 +27,11 @@ fn env() -> &'static Env {
             })
             .collect();
         let mut file = tempfile::NamedTempFile::new().unwrap();
+        let meta = r#"{"method": "bdev_malloc_create", "params": {"name": "Meta0", "num_blocks": 256, "block_size": 4096, "md_size": 8}}"#;
         write!(
             file,
-            r#"{{"subsystems": [{{"subsystem": "bdev", "config": [{}]}}]}}"#,
-            bdevs.join(",")
+            r#"{{"subsystems": [{{"subsystem": "bdev", "config": [{}, {meta}]}}]}}"#,
+            bdevs.join(","),
         )
         .unwrap();
         file
@@ -214,4 +216,29 @@ fn spdk_starts_once_per_process() {
         ordo_spdk::init(other),
         Err(SpdkError::AlreadyStarted)
     ));
+}
+
+#[test]
+fn a_bdev_with_separate_metadata_is_refused() {
+    let error = BdevStorage::open(env(), "Meta0", 4, 4096).unwrap_err();
+    assert!(
+        matches!(error, SpdkError::BdevShape { ref name, .. } if name == "Meta0"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("metadata"), "{error}");
+}
+
+/// A `fill` that panics leaves its slot taken but never handed to SPDK: dropping the bdev
+/// must not wait for it (it would wait forever), and the bdev still works until then.
+#[test]
+fn a_panicking_fill_neither_wedges_the_bdev_nor_its_drop() {
+    let mut storage = open("Malloc2", 4);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = storage.submit_write_with(1, 0, 4096, &mut |_| panic!("a bug in fill"));
+    }));
+    assert!(panicked.is_err());
+    let data = pattern(5, 4096);
+    storage.submit_write(2, 4096, &data).unwrap();
+    assert_eq!(wait_for(&mut storage, 2, &mut Vec::new()), Ok(()));
+    drop(storage);
 }

@@ -178,3 +178,11 @@ fn a_core_without_a_reactor_is_refused() {
     let error = env().spawn_poller(5, || Ok(|| Poll::Done)).unwrap_err();
     assert!(matches!(error, SpdkError::NotAReactor(5)), "{error}");
 }
+
+/// With reactors running, a bdev opened elsewhere would get an SPDK thread the framework
+/// schedules on some reactor, polled by it and by its owner at once: refused.
+#[test]
+fn a_bdev_is_not_opened_off_the_reactors() {
+    let error = BdevStorage::open(env(), "Malloc0", 4, 4096).unwrap_err();
+    assert!(matches!(error, SpdkError::NotOnReactor), "{error}");
+}
