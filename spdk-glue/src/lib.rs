@@ -21,6 +21,8 @@ mod dma;
 mod env;
 mod error;
 #[cfg(feature = "spdk")]
+mod request;
+#[cfg(feature = "spdk")]
 mod sys;
 #[cfg(feature = "spdk")]
 mod thread;
