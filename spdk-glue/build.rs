@@ -172,6 +172,8 @@ where /path/to/spdk/build/lib/pkgconfig holds spdk_bdev.pc. An SPDK installed wi
             .allowlist_function("spdk_rpc_set_state")
             .allowlist_function("spdk_log_set_print_level")
             .allowlist_function("spdk_bdev_open_ext")
+            .allowlist_function("spdk_bdev_get_by_name")
+            .allowlist_function("spdk_bdev_unregister")
             .allowlist_function("spdk_bdev_close")
             .allowlist_function("spdk_bdev_desc_get_bdev")
             .allowlist_function("spdk_bdev_get_block_size")

@@ -57,6 +57,31 @@ impl Env {
         &self.options
     }
 
+    /// Unregisters bdev `name` as a hot remove would, on SPDK's application thread; the
+    /// receiver gets SPDK's result once the removal is complete, which is only after
+    /// every descriptor on it closed. For tests of what a removed bdev does.
+    #[doc(hidden)]
+    pub fn remove_bdev(&self, name: &str) -> Result<mpsc::Receiver<i32>, SpdkError> {
+        let name = CString::new(name).map_err(|_| SpdkError::Thread("a name with a NUL byte"))?;
+        let (done, result) = mpsc::sync_channel(1);
+        let removal = Box::into_raw(Box::new(Removal { name, done }));
+        // SAFETY: the application thread lives as long as the process; sending it a
+        // message is allowed from any OS thread; `removal` is reclaimed once, by
+        // `remove_on_app_thread` (or below if the message was not sent).
+        let rc = unsafe {
+            let app = sys::spdk_thread_get_app_thread();
+            sys::spdk_thread_send_msg(app, Some(remove_on_app_thread), removal.cast())
+        };
+        if rc != 0 {
+            // SAFETY: not sent, so still ours.
+            drop(unsafe { Box::from_raw(removal) });
+            return Err(SpdkError::Thread(
+                "could not message SPDK's application thread",
+            ));
+        }
+        Ok(result)
+    }
+
     /// Starts a poller as an SPDK poller on a new SPDK thread on `core`'s reactor (a
     /// core of `reactor_cores`). `make` runs on that thread first and builds the poller's
     /// state (bdevs opened in it belong to that reactor); what it returns is then called
@@ -202,6 +227,32 @@ extern "C" fn stop_app_thread() {
     if let Some(handle) = handle {
         let _ = handle.join();
     }
+}
+
+struct Removal {
+    name: CString,
+    done: mpsc::SyncSender<i32>,
+}
+
+extern "C" fn remove_on_app_thread(arg: *mut c_void) {
+    // SAFETY: the `Removal` boxed in `remove_bdev`, handed over once.
+    let removal = unsafe { Box::from_raw(arg.cast::<Removal>()) };
+    // SAFETY: on the application thread; the name is NUL-terminated.
+    let bdev = unsafe { sys::spdk_bdev_get_by_name(removal.name.as_ptr()) };
+    if bdev.is_null() {
+        let _ = removal.done.try_send(-19); // ENODEV
+        return;
+    }
+    let done = Box::into_raw(Box::new(removal.done));
+    // SAFETY: `bdev` was just looked up on the application thread, where SPDK wants the
+    // unregistration; `done` is reclaimed once, by `removed`.
+    unsafe { sys::spdk_bdev_unregister(bdev, Some(removed), done.cast()) };
+}
+
+extern "C" fn removed(arg: *mut c_void, rc: c_int) {
+    // SAFETY: the sender boxed in `remove_on_app_thread`, handed over once.
+    let done = unsafe { Box::from_raw(arg.cast::<mpsc::SyncSender<i32>>()) };
+    let _ = done.try_send(rc);
 }
 
 /// What the config-loading callbacks share with `start`, which polls until `rc` is set.

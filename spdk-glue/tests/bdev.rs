@@ -13,7 +13,7 @@ use ordo_spdk::{BdevStorage, Env, EnvOptions, SpdkError};
 const MALLOC_BYTES: u64 = 4 << 20;
 
 /// Malloc0..Malloc5: 4 MiB each; Malloc4 has 512-byte blocks, the rest 4096. Meta0 has
-/// separate metadata, which ordo cannot write.
+/// separate metadata, which ordo cannot write; Gone0 is removed by a test.
 fn env() -> &'static Env {
     static CONFIG: OnceLock<tempfile::NamedTempFile> = OnceLock::new();
     let file = CONFIG.get_or_init(|| {
@@ -27,7 +27,8 @@ fn env() -> &'static Env {
             })
             .collect();
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        let meta = r#"{"method": "bdev_malloc_create", "params": {"name": "Meta0", "num_blocks": 256, "block_size": 4096, "md_size": 8}}"#;
+        let meta = r#"{"method": "bdev_malloc_create", "params": {"name": "Meta0", "num_blocks": 256, "block_size": 4096, "md_size": 8}},
+            {"method": "bdev_malloc_create", "params": {"name": "Gone0", "num_blocks": 256, "block_size": 4096}}"#;
         write!(
             file,
             r#"{{"subsystems": [{{"subsystem": "bdev", "config": [{}, {meta}]}}]}}"#,
@@ -241,4 +242,56 @@ fn a_panicking_fill_neither_wedges_the_bdev_nor_its_drop() {
     storage.submit_write(2, 4096, &data).unwrap();
     assert_eq!(wait_for(&mut storage, 2, &mut Vec::new()), Ok(()));
     drop(storage);
+}
+
+/// Hot remove: SPDK unregisters the bdev under an open `BdevStorage`. New requests are
+/// refused, what was in flight completes, and the descriptor is closed once idle, which
+/// is what lets SPDK finish the removal.
+#[test]
+fn a_removed_bdev_refuses_requests_and_lets_spdk_finish_removing_it() {
+    let mut storage = open("Gone0", 8);
+    let data = pattern(9, 4096);
+    for tag in 0..4 {
+        storage.submit_write(tag, tag * 4096, &data).unwrap();
+    }
+    let removal = env().remove_bdev("Gone0").unwrap();
+    let mut completions = Vec::new();
+    let refused = loop {
+        storage.poll(&mut completions, 64);
+        match storage.submit_flush(99) {
+            Err(error) => break error,
+            Ok(()) => {
+                ordo_engine::storage::wait_for(&mut storage, 99, &mut completions).unwrap();
+            }
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            StorageError::Io {
+                kind: std::io::ErrorKind::NotConnected,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    while completions.len() < 4 {
+        storage.poll(&mut completions, 64);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let rc = loop {
+        storage.poll(&mut completions, 64);
+        if let Ok(rc) = removal.try_recv() {
+            break rc;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SPDK never finished removing the bdev: its descriptor stayed open"
+        );
+    };
+    assert_eq!(rc, 0, "SPDK finished removing the bdev");
+    assert!(
+        BdevStorage::open(env(), "Gone0", 4, 4096).is_err(),
+        "it is gone"
+    );
 }
