@@ -204,3 +204,30 @@ fn bad_options_are_refused_with_the_option_named() {
         assert!(output.contains(expected), "{args:?}: {output}");
     }
 }
+
+/// Ctrl-C during a run on files: the run stops with an error and removes the primary's
+/// volume, the replica and the journal it created, instead of dying and leaving them.
+#[test]
+fn an_interrupted_run_on_files_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = format!("file:{}", dir.path().display());
+    let child = std::process::Command::new(common::ORDO)
+        .args(["bench", "--quiet", "--size", "16M", "--runtime", "60"])
+        .args(["--backend", &backend])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let files = || std::fs::read_dir(dir.path()).unwrap().count();
+    common::wait_until(
+        "the bench created its three files",
+        std::time::Duration::from_secs(30),
+        || files() == 3,
+    );
+    common::run("kill", &["-INT", &child.id().to_string()]);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(files(), 0, "files left behind: {stderr}");
+}

@@ -3,6 +3,8 @@
 //! events), and measures as it goes. Nothing is allocated per operation: slots, the lag
 //! queue and the histograms are sized before the run.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -163,6 +165,32 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
     Ok(pair)
 }
 
+/// Set by SIGINT or SIGTERM (handlers installed once, when the first pair starts): every
+/// loop of a run checks it and stops with an error, so the pair is dropped and the files
+/// it made are removed rather than left behind by a killed process.
+fn interrupted() -> Result<&'static AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(flag);
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))
+            .context("installing the signal handler")?;
+    }
+    Ok(FLAG.get_or_init(|| flag))
+}
+
+/// Stops the run if it was interrupted.
+fn check_interrupted() -> Result<()> {
+    // Relaxed: a flag set by the signal handler; it orders nothing else.
+    ensure!(
+        !interrupted()?.load(Ordering::Relaxed),
+        "interrupted: the run stopped and removed the files it made"
+    );
+    Ok(())
+}
+
 /// Until every lane is up and answered the handshake.
 fn wait_for_lanes(pair: &mut Pair, lanes: usize) -> Result<()> {
     let Engine::Node(node) = &mut pair.engine else {
@@ -170,6 +198,7 @@ fn wait_for_lanes(pair: &mut Pair, lanes: usize) -> Result<()> {
     };
     let clock = Instant::now();
     loop {
+        check_interrupted()?;
         node.poll(pair.epoch.elapsed().as_millis() as u64);
         let ready = (0..lanes).all(|lane| node.primary().lane_ready(lane));
         if ready {
@@ -189,6 +218,7 @@ fn wait_for_lanes(pair: &mut Pair, lanes: usize) -> Result<()> {
 
 pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
     let header = header(args.seed, args.describe())?;
+    interrupted()?;
     let mut pair = start_pair(args)?;
     // Pinned only now: the lane connector, the relay and the secondary are not ours.
     pin(args.cores.first().copied())?;
@@ -313,6 +343,7 @@ impl Run {
     fn measure(&mut self, engine: &mut Engine) -> Result<()> {
         self.clock = Instant::now();
         loop {
+            check_interrupted()?;
             let now_ns = self.now_ns();
             if self.meter.start_if_due(now_ns) {
                 self.window_full_at_start = engine.primary().stats().window_full;
@@ -352,6 +383,7 @@ impl Run {
         let deadline = Instant::now() + DRAIN_LIMIT;
         let replicated = matches!(engine, Engine::Node(_));
         loop {
+            check_interrupted()?;
             let did = engine.poll(self.engine_ms());
             self.take_events(engine)?;
             let primary = engine.primary();
