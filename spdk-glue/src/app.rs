@@ -21,6 +21,7 @@ static REACTOR_THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
 /// The CPUs the process may run on, from before the reactors pinned anything: threads a
 /// poller's `make` starts get these, not the reactor's one core.
 static PROCESS_CPUS: Mutex<Option<libc::cpu_set_t>> = Mutex::new(None);
+static REACTOR_CORES: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 fn affinity() -> Option<libc::cpu_set_t> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it for
@@ -40,14 +41,27 @@ fn set_affinity(set: &libc::cpu_set_t) {
     }
 }
 
-/// Runs `f` on this reactor thread with the process's CPUs, so that threads it starts
-/// (NBD, control, lane connector and receivers) are not pinned to the reactor's core,
-/// where the reactor spins; then pins it back.
+/// Runs `f` on this reactor thread with the process's CPUs but the reactors' (if any are
+/// left), so that threads it starts (NBD, control, lane connector and receivers) do not
+/// compete with a reactor that spins; then pins it back.
 fn unpinned<R>(f: impl FnOnce() -> R) -> R {
     let process = *PROCESS_CPUS.lock().unwrap_or_else(|e| e.into_inner());
     let reactor = affinity();
-    if let Some(process) = &process {
-        set_affinity(process);
+    if let Some(mut process) = process {
+        let mut others = process;
+        for &core in REACTOR_CORES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            // SAFETY: clears one bit of a set we own; CPU_CLR ignores cores beyond it.
+            unsafe { libc::CPU_CLR(core as usize, &mut others) };
+        }
+        // SAFETY: counts the bits of a set we own.
+        if unsafe { libc::CPU_COUNT(&others) } > 0 {
+            process = others;
+        }
+        set_affinity(&process);
     }
     let result = f();
     if let Some(reactor) = &reactor {
@@ -121,6 +135,7 @@ pub(crate) fn start(options: &EnvOptions, cores: &[u32]) -> Result<(), SpdkError
         .map_err(|_| bad("a core list with a NUL byte"))?,
     };
     *PROCESS_CPUS.lock().unwrap_or_else(|e| e.into_inner()) = affinity();
+    *REACTOR_CORES.lock().unwrap_or_else(|e| e.into_inner()) = cores.to_vec();
     let (report, outcome) = mpsc::sync_channel(1);
     let options = options.clone();
     let handle = std::thread::Builder::new()
@@ -301,13 +316,16 @@ extern "C" fn run_poller(arg: *mut c_void) -> c_int {
     // SAFETY: unregistering a poller from its own callback is allowed; then nothing
     // refers to `running` any more and it is freed once, on its thread (dropping the
     // poller's state: its bdevs close here). The thread then exits.
-    unsafe {
+    let (outcome, finished) = unsafe {
         sys::spdk_poller_unregister(&mut (*running).poller);
         let running = Box::from_raw(running);
         let finished = running.finished.clone();
-        drop(running);
+        // A Drop that panics (after a round that did) must not unwind into SPDK either.
+        let dropped = catch_unwind(AssertUnwindSafe(move || drop(running)));
+        let outcome = outcome.and(dropped.map_err(|_| "panicked while stopping".to_string()));
         sys::spdk_thread_exit(sys::spdk_get_thread());
-        let _ = finished.send(outcome);
-    }
+        (outcome, finished)
+    };
+    let _ = finished.send(outcome);
     sys::spdk_thread_poller_rc::SPDK_POLLER_BUSY as c_int
 }

@@ -47,26 +47,42 @@ impl SpdkArgs {
         start(name, config.clone(), self, reactor_cores)
     }
 
-    /// The reactor cores a daemon with `--cores CORES` runs SPDK on: those cores (the
-    /// poller on the first), or the first core this process may use; `None` without SPDK
-    /// or with --spdk-own-threads.
+    /// The reactor cores a daemon with `--cores CORES` runs SPDK on: those cores, each
+    /// one this process may use, no core twice; `None` without SPDK or with
+    /// --spdk-own-threads. A daemon on reactors must name its cores: each spins, and SPDK
+    /// locks it, so two daemons on one host cannot share one by default.
     pub fn reactor_cores(&self, cores: &[usize]) -> Result<Option<Vec<u32>>> {
         if self.spdk_config.is_none() || self.spdk_own_threads {
             return Ok(None);
         }
-        let cores: Vec<usize> = if cores.is_empty() {
-            let first = core_affinity::get_core_ids()
-                .and_then(|ids| ids.first().map(|id| id.id))
-                .context("no CPU core to run an SPDK reactor on")?;
-            vec![first]
-        } else {
-            cores.to_vec()
-        };
-        let cores = cores
-            .into_iter()
-            .map(|c| u32::try_from(c).context("a core number beyond u32"))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(cores))
+        anyhow::ensure!(
+            !cores.is_empty(),
+            "--spdk-config runs SPDK reactors: give --cores (each core given runs one and is busy all the time), or --spdk-own-threads"
+        );
+        let allowed: Vec<usize> = core_affinity::get_core_ids()
+            .map(|ids| ids.into_iter().map(|id| id.id).collect())
+            .unwrap_or_default();
+        let mut reactors = Vec::with_capacity(cores.len());
+        for &core in cores {
+            anyhow::ensure!(
+                allowed.contains(&core),
+                "--cores: core {core} is not one this process may run on ({allowed:?})"
+            );
+            let core = u32::try_from(core).context("a core number beyond u32")?;
+            anyhow::ensure!(
+                !reactors.contains(&core),
+                "--cores: core {core} given twice"
+            );
+            reactors.push(core);
+        }
+        Ok(Some(reactors))
+    }
+
+    /// The reactor a daemon's poller runs on: the last of its cores. The first is SPDK's
+    /// main reactor, where its application thread runs (NVMe admin queues, hot remove):
+    /// with two cores or more the poller leaves it to that.
+    pub fn poller_core(cores: &[u32]) -> u32 {
+        *cores.last().expect("reactor_cores gives at least one core")
     }
 }
 
@@ -162,6 +178,35 @@ mod tests {
             SpdkArgs::default().start("test", None).is_ok(),
             "no SPDK asked for"
         );
+    }
+
+    #[test]
+    fn reactor_cores_are_named_available_and_distinct() {
+        let spdk = SpdkArgs {
+            spdk_config: Some("bdevs.json".into()),
+            ..SpdkArgs::default()
+        };
+        let error = |cores: &[usize]| spdk.reactor_cores(cores).unwrap_err().to_string();
+        assert!(error(&[]).contains("give --cores"));
+        assert!(error(&[100_000]).contains("not one this process may run on"));
+        let first = core_affinity::get_core_ids().unwrap()[0].id;
+        assert!(error(&[first, first]).contains("given twice"));
+        assert_eq!(
+            spdk.reactor_cores(&[first]).unwrap(),
+            Some(vec![first as u32])
+        );
+        let own = SpdkArgs {
+            spdk_own_threads: true,
+            ..spdk.clone()
+        };
+        assert_eq!(
+            own.reactor_cores(&[]).unwrap(),
+            None,
+            "own threads: no reactors"
+        );
+        assert_eq!(SpdkArgs::default().reactor_cores(&[first]).unwrap(), None);
+        assert_eq!(SpdkArgs::poller_core(&[2, 3]), 3, "off the main reactor");
+        assert_eq!(SpdkArgs::poller_core(&[2]), 2);
     }
 
     #[cfg(not(feature = "spdk"))]

@@ -70,10 +70,14 @@ pub fn status_json(asks: &Sender<StatusAsk>) -> String {
     }
 }
 
-/// Sets the returned flag on SIGTERM or SIGINT.
+/// Sets the returned flag on SIGTERM or SIGINT; a second one, while the daemon drains,
+/// ends the process at once (exit status 1).
 pub fn termination_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // Registered first, so it sees the flag as the first signal left it.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&flag))
+            .context("installing the signal handler")?;
         signal_hook::flag::register(signal, Arc::clone(&flag))
             .context("installing the signal handler")?;
     }

@@ -26,6 +26,7 @@ use super::{
     ask_status, control, describe_volumes, digest, digest_plan, init_logging, status_channel,
     status_json, termination_flag, StatusAsk,
 };
+use crate::spdk::SpdkArgs;
 use crate::volume::Volume;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -43,7 +44,9 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     spdk.start("ordo_primary", reactors.clone())?;
     let terminate = termination_flag()?;
     let runtime = match reactors {
-        Some(cores) => Runtime::Reactor { core: cores[0] },
+        Some(cores) => Runtime::Reactor {
+            core: SpdkArgs::poller_core(&cores),
+        },
         None => Runtime::Thread {
             pin: settings.pin,
             idle: settings.idle.policy(),

@@ -27,6 +27,7 @@ use super::{
     control, describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
     termination_flag, StatusAsk,
 };
+use crate::spdk::SpdkArgs;
 use crate::volume::{Backend, Volume};
 
 /// How often the poller looks for a failure to log.
@@ -44,14 +45,18 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     let spdk = options.spdk.clone();
     let settings = options.resolve()?;
     print_banner("secondary", &settings)?;
-    let reactors = spdk.reactor_cores(&settings.cores)?;
-    spdk.start("ordo_secondary", reactors.clone())?;
+    // Locked before SPDK starts: a second secondary on this directory is told so, rather
+    // than failing on SPDK's core locks or a device the first one holds.
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
     let lock = lock_state_dir(&settings.state_dir)?;
+    let reactors = spdk.reactor_cores(&settings.cores)?;
+    spdk.start("ordo_secondary", reactors.clone())?;
     let terminate = termination_flag()?;
     let runtime = match reactors {
-        Some(cores) => Runtime::Reactor { core: cores[0] },
+        Some(cores) => Runtime::Reactor {
+            core: SpdkArgs::poller_core(&cores),
+        },
         None => Runtime::Thread {
             pin: settings.pin,
             idle: settings.idle.policy(),
@@ -59,8 +64,9 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     };
     let control = settings.control.clone();
     let code = runner::run(runtime, move || Receiving::start(settings, terminate))?;
-    drop(lock);
+    // The socket before the lock: a secondary restarting meanwhile must not find it.
     let _ = std::fs::remove_file(&control);
+    drop(lock);
     Ok(code)
 }
 
@@ -120,6 +126,7 @@ impl Receiving {
         // Relaxed: a flag set by the signal handler; it orders nothing else.
         if self.terminate.load(Ordering::Relaxed) {
             self.drain_deadline = Some(now.saturating_add(DRAIN_TIMEOUT_MS));
+            self.control.close();
         }
         did
     }
@@ -168,6 +175,14 @@ struct Control {
 }
 
 impl Control {
+    /// Terminating: status and digest requests are answered at once that the secondary is
+    /// shutting down (their senders see the receivers gone), not left to time out.
+    fn close(&mut self) {
+        self.asks = crossbeam_channel::never();
+        self.jobs = crossbeam_channel::never();
+        self.digest = None;
+    }
+
     /// Serves the control socket; its requests reach the poller through `Control`.
     fn start(settings: &SecondarySettings, secondary: &Secondary<Volume>) -> Result<Control> {
         let (volumes, max_io) = describe_volumes(&settings.volume, secondary.replicas());
