@@ -26,7 +26,6 @@ use super::{
     ask_status, control, describe_volumes, digest, digest_plan, init_logging, status_channel,
     status_json, termination_flag, StatusAsk,
 };
-use crate::spdk::SpdkArgs;
 use crate::volume::Volume;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -40,18 +39,14 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     let spdk = options.spdk.clone();
     let settings = options.resolve()?;
     print_banner("primary", &settings)?;
-    let reactors = spdk.reactor_cores(&settings.cores)?;
-    spdk.start("ordo_primary", reactors.clone())?;
+    let runtime = Runtime::start(
+        &spdk,
+        "ordo_primary",
+        &settings.cores,
+        settings.pin,
+        settings.idle,
+    )?;
     let terminate = termination_flag()?;
-    let runtime = match reactors {
-        Some(cores) => Runtime::Reactor {
-            core: SpdkArgs::poller_core(&cores),
-        },
-        None => Runtime::Thread {
-            pin: settings.pin,
-            idle: settings.idle.policy(),
-        },
-    };
     let control = settings.control.clone();
     let code = runner::run(runtime, move || Serving::start(settings, terminate))?;
     let _ = std::fs::remove_file(&control);

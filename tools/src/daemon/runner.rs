@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use ordo_engine::runtime::idle::IdlePolicy;
 
-use super::config::pin;
+use super::config::{pin, Idle};
+use crate::spdk::SpdkArgs;
 
 /// What one round of a daemon's poller did.
 #[derive(Debug)]
@@ -32,6 +33,31 @@ pub enum Runtime {
     },
     /// An SPDK poller on the reactor of this core.
     Reactor { core: u32 },
+}
+
+impl Runtime {
+    /// Where a daemon's poller runs, SPDK (named `name`) started first if it has a config:
+    /// on a reactor of `cores` or, without SPDK or with --spdk-own-threads, on this
+    /// thread pinned to `pin` and idling as `idle` says.
+    pub fn start(
+        spdk: &SpdkArgs,
+        name: &str,
+        cores: &[usize],
+        pin: Option<usize>,
+        idle: Idle,
+    ) -> Result<Runtime> {
+        let reactors = spdk.reactor_cores(cores)?;
+        spdk.start(name, reactors.clone())?;
+        Ok(match reactors {
+            Some(cores) => Runtime::Reactor {
+                core: SpdkArgs::poller_core(&cores),
+            },
+            None => Runtime::Thread {
+                pin,
+                idle: idle.policy(),
+            },
+        })
+    }
 }
 
 /// Builds the daemon where its poller runs, then runs it until it exits.

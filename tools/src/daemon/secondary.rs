@@ -27,7 +27,6 @@ use super::{
     control, describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
     termination_flag, StatusAsk,
 };
-use crate::spdk::SpdkArgs;
 use crate::volume::{Backend, Volume};
 
 /// How often the poller looks for a failure to log.
@@ -50,18 +49,14 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
     let lock = lock_state_dir(&settings.state_dir)?;
-    let reactors = spdk.reactor_cores(&settings.cores)?;
-    spdk.start("ordo_secondary", reactors.clone())?;
+    let runtime = Runtime::start(
+        &spdk,
+        "ordo_secondary",
+        &settings.cores,
+        settings.pin,
+        settings.idle,
+    )?;
     let terminate = termination_flag()?;
-    let runtime = match reactors {
-        Some(cores) => Runtime::Reactor {
-            core: SpdkArgs::poller_core(&cores),
-        },
-        None => Runtime::Thread {
-            pin: settings.pin,
-            idle: settings.idle.policy(),
-        },
-    };
     let control = settings.control.clone();
     let code = runner::run(runtime, move || Receiving::start(settings, terminate))?;
     // The socket before the lock: a secondary restarting meanwhile must not find it.
