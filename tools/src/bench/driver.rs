@@ -261,7 +261,6 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
 struct Run {
     block: usize,
     iodepth: usize,
-    open_loop: bool,
     clock: Instant,
     /// Where the engine's millisecond clock starts (before the lanes came up).
     epoch: Instant,
@@ -296,7 +295,6 @@ impl Run {
         Run {
             block,
             iodepth: args.iodepth,
-            open_loop: rate.is_some(),
             clock: Instant::now(),
             epoch,
             jobs: (0..jobs)
@@ -410,22 +408,9 @@ impl Run {
         for j in 0..self.jobs.len() {
             let mut started = 0;
             while self.jobs[j].in_flight < self.iodepth && started < self.iodepth {
-                let (op, start_ns) = match self.held[j].take() {
-                    Some(held) => held,
-                    None => {
-                        if self.jobs[j].next_due_ns().is_some_and(|due| due > now_ns) {
-                            break;
-                        }
-                        let op = self.jobs[j].next();
-                        (
-                            op,
-                            if self.open_loop {
-                                op.intended_ns
-                            } else {
-                                now_ns
-                            },
-                        )
-                    }
+                let next = self.held[j].take();
+                let Some((op, start_ns)) = next.or_else(|| self.jobs[j].next_due(now_ns)) else {
+                    break;
                 };
                 let done = match op.kind {
                     OpKind::Write => self.write(engine, j, op, start_ns)?,

@@ -91,7 +91,6 @@ enum Blocked {
 pub(super) struct TargetRun {
     block: usize,
     iodepth: usize,
-    open_loop: bool,
     clock: Instant,
     jobs: Vec<Job>,
     conns: Vec<Conn>,
@@ -142,7 +141,6 @@ impl TargetRun {
         TargetRun {
             block,
             iodepth: args.iodepth,
-            open_loop: rate.is_some(),
             clock: setup.clock,
             jobs: (0..jobs)
                 .map(|i| {
@@ -284,22 +282,8 @@ impl TargetRun {
             while self.jobs[j].in_flight < self.iodepth {
                 let held = self.conns[j].held.take();
                 let was_held = held.is_some();
-                let (op, start_ns) = match held {
-                    Some(held) => held,
-                    None => {
-                        if self.jobs[j].next_due_ns().is_some_and(|due| due > now_ns) {
-                            break;
-                        }
-                        let op = self.jobs[j].next();
-                        (
-                            op,
-                            if self.open_loop {
-                                op.intended_ns
-                            } else {
-                                now_ns
-                            },
-                        )
-                    }
+                let Some((op, start_ns)) = held.or_else(|| self.jobs[j].next_due(now_ns)) else {
+                    break;
                 };
                 match self.start(j, op, start_ns) {
                     Ok(()) => any = true,

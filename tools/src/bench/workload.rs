@@ -95,6 +95,21 @@ impl Job {
         (self.period_ns > 0).then(|| self.issued * self.period_ns)
     }
 
+    /// The next operation if one is due at `now_ns` (always in closed loop), with the time
+    /// its latency counts from: its intended start in open loop, `now_ns` otherwise.
+    pub fn next_due(&mut self, now_ns: u64) -> Option<(Op, u64)> {
+        if self.next_due_ns().is_some_and(|due| due > now_ns) {
+            return None;
+        }
+        let op = self.next();
+        let start_ns = if self.period_ns > 0 {
+            op.intended_ns
+        } else {
+            now_ns
+        };
+        Some((op, start_ns))
+    }
+
     /// The next operation; its start is the intended one in open loop.
     pub fn next(&mut self) -> Op {
         let block = if self.pattern.random() {
