@@ -9,7 +9,6 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 
 use crate::env::EnvOptions;
 use crate::error::SpdkError;
@@ -17,7 +16,6 @@ use crate::sys;
 
 /// Set once the framework runs: bdevs opened on a reactor get their thread there.
 static RUNNING: AtomicBool = AtomicBool::new(false);
-static REACTOR_THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
 /// The CPUs the process may run on, from before the reactors pinned anything: threads a
 /// poller's `make` starts get these, not the reactor's one core.
 static PROCESS_CPUS: Mutex<Option<libc::cpu_set_t>> = Mutex::new(None);
@@ -136,22 +134,12 @@ pub(crate) fn start(options: &EnvOptions, cores: &[u32]) -> Result<(), SpdkError
     };
     *PROCESS_CPUS.lock().unwrap_or_else(|e| e.into_inner()) = affinity();
     *REACTOR_CORES.lock().unwrap_or_else(|e| e.into_inner()) = cores.to_vec();
-    let (report, outcome) = mpsc::sync_channel(1);
     let options = options.clone();
-    let handle = std::thread::Builder::new()
-        .name("spdk-reactor".into())
-        .spawn(move || run(&options, strings, report))
-        .map_err(|_| SpdkError::Thread("the first reactor"))?;
-    outcome
-        .recv()
-        .unwrap_or(Err(SpdkError::Thread("the first reactor ended")))?;
-    *REACTOR_THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-    // SAFETY: registers a plain `extern "C" fn()` valid for the whole process; handlers
-    // run in reverse order of registration, so before SPDK's and DPDK's destructors.
-    if unsafe { libc::atexit(stop_at_exit) } != 0 {
-        tracing::warn!("SPDK: no exit handler; the process may crash on exit");
-    }
-    Ok(())
+    crate::env::start_spdk_thread(
+        "spdk-reactor",
+        move |report| run(&options, strings, report),
+        stop_at_exit,
+    )
 }
 
 struct AppStrings {
@@ -217,10 +205,7 @@ extern "C" fn stop_at_exit() {
             }
         }
     }
-    let handle = REACTOR_THREAD.lock().ok().and_then(|mut h| h.take());
-    if let Some(handle) = handle {
-        let _ = handle.join();
-    }
+    crate::env::join_spdk_thread();
 }
 
 extern "C" fn stop_app(_ctx: *mut c_void) {

@@ -30,9 +30,8 @@ pub struct BdevStorage {
     /// pointers SPDK hands back, so no `&mut` to the whole slice is held across SPDK calls.
     slots: NonNull<[Slot]>,
     done: NonNull<Finished>,
+    /// Slots not taken; the others are in flight (taken and not yet reported by `poll`).
     free: Vec<u32>,
-    /// Slots taken and not yet reported by `poll`.
-    busy: u32,
     slot_bytes: usize,
     /// Released in `Drop::drop` on `thread`, after every request completed: the channel,
     /// then its descriptor.
@@ -175,7 +174,6 @@ impl BdevStorage {
             // SAFETY: as above.
             done: unsafe { NonNull::new_unchecked(done) },
             free: (0..max_in_flight).rev().collect(),
-            busy: 0,
             slot_bytes,
             channel: Some(channel),
             desc: Some(desc),
@@ -223,7 +221,6 @@ impl BdevStorage {
             .free
             .pop()
             .ok_or(StorageError::QueueFull(self.geometry.max_in_flight))?;
-        self.busy += 1;
         let slot = self.slot(index);
         // SAFETY: a free slot is not known to SPDK; no other reference to it exists.
         unsafe {
@@ -376,7 +373,6 @@ impl Storage for BdevStorage {
             // SAFETY: as above.
             unsafe { (*slot).state = State::Free };
             self.free.push(index);
-            self.busy -= 1;
             out.push(Completion { tag, result });
             reported += 1;
         }
@@ -385,7 +381,7 @@ impl Storage for BdevStorage {
     }
 
     fn in_flight(&self) -> u32 {
-        self.busy
+        self.geometry.max_in_flight - self.free.len() as u32
     }
 }
 

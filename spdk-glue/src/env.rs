@@ -116,7 +116,44 @@ static STARTED: Mutex<Option<Started>> = Mutex::new(None);
 /// Set at process exit: the application thread stops polling before SPDK's and DPDK's
 /// destructors free what a poll would touch.
 static STOP: AtomicBool = AtomicBool::new(false);
-static APP_THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
+/// The thread SPDK runs on (the application thread's poller, or the first reactor): one
+/// per process, whichever way SPDK was started, joined at exit.
+static SPDK_THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
+
+/// Starts the thread SPDK runs on, named `name`: `body` reports through its sender once
+/// SPDK is up (or could not start), then keeps SPDK running until told to stop. Waits for
+/// that report; then `at_exit`, which stops SPDK and calls `join_spdk_thread`, is
+/// registered to run at process exit.
+pub(crate) fn start_spdk_thread(
+    name: &str,
+    body: impl FnOnce(mpsc::SyncSender<Result<(), SpdkError>>) + Send + 'static,
+    at_exit: extern "C" fn(),
+) -> Result<(), SpdkError> {
+    let (report, outcome) = mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || body(report))
+        .map_err(|_| SpdkError::Thread("SPDK's thread did not start"))?;
+    outcome
+        .recv()
+        .unwrap_or(Err(SpdkError::Thread("SPDK's thread ended")))?;
+    *SPDK_THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    // SAFETY: registers a plain `extern "C" fn()` valid for the whole process. Handlers
+    // run in reverse order of registration, so it runs before the destructors SPDK and
+    // DPDK registered when they were loaded.
+    if unsafe { libc::atexit(at_exit) } != 0 {
+        tracing::warn!("SPDK: no exit handler; the process may crash on exit");
+    }
+    Ok(())
+}
+
+/// At exit, once SPDK was told to stop: waits for its thread to end.
+pub(crate) fn join_spdk_thread() {
+    let handle = SPDK_THREAD.lock().ok().and_then(|mut h| h.take());
+    if let Some(handle) = handle {
+        let _ = handle.join();
+    }
+}
 
 /// The environment, if `init` started it.
 pub fn env() -> Option<&'static Env> {
@@ -154,22 +191,12 @@ pub fn init(options: EnvOptions) -> Result<&'static Env, SpdkError> {
         *started = Some(Started::Ok(env));
         return Ok(env);
     }
-    let (report, outcome) = mpsc::sync_channel(1);
     let thread_options = options.clone();
-    let handle = std::thread::Builder::new()
-        .name("spdk-app".into())
-        .spawn(move || app_thread(thread_options, json, report))
-        .map_err(|_| SpdkError::Thread("the application thread"))?;
-    outcome
-        .recv()
-        .unwrap_or(Err(SpdkError::Thread("the application thread ended")))?;
-    *APP_THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-    // SAFETY: registers a plain `extern "C" fn()` that is valid for the whole process.
-    // Handlers run in reverse order of registration, so it runs before the destructors
-    // SPDK and DPDK registered when they were loaded.
-    if unsafe { libc::atexit(stop_app_thread) } != 0 {
-        tracing::warn!("SPDK: no exit handler; the process may crash on exit");
-    }
+    start_spdk_thread(
+        "spdk-app",
+        move |report| app_thread(thread_options, json, report),
+        stop_app_thread,
+    )?;
     let env: &'static Env = Box::leak(Box::new(Env { options }));
     *started = Some(Started::Ok(env));
     Ok(env)
@@ -223,10 +250,7 @@ fn app_thread(options: EnvOptions, json: Vec<u8>, report: mpsc::SyncSender<Resul
 /// Process exit: stop polling SPDK's application thread, and wait until it stopped.
 extern "C" fn stop_app_thread() {
     STOP.store(true, Ordering::Relaxed);
-    let handle = APP_THREAD.lock().ok().and_then(|mut h| h.take());
-    if let Some(handle) = handle {
-        let _ = handle.join();
-    }
+    join_spdk_thread();
 }
 
 struct Removal {

@@ -102,28 +102,18 @@ pub(crate) unsafe fn issue(slot: *mut Slot) {
     // slot's DMA memory (at least `len` bytes), untouched until the completion; `arg`
     // stays valid until the callback (the slots outlive every request in flight).
     let rc = unsafe {
+        let (desc, channel, done) = (target.desc, target.channel, Some(io_done as _));
         match op {
-            Op::Write => sys::spdk_bdev_write(
-                target.desc,
-                target.channel,
-                buf.cast(),
-                offset,
-                len,
-                Some(io_done),
-                arg,
-            ),
-            Op::Read => sys::spdk_bdev_read(
-                target.desc,
-                target.channel,
-                buf.cast(),
-                offset,
-                len,
-                Some(io_done),
-                arg,
-            ),
-            Op::Flush => {
-                sys::spdk_bdev_flush(target.desc, target.channel, offset, len, Some(io_done), arg)
+            // The same arguments for either direction.
+            Op::Write | Op::Read => {
+                let submit = if op == Op::Write {
+                    sys::spdk_bdev_write
+                } else {
+                    sys::spdk_bdev_read
+                };
+                submit(desc, channel, buf.cast(), offset, len, done, arg)
             }
+            Op::Flush => sys::spdk_bdev_flush(desc, channel, offset, len, done, arg),
         }
     };
     if rc == 0 {
