@@ -48,6 +48,9 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "crate boundaries: the sans-I/O core and the NBD crate, on cargo tree"
+ci/check-deps.sh
+
 step "tests (the README's test command)"
 cargo test --workspace --locked
 

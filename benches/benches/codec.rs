@@ -2,7 +2,7 @@
 //! sides besides the copies.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use ordo_engine::protocol::{
+use ordo_core::protocol::{
     decode, encode, encode_write_head, DataSetId, Frame, Seq, VolumeId, WriteFrame,
 };
 

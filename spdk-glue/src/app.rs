@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
-use crate::env::EnvOptions;
+use ordo_runtime::idle::Round;
+
 use crate::error::SpdkError;
+use crate::process::{join_spdk_thread, start_spdk_thread, EnvOptions};
 use crate::sys;
 
 /// Set once the framework runs: bdevs opened on a reactor get their thread there.
@@ -68,17 +70,7 @@ fn unpinned<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
-/// What a poller's round did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Poll {
-    Busy,
-    Idle,
-    /// Finished: the poller is unregistered, its state dropped on its thread, and its
-    /// SPDK thread exits.
-    Done,
-}
-
-type PollFn = Box<dyn FnMut() -> Poll>;
+type PollFn = Box<dyn FnMut() -> Round>;
 type MakeFn = Box<dyn FnOnce() -> Result<PollFn, String> + Send>;
 
 /// A poller started by `Env::spawn_poller`.
@@ -88,7 +80,7 @@ pub struct PollerHandle {
 }
 
 impl PollerHandle {
-    /// Waits until the poller returned `Poll::Done` (Ok), or failed to start or panicked
+    /// Waits until the poller returned `Round::Done` (Ok), or failed to start or panicked
     /// (the message).
     pub fn wait(self) -> Result<(), String> {
         self.finished
@@ -135,7 +127,7 @@ pub(crate) fn start(options: &EnvOptions, cores: &[u32]) -> Result<(), SpdkError
     *PROCESS_CPUS.lock().unwrap_or_else(|e| e.into_inner()) = affinity();
     *REACTOR_CORES.lock().unwrap_or_else(|e| e.into_inner()) = cores.to_vec();
     let options = options.clone();
-    crate::env::start_spdk_thread(
+    start_spdk_thread(
         "spdk-reactor",
         move |report| run(&options, strings, report),
         stop_at_exit,
@@ -205,7 +197,7 @@ extern "C" fn stop_at_exit() {
             }
         }
     }
-    crate::env::join_spdk_thread();
+    join_spdk_thread();
 }
 
 extern "C" fn stop_app(_ctx: *mut c_void) {
@@ -216,7 +208,7 @@ extern "C" fn stop_app(_ctx: *mut c_void) {
 /// Starts a poller on a new SPDK thread on `core`'s reactor: `make` runs there first
 /// (open bdevs in it: they belong to that reactor; threads it starts may run on any of
 /// the process's CPUs), then what it returns runs every reactor round until it returns
-/// `Poll::Done`.
+/// `Round::Done`.
 pub(crate) fn spawn_poller(core: u32, make: MakeFn) -> Result<PollerHandle, SpdkError> {
     // SAFETY: plain data, set below.
     let mut cpuset: sys::spdk_cpuset = unsafe { std::mem::zeroed() };
@@ -293,9 +285,9 @@ extern "C" fn run_poller(arg: *mut c_void) -> c_int {
     // below; no other reference to it exists during the call.
     let result = catch_unwind(AssertUnwindSafe(|| unsafe { ((*running).poll)() }));
     let outcome = match result {
-        Ok(Poll::Busy) => return sys::spdk_thread_poller_rc::SPDK_POLLER_BUSY as c_int,
-        Ok(Poll::Idle) => return sys::spdk_thread_poller_rc::SPDK_POLLER_IDLE as c_int,
-        Ok(Poll::Done) => Ok(()),
+        Ok(Round::Busy) => return sys::spdk_thread_poller_rc::SPDK_POLLER_BUSY as c_int,
+        Ok(Round::Idle) => return sys::spdk_thread_poller_rc::SPDK_POLLER_IDLE as c_int,
+        Ok(Round::Done) => Ok(()),
         Err(_) => Err("panicked".to_string()),
     };
     // SAFETY: unregistering a poller from its own callback is allowed; then nothing

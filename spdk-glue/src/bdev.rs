@@ -11,7 +11,7 @@
 use std::ffi::{c_int, CString};
 use std::ptr::{self, NonNull};
 
-use ordo_engine::storage::{Completion, Geometry, IoTag, Storage, StorageError};
+use ordo_core::storage::{Completion, Geometry, IoTag, Storage, StorageError};
 
 use crate::dma::DmaBuffer;
 use crate::env::Env;

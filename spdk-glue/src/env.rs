@@ -9,16 +9,18 @@
 //!   pollers started as SPDK pollers on them by `Env::spawn_poller`.
 
 use std::ffi::{c_int, c_void, CString};
-use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::app::{Poll, PollerHandle};
+use ordo_runtime::idle::Round;
+
+use crate::app::PollerHandle;
 use crate::error::SpdkError;
+pub use crate::process::EnvOptions;
+use crate::process::{join_spdk_thread, start_spdk_thread};
 use crate::sys;
 
 /// A JSON config larger than this is refused before it is read.
@@ -26,25 +28,6 @@ const CONFIG_BYTES_MAX: u64 = 16 << 20;
 /// How long the application thread's poller sleeps when SPDK had nothing for it: its
 /// messages are rare (bdev registration, hot remove), and it must not take a core.
 const APP_IDLE: Duration = Duration::from_micros(500);
-
-/// How to start SPDK's environment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EnvOptions {
-    /// Names the process to DPDK (its shared files are per process id, so several ordo
-    /// processes can run at once).
-    pub name: String,
-    /// An SPDK JSON config: `{"subsystems": [{"subsystem": "bdev", "config": [...]}]}`.
-    pub config: PathBuf,
-    /// Memory for DMA buffers and bdevs, in MiB (required without hugepages).
-    pub mem_size_mb: Option<u32>,
-    /// Plain memory instead of hugepages: for tests and small machines; no PCI devices.
-    pub no_huge: bool,
-    /// Do not probe PCI devices (malloc, aio and other software bdevs only).
-    pub no_pci: bool,
-    /// Run SPDK's reactors on these cores (the first is the main reactor) and ordo's
-    /// pollers on them; `None`: ordo's own threads drive SPDK.
-    pub reactor_cores: Option<Vec<u32>>,
-}
 
 /// The started environment: proof that bdevs can be opened.
 #[derive(Debug)]
@@ -85,12 +68,12 @@ impl Env {
     /// Starts a poller as an SPDK poller on a new SPDK thread on `core`'s reactor (a
     /// core of `reactor_cores`). `make` runs on that thread first and builds the poller's
     /// state (bdevs opened in it belong to that reactor); what it returns is then called
-    /// every reactor round until it returns `Poll::Done`. A panic in either ends the
+    /// every reactor round until it returns `Round::Done`. A panic in either ends the
     /// poller with an error instead of crossing into SPDK.
     pub fn spawn_poller<M, P>(&self, core: u32, make: M) -> Result<PollerHandle, SpdkError>
     where
         M: FnOnce() -> Result<P, String> + Send + 'static,
-        P: FnMut() -> Poll + 'static,
+        P: FnMut() -> Round + 'static,
     {
         let cores = self
             .options
@@ -102,7 +85,7 @@ impl Env {
         }
         crate::app::spawn_poller(
             core,
-            Box::new(move || make().map(|p| Box::new(p) as Box<dyn FnMut() -> Poll>)),
+            Box::new(move || make().map(|p| Box::new(p) as Box<dyn FnMut() -> Round>)),
         )
     }
 }
@@ -116,45 +99,6 @@ static STARTED: Mutex<Option<Started>> = Mutex::new(None);
 /// Set at process exit: the application thread stops polling before SPDK's and DPDK's
 /// destructors free what a poll would touch.
 static STOP: AtomicBool = AtomicBool::new(false);
-/// The thread SPDK runs on (the application thread's poller, or the first reactor): one
-/// per process, whichever way SPDK was started, joined at exit.
-static SPDK_THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
-
-/// Starts the thread SPDK runs on, named `name`: `body` reports through its sender once
-/// SPDK is up (or could not start), then keeps SPDK running until told to stop. Waits for
-/// that report; then `at_exit`, which stops SPDK and calls `join_spdk_thread`, is
-/// registered to run at process exit.
-pub(crate) fn start_spdk_thread(
-    name: &str,
-    body: impl FnOnce(mpsc::SyncSender<Result<(), SpdkError>>) + Send + 'static,
-    at_exit: extern "C" fn(),
-) -> Result<(), SpdkError> {
-    let (report, outcome) = mpsc::sync_channel(1);
-    let handle = std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || body(report))
-        .map_err(|_| SpdkError::Thread("SPDK's thread did not start"))?;
-    outcome
-        .recv()
-        .unwrap_or(Err(SpdkError::Thread("SPDK's thread ended")))?;
-    *SPDK_THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-    // SAFETY: registers a plain `extern "C" fn()` valid for the whole process. Handlers
-    // run in reverse order of registration, so it runs before the destructors SPDK and
-    // DPDK registered when they were loaded.
-    if unsafe { libc::atexit(at_exit) } != 0 {
-        tracing::warn!("SPDK: no exit handler; the process may crash on exit");
-    }
-    Ok(())
-}
-
-/// At exit, once SPDK was told to stop: waits for its thread to end.
-pub(crate) fn join_spdk_thread() {
-    let handle = SPDK_THREAD.lock().ok().and_then(|mut h| h.take());
-    if let Some(handle) = handle {
-        let _ = handle.join();
-    }
-}
-
 /// The environment, if `init` started it.
 pub fn env() -> Option<&'static Env> {
     match *STARTED.lock().unwrap_or_else(|e| e.into_inner()) {

@@ -21,6 +21,8 @@ mod dma;
 mod env;
 mod error;
 #[cfg(feature = "spdk")]
+mod process;
+#[cfg(feature = "spdk")]
 mod request;
 #[cfg(feature = "spdk")]
 mod sys;
@@ -28,7 +30,7 @@ mod sys;
 mod thread;
 
 #[cfg(feature = "spdk")]
-pub use app::{Poll, PollerHandle};
+pub use app::PollerHandle;
 #[cfg(feature = "spdk")]
 pub use bdev::BdevStorage;
 #[cfg(feature = "spdk")]

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
 use std::ptr::NonNull;
 
-use ordo_engine::storage::IoTag;
+use ordo_core::storage::IoTag;
 
 use crate::sys;
 

@@ -1,19 +1,25 @@
-//! `BdevStorage` against real SPDK malloc bdevs: the storage contract (see
-//! `ordo_engine::storage`) on SPDK I/O. One SPDK environment for this whole test binary
-//! (SPDK starts once per process); each test opens a bdev of its own, on its own thread.
+//! `BdevStorage` against real SPDK malloc bdevs: the shared storage contract suite
+//! (`ordo_core::storage::contract`) on SPDK I/O, then what is particular to SPDK. One SPDK
+//! environment for this whole test binary (SPDK starts once per process); each test opens
+//! a bdev of its own, on its own thread.
 
 #![cfg(feature = "spdk")]
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use ordo_engine::storage::{read_blocking, wait_for, Completion, Storage, StorageError};
+use ordo_core::storage::contract::{ContractVolume, VOLUME_BYTES};
+use ordo_core::storage::{wait_for, Completion, Geometry, IoTag, Storage, StorageError};
 use ordo_spdk::{BdevStorage, Env, EnvOptions, SpdkError};
 
 const MALLOC_BYTES: u64 = 4 << 20;
+/// Fresh (zeroed) bdevs for the contract suite, per block size: one per volume it creates.
+const CONTRACT_BDEVS: usize = 12;
 
 /// Malloc0..Malloc5: 4 MiB each; Malloc4 has 512-byte blocks, the rest 4096. Meta0 has
-/// separate metadata, which ordo cannot write; Gone0 is removed by a test.
+/// separate metadata, which ordo cannot write; Gone0 is removed by a test. Contract512_N
+/// and Contract4096_N are the contract suite's volumes.
 fn env() -> &'static Env {
     static CONFIG: OnceLock<tempfile::NamedTempFile> = OnceLock::new();
     let file = CONFIG.get_or_init(|| {
@@ -25,6 +31,14 @@ fn env() -> &'static Env {
                     MALLOC_BYTES / block
                 )
             })
+            .chain([512u64, 4096].into_iter().flat_map(|block| {
+                (0..CONTRACT_BDEVS).map(move |i| {
+                    format!(
+                        r#"{{"method": "bdev_malloc_create", "params": {{"name": "Contract{block}_{i}", "num_blocks": {}, "block_size": {block}}}}}"#,
+                        VOLUME_BYTES / block
+                    )
+                })
+            }))
             .collect();
         let mut file = tempfile::NamedTempFile::new().unwrap();
         let meta = r#"{"method": "bdev_malloc_create", "params": {"name": "Meta0", "num_blocks": 256, "block_size": 4096, "md_size": 8}},
@@ -55,18 +69,72 @@ fn open(name: &str, max_in_flight: u32) -> BdevStorage {
     BdevStorage::open(env(), name, max_in_flight, 128 << 10).unwrap()
 }
 
+/// `BdevStorage` for the contract suite (a local type: the suite's trait and the backend
+/// are both from other crates).
+#[derive(Debug)]
+struct ContractBdev(BdevStorage);
+
+impl Storage for ContractBdev {
+    fn geometry(&self) -> Geometry {
+        self.0.geometry()
+    }
+    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.0.submit_write(tag, offset, data)
+    }
+    fn submit_write_with(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError> {
+        self.0.submit_write_with(tag, offset, len, fill)
+    }
+    fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.0.submit_read(tag, offset, buf)
+    }
+    fn submit_flush(&mut self, tag: IoTag) -> Result<(), StorageError> {
+        self.0.submit_flush(tag)
+    }
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+        self.0.poll(out, max)
+    }
+    fn in_flight(&self) -> u32 {
+        self.0.in_flight()
+    }
+}
+
+impl ContractVolume for ContractBdev {
+    /// The bdev's name.
+    type Backing = String;
+
+    fn create(size_bytes: u64, block_size: u32) -> (String, ContractBdev) {
+        static NEXT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        assert_eq!(
+            size_bytes, VOLUME_BYTES,
+            "the contract bdevs are made at start"
+        );
+        let i = NEXT[usize::from(block_size == 4096)].fetch_add(1, Ordering::Relaxed);
+        assert!(
+            i < CONTRACT_BDEVS,
+            "more contract volumes than CONTRACT_BDEVS"
+        );
+        let name = format!("Contract{block_size}_{i}");
+        let storage = ContractBdev(open(&name, 32));
+        (name, storage)
+    }
+
+    fn reopen(name: &String, _block_size: u32) -> Option<ContractBdev> {
+        Some(ContractBdev(open(name, 32)))
+    }
+}
+
+ordo_core::storage_contract_tests!(ContractBdev);
+
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect()
-}
-
-fn complete_all(storage: &mut BdevStorage, count: usize) -> Vec<Completion> {
-    let mut out = Vec::new();
-    while out.len() < count {
-        storage.poll(&mut out, 64);
-    }
-    out
 }
 
 #[test]
@@ -79,120 +147,6 @@ fn geometry_comes_from_the_bdev() {
     let small = open("Malloc4", 8);
     assert_eq!(small.geometry().block_size, 512);
     assert_eq!(small.geometry().size_bytes, MALLOC_BYTES);
-}
-
-#[test]
-fn writes_then_flush_then_read_back() {
-    let mut storage = open("Malloc1", 16);
-    let mut image = vec![0u8; MALLOC_BYTES as usize];
-    for i in 0..16u64 {
-        let offset = i * 3 * 4096;
-        let data = pattern(i as u8, 8192);
-        storage.submit_write(i, offset, &data).unwrap();
-        image[offset as usize..][..data.len()].copy_from_slice(&data);
-    }
-    let mut completions = complete_all(&mut storage, 16);
-    completions.sort_by_key(|c| c.tag);
-    assert!(completions.iter().all(|c| c.result.is_ok()));
-    assert_eq!(
-        completions.iter().map(|c| c.tag).collect::<Vec<_>>(),
-        (0..16).collect::<Vec<_>>()
-    );
-    storage.submit_flush(99).unwrap();
-    assert_eq!(wait_for(&mut storage, 99, &mut Vec::new()), Ok(()));
-    let mut read = vec![0u8; 128 << 10];
-    for chunk in 0..(MALLOC_BYTES as usize / read.len()) {
-        let offset = chunk * read.len();
-        read_blocking(&mut storage, offset as u64, &mut read, &mut Vec::new()).unwrap();
-        assert_eq!(read, image[offset..][..read.len()], "chunk {chunk}");
-    }
-    assert_eq!(storage.in_flight(), 0);
-}
-
-#[test]
-fn submit_write_with_fills_in_place() {
-    let mut storage = open("Malloc2", 4);
-    let data = pattern(7, 4096);
-    storage
-        .submit_write_with(1, 8192, 4096, &mut |out| out.copy_from_slice(&data))
-        .unwrap();
-    assert_eq!(wait_for(&mut storage, 1, &mut Vec::new()), Ok(()));
-    let mut read = vec![0u8; 4096];
-    read_blocking(&mut storage, 8192, &mut read, &mut Vec::new()).unwrap();
-    assert_eq!(read, data);
-}
-
-#[test]
-fn bad_requests_are_typed_errors_and_touch_nothing() {
-    let mut storage = open("Malloc3", 4);
-    let block = vec![0xAB; 4096];
-    assert!(matches!(
-        storage.submit_write(1, 100, &block),
-        Err(StorageError::Unaligned { .. })
-    ));
-    assert!(matches!(
-        storage.submit_write(1, 0, &block[..100]),
-        Err(StorageError::Unaligned { .. })
-    ));
-    assert!(matches!(
-        storage.submit_write(1, MALLOC_BYTES, &block),
-        Err(StorageError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        storage.submit_write(1, 0, &vec![0; 256 << 10]),
-        Err(StorageError::TooLarge { .. })
-    ));
-    assert_eq!(storage.in_flight(), 0);
-    let mut read = vec![0xFFu8; 4096];
-    read_blocking(&mut storage, 0, &mut read, &mut Vec::new()).unwrap();
-    assert_eq!(read, vec![0u8; 4096], "a refused write wrote nothing");
-}
-
-#[test]
-fn queue_full_at_max_in_flight_then_room_after_poll() {
-    let mut storage = open("Malloc5", 4);
-    let block = pattern(1, 4096);
-    for tag in 0..4 {
-        storage.submit_write(tag, tag * 4096, &block).unwrap();
-    }
-    assert_eq!(
-        storage.submit_write(9, 0, &block),
-        Err(StorageError::QueueFull(4))
-    );
-    assert_eq!(storage.in_flight(), 4);
-    // Completions come only from poll, at most `max` at a time.
-    let mut out = Vec::new();
-    while out.is_empty() {
-        assert!(storage.poll(&mut out, 1) <= 1);
-    }
-    assert_eq!(out.len(), 1);
-    assert_eq!(storage.in_flight(), 3);
-    storage.submit_write(9, 0, &block).unwrap();
-    complete_all(&mut storage, 4);
-    assert_eq!(storage.in_flight(), 0);
-}
-
-#[test]
-fn dropping_with_requests_in_flight_waits_for_them() {
-    let block = pattern(3, 4096);
-    {
-        let mut storage = open("Malloc0", 32);
-        for tag in 0..32 {
-            storage
-                .submit_write(tag, (1 << 20) + tag * 4096, &block)
-                .unwrap();
-        }
-    }
-    let mut storage = open("Malloc0", 4);
-    let mut read = vec![0u8; 4096];
-    read_blocking(
-        &mut storage,
-        (1 << 20) + 31 * 4096,
-        &mut read,
-        &mut Vec::new(),
-    )
-    .unwrap();
-    assert_eq!(read, block);
 }
 
 #[test]
@@ -261,7 +215,7 @@ fn a_removed_bdev_refuses_requests_and_lets_spdk_finish_removing_it() {
         match storage.submit_flush(99) {
             Err(error) => break error,
             Ok(()) => {
-                ordo_engine::storage::wait_for(&mut storage, 99, &mut completions).unwrap();
+                ordo_core::storage::wait_for(&mut storage, 99, &mut completions).unwrap();
             }
         }
     };

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use ordo_engine::storage::{read_blocking, Storage};
+use ordo_core::storage::{read_blocking, Storage};
 use ordo_spdk::{BdevStorage, EnvOptions};
 
 #[test]

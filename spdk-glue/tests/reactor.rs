@@ -10,8 +10,9 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use ordo_engine::storage::{read_blocking, Completion, Storage};
-use ordo_spdk::{BdevStorage, Env, EnvOptions, Poll, SpdkError};
+use ordo_core::storage::{read_blocking, Completion, Storage};
+use ordo_runtime::idle::Round;
+use ordo_spdk::{BdevStorage, Env, EnvOptions, SpdkError};
 
 const BLOCK: usize = 4096;
 const BLOCKS: u64 = 64;
@@ -92,16 +93,12 @@ fn write_flush_verify(bdev: &'static str, seed: u64) -> Result<(), String> {
                             .submit_flush(u64::MAX - 1)
                             .map_err(|e| e.to_string())
                             .and_then(|()| {
-                                ordo_engine::storage::wait_for(
-                                    &mut storage,
-                                    u64::MAX - 1,
-                                    &mut done,
-                                )
-                                .map_err(|e| e.to_string())
+                                ordo_core::storage::wait_for(&mut storage, u64::MAX - 1, &mut done)
+                                    .map_err(|e| e.to_string())
                             });
                         if let Err(why) = flushed {
                             let _ = report.send(Err(why));
-                            return Poll::Done;
+                            return Round::Done;
                         }
                         step = Step::Verify;
                     }
@@ -121,10 +118,10 @@ fn write_flush_verify(bdev: &'static str, seed: u64) -> Result<(), String> {
                             }
                         }
                         let _ = report.send(result);
-                        return Poll::Done;
+                        return Round::Done;
                     }
                 }
-                Poll::Busy
+                Round::Busy
             })
         })
         .map_err(|e| e.to_string())?;
@@ -152,7 +149,7 @@ fn a_poller_that_cannot_start_or_panics_is_reported() {
     let missing = env()
         .spawn_poller(0, || {
             BdevStorage::open(ordo_spdk::env().unwrap(), "NoSuchBdev", 4, 4096)
-                .map(|_| || Poll::Done)
+                .map(|_| || Round::Done)
                 .map_err(|e| e.to_string())
         })
         .unwrap();
@@ -164,7 +161,7 @@ fn a_poller_that_cannot_start_or_panics_is_reported() {
             Ok(move || {
                 rounds += 1;
                 assert!(rounds < 3, "a bug in round {rounds}");
-                Poll::Idle
+                Round::Idle
             })
         })
         .unwrap();
@@ -175,7 +172,7 @@ fn a_poller_that_cannot_start_or_panics_is_reported() {
 
 #[test]
 fn a_core_without_a_reactor_is_refused() {
-    let error = env().spawn_poller(5, || Ok(|| Poll::Done)).unwrap_err();
+    let error = env().spawn_poller(5, || Ok(|| Round::Done)).unwrap_err();
     assert!(matches!(error, SpdkError::NotAReactor(5)), "{error}");
 }
 

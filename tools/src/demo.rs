@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use ordo_engine::primary::{DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent, SubmitError};
-use ordo_engine::protocol::{DataSetId, GroupId, VolumeId};
-use ordo_engine::runtime::idle::IdlePolicy;
-use ordo_engine::runtime::primary_node::PrimaryNode;
-use ordo_engine::runtime::secondary_node::{SecondaryNode, SecondaryThread};
-use ordo_engine::secondary::journal::required_bytes;
-use ordo_engine::secondary::{Secondary, SecondaryConfig};
-use ordo_engine::storage::{Geometry, MemStorage, Storage};
+use ordo_core::primary::{DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent, SubmitError};
+use ordo_core::protocol::{DataSetId, GroupId, VolumeId};
+use ordo_core::secondary::journal::required_bytes;
+use ordo_core::secondary::{Secondary, SecondaryConfig};
+use ordo_core::storage::{Geometry, MemStorage, Storage};
+use ordo_runtime::idle::IdlePolicy;
+use ordo_runtime::primary_node::PrimaryNode;
+use ordo_runtime::secondary_node::{SecondaryNode, SecondaryThread};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -117,7 +117,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
             progress(&mut node, &counts, clock)
         );
         let did = turn(&mut node, &mut counts, clock)?;
-        IDLE.after_round(did);
+        IDLE.after_round(did.into());
     }
     writeln!(out, "{}", progress(&mut node, &counts, clock))?;
     let secondary = running.stop()?;

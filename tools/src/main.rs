@@ -5,7 +5,6 @@ mod bench;
 mod daemon;
 mod demo;
 mod inspect;
-mod nbd;
 mod sim;
 mod spdk;
 mod volume;

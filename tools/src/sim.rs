@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use ordo_engine::secondary::InjectedBug;
-use ordo_engine::sim::{run_seed, SimStats};
+use ordo_core::secondary::InjectedBug;
+use ordo_core::sim::{run_seed, SimStats};
 
 #[derive(Debug, Args)]
 pub struct SimArgs {

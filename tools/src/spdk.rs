@@ -130,18 +130,17 @@ where
     B: FnOnce() -> Result<D> + Send + 'static,
     D: crate::daemon::runner::Rounds + 'static,
 {
-    use crate::daemon::runner::Round;
+    use ordo_runtime::idle::Round;
     let env = ordo_spdk::env().context("SPDK is not started")?;
     let (exit, code) = std::sync::mpsc::sync_channel(1);
     let handle = env.spawn_poller(core, move || {
         let mut daemon = build().map_err(|e| format!("{e:#}"))?;
-        Ok(move || match daemon.round() {
-            Round::Busy => ordo_spdk::Poll::Busy,
-            Round::Idle => ordo_spdk::Poll::Idle,
-            Round::Exit(code) => {
-                let _ = exit.try_send(code);
-                ordo_spdk::Poll::Done
+        Ok(move || {
+            let round = daemon.round();
+            if round == Round::Done {
+                let _ = exit.try_send(daemon.exit_code());
             }
+            round
         })
     })?;
     handle.wait().map_err(anyhow::Error::msg)?;

@@ -8,10 +8,10 @@ use std::str::FromStr;
 
 use std::path::Path;
 
-use ordo_engine::storage::{
-    Completion, FileStorage, Geometry, IoTag, MemStorage, Storage, StorageError, UringStorage,
-    DEFAULT_MAX_IO_BYTES,
+use ordo_core::storage::{
+    Completion, Geometry, IoTag, MemStorage, Storage, StorageError, DEFAULT_MAX_IO_BYTES,
 };
+use ordo_runtime::storage::{FileStorage, UringStorage};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 

@@ -16,7 +16,7 @@ use common::{
     assert_file_equals, assert_verifies, control_request, free_port, number, random_bytes,
     wait_until, write_data, Daemon, Pair, BLOCK, CATCH_UP,
 };
-use ordo_engine::protocol::{
+use ordo_core::protocol::{
     encode, Frame, GroupId, Hello, ResumeState, Role, VolumeInfo, HEADER_BYTES,
 };
 

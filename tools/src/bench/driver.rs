@@ -8,11 +8,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use ordo_engine::primary::{Primary, PrimaryEvent, SubmitError};
-use ordo_engine::protocol::VolumeId;
-use ordo_engine::runtime::idle::IdlePolicy;
-use ordo_engine::runtime::primary_node::PrimaryNode;
-use ordo_engine::storage::{Geometry, MemStorage, Storage, StorageError};
+use ordo_core::primary::{Primary, PrimaryEvent, SubmitError};
+use ordo_core::protocol::VolumeId;
+use ordo_core::storage::{Geometry, MemStorage, Storage, StorageError};
+use ordo_runtime::idle::IdlePolicy;
+use ordo_runtime::primary_node::PrimaryNode;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -362,7 +362,7 @@ impl Run {
                 let line = self.progress_line(engine);
                 self.progress.show(now_ns, &line);
             }
-            self.idle.after_round(issued || did);
+            self.idle.after_round((issued || did).into());
         }
         if self.meter.stop(self.now_ns()) {
             self.close_interval(engine);
@@ -398,7 +398,7 @@ impl Run {
                 primary.peer_applied(),
                 primary.last_closed()
             );
-            self.idle.after_round(did);
+            self.idle.after_round(did.into());
         }
     }
 

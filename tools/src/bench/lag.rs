@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use hdrhistogram::Histogram;
-use ordo_engine::protocol::{DataSetId, Seq};
+use ordo_core::protocol::{DataSetId, Seq};
 
 use super::results::Counts;
 

@@ -11,7 +11,6 @@ mod hdrlog;
 mod header;
 mod lag;
 mod meter;
-mod nbd_client;
 pub mod peer;
 mod plot;
 mod progress;
@@ -31,9 +30,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use ordo_engine::primary::{DataSetPolicy, Replication};
-use ordo_engine::protocol::{stream_cost, GroupId};
-use ordo_engine::secondary::SecondaryConfig;
+use ordo_core::primary::{DataSetPolicy, Replication};
+use ordo_core::protocol::{stream_cost, GroupId};
+use ordo_core::secondary::SecondaryConfig;
 
 use crate::daemon::config::Idle;
 use crate::spdk::SpdkArgs;
@@ -392,8 +391,8 @@ impl BenchArgs {
         )
     }
 
-    pub fn engine_config(&self) -> ordo_engine::primary::PrimaryConfig {
-        ordo_engine::primary::PrimaryConfig {
+    pub fn engine_config(&self) -> ordo_core::primary::PrimaryConfig {
+        ordo_core::primary::PrimaryConfig {
             group: GROUP,
             volume_names: vec![VOLUME_NAME.to_string()],
             policy: self.policy(),
@@ -402,7 +401,7 @@ impl BenchArgs {
             lanes: self.lanes,
             replication: self.mode.replication(),
             max_pending_flushes: 64,
-            ..ordo_engine::primary::PrimaryConfig::default()
+            ..ordo_core::primary::PrimaryConfig::default()
         }
     }
 

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use ordo_engine::runtime::secondary_node::SecondaryNode;
-use ordo_engine::secondary::journal::{record_bytes, required_bytes};
-use ordo_engine::secondary::{Secondary, SecondaryConfig};
-use ordo_engine::storage::{Geometry, MemStorage};
+use ordo_core::secondary::journal::{record_bytes, required_bytes};
+use ordo_core::secondary::{Secondary, SecondaryConfig};
+use ordo_core::storage::{Geometry, MemStorage};
+use ordo_runtime::secondary_node::SecondaryNode;
 
 use crate::daemon::config::{pin, Idle};
 use crate::volume::Volume;
@@ -124,7 +124,7 @@ pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
     let started = Instant::now();
     while !closed.load(Ordering::Relaxed) {
         let did = node.poll(started.elapsed().as_millis() as u64);
-        idle.after_round(did);
+        idle.after_round(did.into());
     }
     let _ = watcher.join();
     if let Some(why) = node.secondary().failure() {

@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use super::header::header;
-use super::nbd_client::{Connection, ExportInfo};
 use super::peer::peak_rss_bytes;
 use super::results::{Memory, Results};
 use super::status_lag::{status, StatusPoller};
 use super::target_loop::{PrimaryStart, Setup, TargetRun, CONNECT_TIMEOUT};
 use super::{BenchArgs, Pattern};
 use crate::daemon::config::pin;
-use crate::nbd::transmission::{REQUEST_HEADER_BYTES, SIMPLE_REPLY_BYTES};
-use crate::nbd::{MAX_STRING_BYTES, TFLAG_READ_ONLY, TFLAG_SEND_FLUSH};
 use crate::volume::ByteSize;
+use ordo_nbd::client::{Connection, ExportInfo};
+use ordo_nbd::transmission::{REQUEST_HEADER_BYTES, SIMPLE_REPLY_BYTES};
+use ordo_nbd::{MAX_STRING_BYTES, TFLAG_READ_ONLY, TFLAG_SEND_FLUSH};
 
 const DEFAULT_PORT: u16 = 10809;
 /// How often the primary's status is polled for lag.

@@ -11,14 +11,14 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::meter::Meter;
-use super::nbd_client::{ClientError, Connection};
 use super::progress::{rates_line, Progress};
 use super::results::{Counts, Histograms, Interval};
 use super::status_lag::{Sample, StatusLag, StatusPoller};
 use super::workload::{Job, Op, OpKind};
 use super::BenchArgs;
-use crate::nbd::transmission::{CMD_FLUSH, CMD_READ, CMD_WRITE};
-use crate::nbd::{EINVAL, EIO, ENOSPC, ENOTSUP, EOVERFLOW, ESHUTDOWN};
+use ordo_nbd::client::{ClientError, Connection};
+use ordo_nbd::transmission::{CMD_FLUSH, CMD_READ, CMD_WRITE};
+use ordo_nbd::{EINVAL, EIO, ENOSPC, ENOTSUP, EOVERFLOW, ESHUTDOWN};
 
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
@@ -104,7 +104,7 @@ pub(super) struct TargetRun {
     latest: Sample,
     meter: Meter,
     progress: Progress,
-    idle: ordo_engine::runtime::idle::IdlePolicy,
+    idle: ordo_runtime::idle::IdlePolicy,
     waited_at_start: u64,
     window_full_waits: u64,
     lag_full_waits: u64,
@@ -210,7 +210,7 @@ impl TargetRun {
                 }
                 self.progress.show(now_ns, &line);
             }
-            self.idle.after_round(did);
+            self.idle.after_round(did.into());
         }
         if self.meter.stop(self.now_ns()) {
             self.close_interval();
@@ -245,7 +245,7 @@ impl TargetRun {
                 self.latest.last_closed,
                 self.latest.applied
             );
-            self.idle.after_round(did);
+            self.idle.after_round(did.into());
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
-use ordo_engine::runtime::idle::IdlePolicy;
+use ordo_runtime::idle::IdlePolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::spdk::SpdkArgs;

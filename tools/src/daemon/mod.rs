@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use report::{ControlRequest, Digest, Status, VolumeDigest, VolumeReport};
 
 use crate::volume::{Volume, VolumeSpec};
-use ordo_engine::storage::Storage;
+use ordo_core::storage::Storage;
 
 /// What status says of each volume, and the largest request all of them take (the digest
 /// reads in pieces of that size).

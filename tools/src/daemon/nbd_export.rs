@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use ordo_engine::primary::SubmitError;
-use ordo_engine::protocol::VolumeId;
-use ordo_engine::runtime::primary_service::{Frontend, Op, Reply, Request, ServiceError};
-use ordo_engine::storage::StorageError;
+use ordo_core::primary::SubmitError;
+use ordo_core::protocol::VolumeId;
+use ordo_core::storage::StorageError;
+use ordo_runtime::primary_service::{Frontend, Op, Reply, Request, ServiceError};
 
-use crate::nbd::server::{serve, Export};
-use crate::nbd::{EINVAL, EIO, ENOSPC, EOVERFLOW, ESHUTDOWN};
+use ordo_nbd::server::{serve, Export};
+use ordo_nbd::{EINVAL, EIO, ENOSPC, EOVERFLOW, ESHUTDOWN};
 
 /// Client connections served at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -124,6 +124,10 @@ pub fn listen(
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                if let Err(e) = ordo_runtime::lane::detect_dead_peer(&stream) {
+                    tracing::warn!("nbd: cannot set keepalive on a client's socket: {e}");
+                    continue;
+                }
                 let peer = stream
                     .peer_addr()
                     .map(|a| a.to_string())

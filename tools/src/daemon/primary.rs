@@ -10,18 +10,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ordo_engine::primary::{DataSetPolicy, Primary, PrimaryConfig, Replication};
-use ordo_engine::protocol::{GroupId, VolumeId};
-use ordo_engine::runtime::primary_node::PrimaryNode;
-use ordo_engine::runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus, Request};
-use ordo_engine::storage::Storage;
+use ordo_core::primary::{DataSetPolicy, Primary, PrimaryConfig, Replication};
+use ordo_core::protocol::{GroupId, VolumeId};
+use ordo_core::storage::Storage;
+use ordo_runtime::primary_node::PrimaryNode;
+use ordo_runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus, Request};
 
 use super::config::{print_banner, PrimaryOptions, PrimarySettings};
 use super::nbd_export::{listen, NbdVolume};
 use super::report::{
     error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport, Writes,
 };
-use super::runner::{self, Round, Rounds, Runtime};
+use ordo_runtime::idle::Round;
+
+use super::runner::{self, Rounds, Runtime};
 use super::{
     ask_status, control, describe_volumes, digest, digest_plan, init_logging, status_channel,
     status_json, termination_flag, StatusAsk,
@@ -67,6 +69,8 @@ struct Serving {
     next_watch: u64,
     /// Draining, until this time (ms).
     drain_deadline: Option<u64>,
+    /// What the process exits with once the poller is done: 3 if the drain timed out.
+    exit_code: ExitCode,
 }
 
 impl Serving {
@@ -114,6 +118,7 @@ impl Serving {
             watch: Watch::default(),
             next_watch: 0,
             drain_deadline: None,
+            exit_code: ExitCode::SUCCESS,
         })
     }
 
@@ -157,7 +162,7 @@ impl Serving {
         let target = self.service.drained();
         if target.is_some_and(|target| applied >= target) {
             tracing::info!("drained: the secondary applied {applied}; exiting");
-            return Round::Exit(ExitCode::SUCCESS);
+            return Round::Done;
         }
         if now >= deadline {
             tracing::warn!(
@@ -165,13 +170,10 @@ impl Serving {
                 self.settings.drain_timeout_s,
                 target.map_or("the open data set".into(), |t| format!("up to {t}"))
             );
-            return Round::Exit(ExitCode::from(3));
+            self.exit_code = ExitCode::from(3);
+            return Round::Done;
         }
-        if did {
-            Round::Busy
-        } else {
-            Round::Idle
-        }
+        did.into()
     }
 }
 
@@ -181,11 +183,11 @@ impl Rounds for Serving {
         if let Some(deadline) = self.drain_deadline {
             return self.drain(now, deadline);
         }
-        if self.serve(now) {
-            Round::Busy
-        } else {
-            Round::Idle
-        }
+        self.serve(now).into()
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        self.exit_code
     }
 }
 

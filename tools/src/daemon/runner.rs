@@ -5,22 +5,17 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ordo_engine::runtime::idle::IdlePolicy;
+use ordo_runtime::idle::{IdlePolicy, Round};
 
 use super::config::{pin, Idle};
 use crate::spdk::SpdkArgs;
 
-/// What one round of a daemon's poller did.
-#[derive(Debug)]
-pub enum Round {
-    Busy,
-    Idle,
-    /// The daemon is done (terminated and drained): exit with this.
-    Exit(ExitCode),
-}
-
+/// A daemon as its poller sees it.
 pub trait Rounds {
+    /// Does a bounded amount of work; `Round::Done` once terminated and drained.
     fn round(&mut self) -> Round;
+    /// What the process exits with, asked once `round` returned `Round::Done`.
+    fn exit_code(&self) -> ExitCode;
 }
 
 /// Where the poller runs.
@@ -72,9 +67,8 @@ where
             pin(core)?;
             loop {
                 match daemon.round() {
-                    Round::Busy => idle.after_round(true),
-                    Round::Idle => idle.after_round(false),
-                    Round::Exit(code) => return Ok(code),
+                    Round::Done => return Ok(daemon.exit_code()),
+                    round => idle.after_round(round),
                 }
             }
         }

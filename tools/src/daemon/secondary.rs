@@ -14,15 +14,17 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
-use ordo_engine::protocol::{GroupId, VolumeId};
-use ordo_engine::runtime::secondary_node::SecondaryNode;
-use ordo_engine::secondary::journal::{record_bytes, required_bytes};
-use ordo_engine::secondary::{Secondary, SecondaryConfig};
-use ordo_engine::storage::{read_blocking, Storage};
+use ordo_core::protocol::{GroupId, VolumeId};
+use ordo_core::secondary::journal::{record_bytes, required_bytes};
+use ordo_core::secondary::{Secondary, SecondaryConfig};
+use ordo_core::storage::{read_blocking, Storage};
+use ordo_runtime::secondary_node::SecondaryNode;
 
 use super::config::{print_banner, SecondaryOptions, SecondarySettings};
 use super::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
-use super::runner::{self, Round, Rounds, Runtime};
+use ordo_runtime::idle::Round;
+
+use super::runner::{self, Rounds, Runtime};
 use super::{
     control, describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
     termination_flag, StatusAsk,
@@ -135,13 +137,9 @@ impl Receiving {
                 "terminating at applied {} (between data sets: {between})",
                 self.node.secondary().applied(),
             );
-            return Round::Exit(ExitCode::SUCCESS);
+            return Round::Done;
         }
-        if self.node.poll(now) {
-            Round::Busy
-        } else {
-            Round::Idle
-        }
+        self.node.poll(now).into()
     }
 }
 
@@ -151,11 +149,11 @@ impl Rounds for Receiving {
         if let Some(deadline) = self.drain_deadline {
             return self.drain(now, deadline);
         }
-        if self.serve(now) {
-            Round::Busy
-        } else {
-            Round::Idle
-        }
+        self.serve(now).into()
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::SUCCESS
     }
 }
 
