@@ -33,6 +33,8 @@ command -v fio >/dev/null || missing+=(fio)
 # What `ordo bench compare` measures its baselines with, and what checks its report.
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v jq >/dev/null || missing+=(jq)
+# The import-cycle check (ci/check-cycles.py).
+command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
@@ -50,6 +52,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "crate boundaries: the sans-I/O core and the NBD crate, on cargo tree"
 ci/check-deps.sh
+
+step "import cycles: none between the files of any crate"
+python3 ci/check-cycles.py
 
 step "tests (the README's test command)"
 cargo test --workspace --locked

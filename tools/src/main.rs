@@ -1,15 +1,12 @@
-//! `ordo`: the command-line front of ordo's asynchronous block replication.
+//! `ordo`: the command-line front of ordo's asynchronous block replication, a thin dispatch
+//! over the daemons (`ordo-daemon`), the benchmark (`ordo-bench`) and the simulator
+//! (`ordo-core`).
 #![forbid(unsafe_code)]
 
-mod bench;
-mod daemon;
-mod demo;
-mod inspect;
 mod sim;
-mod spdk;
-mod volume;
 
 use clap::{Parser, Subcommand};
+use ordo_daemon::{config, demo, inspect};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,18 +26,18 @@ enum Command {
     /// Run the deterministic simulation over many seeds and check the invariant.
     Sim(sim::SimArgs),
     /// Serve volumes over NBD and replicate every write to a secondary.
-    Primary(daemon::config::PrimaryOptions),
+    Primary(config::PrimaryOptions),
     /// Receive a primary's writes, journal them and apply them in data-set order.
-    Secondary(daemon::config::SecondaryOptions),
+    Secondary(config::SecondaryOptions),
     /// Show a running daemon's replication state.
     Status(inspect::StatusArgs),
     /// Compare a quiet primary's volumes with the secondary's replicas.
     Verify(inspect::VerifyArgs),
     /// Benchmark the write path: ack latency, replication lag, throughput, memory.
-    Bench(bench::BenchCommand),
+    Bench(ordo_bench::BenchCommand),
     /// The secondary process `ordo bench` starts (not for direct use).
     #[command(hide = true)]
-    BenchSecondary(bench::peer::PeerArgs),
+    BenchSecondary(ordo_bench::peer::PeerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,12 +45,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Sim(args) => sim::run(&args),
-        Command::Primary(options) => daemon::primary::run(options),
-        Command::Secondary(options) => daemon::secondary::run(options),
+        Command::Primary(options) => ordo_daemon::primary::run(options),
+        Command::Secondary(options) => ordo_daemon::secondary::run(options),
         Command::Status(args) => inspect::status(&args),
         Command::Verify(args) => inspect::verify(&args),
-        Command::Bench(command) => bench::run(&command),
-        Command::BenchSecondary(args) => bench::peer::serve(&args),
+        Command::Bench(command) => ordo_bench::run(&command),
+        Command::BenchSecondary(args) => ordo_bench::peer::serve(&args),
     };
     match result {
         Ok(code) => code,

@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod export;
 pub mod handshake;
 pub mod pipeline;
 pub mod server;
 pub mod transmission;
+pub mod url;
 
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;

@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 
 use super::config::{PrimaryConfig, Replication};
 use super::retention::{RecordKind, Retention, SentOn};
+use super::stats::PrimaryStats;
 use super::tx::FrameSink;
-use super::PrimaryStats;
 use crate::protocol::{
     check_hello, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame, VolumeInfo,
     WriteFrame, RECORD_FRAME_OVERHEAD_BYTES,

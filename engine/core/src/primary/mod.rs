@@ -7,6 +7,7 @@
 pub mod config;
 mod link;
 pub mod retention;
+mod stats;
 pub mod tx;
 
 use std::collections::VecDeque;
@@ -17,6 +18,7 @@ pub use crate::protocol::PeerError;
 pub use config::{ConfigError, DataSetPolicy, PrimaryConfig, Replication};
 use link::Link;
 use retention::{RecordKind, Retention};
+pub use stats::PrimaryStats;
 
 use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES};
 use crate::storage::inflight::InFlightWrites;
@@ -63,21 +65,6 @@ pub enum SubmitError {
     TooManyFlushes,
     #[error("a local volume failed: {0}")]
     Failed(StorageError),
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PrimaryStats {
-    pub writes_accepted: u64,
-    /// Writes refused because the retention window was full (each was retried).
-    pub window_full: u64,
-    pub data_sets_closed: u64,
-    pub frames_sent: u64,
-    pub bytes_sent: u64,
-    pub retransmits: u64,
-    /// Times sending stopped because the secondary's journal window was used up.
-    pub credit_stalls: u64,
-    /// The newest data set whose closing sync was sent (every record of it was sent once).
-    pub last_sent: DataSetId,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -1,67 +1,26 @@
-//! `ordo bench`: the latency-histogram benchmark of ordo's write path. It starts its own
-//! pair (the primary in this process, driven directly, not through NBD; the secondary in a
-//! child process over loopback lanes, optionally through a delaying relay), runs a fio-like
-//! load and reports primary ack latency, replication lag, throughput per second and each
-//! side's peak memory. With `--target` it drives a running primary through its NBD export
-//! instead (`target`). `ordo bench compare` runs the baselines next to it.
-
-pub mod compare;
-mod driver;
-mod hdrlog;
-mod header;
-mod lag;
-mod meter;
-pub mod peer;
-mod plot;
-mod progress;
-pub mod relay;
-pub mod results;
-mod status_lag;
-mod summary;
-mod target;
-mod target_loop;
-mod workload;
+//! `ordo bench`'s options (`BenchArgs`, the subcommand), what they resolve to (the
+//! engine's and the secondary's configuration, the mode), and its constants.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use ordo_core::primary::{DataSetPolicy, Replication};
 use ordo_core::protocol::{stream_cost, GroupId};
 use ordo_core::secondary::SecondaryConfig;
+use ordo_daemon::runner::Idle;
+use ordo_daemon::spdk::SpdkArgs;
+use ordo_daemon::volume::ByteSize;
+use ordo_nbd::url::NbdUrl;
 
-use crate::daemon::config::Idle;
-use crate::spdk::SpdkArgs;
-use crate::volume::ByteSize;
-pub use results::Results;
-pub use target::TargetUrl;
-pub use workload::Pattern;
+use crate::workload::Pattern;
 
 pub const GROUP: GroupId = GroupId(1);
 pub const VOLUME_NAME: &str = "bench";
 pub const PRIMARY_FILE: &str = "ordo-bench-primary.img";
 
-#[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BenchCommand {
-    #[command(subcommand)]
-    pub compare: Option<BenchSub>,
-    #[command(flatten)]
-    pub args: BenchArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchSub {
-    /// Run the fixed suite of measurements, each next to its baseline measured in the
-    /// same run (iperf3, fio, replication off, one data set at a time).
-    Compare(compare::CompareArgs),
-}
-
-/// What replication does during the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     /// ordo: every write streamed at once, many data sets in flight.
@@ -230,7 +189,7 @@ pub struct BenchArgs {
             "data_set_max_bytes",
         ]
     )]
-    pub target: Option<TargetUrl>,
+    pub target: Option<NbdUrl>,
     /// With --target: the primary's control socket, polled every 5 ms from a helper thread
     /// for replication lag. A write's data set is taken as the one open at the first poll
     /// sent after its acknowledgement (last_closed + 1, an upper bound: NBD does not say),
@@ -476,7 +435,7 @@ impl BenchArgs {
         c
     }
 
-    fn link_delay(&self) -> Duration {
+    pub(crate) fn link_delay(&self) -> Duration {
         Duration::from_secs_f64(self.link_delay_ms / 1000.0)
     }
 }
@@ -491,42 +450,11 @@ pub fn mode_name(mode: Mode) -> &'static str {
 
 /// Warnings (a lane dropped, a relay connection failed) go to stderr; the lanes' routine
 /// comings and goings do not.
-fn init_warnings() {
+pub(crate) fn init_warnings() {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::WARN)
         .with_target(false)
         .with_ansi(false)
         .try_init();
-}
-
-pub fn run(command: &BenchCommand) -> Result<ExitCode> {
-    init_warnings();
-    if let Some(BenchSub::Compare(args)) = &command.compare {
-        return compare::run(args);
-    }
-    let args = &command.args;
-    args.validate()?;
-    let results = if args.target.is_some() {
-        target::run(args, !args.quiet)?
-    } else {
-        driver::run(args, !args.quiet)?
-    };
-    let report = match args.output_format {
-        OutputFormat::Normal => summary::human(&results),
-        OutputFormat::Json => serde_json::to_string_pretty(&summary::json(&results))? + "\n",
-    };
-    match &args.output {
-        Some(path) => {
-            std::fs::write(path, report).with_context(|| format!("writing {}", path.display()))?
-        }
-        None => std::io::stdout().lock().write_all(report.as_bytes())?,
-    }
-    if let Some(path) = &args.hdr_log {
-        hdrlog::write_log(&results, path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.plot {
-        plot::write_svg(&results, path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(ExitCode::SUCCESS)
 }

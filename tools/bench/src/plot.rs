@@ -291,7 +291,7 @@ fn lag(area: &Area, results: &Results) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::results::{sample, Histograms};
+    use crate::results::{sample, Histograms};
 
     const TITLES: [&str; 3] = ["Latency by percentile", "Throughput", "Replication lag"];
 

@@ -16,17 +16,18 @@ use ordo_core::storage::Storage;
 use ordo_runtime::primary_node::PrimaryNode;
 use ordo_runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus, Request};
 
-use super::config::{print_banner, PrimaryOptions, PrimarySettings};
-use super::nbd_export::{listen, NbdVolume};
-use super::report::{
+use crate::config::{print_banner, PrimaryOptions, PrimarySettings};
+use crate::nbd_export::{listen, NbdVolume};
+use crate::report::{
     error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport, Writes,
 };
 use ordo_runtime::idle::Round;
 
-use super::runner::{self, Rounds, Runtime};
-use super::{
-    ask_status, control, describe_volumes, digest, digest_plan, init_logging, status_channel,
-    status_json, termination_flag, StatusAsk,
+use crate::control;
+use crate::runner::{self, Rounds, Runtime};
+use crate::shared::{
+    ask_status, describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
+    termination_flag, StatusAsk,
 };
 use crate::volume::Volume;
 use crossbeam_channel::{Receiver, Sender};
@@ -338,7 +339,7 @@ fn primary_digest(
     frontend: &Frontend,
     volumes: &[VolumeReport],
     max_io: u32,
-) -> Result<super::report::Digest, String> {
+) -> Result<crate::report::Digest, String> {
     let ControlRequest::Digest { chunk_bytes, .. } = request else {
         return Err("not a digest request".into());
     };

@@ -24,9 +24,9 @@ use super::progress::{rates_line, Progress};
 use super::relay::{LinkShape, Relay};
 use super::results::{Memory, Results};
 use super::workload::{Job, Op, OpKind};
-use super::{Backend, BenchArgs, Mode, PRIMARY_FILE};
-use crate::daemon::config::pin;
-use crate::volume::{ByteSize, Volume};
+use crate::args::{Backend, BenchArgs, Mode, PRIMARY_FILE};
+use ordo_daemon::runner::pin;
+use ordo_daemon::volume::{ByteSize, Volume};
 
 const VOLUME: VolumeId = VolumeId(0);
 const LANES_UP_LIMIT: Duration = Duration::from_secs(10);

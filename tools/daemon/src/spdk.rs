@@ -122,41 +122,6 @@ fn start(
     anyhow::bail!("{NOT_BUILT}")
 }
 
-/// Runs a daemon's poller as an SPDK poller on the reactor of `core`: `build` makes it
-/// there, then each reactor round runs one of its rounds until it exits.
-#[cfg(feature = "spdk")]
-pub fn run_on_reactor<B, D>(core: u32, build: B) -> Result<std::process::ExitCode>
-where
-    B: FnOnce() -> Result<D> + Send + 'static,
-    D: crate::daemon::runner::Rounds + 'static,
-{
-    use ordo_runtime::idle::Round;
-    let env = ordo_spdk::env().context("SPDK is not started")?;
-    let (exit, code) = std::sync::mpsc::sync_channel(1);
-    let handle = env.spawn_poller(core, move || {
-        let mut daemon = build().map_err(|e| format!("{e:#}"))?;
-        Ok(move || {
-            let round = daemon.round();
-            if round == Round::Done {
-                let _ = exit.try_send(daemon.exit_code());
-            }
-            round
-        })
-    })?;
-    handle.wait().map_err(anyhow::Error::msg)?;
-    code.recv()
-        .context("the daemon's poller ended without an exit code")
-}
-
-#[cfg(not(feature = "spdk"))]
-pub fn run_on_reactor<B, D>(_core: u32, _build: B) -> Result<std::process::ExitCode>
-where
-    B: FnOnce() -> Result<D> + Send + 'static,
-    D: crate::daemon::runner::Rounds + 'static,
-{
-    anyhow::bail!("{NOT_BUILT}")
-}
-
 /// What a build without SPDK says when asked for it.
 #[cfg(not(feature = "spdk"))]
 pub const NOT_BUILT: &str = "this ordo was built without SPDK: build it with `SPDK_DIR=/path/to/spdk cargo build --release --features spdk` (README, section SPDK)";
@@ -216,11 +181,6 @@ mod tests {
             ..SpdkArgs::default()
         };
         let error = args.start("test", None).unwrap_err().to_string();
-        assert!(error.contains("--features spdk"), "{error}");
-        let volume = "data=spdk:Malloc0".parse().unwrap();
-        let error = crate::volume::Volume::open(&volume, 4096)
-            .unwrap_err()
-            .to_string();
         assert!(error.contains("--features spdk"), "{error}");
     }
 }

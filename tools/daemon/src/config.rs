@@ -4,37 +4,14 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use clap::{Args, ValueEnum};
-use ordo_runtime::idle::IdlePolicy;
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::runner::Idle;
 use crate::spdk::SpdkArgs;
 use crate::volume::{ByteSize, VolumeSpec};
-
-/// What a poller does when a round found nothing to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Idle {
-    /// Poll again at once: a dedicated core.
-    Spin,
-    /// Yield the core, then poll again.
-    Yield,
-    /// Sleep 100 µs: a shared machine.
-    Park,
-}
-
-impl Idle {
-    pub fn policy(self) -> IdlePolicy {
-        match self {
-            Idle::Spin => IdlePolicy::Spin,
-            Idle::Yield => IdlePolicy::Yield,
-            Idle::Park => IdlePolicy::Park(Duration::from_micros(100)),
-        }
-    }
-}
 
 #[derive(Clone, Debug, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -385,17 +362,6 @@ impl SecondaryOptions {
             journal_bdev: self.journal_bdev.or(file.journal_bdev),
         })
     }
-}
-
-/// Pins the calling thread to `core`, if one was configured.
-pub fn pin(core: Option<usize>) -> Result<()> {
-    if let Some(id) = core {
-        ensure!(
-            core_affinity::set_for_current(core_affinity::CoreId { id }),
-            "could not pin the poller to core {id}"
-        );
-    }
-    Ok(())
 }
 
 /// The effective configuration as TOML, for the start-up banner.

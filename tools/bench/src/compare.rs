@@ -14,7 +14,9 @@ use clap::{Args, Parser};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{driver, BenchArgs, Results};
+use crate::args::BenchArgs;
+use crate::driver;
+use crate::results::Results;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {

@@ -24,8 +24,8 @@ use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 
 use super::results::Counts;
-use crate::daemon::control;
-use crate::daemon::report::Status;
+use ordo_daemon::control;
+use ordo_daemon::report::Status;
 
 /// How long one status request may take before the poll counts as failed.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -277,7 +277,7 @@ impl StatusLag {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::results::new_histogram;
+    use crate::results::new_histogram;
 
     fn at(sent_ns: u64, last_closed: u64, applied: u64) -> Sample {
         Sample {

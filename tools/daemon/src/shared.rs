@@ -1,13 +1,5 @@
-//! The two daemons (`ordo primary`, `ordo secondary`) and what they share: settings, the
-//! control socket, status reports, digests for `verify`, and signal handling.
-
-pub mod config;
-pub mod control;
-pub mod nbd_export;
-pub mod primary;
-pub mod report;
-pub mod runner;
-pub mod secondary;
+//! What both daemons share: the volumes' reports, the status channel between the control
+//! socket and the poller, signal handling, logging, and digests for `verify`.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -16,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 
-use report::{ControlRequest, Digest, Status, VolumeDigest, VolumeReport};
+use crate::report::{ControlRequest, Digest, Status, VolumeDigest, VolumeReport};
 
 use crate::volume::{Volume, VolumeSpec};
 use ordo_core::storage::Storage;
@@ -66,7 +58,7 @@ pub fn ask_status(asks: &Sender<StatusAsk>) -> Option<Status> {
 pub fn status_json(asks: &Sender<StatusAsk>) -> String {
     match ask_status(asks) {
         Some(status) => serde_json::to_string(&status).unwrap_or_default(),
-        None => report::error_json("the daemon's poller did not answer"),
+        None => crate::report::error_json("the daemon's poller did not answer"),
     }
 }
 
@@ -116,10 +108,10 @@ pub fn digest_plan(
         .iter()
         .map(|(_, _, len)| len.div_ceil(*chunk_bytes))
         .sum();
-    if chunks > report::MAX_DIGEST_CHUNKS {
+    if chunks > crate::report::MAX_DIGEST_CHUNKS {
         return Err(format!(
             "{chunks} chunks of {chunk_bytes} bytes is over the {} a digest may have: ask for larger chunks",
-            report::MAX_DIGEST_CHUNKS
+            crate::report::MAX_DIGEST_CHUNKS
         ));
     }
     Ok(plan)

@@ -19,10 +19,10 @@ use ordo_core::secondary::{Secondary, SecondaryConfig};
 use ordo_core::storage::{Geometry, MemStorage};
 use ordo_runtime::secondary_node::SecondaryNode;
 
-use crate::daemon::config::{pin, Idle};
-use crate::volume::Volume;
+use ordo_daemon::runner::{pin, Idle};
+use ordo_daemon::volume::Volume;
 
-use super::{GROUP, VOLUME_NAME};
+use crate::args::{init_warnings, GROUP, VOLUME_NAME};
 
 /// What the bench tells its secondary process (hidden: not for users).
 #[derive(Clone, Debug, Args)]
@@ -52,7 +52,7 @@ const JOURNAL_BLOCK_BYTES: u32 = 512;
 
 /// `ordo bench-secondary`: the child's side.
 pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
-    super::init_warnings();
+    init_warnings();
     // Pinned before any thread starts, so the acceptor and receivers share the core.
     pin(args.core)?;
     let config = SecondaryConfig {

@@ -20,13 +20,14 @@ use ordo_core::secondary::{Secondary, SecondaryConfig};
 use ordo_core::storage::{read_blocking, Storage};
 use ordo_runtime::secondary_node::SecondaryNode;
 
-use super::config::{print_banner, SecondaryOptions, SecondarySettings};
-use super::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
+use crate::config::{print_banner, SecondaryOptions, SecondarySettings};
+use crate::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
 use ordo_runtime::idle::Round;
 
-use super::runner::{self, Rounds, Runtime};
-use super::{
-    control, describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
+use crate::control;
+use crate::runner::{self, Rounds, Runtime};
+use crate::shared::{
+    describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
     termination_flag, StatusAsk,
 };
 use crate::volume::{Backend, Volume};

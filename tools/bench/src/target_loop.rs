@@ -15,7 +15,7 @@ use super::progress::{rates_line, Progress};
 use super::results::{Counts, Histograms, Interval};
 use super::status_lag::{Sample, StatusLag, StatusPoller};
 use super::workload::{Job, Op, OpKind};
-use super::BenchArgs;
+use crate::args::BenchArgs;
 use ordo_nbd::client::{ClientError, Connection};
 use ordo_nbd::transmission::{CMD_FLUSH, CMD_READ, CMD_WRITE};
 use ordo_nbd::{EINVAL, EIO, ENOSPC, ENOTSUP, EOVERFLOW, ESHUTDOWN};

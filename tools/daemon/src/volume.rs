@@ -343,6 +343,14 @@ impl Storage for Volume {
 mod tests {
     use super::*;
 
+    #[cfg(not(feature = "spdk"))]
+    #[test]
+    fn an_spdk_volume_in_a_build_without_spdk_says_how_to_get_one() {
+        let volume = "data=spdk:Malloc0".parse().unwrap();
+        let error = Volume::open(&volume, 4096).unwrap_err().to_string();
+        assert!(error.contains("--features spdk"), "{error}");
+    }
+
     #[test]
     fn sizes_parse_with_binary_suffixes_and_refuse_nonsense() {
         let ok = |text: &str| text.parse::<ByteSize>().unwrap().0;

@@ -5,10 +5,8 @@
 //! (`status_lag`) and its memory.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -18,83 +16,19 @@ use super::peer::peak_rss_bytes;
 use super::results::{Memory, Results};
 use super::status_lag::{status, StatusPoller};
 use super::target_loop::{PrimaryStart, Setup, TargetRun, CONNECT_TIMEOUT};
-use super::{BenchArgs, Pattern};
-use crate::daemon::config::pin;
-use crate::volume::ByteSize;
+use crate::args::BenchArgs;
+use crate::workload::Pattern;
+use ordo_daemon::runner::pin;
+use ordo_daemon::volume::ByteSize;
 use ordo_nbd::client::{Connection, ExportInfo};
 use ordo_nbd::transmission::{REQUEST_HEADER_BYTES, SIMPLE_REPLY_BYTES};
-use ordo_nbd::{MAX_STRING_BYTES, TFLAG_READ_ONLY, TFLAG_SEND_FLUSH};
+use ordo_nbd::url::NbdUrl;
+use ordo_nbd::{TFLAG_READ_ONLY, TFLAG_SEND_FLUSH};
 
-const DEFAULT_PORT: u16 = 10809;
 /// How often the primary's status is polled for lag.
 const POLL_EVERY: Duration = Duration::from_millis(5);
 /// Requests (or replies) one connection buffers beyond the first: the rest wait.
 const CONNECTION_BUFFER_BYTES: usize = 4 << 20;
-
-/// `nbd://HOST[:PORT]/EXPORT` (port 10809 if not given; an empty export name asks for the
-/// server's only export).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TargetUrl {
-    pub host: String,
-    pub port: u16,
-    pub export: String,
-}
-
-impl FromStr for TargetUrl {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("{text:?} is not nbd://HOST[:PORT]/EXPORT: {why}");
-        let rest = text
-            .strip_prefix("nbd://")
-            .ok_or_else(|| bad("it does not start with nbd://"))?;
-        let (authority, export) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => {
-                let (host, after) = v6.split_once(']').ok_or_else(|| bad("no ] after ["))?;
-                match after {
-                    "" => (host, None),
-                    _ => (
-                        host,
-                        Some(after.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
-                    ),
-                }
-            }
-            None => match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(port) => port
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p > 0)
-                .ok_or_else(|| bad("bad port"))?,
-        };
-        if export.len() > MAX_STRING_BYTES || export.contains(['\0', '?', '#']) {
-            return Err(bad("the export name is too long or has ?, # or NUL"));
-        }
-        Ok(TargetUrl {
-            host: host.to_string(),
-            port,
-            export: export.to_string(),
-        })
-    }
-}
-
-impl fmt::Display for TargetUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.host.contains(':') {
-            true => write!(f, "nbd://[{}]:{}/{}", self.host, self.port, self.export),
-            false => write!(f, "nbd://{}:{}/{}", self.host, self.port, self.export),
-        }
-    }
-}
 
 /// What the primary's control socket said before the run.
 #[derive(Debug)]
@@ -111,7 +45,7 @@ struct PrimaryState {
 }
 
 impl PrimaryState {
-    fn ask(control: &Path, url: &TargetUrl) -> Result<PrimaryState> {
+    fn ask(control: &Path, url: &NbdUrl) -> Result<PrimaryState> {
         let shown = control.display();
         let s = status(control).with_context(|| format!("--target-control {shown}"))?;
         ensure!(
@@ -155,7 +89,7 @@ impl PrimaryState {
     }
 }
 
-fn connect(args: &BenchArgs, url: &TargetUrl) -> Result<Vec<Connection>> {
+fn connect(args: &BenchArgs, url: &NbdUrl) -> Result<Vec<Connection>> {
     let addr: SocketAddr = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving {url}"))?
@@ -176,7 +110,7 @@ fn connect(args: &BenchArgs, url: &TargetUrl) -> Result<Vec<Connection>> {
 }
 
 /// The region the jobs share, checked against what the server said of the export.
-fn region(args: &BenchArgs, url: &TargetUrl, export: &ExportInfo) -> Result<u64> {
+fn region(args: &BenchArgs, url: &NbdUrl, export: &ExportInfo) -> Result<u64> {
     let block = args.bs.0;
     ensure!(
         block.is_multiple_of(u64::from(export.min_block)),
@@ -224,7 +158,7 @@ fn region(args: &BenchArgs, url: &TargetUrl, export: &ExportInfo) -> Result<u64>
 /// The report's configuration: the load's, the target's and how lag is measured.
 fn describe(
     args: &BenchArgs,
-    url: &TargetUrl,
+    url: &NbdUrl,
     region: u64,
     export: &ExportInfo,
 ) -> BTreeMap<String, String> {
@@ -322,38 +256,4 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
         replicated: done.lag_exact.is_some(),
         window_full_waits: done.window_full_waits,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_name_host_port_and_export() {
-        let url: TargetUrl = "nbd://127.0.0.1:10900/data".parse().unwrap();
-        assert_eq!(
-            url,
-            TargetUrl {
-                host: "127.0.0.1".into(),
-                port: 10900,
-                export: "data".into()
-            }
-        );
-        assert_eq!(url.to_string(), "nbd://127.0.0.1:10900/data");
-        let v6: TargetUrl = "nbd://[::1]/vol".parse().unwrap();
-        assert_eq!((v6.host.as_str(), v6.port), ("::1", DEFAULT_PORT));
-        assert_eq!(v6.to_string(), "nbd://[::1]:10809/vol");
-        let bare: TargetUrl = "nbd://example".parse().unwrap();
-        assert_eq!((bare.port, bare.export.as_str()), (DEFAULT_PORT, ""));
-        for bad in [
-            "http://x/y",
-            "nbd:///data",
-            "nbd://h:0/d",
-            "nbd://h:99999/d",
-            "nbd://[::1/d",
-            "nbd://h/d?tls=1",
-        ] {
-            assert!(bad.parse::<TargetUrl>().is_err(), "{bad} was accepted");
-        }
-    }
 }

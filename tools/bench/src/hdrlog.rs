@@ -134,7 +134,7 @@ mod tests {
     use hdrhistogram::Histogram;
 
     use super::*;
-    use crate::bench::results::sample;
+    use crate::results::sample;
 
     /// What a log holds: its two times and its (tag, start, length, histogram) lines.
     type Read = (

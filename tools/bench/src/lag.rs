@@ -104,7 +104,7 @@ impl LagTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::results::new_histogram;
+    use crate::results::new_histogram;
 
     #[test]
     fn a_write_lags_from_its_ack_until_its_data_set_is_reported_applied() {

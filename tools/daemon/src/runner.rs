@@ -3,11 +3,13 @@
 //! is one value whose `round` does a bounded amount of work.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
+use clap::ValueEnum;
 use ordo_runtime::idle::{IdlePolicy, Round};
+use serde::{Deserialize, Serialize};
 
-use super::config::{pin, Idle};
 use crate::spdk::SpdkArgs;
 
 /// A daemon as its poller sees it.
@@ -72,6 +74,74 @@ where
                 }
             }
         }
-        Runtime::Reactor { core } => crate::spdk::run_on_reactor(core, build),
+        Runtime::Reactor { core } => run_on_reactor(core, build),
     }
+}
+
+/// Runs a daemon's poller as an SPDK poller on the reactor of `core`: `build` makes it
+/// there, then each reactor round runs one of its rounds until it exits.
+#[cfg(feature = "spdk")]
+fn run_on_reactor<B, D>(core: u32, build: B) -> Result<std::process::ExitCode>
+where
+    B: FnOnce() -> Result<D> + Send + 'static,
+    D: Rounds + 'static,
+{
+    use anyhow::Context;
+    let env = ordo_spdk::env().context("SPDK is not started")?;
+    let (exit, code) = std::sync::mpsc::sync_channel(1);
+    let handle = env.spawn_poller(core, move || {
+        let mut daemon = build().map_err(|e| format!("{e:#}"))?;
+        Ok(move || {
+            let round = daemon.round();
+            if round == Round::Done {
+                let _ = exit.try_send(daemon.exit_code());
+            }
+            round
+        })
+    })?;
+    handle.wait().map_err(anyhow::Error::msg)?;
+    code.recv()
+        .context("the daemon's poller ended without an exit code")
+}
+
+#[cfg(not(feature = "spdk"))]
+fn run_on_reactor<B, D>(_core: u32, _build: B) -> Result<std::process::ExitCode>
+where
+    B: FnOnce() -> Result<D> + Send + 'static,
+    D: Rounds + 'static,
+{
+    anyhow::bail!("{}", crate::spdk::NOT_BUILT)
+}
+
+/// What a poller does when a round found nothing to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Idle {
+    /// Poll again at once: a dedicated core.
+    Spin,
+    /// Yield the core, then poll again.
+    Yield,
+    /// Sleep 100 µs: a shared machine.
+    Park,
+}
+
+impl Idle {
+    pub fn policy(self) -> IdlePolicy {
+        match self {
+            Idle::Spin => IdlePolicy::Spin,
+            Idle::Yield => IdlePolicy::Yield,
+            Idle::Park => IdlePolicy::Park(Duration::from_micros(100)),
+        }
+    }
+}
+
+/// Pins the calling thread to `core`, if one was configured.
+pub fn pin(core: Option<usize>) -> Result<()> {
+    if let Some(id) = core {
+        ensure!(
+            core_affinity::set_for_current(core_affinity::CoreId { id }),
+            "could not pin the poller to core {id}"
+        );
+    }
+    Ok(())
 }

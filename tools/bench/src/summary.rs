@@ -237,7 +237,7 @@ pub fn human(results: &Results) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::results::sample;
+    use crate::results::sample;
 
     #[test]
     fn the_json_report_has_fio_sections_percentiles_and_bins() {

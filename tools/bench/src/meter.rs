@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 
 use super::results::{Counts, Histograms, Interval};
 use super::workload::OpKind;
-use super::BenchArgs;
+use crate::args::BenchArgs;
 
 /// One progress line and one interval of the report per second.
 pub(super) const INTERVAL_NS: u64 = 1_000_000_000;

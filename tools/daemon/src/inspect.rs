@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::daemon::control::request;
-use crate::daemon::report::{Digest, Status};
+use crate::control::request;
+use crate::report::{Digest, Status};
 
 /// A digest of large volumes takes a while; a status never should.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -231,7 +231,7 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
 /// The first pass's chunk: 1 MiB, or larger for volumes so big that the reply would have
 /// more chunks than a digest may.
 fn first_pass_chunk(status: &Status) -> Result<u64> {
-    use crate::daemon::report::{MAX_DIGEST_CHUNKS, MAX_DIGEST_CHUNK_BYTES};
+    use crate::report::{MAX_DIGEST_CHUNKS, MAX_DIGEST_CHUNK_BYTES};
     let total: u64 = status.volumes.iter().map(|v| v.size_bytes).sum();
     let chunk = total
         .div_ceil(MAX_DIGEST_CHUNKS)

@@ -1,0 +1,33 @@
+//! What a server serves: an `Export` (a block device, with errno values for the replies),
+//! and how serving a connection fails.
+
+use std::io;
+
+use crate::NbdError;
+
+/// A block device exported over NBD. Errors are errno values for the reply.
+pub trait Export: Send + Sync {
+    fn name(&self) -> &str;
+    fn size_bytes(&self) -> u64;
+    fn block_size(&self) -> u32;
+    /// Largest single request accepted.
+    fn max_request_bytes(&self) -> u32;
+    /// Fills `buf` (its length is the request's) from `offset`. `buf` is owned so an
+    /// export may hand it to another thread and back; it must return it with its length.
+    fn read(&self, offset: u64, buf: &mut Vec<u8>) -> Result<(), u32>;
+    /// Writes `data` at `offset` (owned for the same reason as in `read`); with `fua`,
+    /// returns once the data is durable.
+    fn write(&self, offset: u64, data: &mut Vec<u8>, fua: bool) -> Result<(), u32>;
+    /// Returns once every write already acknowledged is durable.
+    fn flush(&self) -> Result<(), u32>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Protocol(#[from] NbdError),
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("request of {0} bytes is over the limit; the stream cannot be resynchronised")]
+    RequestTooLarge(u32),
+}
