@@ -179,6 +179,9 @@ pub struct ServiceStats {
     pub writes_waited: u64,
     pub wait_ms_total: u64,
     pub wait_ms_max: u64,
+    /// Closed data sets the lag queue had no room to time (they replicate as usual): while
+    /// one is unapplied, `lag_ms` understates the lag.
+    pub lag_queue_full: u64,
 }
 
 /// What status reports of a primary, gathered by the poller.
@@ -433,10 +436,12 @@ impl<S: Storage> PrimaryService<S> {
             }
             PrimaryEvent::DataSetClosed { data_set, .. } => {
                 // Sized for both windows' worth of data sets; past that (a secondary with
-                // a huge window) the newest go unrecorded, which leaves the lag's age, set
-                // by the oldest, exact until those are reached.
+                // a huge window) the newest go unrecorded, counted, which leaves the lag's
+                // age, set by the oldest, exact until those are reached.
                 if self.closed.len() < self.closed.capacity() {
                     self.closed.push_back((data_set, now_ms));
+                } else {
+                    self.stats.lag_queue_full += 1;
                 }
             }
         }
@@ -508,4 +513,72 @@ fn refuse(request: Request) {
         buf: request.buf,
         data_set: DataSetId::default(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ordo_core::primary::{Primary, PrimaryConfig};
+    use ordo_core::storage::{Geometry, MemStorage};
+
+    /// Calls `op` on the service, polling it (time standing still) until the reply comes.
+    fn call(service: &mut PrimaryService<MemStorage>, op: Op, buf: Vec<u8>) -> Reply {
+        let (reply, replies) = crossbeam_channel::bounded(1);
+        let request = Request {
+            op,
+            buf,
+            user: 0,
+            reply,
+        };
+        service
+            .frontend()
+            .submit(request)
+            .expect("room in the ring");
+        for _ in 0..10_000 {
+            service.poll(0);
+            if let Ok(reply) = replies.try_recv() {
+                return reply;
+            }
+        }
+        panic!("no reply to {op:?}");
+    }
+
+    #[test]
+    fn a_closed_data_set_the_lag_queue_has_no_room_for_is_counted() {
+        // No secondary: every data set closed stays unapplied.
+        let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let volume = MemStorage::new(Geometry::new(1 << 20, 4096).unwrap()).unwrap();
+        let config = PrimaryConfig {
+            volume_names: vec!["a".into()],
+            lanes: 1,
+            ..PrimaryConfig::default()
+        };
+        let primary = Primary::new(config, vec![volume]).unwrap();
+        let node = PrimaryNode::new(primary, nobody.local_addr().unwrap(), 1).unwrap();
+        let mut service = PrimaryService::new(node, 4, 1 << 20);
+        let write = Op::Write {
+            volume: VolumeId(0),
+            offset: 0,
+            fua: false,
+        };
+
+        call(&mut service, write, vec![1; 4096]).result.unwrap();
+        let first = call(&mut service, Op::Flush, Vec::new());
+        assert_eq!(first.result, Ok(()));
+        assert_eq!(service.closed.len(), 1, "a closed data set is timed");
+        assert_eq!(service.status(0).service.lag_queue_full, 0);
+
+        // Fill the queue to its bound: the next closed data set finds no room.
+        while service.closed.len() < service.closed.capacity() {
+            service.closed.push_back((first.data_set, 0));
+        }
+        call(&mut service, write, vec![2; 4096]).result.unwrap();
+        let second = call(&mut service, Op::Flush, Vec::new());
+        assert!(
+            second.data_set > first.data_set,
+            "the flush closed a data set"
+        );
+        assert_eq!(service.closed.len(), service.closed.capacity());
+        assert_eq!(service.status(0).service.lag_queue_full, 1);
+    }
 }

@@ -307,6 +307,7 @@ fn status_report(
             ("window_full", s.primary.window_full),
             ("reads", s.service.reads),
             ("writes_done", s.service.writes),
+            ("lag_queue_full", s.service.lag_queue_full),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_string(), value))
