@@ -9,6 +9,9 @@
 
 pub mod client;
 pub mod export;
+/// The fuzz targets' bodies (`fuzz/`, `tests/fuzz_regressions.rs`); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod pipeline;
 pub mod server;

@@ -1,0 +1,6 @@
+//! The transmission phase's parsers, both directions: `ordo_nbd::fuzzing::requests`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    ordo_nbd::fuzzing::requests(data);
+});
