@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::Receiver;
 use hdrhistogram::Histogram;
 
 use super::results::Counts;
 use ordo_daemon::control;
-use ordo_daemon::report::Status;
+use ordo_daemon::report::{RoleStatus, Status};
 
 /// How long one status request may take before the poll counts as failed.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,18 +58,17 @@ fn sample(path: &std::path::Path, clock: Instant) -> Result<Sample> {
     let sent_ns = clock.elapsed().as_nanos() as u64;
     let status = status(path)?;
     let received_ns = clock.elapsed().as_nanos() as u64;
-    let last_closed = status
-        .data_sets
-        .last_closed
-        .context("the status has no last_closed: not a primary")?;
+    let RoleStatus::Primary(primary) = status.role else {
+        bail!("{} is a secondary's control socket", path.display());
+    };
     Ok(Sample {
         sent_ns,
         received_ns,
-        last_closed,
-        applied: status.data_sets.applied,
-        retention_bytes: status.retention.map_or(0, |r| r.used_bytes),
-        writes_waited: status.writes.map_or(0, |w| w.waited),
-        stalled: status.link.stalled.or(status.failure),
+        last_closed: primary.data_sets.last_closed,
+        applied: primary.data_sets.applied,
+        retention_bytes: primary.retention.used_bytes,
+        writes_waited: primary.writes.waited,
+        stalled: primary.link.stalled,
     })
 }
 

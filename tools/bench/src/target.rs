@@ -9,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::header::header;
 use super::peer::peak_rss_bytes;
@@ -48,11 +48,12 @@ impl PrimaryState {
     fn ask(control: &Path, url: &NbdUrl) -> Result<PrimaryState> {
         let shown = control.display();
         let s = status(control).with_context(|| format!("--target-control {shown}"))?;
-        ensure!(
-            s.role == "primary",
-            "--target-control {shown} is a {}'s control socket: lag needs the primary's",
-            s.role
-        );
+        let Some(primary) = s.primary() else {
+            bail!(
+                "--target-control {shown} is a {}'s control socket: lag needs the primary's",
+                s.role_name()
+            );
+        };
         let volume = s
             .volumes
             .iter()
@@ -67,14 +68,11 @@ impl PrimaryState {
         Ok(PrimaryState {
             control: control.to_path_buf(),
             pid: s.pid,
-            window_bytes: s.retention.map_or(0, |r| r.size_bytes),
+            window_bytes: primary.retention.size_bytes,
             volume_bytes: volume.size_bytes,
-            last_closed: s
-                .data_sets
-                .last_closed
-                .context("its status has no last_closed")?,
-            applied: s.data_sets.applied,
-            writes_waited: s.writes.map_or(0, |w| w.waited),
+            last_closed: primary.data_sets.last_closed,
+            applied: primary.data_sets.applied,
+            writes_waited: primary.writes.waited,
         })
     }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::control::request;
-use crate::report::{Digest, Status};
+use crate::report::{Digest, Link, PrimaryReport, RoleStatus, SecondaryReport, Status, Usage};
 
 /// A digest of large volumes takes a while; a status never should.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,74 +62,18 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode> {
 }
 
 fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
-    let link = &s.link;
-    let d = &s.data_sets;
     writeln!(
         out,
         "role        {} (group {}, pid {}, ordo {}, up {:.1} s)",
-        s.role,
+        s.role_name(),
         s.group,
         s.pid,
         s.version,
         s.uptime_ms as f64 / 1000.0
     )?;
-    writeln!(
-        out,
-        "lanes       {} of {} up, {} dropped",
-        link.lanes_up, link.lanes, link.lanes_dropped
-    )?;
-    if let Some(why) = &link.stalled {
-        writeln!(out, "STALLED     {why}")?;
-    }
-    if let Some(error) = &link.last_error {
-        writeln!(out, "last error  {error}")?;
-    }
-    if let Some(failure) = &s.failure {
-        writeln!(out, "FAILED      {failure}")?;
-    }
-    let some = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-    writeln!(
-        out,
-        "data sets   closed {} sent {} staged {} applied {}",
-        some(d.last_closed),
-        some(d.last_sent),
-        some(d.staged),
-        d.applied
-    )?;
-    writeln!(
-        out,
-        "lag         {} data sets, {} bytes, {} ms",
-        d.lag_data_sets,
-        some(d.lag_bytes),
-        some(d.lag_ms)
-    )?;
-    for (name, usage) in [("retention", &s.retention), ("journal", &s.journal)] {
-        if let Some(u) = usage {
-            let percent = 100.0 * u.used_bytes as f64 / u.size_bytes.max(1) as f64;
-            writeln!(
-                out,
-                "{name:<11} {} of {} bytes ({percent:.1}%)",
-                u.used_bytes, u.size_bytes
-            )?;
-        }
-    }
-    if let Some(w) = &s.writes {
-        writeln!(
-            out,
-            "writes      {} accepted, {} flushes, {} errors, {} in flight; {} waited for the window ({} ms total, {} ms max){}",
-            w.accepted,
-            w.flushes,
-            w.errors,
-            w.in_flight,
-            w.waited,
-            w.wait_ms_total,
-            w.wait_ms_max,
-            if w.waiting_now { "; WAITING NOW" } else { "" }
-        )?;
-    }
-    if !s.counters.is_empty() {
-        let counters: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        writeln!(out, "counters    {}", counters.join(", "))?;
+    match &s.role {
+        RoleStatus::Primary(p) => write_primary(out, p)?,
+        RoleStatus::Secondary(r) => write_secondary(out, r)?,
     }
     for v in &s.volumes {
         writeln!(
@@ -138,6 +82,84 @@ fn write_status(out: &mut impl Write, s: &Status) -> Result<()> {
             v.spec, v.size_bytes, v.block_size
         )?;
     }
+    Ok(())
+}
+
+fn write_primary(out: &mut impl Write, p: &PrimaryReport) -> Result<()> {
+    write_lanes(out, &p.link.lanes)?;
+    if let Some(why) = &p.link.stalled {
+        writeln!(out, "STALLED     {why}")?;
+    }
+    let d = &p.data_sets;
+    writeln!(
+        out,
+        "data sets   closed {} sent {} applied {}",
+        d.last_closed, d.last_sent, d.applied
+    )?;
+    writeln!(
+        out,
+        "lag         {} data sets, {} bytes, {} ms",
+        d.lag_data_sets, d.lag_bytes, d.lag_ms
+    )?;
+    write_usage(out, "retention", &p.retention)?;
+    let w = &p.writes;
+    writeln!(
+        out,
+        "writes      {} accepted, {} flushes, {} errors, {} in flight; {} waited for the window ({} ms total, {} ms max){}",
+        w.accepted,
+        w.flushes,
+        w.errors,
+        w.in_flight,
+        w.waited,
+        w.wait_ms_total,
+        w.wait_ms_max,
+        if w.waiting_now { "; WAITING NOW" } else { "" }
+    )?;
+    write_counters(out, &p.counters)
+}
+
+fn write_secondary(out: &mut impl Write, r: &SecondaryReport) -> Result<()> {
+    write_lanes(out, &r.link)?;
+    if let Some(failure) = &r.failure {
+        writeln!(out, "FAILED      {failure}")?;
+    }
+    let d = &r.data_sets;
+    writeln!(out, "data sets   staged {} applied {}", d.staged, d.applied)?;
+    writeln!(out, "lag         {} data sets", d.lag_data_sets)?;
+    write_usage(out, "journal", &r.journal)?;
+    write_counters(out, &r.counters)
+}
+
+fn write_lanes(out: &mut impl Write, link: &Link) -> Result<()> {
+    writeln!(
+        out,
+        "lanes       {} of {} up, {} dropped",
+        link.lanes_up, link.lanes, link.lanes_dropped
+    )?;
+    if let Some(error) = &link.last_error {
+        writeln!(out, "last error  {error}")?;
+    }
+    Ok(())
+}
+
+fn write_usage(out: &mut impl Write, name: &str, u: &Usage) -> Result<()> {
+    let percent = 100.0 * u.used_bytes as f64 / u.size_bytes.max(1) as f64;
+    writeln!(
+        out,
+        "{name:<11} {} of {} bytes ({percent:.1}%)",
+        u.used_bytes, u.size_bytes
+    )?;
+    Ok(())
+}
+
+/// One line of a role's counters, each under its field's name in the JSON, so a counter
+/// added to the struct shows here without a second list of names.
+fn write_counters(out: &mut impl Write, counters: &impl serde::Serialize) -> Result<()> {
+    let serde_json::Value::Object(fields) = serde_json::to_value(counters)? else {
+        bail!("counters serialise as an object");
+    };
+    let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    writeln!(out, "counters    {}", fields.join(", "))?;
     Ok(())
 }
 

@@ -19,7 +19,8 @@ use ordo_runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus,
 use crate::config::{print_banner, PrimaryOptions, PrimarySettings};
 use crate::nbd_export::{listen, NbdVolume};
 use crate::report::{
-    error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport, Writes,
+    error_json, ControlRequest, Link, PrimaryCounters, PrimaryDataSets, PrimaryLink, PrimaryReport,
+    RoleStatus, Status, Usage, VolumeReport, Writes,
 };
 use ordo_runtime::idle::Round;
 
@@ -259,34 +260,29 @@ fn status_report(
     settings: &PrimarySettings,
     volumes: &[VolumeReport],
 ) -> Status {
-    Status {
-        role: "primary".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        group: settings.group,
-        pid: std::process::id(),
-        uptime_ms: now_ms,
-        link: Link {
-            lanes: s.lanes,
-            lanes_up: s.lanes_up,
-            lanes_dropped: s.lanes_dropped,
-            last_error: s.last_error.clone(),
+    let report = PrimaryReport {
+        link: PrimaryLink {
+            lanes: Link {
+                lanes: s.lanes,
+                lanes_up: s.lanes_up,
+                lanes_dropped: s.lanes_dropped,
+                last_error: s.last_error.clone(),
+            },
             stalled: s.stalled.clone(),
         },
-        data_sets: DataSets {
-            last_closed: Some(s.last_closed.0),
-            last_sent: Some(s.last_sent.0),
-            staged: None,
+        data_sets: PrimaryDataSets {
+            last_closed: s.last_closed.0,
+            last_sent: s.last_sent.0,
             applied: s.applied.0,
             lag_data_sets: s.lag_data_sets,
-            lag_bytes: Some(s.lag_bytes),
-            lag_ms: Some(s.lag_ms),
+            lag_bytes: s.lag_bytes,
+            lag_ms: s.lag_ms,
         },
-        retention: Some(Usage {
+        retention: Usage {
             used_bytes: s.lag_bytes,
             size_bytes: s.retention_window_bytes,
-        }),
-        journal: None,
-        writes: Some(Writes {
+        },
+        writes: Writes {
             accepted: s.primary.writes_accepted,
             flushes: s.service.flushes,
             errors: s.service.errors,
@@ -295,23 +291,26 @@ fn status_report(
             wait_ms_max: s.service.wait_ms_max,
             waiting_now: s.window_full,
             in_flight: s.requests_in_flight,
-        }),
-        failure: None,
+        },
+        counters: PrimaryCounters {
+            data_sets_closed: s.primary.data_sets_closed,
+            frames_sent: s.primary.frames_sent,
+            bytes_sent: s.primary.bytes_sent,
+            retransmits: s.primary.retransmits,
+            credit_stalls: s.primary.credit_stalls,
+            window_full: s.primary.window_full,
+            reads: s.service.reads,
+            writes_done: s.service.writes,
+            lag_queue_full: s.service.lag_queue_full,
+        },
+    };
+    Status {
+        role: RoleStatus::Primary(report),
+        version: env!("CARGO_PKG_VERSION").into(),
+        group: settings.group,
+        pid: std::process::id(),
+        uptime_ms: now_ms,
         volumes: volumes.to_vec(),
-        counters: [
-            ("data_sets_closed", s.primary.data_sets_closed),
-            ("frames_sent", s.primary.frames_sent),
-            ("bytes_sent", s.primary.bytes_sent),
-            ("retransmits", s.primary.retransmits),
-            ("credit_stalls", s.primary.credit_stalls),
-            ("window_full", s.primary.window_full),
-            ("reads", s.service.reads),
-            ("writes_done", s.service.writes),
-            ("lag_queue_full", s.service.lag_queue_full),
-        ]
-        .into_iter()
-        .map(|(name, value)| (name.to_string(), value))
-        .collect(),
     }
 }
 
@@ -362,8 +361,14 @@ fn primary_digest(
         reply.result.as_ref().map_err(ToString::to_string)?;
         Ok::<_, String>(reply)
     };
-    let current =
-        || ask_status(asks).ok_or_else(|| "the primary's poller did not answer".to_string());
+    let current = || match ask_status(asks) {
+        Some(Status {
+            role: RoleStatus::Primary(report),
+            ..
+        }) => Ok(report),
+        Some(other) => unreachable!("the primary's poller reported a {}", other.role_name()),
+        None => Err("the primary's poller did not answer".to_string()),
+    };
     // Counted before the flush: a write taken after it would be read into the digest
     // without belonging to the data set the digest names.
     let before = current()?;
@@ -403,8 +408,7 @@ fn primary_digest(
         },
     )?;
     let after = current()?;
-    let accepted = |s: &Status| s.writes.as_ref().map_or(0, |w| w.accepted);
-    if accepted(&after) != accepted(&before) || after.data_sets.last_closed != Some(data_set) {
+    if after.writes.accepted != before.writes.accepted || after.data_sets.last_closed != data_set {
         return Err(format!(
             "writes arrived while digesting data set {data_set}: verify needs a quiet primary"
         ));

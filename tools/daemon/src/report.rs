@@ -3,32 +3,67 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// A daemon's status: its role's part (tagged `"role"`), then what both roles say.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
-    pub role: String,
+    #[serde(flatten)]
+    pub role: RoleStatus,
+    /// The daemon's ordo version.
     pub version: String,
     pub group: u64,
     pub pid: u32,
     pub uptime_ms: u64,
-    pub link: Link,
-    pub data_sets: DataSets,
-    /// The primary's retention window (bytes held for the secondary).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub retention: Option<Usage>,
-    /// The secondary's journal.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub journal: Option<Usage>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub writes: Option<Writes>,
-    /// Why the daemon stopped making progress (a failed volume or journal).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub failure: Option<String>,
     pub volumes: Vec<VolumeReport>,
-    /// Every other counter, by name (frames, retransmits, stalls, duplicates, ...).
-    #[serde(default)]
-    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum RoleStatus {
+    Primary(PrimaryReport),
+    Secondary(SecondaryReport),
+}
+
+impl Status {
+    /// The role's name, as the JSON's `"role"` says it.
+    pub fn role_name(&self) -> &'static str {
+        match self.role {
+            RoleStatus::Primary(_) => "primary",
+            RoleStatus::Secondary(_) => "secondary",
+        }
+    }
+
+    pub fn primary(&self) -> Option<&PrimaryReport> {
+        match &self.role {
+            RoleStatus::Primary(p) => Some(p),
+            RoleStatus::Secondary(_) => None,
+        }
+    }
+}
+
+/// What a primary says of itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrimaryReport {
+    pub link: PrimaryLink,
+    pub data_sets: PrimaryDataSets,
+    /// The retention window: stream bytes held for the secondary.
+    pub retention: Usage,
+    pub writes: Writes,
+    pub counters: PrimaryCounters,
+}
+
+/// What a secondary says of itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecondaryReport {
+    pub link: Link,
+    pub data_sets: SecondaryDataSets,
+    pub journal: Usage,
+    /// Why the secondary stopped making progress (a failed replica or journal).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub failure: Option<String>,
+    pub counters: SecondaryCounters,
+}
+
+/// The lanes between the two daemons.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Link {
     pub lanes: usize,
@@ -36,30 +71,41 @@ pub struct Link {
     pub lanes_dropped: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_error: Option<String>,
+}
+
+/// The primary's lanes, and whether replication is stalled.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrimaryLink {
+    #[serde(flatten)]
+    pub lanes: Link,
     /// Replication is stalled: why (a handshake mismatch, a secondary that lost its state).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stalled: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DataSets {
-    /// Primary: the newest closed data set.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub last_closed: Option<u64>,
-    /// Primary: the newest data set sent in full.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub last_sent: Option<u64>,
-    /// Secondary: the newest data set whose sync is durable in the journal.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub staged: Option<u64>,
-    /// The newest data set applied to the replica (as the primary last heard, on it).
+pub struct PrimaryDataSets {
+    /// The newest closed data set.
+    pub last_closed: u64,
+    /// The newest data set sent in full.
+    pub last_sent: u64,
+    /// The newest data set the secondary applied, as the primary last heard.
     pub applied: u64,
     pub lag_data_sets: u64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub lag_bytes: Option<u64>,
+    /// Stream bytes written here and not yet applied there.
+    pub lag_bytes: u64,
     /// Age of the oldest closed data set not yet applied.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub lag_ms: Option<u64>,
+    pub lag_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecondaryDataSets {
+    /// The newest data set whose sync is durable in the journal.
+    pub staged: u64,
+    /// The newest data set applied to the replica.
+    pub applied: u64,
+    /// Staged and not yet applied.
+    pub lag_data_sets: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -80,6 +126,51 @@ pub struct Writes {
     /// A write is waiting for room right now.
     pub waiting_now: bool,
     pub in_flight: usize,
+}
+
+/// The primary's counters since it started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrimaryCounters {
+    pub data_sets_closed: u64,
+    /// Frames sent on the lanes, and their bytes (headers included).
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    /// Records sent again: not acknowledged in time, or sent on a lane that dropped.
+    pub retransmits: u64,
+    /// Times sending stopped because the secondary's journal window was used up.
+    pub credit_stalls: u64,
+    /// Writes refused by a full retention window (each was retried).
+    pub window_full: u64,
+    /// Reads served (NBD's and verify's), and writes completed.
+    pub reads: u64,
+    pub writes_done: u64,
+    /// Closed data sets the lag queue had no room to time (they replicate as usual):
+    /// while one is unapplied, `lag_ms` understates the lag.
+    pub lag_queue_full: u64,
+}
+
+/// The secondary's counters since it started.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecondaryCounters {
+    /// Records received into the reorder buffer.
+    pub records_received: u64,
+    /// Records taken in sequence order and journaled.
+    pub records_staged: u64,
+    /// Records received again (resent by the primary), and ones outside the window.
+    pub duplicates: u64,
+    pub out_of_window: u64,
+    /// Resends not acknowledged again because the queue for that was full.
+    pub reacks_dropped: u64,
+    /// Records dropped because they arrived on a lane before its handshake.
+    pub before_hello: u64,
+    pub journal_flushes: u64,
+    pub acks_sent: u64,
+    pub data_sets_applied: u64,
+    /// Records found in the journal at the last start.
+    pub recovered_records: u64,
+    /// Lanes accepted, and connections refused because every lane slot was taken.
+    pub lanes_accepted: u64,
+    pub lanes_refused: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -160,4 +251,179 @@ impl ControlRequest {
 /// An error reply.
 pub fn error_json(message: &str) -> String {
     serde_json::json!({ "error": message }).to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn volumes() -> Vec<VolumeReport> {
+        vec![VolumeReport {
+            name: "data".into(),
+            spec: "data=mem:64M".into(),
+            size_bytes: 64 << 20,
+            block_size: 4096,
+        }]
+    }
+
+    /// A primary's status with no two counters alike, so a field read from the wrong
+    /// place shows.
+    pub(crate) fn primary_status() -> Status {
+        Status {
+            role: RoleStatus::Primary(PrimaryReport {
+                link: PrimaryLink {
+                    lanes: Link {
+                        lanes: 4,
+                        lanes_up: 3,
+                        lanes_dropped: 1,
+                        last_error: Some("connection refused".into()),
+                    },
+                    stalled: Some("handshake mismatch on group id".into()),
+                },
+                data_sets: PrimaryDataSets {
+                    last_closed: 12,
+                    last_sent: 11,
+                    applied: 10,
+                    lag_data_sets: 2,
+                    lag_bytes: 8192,
+                    lag_ms: 35,
+                },
+                retention: Usage {
+                    used_bytes: 8192,
+                    size_bytes: 1 << 30,
+                },
+                writes: Writes {
+                    accepted: 100,
+                    flushes: 7,
+                    errors: 0,
+                    waited: 3,
+                    wait_ms_total: 40,
+                    wait_ms_max: 20,
+                    waiting_now: true,
+                    in_flight: 5,
+                },
+                counters: PrimaryCounters {
+                    data_sets_closed: 12,
+                    frames_sent: 210,
+                    bytes_sent: 880_000,
+                    retransmits: 6,
+                    credit_stalls: 2,
+                    window_full: 9,
+                    reads: 13,
+                    writes_done: 99,
+                    lag_queue_full: 4,
+                },
+            }),
+            version: "0.1.0".into(),
+            group: 7,
+            pid: 4242,
+            uptime_ms: 1500,
+            volumes: volumes(),
+        }
+    }
+
+    pub(crate) fn secondary_status() -> Status {
+        Status {
+            role: RoleStatus::Secondary(SecondaryReport {
+                link: Link {
+                    lanes: 4,
+                    lanes_up: 4,
+                    lanes_dropped: 0,
+                    last_error: None,
+                },
+                data_sets: SecondaryDataSets {
+                    staged: 12,
+                    applied: 10,
+                    lag_data_sets: 2,
+                },
+                journal: Usage {
+                    used_bytes: 4096,
+                    size_bytes: 1 << 28,
+                },
+                failure: None,
+                counters: SecondaryCounters {
+                    records_received: 120,
+                    records_staged: 110,
+                    duplicates: 3,
+                    out_of_window: 1,
+                    reacks_dropped: 2,
+                    before_hello: 4,
+                    journal_flushes: 14,
+                    acks_sent: 15,
+                    data_sets_applied: 10,
+                    recovered_records: 5,
+                    lanes_accepted: 6,
+                    lanes_refused: 8,
+                },
+            }),
+            version: "0.1.0".into(),
+            group: 7,
+            pid: 4343,
+            uptime_ms: 900,
+            volumes: volumes(),
+        }
+    }
+
+    fn round_trip(status: &Status) -> Value {
+        let line = serde_json::to_string(status).unwrap();
+        assert!(!line.contains('\n'), "one line: {line}");
+        let back: Status = serde_json::from_str(&line).unwrap();
+        assert_eq!(&back, status);
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn a_primary_status_round_trips_with_the_fields_scripts_read() {
+        let json = round_trip(&primary_status());
+        assert_eq!(json["role"], "primary");
+        assert_eq!(json["link"]["lanes_up"], 3);
+        assert_eq!(json["link"]["lanes_dropped"], 1);
+        assert_eq!(json["link"]["stalled"], "handshake mismatch on group id");
+        assert_eq!(json["data_sets"]["last_closed"], 12);
+        assert_eq!(json["data_sets"]["applied"], 10);
+        assert_eq!(json["data_sets"]["lag_bytes"], 8192);
+        assert_eq!(json["retention"]["used_bytes"], 8192);
+        assert_eq!(json["writes"]["waiting_now"], true);
+        assert_eq!(json["writes"]["wait_ms_max"], 20);
+        assert_eq!(json["counters"]["retransmits"], 6);
+        assert_eq!(json["counters"]["lag_queue_full"], 4);
+        assert_eq!(json["volumes"][0]["name"], "data");
+        assert_eq!(json["pid"], 4242);
+        // Nothing of the other role.
+        for absent in ["journal", "failure"] {
+            assert!(json.get(absent).is_none(), "{absent} in {json}");
+        }
+        assert!(json["data_sets"].get("staged").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_secondary_status_round_trips_with_the_fields_scripts_read() {
+        let json = round_trip(&secondary_status());
+        assert_eq!(json["role"], "secondary");
+        assert_eq!(json["link"]["lanes_up"], 4);
+        assert_eq!(json["data_sets"]["staged"], 12);
+        assert_eq!(json["data_sets"]["applied"], 10);
+        assert_eq!(json["journal"]["size_bytes"], 1 << 28);
+        assert_eq!(json["counters"]["records_staged"], 110);
+        assert_eq!(json["counters"]["lanes_refused"], 8);
+        for absent in ["retention", "writes", "failure"] {
+            assert!(json.get(absent).is_none(), "{absent} in {json}");
+        }
+        for absent in ["stalled", "last_error"] {
+            assert!(json["link"].get(absent).is_none(), "{absent} in {json}");
+        }
+        assert!(json["data_sets"].get("last_closed").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_status_of_an_unknown_role_or_missing_a_field_is_refused() {
+        let mut json = serde_json::to_value(primary_status()).unwrap();
+        json["role"] = json!("witness");
+        assert!(serde_json::from_value::<Status>(json).is_err());
+        let mut json = serde_json::to_value(secondary_status()).unwrap();
+        json.as_object_mut().unwrap().remove("journal");
+        let error = serde_json::from_value::<Status>(json).unwrap_err();
+        assert!(error.to_string().contains("journal"), "{error}");
+    }
 }

@@ -21,7 +21,10 @@ use ordo_core::storage::{read_blocking, Storage};
 use ordo_runtime::secondary_node::SecondaryNode;
 
 use crate::config::{print_banner, SecondaryOptions, SecondarySettings};
-use crate::report::{error_json, ControlRequest, DataSets, Link, Status, Usage, VolumeReport};
+use crate::report::{
+    error_json, ControlRequest, Link, RoleStatus, SecondaryCounters, SecondaryDataSets,
+    SecondaryReport, Status, Usage, VolumeReport,
+};
 use ordo_runtime::idle::Round;
 
 use crate::control;
@@ -472,52 +475,45 @@ fn status_report(
     let (used, size) = secondary.journal_use();
     let applied = secondary.applied().0;
     let staged = stats.last_staged.0.max(applied);
+    let node_stats = node.stats();
+    let report = SecondaryReport {
+        link: Link {
+            lanes: node.lanes(),
+            lanes_up: node.lanes_up(),
+            lanes_dropped: node_stats.lanes_dropped,
+            last_error: node.last_error().map(str::to_string),
+        },
+        data_sets: SecondaryDataSets {
+            staged,
+            applied,
+            lag_data_sets: staged - applied,
+        },
+        journal: Usage {
+            used_bytes: used,
+            size_bytes: size,
+        },
+        failure: secondary.failure().map(str::to_string),
+        counters: SecondaryCounters {
+            records_received: stats.records_received,
+            records_staged: stats.records_staged,
+            duplicates: stats.duplicates,
+            out_of_window: stats.out_of_window,
+            reacks_dropped: stats.reacks_dropped,
+            before_hello: stats.before_hello,
+            journal_flushes: stats.journal_flushes,
+            acks_sent: stats.acks_sent,
+            data_sets_applied: stats.data_sets_applied,
+            recovered_records: stats.recovered_records,
+            lanes_accepted: node_stats.lanes_accepted,
+            lanes_refused: node_stats.lanes_refused,
+        },
+    };
     Status {
-        role: "secondary".into(),
+        role: RoleStatus::Secondary(report),
         version: env!("CARGO_PKG_VERSION").into(),
         group: settings.group,
         pid: std::process::id(),
         uptime_ms: now_ms,
-        link: Link {
-            lanes: node.lanes(),
-            lanes_up: node.lanes_up(),
-            lanes_dropped: node.stats().lanes_dropped,
-            last_error: node.last_error().map(str::to_string),
-            stalled: None,
-        },
-        data_sets: DataSets {
-            last_closed: None,
-            last_sent: None,
-            staged: Some(staged),
-            applied,
-            lag_data_sets: staged - applied,
-            lag_bytes: None,
-            lag_ms: None,
-        },
-        retention: None,
-        journal: Some(Usage {
-            used_bytes: used,
-            size_bytes: size,
-        }),
-        writes: None,
-        failure: secondary.failure().map(str::to_string),
         volumes: volumes.to_vec(),
-        counters: [
-            ("records_received", stats.records_received),
-            ("records_staged", stats.records_staged),
-            ("duplicates", stats.duplicates),
-            ("out_of_window", stats.out_of_window),
-            ("reacks_dropped", stats.reacks_dropped),
-            ("before_hello", stats.before_hello),
-            ("journal_flushes", stats.journal_flushes),
-            ("acks_sent", stats.acks_sent),
-            ("data_sets_applied", stats.data_sets_applied),
-            ("recovered_records", stats.recovered_records),
-            ("lanes_accepted", node.stats().lanes_accepted),
-            ("lanes_refused", node.stats().lanes_refused),
-        ]
-        .into_iter()
-        .map(|(name, value)| (name.to_string(), value))
-        .collect(),
     }
 }
