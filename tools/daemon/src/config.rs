@@ -1,9 +1,12 @@
 //! The daemons' settings: command-line flags and a TOML file with the same keys (flags
 //! override the file, the file overrides the defaults), resolved into one effective
-//! configuration that each daemon prints when it starts.
+//! configuration that each daemon prints when it starts. Each default is declared once, on
+//! its flag, so `--help` shows it; `layers` stacks the file between the two.
+
+mod layers;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
@@ -12,120 +15,135 @@ use serde::{Deserialize, Serialize};
 use crate::runner::Idle;
 use crate::spdk::SpdkArgs;
 use crate::volume::{ByteSize, VolumeSpec};
+use layers::GivenFlags;
 
-#[derive(Clone, Debug, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `ordo primary`'s flags, also the keys of its `--config` file (a key the file lacks takes
+/// the flag's default).
+#[derive(Clone, Debug, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PrimaryOptions {
-    /// A TOML file with any of these settings (snake_case keys); flags override it.
+    /// First: see `GivenFlags`.
+    #[command(flatten)]
+    #[serde(skip)]
+    given: GivenFlags,
+    /// A TOML file with any of these settings (snake_case keys); flags given override it,
+    /// it overrides the defaults.
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// The secondary's replication address (HOST:PORT).
+    /// The secondary's replication address (HOST:PORT). Required.
     #[arg(long)]
     pub connect: Option<String>,
-    /// A volume of the group, NAME=mem:SIZE or NAME=file:PATH[:SIZE]; repeat for more.
+    /// A volume of the group, NAME=mem:SIZE or NAME=file:PATH[:SIZE]; repeat for more (at
+    /// least one).
     #[arg(long = "volume", value_name = "NAME=SPEC")]
-    #[serde(default)]
     pub volume: Vec<VolumeSpec>,
     /// Where applications connect over NBD (export name = volume name).
-    #[arg(long)]
-    pub nbd: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub nbd: String,
     /// TCP connections (lanes) to the secondary.
-    #[arg(long)]
-    pub lanes: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub lanes: usize,
     /// Replication group id; the secondary's must match.
-    #[arg(long)]
-    pub group: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub group: u64,
     /// Control socket for `ordo status` and `ordo verify`.
-    #[arg(long)]
-    pub control: Option<PathBuf>,
+    #[arg(long, default_value = "/tmp/ordo-primary.sock")]
+    pub control: PathBuf,
     /// Close a data set this long after its first write.
-    #[arg(long)]
-    pub data_set_interval_ms: Option<u64>,
+    #[arg(long, default_value_t = 10)]
+    pub data_set_interval_ms: u64,
     /// Close a data set after this many writes.
-    #[arg(long)]
-    pub data_set_max_writes: Option<u64>,
+    #[arg(long, default_value_t = 4096)]
+    pub data_set_max_writes: u64,
     /// Close a data set after this many bytes written.
-    #[arg(long)]
-    pub data_set_max_bytes: Option<ByteSize>,
+    #[arg(long, default_value = "16M")]
+    pub data_set_max_bytes: ByteSize,
     /// Retention window: bytes written here and not yet staged by the secondary.
-    #[arg(long)]
-    pub window_bytes: Option<ByteSize>,
+    #[arg(long, default_value = "256M")]
+    pub window_bytes: ByteSize,
     /// Largest single write (NBD requests are capped to it).
-    #[arg(long)]
-    pub max_write_bytes: Option<ByteSize>,
+    #[arg(long, default_value = "1M")]
+    pub max_write_bytes: ByteSize,
     /// Block size of every volume (512 or 4096).
-    #[arg(long)]
-    pub block_size: Option<u32>,
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
     /// Resend a record not acknowledged this long after it was sent.
-    #[arg(long)]
-    pub retransmit_ms: Option<u64>,
-    /// CPU cores to pin the poller to (comma-separated; the first is used).
+    #[arg(long, default_value_t = 200)]
+    pub retransmit_ms: u64,
+    /// CPU cores to pin the poller to (comma-separated; the first is used). Unpinned
+    /// without it.
     #[arg(long, value_delimiter = ',')]
-    #[serde(default)]
     pub cores: Vec<usize>,
     /// What the poller does when idle.
-    #[arg(long, value_enum)]
-    pub idle: Option<Idle>,
+    #[arg(long, value_enum, default_value_t = Idle::Park)]
+    pub idle: Idle,
     /// Requests in flight at once from all NBD clients (the request ring's size).
-    #[arg(long)]
-    pub max_requests: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub max_requests: usize,
     /// On SIGTERM, wait this long for the secondary to apply what was written.
-    #[arg(long)]
-    pub drain_timeout_s: Option<u64>,
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_s: u64,
     #[command(flatten)]
     #[serde(skip)]
     pub spdk: SpdkArgs,
 }
 
-#[derive(Clone, Debug, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `ordo secondary`'s flags, also the keys of its `--config` file (a key the file lacks
+/// takes the flag's default).
+#[derive(Clone, Debug, Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SecondaryOptions {
-    /// A TOML file with any of these settings (snake_case keys); flags override it.
+    /// First: see `GivenFlags`.
+    #[command(flatten)]
+    #[serde(skip)]
+    given: GivenFlags,
+    /// A TOML file with any of these settings (snake_case keys); flags given override it,
+    /// it overrides the defaults.
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to accept the primary's lanes on (HOST:PORT).
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Directory for the journal (and the control socket by default).
+    #[arg(long, default_value = "0.0.0.0:7410")]
+    pub listen: String,
+    /// Directory for the journal (and the control socket by default). Required.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// A replica volume, NAME=mem:SIZE or NAME=file:PATH[:SIZE]; repeat for more.
+    /// A replica volume, NAME=mem:SIZE or NAME=file:PATH[:SIZE]; repeat for more (at least
+    /// one).
     #[arg(long = "volume", value_name = "NAME=SPEC")]
-    #[serde(default)]
     pub volume: Vec<VolumeSpec>,
     /// Lanes accepted at once.
-    #[arg(long)]
-    pub lanes: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub lanes: usize,
     /// Replication group id; the primary's must match.
-    #[arg(long)]
-    pub group: Option<u64>,
-    /// Control socket (default: STATE_DIR/control.sock).
+    #[arg(long, default_value_t = 1)]
+    pub group: u64,
+    /// Control socket [default: STATE_DIR/control.sock].
     #[arg(long)]
     pub control: Option<PathBuf>,
     /// Journal window granted to the primary (fixed when the journal is created).
-    #[arg(long)]
-    pub window_bytes: Option<ByteSize>,
-    /// Journal size (default: the least the window needs).
+    #[arg(long, default_value = "128M")]
+    pub window_bytes: ByteSize,
+    /// Journal size [default: the least the window needs].
     #[arg(long)]
     pub journal_bytes: Option<ByteSize>,
     /// Largest write accepted (fixed when the journal is created).
-    #[arg(long)]
-    pub max_write_bytes: Option<ByteSize>,
+    #[arg(long, default_value = "1M")]
+    pub max_write_bytes: ByteSize,
     /// Block size of every volume and of the journal (512 or 4096).
-    #[arg(long)]
-    pub block_size: Option<u32>,
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
     /// Re-announce the applied watermark this often.
-    #[arg(long)]
-    pub applied_interval_ms: Option<u64>,
-    /// CPU cores to pin the poller to (comma-separated; the first is used).
+    #[arg(long, default_value_t = 50)]
+    pub applied_interval_ms: u64,
+    /// CPU cores to pin the poller to (comma-separated; the first is used). Unpinned
+    /// without it.
     #[arg(long, value_delimiter = ',')]
-    #[serde(default)]
     pub cores: Vec<usize>,
     /// What the poller does when idle.
-    #[arg(long, value_enum)]
-    pub idle: Option<Idle>,
+    #[arg(long, value_enum, default_value_t = Idle::Park)]
+    pub idle: Idle,
     /// Keep the journal on this SPDK bdev instead of STATE_DIR/journal (formatted when its
     /// first block is blank, recovered from when it holds a journal).
     #[arg(long, value_name = "BDEV")]
@@ -135,11 +153,18 @@ pub struct SecondaryOptions {
     pub spdk: SpdkArgs,
 }
 
-/// Reads `path` as TOML into `T`, naming the file in every error.
-fn read_file<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+/// Every flag's default: what a config file's missing key takes.
+impl Default for PrimaryOptions {
+    fn default() -> Self {
+        layers::defaults()
+    }
+}
+
+/// Every flag's default: what a config file's missing key takes.
+impl Default for SecondaryOptions {
+    fn default() -> Self {
+        layers::defaults()
+    }
 }
 
 fn address(text: &str, what: &str) -> Result<SocketAddr> {
@@ -149,8 +174,7 @@ fn address(text: &str, what: &str) -> Result<SocketAddr> {
         .with_context(|| format!("{what} {text:?} resolves to no address"))
 }
 
-fn block_size(value: Option<u32>) -> Result<u32> {
-    let block = value.unwrap_or(4096);
+fn block_size(block: u32) -> Result<u32> {
     ensure!(
         block == 512 || block == 4096,
         "--block-size must be 512 or 4096, not {block}"
@@ -158,8 +182,7 @@ fn block_size(value: Option<u32>) -> Result<u32> {
     Ok(block)
 }
 
-fn volumes(flags: Vec<VolumeSpec>, file: Vec<VolumeSpec>) -> Result<Vec<VolumeSpec>> {
-    let volumes = if flags.is_empty() { file } else { flags };
+fn volumes(volumes: Vec<VolumeSpec>) -> Result<Vec<VolumeSpec>> {
     ensure!(
         !volumes.is_empty(),
         "at least one --volume NAME=SPEC is needed"
@@ -177,8 +200,7 @@ fn bounded(flag: &str, value: u64, max: u64) -> Result<u64> {
     Ok(value)
 }
 
-fn lanes(value: Option<usize>) -> Result<usize> {
-    let lanes = value.unwrap_or(4);
+fn lanes(lanes: usize) -> Result<usize> {
     ensure!(
         (1..=64).contains(&lanes),
         "--lanes must be 1 to 64, not {lanes}"
@@ -224,69 +246,38 @@ pub struct PrimarySettings {
 }
 
 impl PrimaryOptions {
+    /// The flags over the `--config` file over the defaults, checked.
     pub fn resolve(self) -> Result<PrimarySettings> {
-        let file: PrimaryOptions = match &self.config {
-            Some(path) => read_file(path)?,
-            None => PrimaryOptions::default(),
+        let o = match &self.config {
+            Some(path) => layers::overlay(&self, &self.given, path)?,
+            None => self,
         };
-        let connect = self
+        let connect = o
             .connect
-            .or(file.connect)
             .context("--connect HOST:PORT (the secondary) is needed")?;
-        let cores = if self.cores.is_empty() {
-            file.cores
-        } else {
-            self.cores
-        };
-        let max_requests = self.max_requests.or(file.max_requests).unwrap_or(256);
         ensure!(
-            (1..=65536).contains(&max_requests),
+            (1..=65536).contains(&o.max_requests),
             "--max-requests must be 1 to 65536"
         );
         Ok(PrimarySettings {
             connect: address(&connect, "--connect")?,
-            volume: volumes(self.volume, file.volume)?,
-            nbd: address(
-                &self.nbd.or(file.nbd).unwrap_or("127.0.0.1:10809".into()),
-                "--nbd",
-            )?,
-            lanes: lanes(self.lanes.or(file.lanes))?,
-            group: self.group.or(file.group).unwrap_or(1),
-            control: self
-                .control
-                .or(file.control)
-                .unwrap_or("/tmp/ordo-primary.sock".into()),
-            data_set_interval_ms: self
-                .data_set_interval_ms
-                .or(file.data_set_interval_ms)
-                .unwrap_or(10),
-            data_set_max_writes: self
-                .data_set_max_writes
-                .or(file.data_set_max_writes)
-                .unwrap_or(4096),
-            data_set_max_bytes: self
-                .data_set_max_bytes
-                .or(file.data_set_max_bytes)
-                .unwrap_or(ByteSize(16 << 20)),
-            window_bytes: self
-                .window_bytes
-                .or(file.window_bytes)
-                .unwrap_or(ByteSize(256 << 20)),
-            max_write_bytes: self
-                .max_write_bytes
-                .or(file.max_write_bytes)
-                .unwrap_or(ByteSize(1 << 20)),
-            block_size: block_size(self.block_size.or(file.block_size))?,
-            retransmit_ms: self.retransmit_ms.or(file.retransmit_ms).unwrap_or(200),
-            pin: core(&cores)?,
-            cores,
-            idle: self.idle.or(file.idle).unwrap_or(Idle::Park),
-            max_requests,
-            drain_timeout_s: bounded(
-                "--drain-timeout-s",
-                self.drain_timeout_s.or(file.drain_timeout_s).unwrap_or(30),
-                86_400,
-            )?,
+            volume: volumes(o.volume)?,
+            nbd: address(&o.nbd, "--nbd")?,
+            lanes: lanes(o.lanes)?,
+            group: o.group,
+            control: o.control,
+            data_set_interval_ms: o.data_set_interval_ms,
+            data_set_max_writes: o.data_set_max_writes,
+            data_set_max_bytes: o.data_set_max_bytes,
+            window_bytes: o.window_bytes,
+            max_write_bytes: o.max_write_bytes,
+            block_size: block_size(o.block_size)?,
+            retransmit_ms: o.retransmit_ms,
+            pin: core(&o.cores)?,
+            cores: o.cores,
+            idle: o.idle,
+            max_requests: o.max_requests,
+            drain_timeout_s: bounded("--drain-timeout-s", o.drain_timeout_s, 86_400)?,
         })
     }
 }
@@ -315,51 +306,31 @@ pub struct SecondarySettings {
 }
 
 impl SecondaryOptions {
+    /// The flags over the `--config` file over the defaults, checked.
     pub fn resolve(self) -> Result<SecondarySettings> {
-        let file: SecondaryOptions = match &self.config {
-            Some(path) => read_file(path)?,
-            None => SecondaryOptions::default(),
+        let o = match &self.config {
+            Some(path) => layers::overlay(&self, &self.given, path)?,
+            None => self,
         };
-        let state_dir = self
+        let state_dir = o
             .state_dir
-            .or(file.state_dir)
             .context("--state-dir DIR (for the journal) is needed")?;
-        let cores = if self.cores.is_empty() {
-            file.cores
-        } else {
-            self.cores
-        };
         Ok(SecondarySettings {
-            listen: address(
-                &self.listen.or(file.listen).unwrap_or("0.0.0.0:7410".into()),
-                "--listen",
-            )?,
-            control: self
-                .control
-                .or(file.control)
-                .unwrap_or_else(|| state_dir.join("control.sock")),
+            listen: address(&o.listen, "--listen")?,
+            control: o.control.unwrap_or_else(|| state_dir.join("control.sock")),
             state_dir,
-            volume: volumes(self.volume, file.volume)?,
-            lanes: lanes(self.lanes.or(file.lanes))?,
-            group: self.group.or(file.group).unwrap_or(1),
-            window_bytes: self
-                .window_bytes
-                .or(file.window_bytes)
-                .unwrap_or(ByteSize(128 << 20)),
-            journal_bytes: self.journal_bytes.or(file.journal_bytes),
-            max_write_bytes: self
-                .max_write_bytes
-                .or(file.max_write_bytes)
-                .unwrap_or(ByteSize(1 << 20)),
-            block_size: block_size(self.block_size.or(file.block_size))?,
-            applied_interval_ms: self
-                .applied_interval_ms
-                .or(file.applied_interval_ms)
-                .unwrap_or(50),
-            pin: core(&cores)?,
-            cores,
-            idle: self.idle.or(file.idle).unwrap_or(Idle::Park),
-            journal_bdev: self.journal_bdev.or(file.journal_bdev),
+            volume: volumes(o.volume)?,
+            lanes: lanes(o.lanes)?,
+            group: o.group,
+            window_bytes: o.window_bytes,
+            journal_bytes: o.journal_bytes,
+            max_write_bytes: o.max_write_bytes,
+            block_size: block_size(o.block_size)?,
+            applied_interval_ms: o.applied_interval_ms,
+            pin: core(&o.cores)?,
+            cores: o.cores,
+            idle: o.idle,
+            journal_bdev: o.journal_bdev,
         })
     }
 }
@@ -384,87 +355,4 @@ pub fn print_banner<T: Serialize>(role: &str, settings: &T) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_override_the_file_and_the_file_overrides_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("primary.toml");
-        std::fs::write(
-            &path,
-            "connect = \"127.0.0.1:7410\"\nvolume = [\"data=mem:64M\"]\nlanes = 8\nwindow_bytes = \"64M\"\ndata_set_interval_ms = 5\n",
-        )
-        .unwrap();
-        let options = PrimaryOptions {
-            config: Some(path),
-            lanes: Some(2),
-            ..PrimaryOptions::default()
-        };
-        let settings = options.resolve().unwrap();
-        assert_eq!(settings.lanes, 2, "the flag wins");
-        assert_eq!(settings.window_bytes, ByteSize(64 << 20), "the file wins");
-        assert_eq!(settings.data_set_interval_ms, 5);
-        assert_eq!(settings.max_write_bytes, ByteSize(1 << 20), "the default");
-        assert_eq!(settings.volume[0].name, "data");
-        let rendered = render(&settings);
-        assert!(rendered.contains("lanes = 2"), "{rendered}");
-        assert!(rendered.contains("window_bytes = \"64M\""), "{rendered}");
-    }
-
-    /// The README's example configurations stay valid.
-    #[test]
-    fn the_example_configurations_parse() {
-        let primary: PrimaryOptions =
-            toml::from_str(include_str!("../../../examples/primary.toml")).unwrap();
-        assert_eq!(primary.volume.len(), 2);
-        assert_eq!(primary.idle, Some(Idle::Spin));
-        let secondary: SecondaryOptions =
-            toml::from_str(include_str!("../../../examples/secondary.toml")).unwrap();
-        assert_eq!(secondary.window_bytes, Some(ByteSize(512 << 20)));
-        assert_eq!(secondary.group, primary.group);
-        let names = |v: &[VolumeSpec]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&primary.volume), names(&secondary.volume));
-    }
-
-    #[test]
-    fn bad_config_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secondary.toml");
-        std::fs::write(&path, "state_dir = \"/tmp/x\"\nlanez = 3\n").unwrap();
-        let options = SecondaryOptions {
-            config: Some(path),
-            ..SecondaryOptions::default()
-        };
-        let error = format!("{:#}", options.resolve().unwrap_err());
-        assert!(error.contains("lanez"), "{error}");
-        let missing = PrimaryOptions::default().resolve().unwrap_err().to_string();
-        assert!(missing.contains("--connect"), "{missing}");
-        let options = SecondaryOptions {
-            state_dir: Some("/tmp/x".into()),
-            volume: vec!["a=mem:1M".parse().unwrap(), "a=mem:2M".parse().unwrap()],
-            ..SecondaryOptions::default()
-        };
-        let error = options.resolve().unwrap_err().to_string();
-        assert!(error.contains("twice"), "{error}");
-        let options = SecondaryOptions {
-            state_dir: Some("/tmp/x".into()),
-            volume: vec!["a=mem:1M".parse().unwrap()],
-            cores: vec![100_000],
-            ..SecondaryOptions::default()
-        };
-        let error = options.resolve().unwrap_err().to_string();
-        assert!(error.contains("core 100000 is not available"), "{error}");
-        let options = PrimaryOptions {
-            connect: Some("127.0.0.1:1".into()),
-            volume: vec!["a=mem:1M".parse().unwrap()],
-            drain_timeout_s: Some(u64::MAX),
-            ..PrimaryOptions::default()
-        };
-        let error = options.resolve().unwrap_err().to_string();
-        assert!(
-            error.contains("--drain-timeout-s must be at most"),
-            "{error}"
-        );
-    }
-}
+mod tests;
