@@ -150,7 +150,8 @@ pub struct BenchArgs {
     /// The primary's retention window.
     #[arg(long, default_value = "256M")]
     pub window: ByteSize,
-    /// The secondary's journal window (at least one data set at most; default: two).
+    /// The secondary's journal window, at least the largest data set the data-set policy
+    /// and --bs allow [default: twice that].
     #[arg(long)]
     pub secondary_window: Option<ByteSize>,
     /// Delay every frame on the lanes by this many milliseconds each way (a userspace
@@ -158,8 +159,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.0)]
     pub link_delay_ms: f64,
     /// Cap each direction of the relayed link at this many bytes per second (e.g. 1G).
+    /// Unlimited without it.
     #[arg(long)]
     pub link_rate: Option<ByteSize>,
+    /// The report's format: fio-like text, or fio-like JSON.
     #[arg(long, value_enum, default_value = "normal")]
     pub output_format: OutputFormat,
     /// Write the report here instead of stdout.
@@ -206,6 +209,8 @@ pub struct BenchArgs {
 /// Most operations in flight in all, and the largest block: bounds what the bench holds.
 const MAX_IN_FLIGHT: usize = 1 << 16;
 const MAX_BLOCK: u64 = 1 << 20;
+/// The volume's size when --size is left out (with --target: all of the export). Its help
+/// says so in words; a test checks they agree.
 const DEFAULT_SIZE: u64 = 1 << 30;
 
 impl BenchArgs {
@@ -447,6 +452,9 @@ pub fn mode_name(mode: Mode) -> &'static str {
         Mode::GroupOrdered => "group-ordered",
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// Warnings (a lane dropped, a relay connection failed) go to stderr; the lanes' routine
 /// comings and goings do not.

@@ -23,13 +23,13 @@ pub struct CompareArgs {
     /// One short run of each (under 3 minutes): a smoke test, not a measurement.
     #[arg(long)]
     quick: bool,
-    /// Runs of each measurement (the median is reported); default 3, 1 with --quick.
-    #[arg(long)]
-    runs: Option<usize>,
-    /// Seconds measured per run; default 10, 3 with --quick.
-    #[arg(long)]
-    runtime: Option<f64>,
-    /// Where P6 puts its files (the file system measured): the current directory by default.
+    /// Runs of each measurement (the median is reported); 1 with --quick.
+    #[arg(long, default_value_t = 3, default_value_if("quick", "true", "1"))]
+    runs: usize,
+    /// Seconds measured per run; 3 with --quick.
+    #[arg(long, default_value_t = 10.0, default_value_if("quick", "true", "3"))]
+    runtime: f64,
+    /// Where P6 puts its files (the file system measured).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Where the JSON report goes.
@@ -86,8 +86,8 @@ struct Settings {
 
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
     let settings = Settings {
-        runs: args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1),
-        runtime: args.runtime.unwrap_or(if args.quick { 3.0 } else { 10.0 }),
+        runs: args.runs.max(1),
+        runtime: args.runtime,
         ramp: if args.quick { 0.5 } else { 2.0 },
         dir: args.dir.clone(),
     };
@@ -519,6 +519,35 @@ mod tests {
         assert_eq!(r.met, Some(false));
         let none = row("P9", "x", Goal::AtLeast, (1.0, 1.0), "MB/s", &[], how, None);
         assert_eq!((none.ratio, none.met), (None, None));
+    }
+
+    /// `ordo bench compare` as the binary parses it.
+    #[derive(Debug, Parser)]
+    struct Compare {
+        #[command(flatten)]
+        args: CompareArgs,
+    }
+
+    fn compare(flags: &[&str]) -> CompareArgs {
+        Compare::try_parse_from(std::iter::once("compare").chain(flags.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn quick_shortens_the_defaults_and_a_flag_given_still_wins() {
+        let help = <Compare as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        for shown in ["[default: 3]", "[default: 10]", "[default: .]"] {
+            assert!(help.contains(shown), "{shown}:\n{help}");
+        }
+        let plain = compare(&[]);
+        assert_eq!((plain.runs, plain.runtime), (3, 10.0), "as --help shows");
+        let quick = compare(&["--quick"]);
+        assert_eq!((quick.runs, quick.runtime), (1, 3.0));
+        let given = compare(&["--quick", "--runs", "5", "--runtime", "7"]);
+        assert_eq!((given.runs, given.runtime), (5, 7.0));
     }
 
     #[test]
