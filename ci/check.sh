@@ -30,6 +30,11 @@ missing=()
 command -v qemu-io >/dev/null || missing+=(qemu-utils)
 command -v nbdcopy >/dev/null || missing+=(libnbd-bin)
 command -v fio >/dev/null || missing+=(fio)
+# A filesystem on the export (tools/tests/filesystem.rs): nbdfuse, FUSE, mkfs and fsck.
+command -v nbdfuse >/dev/null || missing+=(nbdfuse)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+command -v losetup >/dev/null || missing+=(mount)
 # What `ordo bench compare` measures its baselines with, and what checks its report.
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v jq >/dev/null || missing+=(jq)
@@ -71,6 +76,13 @@ if rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightl
     ci/miri.sh
 else
     echo "miri: no nightly toolchain could be installed here; skipped"
+fi
+
+step "fuzzing: each NBD parser for 60 s (cargo-fuzz on nightly)"
+if rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal; then
+    ci/fuzz.sh
+else
+    echo "fuzzing: no nightly toolchain could be installed here; skipped"
 fi
 
 step "simulation: 1000 seeds"

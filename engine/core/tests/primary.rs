@@ -172,31 +172,35 @@ fn bad_writes_get_a_typed_error_and_take_no_seq() {
     let block = data(1, 1);
     let refused = [
         (VolumeId(1), 0, block.clone()),
-        (VOL, 100, block.clone()),
-        (VOL, 0, vec![1; 1000]),
         (VOL, 0, Vec::new()),
         (VOL, VOLUME_BYTES - 4096, data(1, 2)),
         (VOL, VOLUME_BYTES, block.clone()),
+        (VOL, VOLUME_BYTES - 10, vec![1; 11]),
         (VOL, 0, data(1, 32)),
+        // 64 KiB fit the limit, but not the 68 KiB of blocks they touch.
+        (VOL, 100, data(1, 16)),
     ];
     let mut errors = Vec::new();
     for (volume, offset, bytes) in &refused {
         errors.push(p.submit_write(0, *volume, *offset, bytes, 0).unwrap_err());
     }
     assert_eq!(errors[0], SubmitError::UnknownVolume(VolumeId(1)));
-    for error in &errors[1..4] {
-        let unaligned = matches!(error, SubmitError::Invalid(StorageError::Unaligned { .. }));
-        assert!(unaligned, "{error:?}");
-    }
-    for error in &errors[4..6] {
+    let empty = matches!(
+        errors[1],
+        SubmitError::Invalid(StorageError::Unaligned { len: 0, .. })
+    );
+    assert!(empty, "{:?}", errors[1]);
+    for error in &errors[2..5] {
         let past_end = matches!(error, SubmitError::Invalid(StorageError::OutOfRange { .. }));
         assert!(past_end, "{error:?}");
     }
-    let too_large = SubmitError::TooLarge {
-        len: 32 * BLOCK as usize,
-        max: MAX_WRITE,
-    };
-    assert_eq!(errors[6], too_large);
+    for (error, blocks) in errors[5..].iter().zip([32, 16]) {
+        let too_large = SubmitError::TooLarge {
+            len: blocks * BLOCK as usize,
+            max: MAX_WRITE,
+        };
+        assert_eq!(*error, too_large);
+    }
     assert!(events(&mut p).is_empty());
     assert_eq!(p.stats().writes_accepted, 0);
     assert_eq!(p.retention_bytes(), 0);

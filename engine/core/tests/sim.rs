@@ -17,8 +17,10 @@ use ordo_core::sim::{run_seed, SimStats};
 /// hole for the writer's skip to the next lap), so a data set applied to the replica was
 /// not found again in the journal;
 /// 51: a read on the primary dropped the device completions polled after its own, so
-/// writes were never acknowledged and the primary never caught up.
-const REGRESSION_SEEDS: [u64; 11] = [37, 124, 400, 952, 994, 214, 445, 448, 988, 461, 51];
+/// writes were never acknowledged and the primary never caught up;
+/// 942: a sub-block write whose merge found the volume's queue full was refused for good
+/// instead of retried after a poll.
+const REGRESSION_SEEDS: [u64; 12] = [37, 124, 400, 952, 994, 214, 445, 448, 988, 461, 51, 942];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

@@ -84,6 +84,11 @@ impl Export for NbdVolume {
         self.block_size
     }
 
+    /// Any byte range: the primary merges a partial block with the rest of it.
+    fn min_block_size(&self) -> u32 {
+        1
+    }
+
     fn max_request_bytes(&self) -> u32 {
         self.max_request_bytes
     }
@@ -97,12 +102,28 @@ impl Export for NbdVolume {
     }
 
     fn write(&self, offset: u64, data: &mut Vec<u8>, fua: bool) -> Result<(), u32> {
-        let op = Op::Write {
-            volume: self.volume,
-            offset,
-            fua,
+        let write = |offset, data: &mut Vec<u8>| {
+            let op = Op::Write {
+                volume: self.volume,
+                offset,
+                fua,
+            };
+            self.call(op, data)
         };
-        self.call(op, data)
+        // A request of the largest size that starts inside a block touches one block more
+        // than a record may hold: it goes as two writes, cut at a block boundary (the
+        // first write whole blocks up to the limit, the second at most one block).
+        let block = u64::from(self.block_size);
+        let start = offset - offset % block;
+        let end = offset + data.len() as u64;
+        let cut = start + u64::from(self.max_request_bytes);
+        if end.next_multiple_of(block) - start <= u64::from(self.max_request_bytes) {
+            return write(offset, data);
+        }
+        let mut tail = data.split_off((cut - offset) as usize);
+        let result = write(offset, data).and_then(|()| write(cut, &mut tail));
+        data.append(&mut tail);
+        result
     }
 
     fn flush(&self) -> Result<(), u32> {

@@ -9,7 +9,14 @@ use crate::NbdError;
 pub trait Export: Send + Sync {
     fn name(&self) -> &str;
     fn size_bytes(&self) -> u64;
+    /// The block size requests should be aligned to for speed (NBD's preferred size).
     fn block_size(&self) -> u32;
+    /// The alignment requests must have (NBD's minimum block size): a request that
+    /// starts or ends elsewhere is refused with EINVAL. 1 takes any byte range; the
+    /// default takes whole blocks only.
+    fn min_block_size(&self) -> u32 {
+        self.block_size()
+    }
     /// Largest single request accepted.
     fn max_request_bytes(&self) -> u32;
     /// Fills `buf` (its length is the request's) from `offset`. `buf` is owned so an

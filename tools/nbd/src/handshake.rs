@@ -131,7 +131,8 @@ pub fn decode_option<'a>(raw: &RawOption<'a>) -> Request<'a> {
                 return invalid("NBD_OPT_INFO/GO data too short");
             }
             let name_len = be_u32(data, 0) as usize;
-            if data.len() < 4 + name_len + 2 {
+            // Compared without adding to it: a u32 near its top overflows a 32-bit usize.
+            if name_len > data.len() - 6 {
                 return invalid("NBD_OPT_INFO/GO name runs past the option");
             }
             let name = match export_name(&data[4..4 + name_len]) {
@@ -177,27 +178,29 @@ pub fn encode_server(out: &mut Vec<u8>, name: &str) {
     encode_reply(out, OPT_LIST, REP_SERVER, &data);
 }
 
+/// An export's block sizes (`NBD_INFO_BLOCK_SIZE`): the alignment requests must have,
+/// the one they should have, and the largest payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockSizes {
+    pub minimum: u32,
+    pub preferred: u32,
+    pub maximum: u32,
+}
+
 /// The `NBD_REP_INFO` replies for an export (size and flags, block sizes), then the
 /// final `NBD_REP_ACK`.
-pub fn encode_info(
-    out: &mut Vec<u8>,
-    option: u32,
-    size: u64,
-    flags: u16,
-    block_size: u32,
-    max_io: u32,
-) {
+pub fn encode_info(out: &mut Vec<u8>, option: u32, size: u64, flags: u16, sizes: BlockSizes) {
     let mut export = Vec::with_capacity(12);
     export.extend_from_slice(&INFO_EXPORT.to_be_bytes());
     export.extend_from_slice(&size.to_be_bytes());
     export.extend_from_slice(&flags.to_be_bytes());
     encode_reply(out, option, REP_INFO, &export);
-    let mut sizes = Vec::with_capacity(14);
-    sizes.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
-    for value in [block_size, block_size, max_io] {
-        sizes.extend_from_slice(&value.to_be_bytes());
+    let mut info = Vec::with_capacity(14);
+    info.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+    for value in [sizes.minimum, sizes.preferred, sizes.maximum] {
+        info.extend_from_slice(&value.to_be_bytes());
     }
-    encode_reply(out, option, REP_INFO, &sizes);
+    encode_reply(out, option, REP_INFO, &info);
     encode_reply(out, option, REP_ACK, &[]);
 }
 
@@ -338,6 +341,12 @@ pub fn decode_info(data: &[u8]) -> Result<Info, NbdError> {
 mod tests {
     use super::*;
 
+    const SIZES: BlockSizes = BlockSizes {
+        minimum: 4096,
+        preferred: 4096,
+        maximum: 1 << 20,
+    };
+
     fn option(option: u32, data: &[u8]) -> Vec<u8> {
         let mut out = IHAVEOPT.to_be_bytes().to_vec();
         out.extend_from_slice(&option.to_be_bytes());
@@ -447,7 +456,7 @@ mod tests {
     #[test]
     fn info_replies_end_with_an_ack() {
         let mut out = Vec::new();
-        encode_info(&mut out, OPT_GO, 1 << 20, 0x10d, 4096, 1 << 20);
+        encode_info(&mut out, OPT_GO, 1 << 20, 0x10d, SIZES);
         // Three replies: export (12 data bytes), block size (14), ack (0).
         assert_eq!(out.len(), 3 * 20 + 12 + 14);
         assert_eq!(be_u64(&out, 0), OPTION_REPLY_MAGIC);
@@ -487,7 +496,7 @@ mod tests {
         );
 
         let mut replies = Vec::new();
-        encode_info(&mut replies, OPT_GO, 64 << 20, 0x10d, 4096, 1 << 20);
+        encode_info(&mut replies, OPT_GO, 64 << 20, 0x10d, SIZES);
         encode_reply(&mut replies, OPT_GO, REP_ERR_UNKNOWN, b"no such export");
         let mut at = 0;
         let mut seen = Vec::new();

@@ -109,7 +109,7 @@ fn read_requests(
 }
 
 fn in_range(export: &dyn Export, r: &Request) -> Result<(), u32> {
-    let block = u64::from(export.block_size());
+    let block = u64::from(export.min_block_size());
     let end = r.offset.checked_add(u64::from(r.length));
     if end.is_none_or(|end| end > export.size_bytes()) {
         return Err(EOVERFLOW);

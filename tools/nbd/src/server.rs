@@ -103,12 +103,13 @@ fn negotiate<'a>(
                 let option = if go { OPT_GO } else { OPT_INFO };
                 match find(name) {
                     Some(export) => {
-                        let (size, block, max) = (
-                            export.size_bytes(),
-                            export.block_size(),
-                            export.max_request_bytes(),
-                        );
-                        handshake::encode_info(&mut out, option, size, FLAGS, block, max);
+                        let sizes = handshake::BlockSizes {
+                            minimum: export.min_block_size(),
+                            preferred: export.block_size(),
+                            maximum: export.max_request_bytes(),
+                        };
+                        let size = export.size_bytes();
+                        handshake::encode_info(&mut out, option, size, FLAGS, sizes);
                         if go {
                             stream.write_all(&out)?;
                             return Ok(Some(export));

@@ -111,6 +111,10 @@ pub struct Primary<S: Storage> {
     link: Link,
     failed: Option<StorageError>,
     stats: PrimaryStats,
+    /// A sub-block write merged with the blocks around it (`max_write_bytes`).
+    merge: Vec<u8>,
+    /// One block, for the ends of a sub-block read.
+    block: Vec<u8>,
 }
 
 impl<S: Storage> Primary<S> {
@@ -126,6 +130,8 @@ impl<S: Storage> Primary<S> {
         let max_records = usize::try_from(config.window_bytes / RECORD_OVERHEAD_BYTES + 1)
             .map_err(|_| ConfigError::Invalid("retention window too large".into()))?;
         let in_flight: u32 = volumes.iter().map(|v| v.geometry().max_in_flight).sum();
+        let max_block = volumes.iter().map(|v| v.geometry().block_size).max();
+        let max_block = max_block.unwrap_or(0);
         let link = Link::new(&config, describe(&config.volume_names, &volumes));
         Ok(Primary {
             retention: Retention::new(config.window_bytes, config.max_write_bytes, max_records),
@@ -147,6 +153,8 @@ impl<S: Storage> Primary<S> {
             link,
             failed: None,
             stats: PrimaryStats::default(),
+            merge: vec![0; config.max_write_bytes as usize],
+            block: vec![0; max_block as usize],
             volumes,
             config,
         })
@@ -184,6 +192,10 @@ impl<S: Storage> Primary<S> {
 
     /// Accepts a write: assigns its seq and data set, starts the local write (its
     /// `WriteDone` event is the application's acknowledgement) and queues it for sending.
+    /// `offset` and `data.len()` may be any bytes inside the volume: a write that starts or
+    /// ends inside a block is merged with the rest of those blocks as the writes accepted
+    /// before it left them (`merge_partial`), and goes as one block-aligned record whose
+    /// span must fit `max_write_bytes`.
     pub fn submit_write(
         &mut self,
         now_ms: u64,
@@ -199,20 +211,33 @@ impl<S: Storage> Primary<S> {
             .volumes
             .get(usize::from(volume.0))
             .ok_or(SubmitError::UnknownVolume(volume))?;
-        storage.geometry().check_io(offset, data.len())?;
-        if data.len() > self.config.max_write_bytes as usize {
+        let (start, span) = storage.geometry().block_span(offset, data.len())?;
+        if span > u64::from(self.config.max_write_bytes) {
             return Err(SubmitError::TooLarge {
                 len: data.len(),
                 max: self.config.max_write_bytes,
             });
         }
-        let len = data.len() as u32; // Lossless: at most max_write_bytes.
+        let len = span as u32; // Lossless: at most max_write_bytes.
         if !self.retention.fits(stream_cost(len), RECORD_OVERHEAD_BYTES) {
             // Backed up: cut a consistency point so what is retained can complete.
             self.close_data_set();
             self.stats.window_full += 1;
             return Err(SubmitError::WindowFull);
         }
+        let aligned = start == offset && span == data.len() as u64;
+        let mut merge = std::mem::take(&mut self.merge);
+        if !aligned {
+            if let Err(error) = self.merge_partial(volume, start, offset, data, &mut merge) {
+                self.merge = merge;
+                return Err(error);
+            }
+        }
+        let payload = if aligned {
+            data
+        } else {
+            &merge[..len as usize]
+        };
         let seq = self.next_seq;
         self.next_seq = seq.next();
         if self.open.writes == 0 {
@@ -221,20 +246,64 @@ impl<S: Storage> Primary<S> {
         }
         let kind = RecordKind::Write {
             volume,
-            offset,
+            offset: start,
             len,
         };
-        self.retention.push(seq, self.open.id, kind, data, token);
+        self.retention.push(seq, self.open.id, kind, payload, token);
+        self.merge = merge;
         self.released_unsent(seq);
         self.open.writes += 1;
         self.open.payload_bytes += u64::from(len);
         self.stats.writes_accepted += 1;
+        if !aligned {
+            self.stats.sub_block_writes += 1;
+        }
         self.start_local_write(seq);
         let policy = self.config.policy;
         if self.open.writes >= policy.max_writes || self.open.payload_bytes >= policy.max_bytes {
             self.close_data_set();
         }
         Ok(seq)
+    }
+
+    /// Fills `merge[..span]` for a write of `data` at `offset` whose block-aligned span
+    /// starts at `start`: the partial first and last blocks as every write accepted so far
+    /// leaves them, then `data` over them. A block's latest contents are in the newest
+    /// retained write covering it (even if that write is still on its way to the volume),
+    /// else on the volume, read here and waited for as `read` does. Nothing is accepted
+    /// if it fails; a full device queue is `Invalid(QueueFull)`: retry after a poll.
+    fn merge_partial(
+        &mut self,
+        volume: VolumeId,
+        start: u64,
+        offset: u64,
+        data: &[u8],
+        merge: &mut [u8],
+    ) -> Result<(), SubmitError> {
+        let block = u64::from(self.volumes[usize::from(volume.0)].geometry().block_size);
+        let end = offset + data.len() as u64;
+        let span_end = end.next_multiple_of(block);
+        let (first, last) = (start, span_end - block);
+        let head = (offset > first).then_some(first);
+        // One block both starts and ends the write: it is merged once.
+        let tail = (end < span_end && !(last == first && head.is_some())).then_some(last);
+        for edge in [head, tail].into_iter().flatten() {
+            let at = (edge - start) as usize;
+            let out = &mut merge[at..at + block as usize];
+            match self.retention.newest_covering(volume, edge) {
+                Some((record, payload)) => {
+                    let RecordKind::Write { offset: from, .. } = record.kind else {
+                        unreachable!("newest_covering finds writes");
+                    };
+                    let skip = (edge - from) as usize;
+                    out.copy_from_slice(&payload[skip..skip + block as usize]);
+                }
+                None => self.read_volume(volume, edge, out)?,
+            }
+        }
+        let at = (offset - start) as usize;
+        merge[at..at + data.len()].copy_from_slice(data);
+        Ok(())
     }
 
     /// A consistency point: closes the open data set and reports `FlushDone` once every
@@ -389,8 +458,10 @@ impl<S: Storage> Primary<S> {
 
     /// Reads `buf.len()` bytes of a local volume at `offset`: what completed writes left
     /// there, for the application's reads. Waits for the device (not for the write path);
-    /// completions of writes and flushes that arrive meanwhile are handled as usual. A full
-    /// device queue is `Invalid(QueueFull)`: retry after the next poll.
+    /// completions of writes and flushes that arrive meanwhile are handled as usual. Any
+    /// byte range inside the volume may be read: the partial blocks at its ends are read
+    /// whole and copied out. A full device queue is `Invalid(QueueFull)`: retry after the
+    /// next poll.
     pub fn read(
         &mut self,
         volume: VolumeId,
@@ -399,8 +470,49 @@ impl<S: Storage> Primary<S> {
     ) -> Result<(), SubmitError> {
         let storage = self
             .volumes
-            .get_mut(usize::from(volume.0))
+            .get(usize::from(volume.0))
             .ok_or(SubmitError::UnknownVolume(volume))?;
+        let geometry = storage.geometry();
+        let (start, span) = geometry.block_span(offset, buf.len())?;
+        if start == offset && span == buf.len() as u64 {
+            return self.read_volume(volume, offset, buf);
+        }
+        let block = u64::from(geometry.block_size);
+        let end = offset + buf.len() as u64;
+        let mut scratch = std::mem::take(&mut self.block);
+        let mut result = Ok(());
+        let mut at = offset;
+        // A partial first block, the whole blocks after it, a partial last block.
+        while at < end && result.is_ok() {
+            let done = (at - offset) as usize;
+            let block_start = at - at % block;
+            if at == block_start && end - at >= block {
+                let whole_end = end - end % block;
+                let len = (whole_end - at) as usize;
+                result = self.read_volume(volume, at, &mut buf[done..done + len]);
+                at = whole_end;
+            } else {
+                let piece = &mut scratch[..block as usize];
+                result = self.read_volume(volume, block_start, piece);
+                let from = (at - block_start) as usize;
+                let len = ((block_start + block).min(end) - at) as usize;
+                buf[done..done + len].copy_from_slice(&piece[from..from + len]);
+                at += len as u64;
+            }
+        }
+        self.block = scratch;
+        result
+    }
+
+    /// Reads block-aligned `buf.len()` bytes at `offset` from the volume, waiting for the
+    /// device and handling every other completion that arrives meanwhile.
+    fn read_volume(
+        &mut self,
+        volume: VolumeId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), SubmitError> {
+        let storage = &mut self.volumes[usize::from(volume.0)];
         storage.geometry().check_io(offset, buf.len())?;
         let mut others = std::mem::take(&mut self.completions);
         others.clear();

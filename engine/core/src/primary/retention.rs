@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 pub use crate::protocol::RecordKind;
-use crate::protocol::{stream_cost, DataSetId, Seq, RECORD_OVERHEAD_BYTES};
+use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, RECORD_OVERHEAD_BYTES};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SentOn {
@@ -164,6 +164,22 @@ impl Retention {
         self.index(seq).map(|i| &mut self.records[i])
     }
 
+    /// The newest retained write on `volume` that covers the byte at `offset`, and its
+    /// payload. Retention holds a contiguous run of the newest records (it frees only from
+    /// the front), so when there is none, every write that ever covered that byte is
+    /// written on the volume. A scan, for the rare sub-block write, not the hot path.
+    pub fn newest_covering(&self, volume: VolumeId, offset: u64) -> Option<(&Record, &[u8])> {
+        let record = self.records.iter().rev().find(|r| match r.kind {
+            RecordKind::Write {
+                volume: v,
+                offset: start,
+                len,
+            } => v == volume && start <= offset && offset < start + u64::from(len),
+            RecordKind::Sync { .. } => false,
+        })?;
+        Some((record, self.payload(record)))
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Record> {
         self.records.iter_mut()
     }
@@ -208,7 +224,6 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::VolumeId;
 
     fn write(len: u32) -> RecordKind {
         RecordKind::Write {
@@ -255,5 +270,37 @@ mod tests {
         assert_eq!(retention.release(), 3);
         assert!(retention.is_empty());
         assert_eq!(retention.used_bytes(), 0);
+    }
+
+    #[test]
+    fn the_newest_covering_write_is_found_and_syncs_never_are() {
+        let mut retention = Retention::new(1 << 20, 8192, 16);
+        let at = |offset, len| RecordKind::Write {
+            volume: VolumeId(1),
+            offset,
+            len,
+        };
+        retention.push(Seq(1), DataSetId(1), at(0, 8192), &[1; 8192], 0);
+        retention.push(Seq(2), DataSetId(1), at(4096, 4096), &[2; 4096], 0);
+        let sync = RecordKind::Sync {
+            first_seq: Seq(1),
+            write_count: 2,
+        };
+        retention.push(Seq(3), DataSetId(1), sync, &[], 0);
+        let found = |offset| {
+            retention
+                .newest_covering(VolumeId(1), offset)
+                .map(|(r, payload)| (r.seq, payload[0]))
+        };
+        assert_eq!(found(0), Some((Seq(1), 1)));
+        assert_eq!(found(4095), Some((Seq(1), 1)));
+        assert_eq!(found(4096), Some((Seq(2), 2)), "the newer one wins");
+        assert_eq!(found(8192), None, "past every write");
+        assert_eq!(
+            retention
+                .newest_covering(VolumeId(0), 0)
+                .map(|(r, _)| r.seq),
+            None
+        );
     }
 }

@@ -5,6 +5,8 @@ use crate::protocol::DataSetId;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrimaryStats {
     pub writes_accepted: u64,
+    /// Writes that started or ended inside a block, merged with the rest of it.
+    pub sub_block_writes: u64,
     /// Writes refused because the retention window was full (each was retried).
     pub window_full: u64,
     pub data_sets_closed: u64,

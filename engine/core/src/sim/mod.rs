@@ -24,6 +24,10 @@ pub struct SimStats {
     pub seeds: u64,
     pub steps: u64,
     pub writes: u64,
+    /// Of the writes, those that started or ended inside a block; and those refused (to be
+    /// retried) because the volume's queue was too full to read the rest of a block.
+    pub partial_writes: u64,
+    pub partial_queue_full: u64,
     pub flushes: u64,
     /// Application reads on the primary.
     pub reads: u64,
@@ -53,6 +57,8 @@ impl SimStats {
         self.seeds += other.seeds;
         self.steps += other.steps;
         self.writes += other.writes;
+        self.partial_writes += other.partial_writes;
+        self.partial_queue_full += other.partial_queue_full;
         self.flushes += other.flushes;
         self.reads += other.reads;
         self.data_sets += other.data_sets;
@@ -79,9 +85,11 @@ impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "steps {} writes {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {})",
+            "steps {} writes {} (partial blocks {}, retried for a full queue {}) flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {})",
             self.steps,
             self.writes,
+            self.partial_writes,
+            self.partial_queue_full,
             self.flushes,
             self.reads,
             self.data_sets,

@@ -53,6 +53,11 @@ pub struct World {
     /// seed's other draws stay as they were before reads existed: how often, and where.
     reads_rng: ChaCha8Rng,
     read_percent: u32,
+    /// Writes that start or end inside a block (the primary merges them), drawn apart in
+    /// the same way: how often, and how much of the drawn write's first and last block is
+    /// cut away.
+    partial_rng: ChaCha8Rng,
+    partial_percent: u32,
     next_token: u64,
     buf: Vec<u8>,
     pub stats: SimStats,
@@ -96,10 +101,18 @@ impl World {
         } else {
             0
         };
+        let mut partial_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5AB_B10C);
+        let partial_percent = if partial_rng.random_bool(0.5) {
+            partial_rng.random_range(1..=50)
+        } else {
+            0
+        };
         World {
             seed,
             reads_rng,
             read_percent,
+            partial_rng,
+            partial_percent,
             net: Network::new(lanes, config.latency_us_max, config.net_faults),
             writes_left: config.writes,
             model: Model::new(&sizes),
@@ -251,21 +264,32 @@ impl World {
                     .random_range(0..=geometry.size_bytes / block - blocks);
             let mut data = vec![0u8; (blocks * block) as usize];
             self.rng.fill_bytes(&mut data);
+            let (cut_head, cut_tail) = self.partial_cut(data.len());
+            let offset = offset + cut_head as u64;
+            let data = &data[cut_head..data.len() - cut_tail];
             let token = self.next_token;
             self.next_token += 1;
             let now_ms = self.now_us / 1000;
             match self
                 .primary
-                .submit_write(now_ms, VolumeId(volume as u16), offset, &data, token)
+                .submit_write(now_ms, VolumeId(volume as u16), offset, data, token)
             {
                 Ok(seq) => {
                     self.writes_left -= 1;
                     self.stats.writes += 1;
+                    if cut_head + cut_tail > 0 {
+                        self.stats.partial_writes += 1;
+                    }
                     self.model
-                        .write(seq, volume, offset, &data)
+                        .write(seq, volume, offset, data)
                         .map_err(|e| self.violation(e))?;
                 }
                 Err(SubmitError::WindowFull) => self.stats.window_full += 1,
+                // A partial block's merge reads the volume: with its queue full, the
+                // application retries after the next poll, as it would a read.
+                Err(SubmitError::Invalid(StorageError::QueueFull(_))) if cut_head + cut_tail > 0 => {
+                    self.stats.partial_queue_full += 1;
+                }
                 Err(error) => return Err(self.violation(format!("write refused: {error}"))),
             }
             self.drain_primary_events()?;
@@ -277,6 +301,18 @@ impl World {
             self.read_primary()?;
         }
         Ok(())
+    }
+
+    /// Bytes to cut from the head and the tail of a drawn write of `len` bytes (whole
+    /// blocks) so that it starts or ends inside a block, leaving at least one byte: none
+    /// unless this seed writes partial blocks and this write is one of them.
+    fn partial_cut(&mut self, len: usize) -> (usize, usize) {
+        if self.partial_percent == 0 || !self.partial_rng.random_ratio(self.partial_percent, 100) {
+            return (0, 0);
+        }
+        let head = self.partial_rng.random_range(0..len.min(4096));
+        let tail = self.partial_rng.random_range(0..(len - head).min(4096));
+        (head, tail)
     }
 
     /// An application read on the primary while its writes are in flight: it waits for the

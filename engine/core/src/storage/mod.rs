@@ -81,6 +81,33 @@ impl Geometry {
         Ok(())
     }
 
+    /// The block-aligned span `(start, len)` covering `len` bytes at `offset`, which may
+    /// start and end anywhere inside the volume (NBD clients may write single bytes):
+    /// `Unaligned` only for an empty request, `OutOfRange` past the end. The caller checks
+    /// the span against its own size limit.
+    pub fn block_span(&self, offset: u64, len: usize) -> Result<(u64, u64), StorageError> {
+        let block = u64::from(self.block_size);
+        let len_u64 = len as u64;
+        if len == 0 {
+            return Err(StorageError::Unaligned {
+                offset,
+                len: 0,
+                block_size: self.block_size,
+            });
+        }
+        match offset.checked_add(len_u64) {
+            Some(end) if end <= self.size_bytes => {
+                let start = offset - offset % block;
+                Ok((start, end.next_multiple_of(block) - start))
+            }
+            _ => Err(StorageError::OutOfRange {
+                offset,
+                len: len_u64,
+                size: self.size_bytes,
+            }),
+        }
+    }
+
     /// Checks one read or write request against this geometry.
     pub fn check_io(&self, offset: u64, len: usize) -> Result<(), StorageError> {
         let block = u64::from(self.block_size);
@@ -263,5 +290,32 @@ pub fn drain<S: Storage + ?Sized>(storage: &mut S) {
     while storage.in_flight() > 0 {
         discarded.clear();
         storage.poll(&mut discarded, 64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_span_covers_any_byte_range_inside_the_volume() {
+        let geometry = Geometry::new(16 * 4096, 4096).unwrap();
+        assert_eq!(geometry.block_span(0, 4096), Ok((0, 4096)));
+        assert_eq!(geometry.block_span(1, 1), Ok((0, 4096)));
+        assert_eq!(geometry.block_span(4095, 2), Ok((0, 8192)));
+        assert_eq!(geometry.block_span(5000, 10_000), Ok((4096, 12288)));
+        assert_eq!(geometry.block_span(16 * 4096 - 1, 1), Ok((15 * 4096, 4096)));
+        assert!(matches!(
+            geometry.block_span(16 * 4096 - 1, 2),
+            Err(StorageError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            geometry.block_span(u64::MAX, 2),
+            Err(StorageError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            geometry.block_span(7, 0),
+            Err(StorageError::Unaligned { len: 0, .. })
+        ));
     }
 }
