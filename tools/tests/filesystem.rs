@@ -154,7 +154,11 @@ fn writes_at_any_offset_read_back_and_replicate() {
         let out = run("qemu-io", &args);
         assert!(!out.contains("failed"), "qemu-io {commands:?}: {out}");
     };
-    qemu_io(&["write -P 0x5a 1000 1M", "write -P 0x33 3 1", "write -P 0x77 4095 2"]);
+    qemu_io(&[
+        "write -P 0x5a 1000 1M",
+        "write -P 0x33 3 1",
+        "write -P 0x77 4095 2",
+    ]);
     qemu_io(&[
         "read -P 0 0 3",
         "read -P 0x33 3 1",

@@ -287,7 +287,9 @@ impl World {
                 Err(SubmitError::WindowFull) => self.stats.window_full += 1,
                 // A partial block's merge reads the volume: with its queue full, the
                 // application retries after the next poll, as it would a read.
-                Err(SubmitError::Invalid(StorageError::QueueFull(_))) if cut_head + cut_tail > 0 => {
+                Err(SubmitError::Invalid(StorageError::QueueFull(_)))
+                    if cut_head + cut_tail > 0 =>
+                {
                     self.stats.partial_queue_full += 1;
                 }
                 Err(error) => return Err(self.violation(format!("write refused: {error}"))),
