@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::nbd::NbdClient;
 use common::{
-    assert_file_equals, assert_verifies, control_request, free_port, number, random_bytes, run,
-    wait_until, write_data, Pair, BLOCK, CATCH_UP,
+    assert_file_equals, assert_verifies, control_request, digest_request, free_port, number,
+    random_bytes, run, wait_until, write_data, Pair, BLOCK, CATCH_UP,
 };
 
 /// nbdcopy writes a random 64 MiB image; nbdinfo, qemu-img and fio's nbd engine talk to
@@ -238,8 +238,8 @@ fn sigterm_drains_every_write_and_a_restarted_primary_refuses_the_old_history() 
         "the secondary is between data sets",
         Duration::from_secs(30),
         || {
-            control_request(&pair.secondary.control, "digest 1048576")
-                .is_some_and(|d| d.get("error").is_none())
+            control_request(&pair.secondary.control, &digest_request(1 << 20))
+                .is_some_and(|d| d["reply"] == "digest")
         },
     );
     assert_file_equals(&pair.replica_image, &primary_image);

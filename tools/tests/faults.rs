@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::model::{kill_secondary_while_writing, MODEL_BLOCKS};
 use common::nbd::NbdClient;
 use common::{
-    assert_file_equals, assert_verifies, control_request, free_port, number, random_bytes,
-    wait_until, write_data, Daemon, Pair, BLOCK, CATCH_UP,
+    assert_file_equals, assert_verifies, control_line, free_port, number, random_bytes, wait_until,
+    write_data, Daemon, Pair, BLOCK, CATCH_UP,
 };
 use ordo_core::protocol::{
     encode, Frame, GroupId, Hello, ResumeState, Role, VolumeInfo, HEADER_BYTES,
@@ -141,13 +141,13 @@ fn send_and_see_closed(port: u16, bytes: &[u8], close_ourselves: bool) -> bool {
 /// Garbage, a truncated frame, a bad crc, a wrong version, an oversized frame and a
 /// primary of another group: each is refused with a log line naming it, the daemon stays
 /// up, and the replica is untouched. The mismatched primary names the field too and keeps
-/// serving its own writes.
+/// serving its own writes. Bad control requests are answered with an error naming why.
 #[test]
 fn bad_input_to_the_secondary_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut secondary = Pair::secondary(dir.path(), port, "8M");
-    let before = control_request(&secondary.control, "digest 65536").unwrap();
+    let before = secondary.digest(65536);
     // A connection that never says Hello is dropped, so strays cannot hold the lanes.
     let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
 
@@ -234,8 +234,26 @@ fn bad_input_to_the_secondary_is_refused_and_changes_nothing() {
     assert_eq!(client.read(4096, 8192).unwrap(), data);
     client.disconnect();
 
-    let after = control_request(&secondary.control, "digest 65536").unwrap();
+    let after = secondary.digest(65536);
     assert_eq!(before, after, "the replica was touched");
+    // Its control socket alike: a line that is not a request it can answer gets why.
+    let bad = [
+        ("status", "not JSON"),
+        (
+            r#"{"request":"digest","chunk_bytes":1000}"#,
+            "not a positive multiple of 512",
+        ),
+        (
+            r#"{"request":"digest","chunk_bytes":4096,"range":{"volume":"x","offset":0,"len":4096}}"#,
+            r#"no volume "x""#,
+        ),
+    ];
+    for (line, why) in bad {
+        let reply = control_line(&secondary.control, line).expect("an answer");
+        assert_eq!(reply["reply"], "error", "{line}: {reply}");
+        let message = reply["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{line}: {reply}");
+    }
     wait_until(
         "the idle connection is dropped",
         Duration::from_secs(60),

@@ -49,9 +49,7 @@ pub struct Sample {
 
 /// A status request, answered.
 pub fn status(path: &std::path::Path) -> Result<Status> {
-    let reply = control::request(path, "status", CONTROL_TIMEOUT)?;
-    serde_json::from_str(&reply)
-        .with_context(|| format!("{}'s status is not a daemon's status", path.display()))
+    Ok(control::status(path, CONTROL_TIMEOUT)?)
 }
 
 fn sample(path: &std::path::Path, clock: Instant) -> Result<Sample> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::control::request;
+use crate::control::{self, DigestRange, DigestRequest, MAX_DIGEST_CHUNKS, MAX_DIGEST_CHUNK_BYTES};
 use crate::report::{Digest, Link, PrimaryReport, RoleStatus, SecondaryReport, Status, Usage};
 
 /// A digest of large volumes takes a while; a status never should.
@@ -39,19 +39,8 @@ pub struct VerifyArgs {
     secondary: PathBuf,
 }
 
-/// Parses a daemon's JSON reply as `T`, or reports the daemon's own error.
-fn parse<T: for<'de> serde::Deserialize<'de>>(reply: &str, who: &str) -> Result<T> {
-    let value: serde_json::Value =
-        serde_json::from_str(reply).with_context(|| format!("{who} replied {reply:?}"))?;
-    if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
-        bail!("{who}: {error}");
-    }
-    serde_json::from_value(value).with_context(|| format!("{who}'s reply is not understood"))
-}
-
 pub fn status(args: &StatusArgs) -> Result<ExitCode> {
-    let reply = request(&args.control, "status", STATUS_TIMEOUT)?;
-    let status: Status = parse(&reply, "the daemon")?;
+    let status = control::status(&args.control, STATUS_TIMEOUT)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
@@ -163,9 +152,8 @@ fn write_counters(out: &mut impl Write, counters: &impl serde::Serialize) -> Res
     Ok(())
 }
 
-fn digest(path: &Path, who: &str, line: &str) -> Result<Digest> {
-    let reply = request(path, line, DIGEST_TIMEOUT)?;
-    parse(&reply, who)
+fn digest(path: &Path, who: &str, request: DigestRequest) -> Result<Digest> {
+    control::digest(path, request, DIGEST_TIMEOUT).with_context(|| format!("a digest of {who}"))
 }
 
 /// The first chunk where the two digests differ: (volume, offset of the chunk).
@@ -195,13 +183,14 @@ fn first_difference(primary: &Digest, replica: &Digest) -> Result<Option<(String
 
 pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let status: Status = parse(
-        &request(&args.primary, "status", STATUS_TIMEOUT)?,
-        "the primary",
-    )?;
-    let whole = format!("digest {}", first_pass_chunk(&status)?);
-    let primary = digest(&args.primary, "the primary", &whole)?;
-    let replica = digest(&args.secondary, "the secondary", &whole)?;
+    let status =
+        control::status(&args.primary, STATUS_TIMEOUT).context("the status of the primary")?;
+    let whole = DigestRequest {
+        chunk_bytes: first_pass_chunk(&status)?,
+        range: None,
+    };
+    let primary = digest(&args.primary, "the primary", whole.clone())?;
+    let replica = digest(&args.secondary, "the secondary", whole)?;
     let data_set = primary.data_set;
     if replica.data_set != data_set {
         bail!(
@@ -220,9 +209,16 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
         .iter()
         .find(|v| v.name == volume)
         .map_or(4096, |v| u64::from(v.block_size));
-    let line = format!("digest {block} {volume} {chunk_at} {chunk_len}");
-    let p = digest(&args.primary, "the primary", &line)?;
-    let r = digest(&args.secondary, "the secondary", &line)?;
+    let narrow = DigestRequest {
+        chunk_bytes: block,
+        range: Some(DigestRange {
+            volume: volume.clone(),
+            offset: chunk_at,
+            len: chunk_len,
+        }),
+    };
+    let p = digest(&args.primary, "the primary", narrow.clone())?;
+    let r = digest(&args.secondary, "the secondary", narrow)?;
     if p.data_set != data_set || r.data_set != data_set {
         bail!(
             "writes arrived while verifying (data sets {data_set}, {} and {}): verify needs both quiet",
@@ -253,7 +249,6 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
 /// The first pass's chunk: 1 MiB, or larger for volumes so big that the reply would have
 /// more chunks than a digest may.
 fn first_pass_chunk(status: &Status) -> Result<u64> {
-    use crate::report::{MAX_DIGEST_CHUNKS, MAX_DIGEST_CHUNK_BYTES};
     let total: u64 = status.volumes.iter().map(|v| v.size_bytes).sum();
     let chunk = total
         .div_ceil(MAX_DIGEST_CHUNKS)

@@ -19,15 +19,15 @@ use ordo_runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus,
 use crate::config::{print_banner, PrimaryOptions, PrimarySettings};
 use crate::nbd_export::{listen, NbdVolume};
 use crate::report::{
-    error_json, ControlRequest, Link, PrimaryCounters, PrimaryDataSets, PrimaryLink, PrimaryReport,
-    RoleStatus, Status, Usage, VolumeReport, Writes,
+    Digest, Link, PrimaryCounters, PrimaryDataSets, PrimaryLink, PrimaryReport, RoleStatus, Status,
+    Usage, VolumeReport, Writes,
 };
 use ordo_runtime::idle::Round;
 
-use crate::control;
+use crate::control::{self, ControlReply, ControlRequest, DigestRequest};
 use crate::runner::{self, Rounds, Runtime};
 use crate::shared::{
-    ask_status, describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
+    ask_status, describe_volumes, digest, digest_plan, init_logging, status_channel, status_reply,
     termination_flag, StatusAsk,
 };
 use crate::volume::Volume;
@@ -96,7 +96,7 @@ impl Serving {
         let (asks, ask_queue) = status_channel();
         let handler = {
             let (frontend, reports) = (frontend.clone(), reports.clone());
-            move |line: &str| control_reply(line, &asks, &frontend, &reports, max_io)
+            move |request| control_reply(request, &asks, &frontend, &reports, max_io)
         };
         control::serve(&settings.control, Arc::new(handler))?;
         let max_request = config.max_write_bytes.min(max_io);
@@ -315,34 +315,32 @@ fn status_report(
 }
 
 fn control_reply(
-    line: &str,
+    request: ControlRequest,
     asks: &Sender<StatusAsk>,
     frontend: &Frontend,
     volumes: &[VolumeReport],
     max_io: u32,
-) -> String {
-    match ControlRequest::parse(line) {
-        Err(why) => error_json(&why),
-        Ok(ControlRequest::Status) => status_json(asks),
-        Ok(request) => match primary_digest(&request, asks, frontend, volumes, max_io) {
-            Ok(digest) => serde_json::to_string(&digest).unwrap_or_default(),
-            Err(why) => error_json(&why),
-        },
+) -> ControlReply {
+    match request {
+        ControlRequest::Status => status_reply(asks),
+        ControlRequest::Digest(request) => {
+            match primary_digest(&request, asks, frontend, volumes, max_io) {
+                Ok(digest) => ControlReply::Digest(digest),
+                Err(why) => ControlReply::error(why),
+            }
+        }
     }
 }
 
 /// A digest of the primary's volumes at a consistency point: closes the open data set,
 /// waits until the secondary applied it, reads, and refuses if writes came in meanwhile.
 fn primary_digest(
-    request: &ControlRequest,
+    request: &DigestRequest,
     asks: &Sender<StatusAsk>,
     frontend: &Frontend,
     volumes: &[VolumeReport],
     max_io: u32,
-) -> Result<crate::report::Digest, String> {
-    let ControlRequest::Digest { chunk_bytes, .. } = request else {
-        return Err("not a digest request".into());
-    };
+) -> Result<Digest, String> {
     let plan = digest_plan(request, volumes)?;
     let (sender, receiver) = crossbeam_channel::bounded(1);
     let call = |op: Op, buf: Vec<u8>| {
@@ -390,7 +388,7 @@ fn primary_digest(
     let mut buf = Vec::with_capacity(max_io as usize);
     let digest = digest(
         data_set,
-        *chunk_bytes,
+        request.chunk_bytes,
         u64::from(max_io),
         volumes,
         &plan,

@@ -198,61 +198,6 @@ pub struct VolumeDigest {
     pub crc32c: Vec<u32>,
 }
 
-/// A request to the control socket: `status`, or `digest CHUNK [VOLUME OFFSET LEN]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ControlRequest {
-    Status,
-    Digest {
-        chunk_bytes: u64,
-        range: Option<(String, u64, u64)>,
-    },
-}
-
-/// Largest chunk a digest may use: bounds the read buffer.
-pub const MAX_DIGEST_CHUNK_BYTES: u64 = 16 << 20;
-/// Most chunks one digest may have: bounds the reply (about 11 bytes of JSON each).
-pub const MAX_DIGEST_CHUNKS: u64 = 1 << 20;
-
-impl ControlRequest {
-    pub fn parse(line: &str) -> Result<ControlRequest, String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let number = |w: &str| {
-            w.parse::<u64>()
-                .map_err(|_| format!("{w:?} is not a number"))
-        };
-        match words.as_slice() {
-            ["status"] => Ok(ControlRequest::Status),
-            ["digest", chunk, rest @ ..] => {
-                let chunk_bytes = number(chunk)?;
-                if chunk_bytes == 0
-                    || chunk_bytes > MAX_DIGEST_CHUNK_BYTES
-                    || chunk_bytes % 512 != 0
-                {
-                    return Err(format!(
-                        "chunk must be a multiple of 512 up to {MAX_DIGEST_CHUNK_BYTES}"
-                    ));
-                }
-                let range = match rest {
-                    [] => None,
-                    [volume, offset, len] => {
-                        Some((volume.to_string(), number(offset)?, number(len)?))
-                    }
-                    _ => return Err("digest CHUNK [VOLUME OFFSET LEN]".into()),
-                };
-                Ok(ControlRequest::Digest { chunk_bytes, range })
-            }
-            _ => Err(format!(
-                "unknown request {line:?}: status | digest CHUNK [VOLUME OFFSET LEN]"
-            )),
-        }
-    }
-}
-
-/// An error reply.
-pub fn error_json(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

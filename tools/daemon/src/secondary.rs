@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ordo_core::protocol::{GroupId, VolumeId};
 use ordo_core::secondary::journal::{record_bytes, required_bytes};
 use ordo_core::secondary::{Secondary, SecondaryConfig};
@@ -22,15 +22,15 @@ use ordo_runtime::secondary_node::SecondaryNode;
 
 use crate::config::{print_banner, SecondaryOptions, SecondarySettings};
 use crate::report::{
-    error_json, ControlRequest, Link, RoleStatus, SecondaryCounters, SecondaryDataSets,
-    SecondaryReport, Status, Usage, VolumeReport,
+    Digest, Link, RoleStatus, SecondaryCounters, SecondaryDataSets, SecondaryReport, Status, Usage,
+    VolumeReport,
 };
 use ordo_runtime::idle::Round;
 
-use crate::control;
+use crate::control::{self, ControlReply, ControlRequest, DigestRequest};
 use crate::runner::{self, Rounds, Runtime};
 use crate::shared::{
-    describe_volumes, digest, digest_plan, init_logging, status_channel, status_json,
+    describe_volumes, digest, digest_plan, init_logging, status_channel, status_reply,
     termination_flag, StatusAsk,
 };
 use crate::volume::{Backend, Volume};
@@ -43,7 +43,7 @@ const DIGEST_QUIET_TIMEOUT_MS: u64 = 10_000;
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
 const JOURNAL_FILE: &str = "journal";
 
-type DigestJob = (ControlRequest, Sender<String>);
+type DigestJob = (DigestRequest, Sender<ControlReply>);
 
 pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     init_logging();
@@ -185,17 +185,16 @@ impl Control {
         let (volumes, max_io) = describe_volumes(&settings.volume, secondary.replicas());
         let (ask_sender, asks) = status_channel();
         let (job_sender, jobs) = crossbeam_channel::bounded::<DigestJob>(4);
-        let handler = move |line: &str| match ControlRequest::parse(line) {
-            Err(why) => error_json(&why),
-            Ok(ControlRequest::Status) => status_json(&ask_sender),
-            Ok(request) => {
+        let handler = move |request| match request {
+            ControlRequest::Status => status_reply(&ask_sender),
+            ControlRequest::Digest(request) => {
                 let (reply, answer) = crossbeam_channel::bounded(1);
-                if job_sender.try_send((request, reply)).is_err() {
-                    return error_json("too many digests at once");
+                let shutting_down = || ControlReply::error("the secondary is shutting down");
+                match job_sender.try_send((request, reply)) {
+                    Ok(()) => answer.recv().unwrap_or_else(|_| shutting_down()),
+                    Err(TrySendError::Full(_)) => ControlReply::error("too many digests at once"),
+                    Err(TrySendError::Disconnected(_)) => shutting_down(),
                 }
-                answer
-                    .recv()
-                    .unwrap_or_else(|_| error_json("the secondary is shutting down"))
             }
         };
         control::serve(&settings.control, Arc::new(handler))?;
@@ -222,7 +221,8 @@ impl Control {
         if let Some(((request, reply), since)) = self.digest.take() {
             match try_digest(node, &request, &self.volumes, self.max_io, now - since) {
                 Some(answer) => {
-                    let _ = reply.try_send(answer);
+                    let _ = reply
+                        .try_send(answer.map_or_else(ControlReply::error, ControlReply::Digest));
                     did = true;
                 }
                 None => self.digest = Some(((request, reply), since)),
@@ -420,30 +420,27 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// them; `None` to try again on a later round.
 fn try_digest(
     node: &mut SecondaryNode<Volume>,
-    request: &ControlRequest,
+    request: &DigestRequest,
     volumes: &[VolumeReport],
     max_io: u32,
     waited_ms: u64,
-) -> Option<String> {
-    let ControlRequest::Digest { chunk_bytes, .. } = request else {
-        return Some(error_json("not a digest request"));
-    };
+) -> Option<Result<Digest, String>> {
     let secondary = node.secondary_mut();
     let idle = secondary.replicas().iter().all(|r| r.in_flight() == 0);
     if !secondary.is_between_data_sets() || !idle {
         if waited_ms > DIGEST_QUIET_TIMEOUT_MS {
-            return Some(error_json("the secondary never paused between data sets"));
+            return Some(Err("the secondary never paused between data sets".into()));
         }
         return None;
     }
     let plan = match digest_plan(request, volumes) {
         Ok(plan) => plan,
-        Err(why) => return Some(error_json(&why)),
+        Err(why) => return Some(Err(why)),
     };
     let applied = secondary.applied().0;
     let result = digest(
         applied,
-        *chunk_bytes,
+        request.chunk_bytes,
         u64::from(max_io),
         volumes,
         &plan,
@@ -458,10 +455,7 @@ fn try_digest(
             }
         },
     );
-    Some(match result {
-        Ok(digest) => serde_json::to_string(&digest).unwrap_or_default(),
-        Err(why) => error_json(&why),
-    })
+    Some(result)
 }
 
 fn status_report(

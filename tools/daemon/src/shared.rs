@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::report::{ControlRequest, Digest, Status, VolumeDigest, VolumeReport};
+use crate::control::{ControlReply, DigestRange, DigestRequest, MAX_DIGEST_CHUNKS};
+use crate::report::{Digest, Status, VolumeDigest, VolumeReport};
 
 use crate::volume::{Volume, VolumeSpec};
 use ordo_core::storage::Storage;
@@ -55,10 +56,10 @@ pub fn ask_status(asks: &Sender<StatusAsk>) -> Option<Status> {
 }
 
 /// The status reply of the control socket.
-pub fn status_json(asks: &Sender<StatusAsk>) -> String {
+pub fn status_reply(asks: &Sender<StatusAsk>) -> ControlReply {
     match ask_status(asks) {
-        Some(status) => serde_json::to_string(&status).unwrap_or_default(),
-        None => crate::report::error_json("the daemon's poller did not answer"),
+        Some(status) => ControlReply::Status(Box::new(status)),
+        None => ControlReply::error("the daemon's poller did not answer"),
     }
 }
 
@@ -88,12 +89,12 @@ pub fn init_logging() {
 
 /// A digest request's volumes and ranges: `(index, offset, len)` of each volume to digest.
 pub fn digest_plan(
-    request: &ControlRequest,
+    request: &DigestRequest,
     volumes: &[VolumeReport],
 ) -> Result<Vec<(usize, u64, u64)>, String> {
-    let ControlRequest::Digest { range, chunk_bytes } = request else {
-        return Err("not a digest request".into());
-    };
+    // Checked when decoded; again here, where a zero chunk would divide by zero.
+    request.check().map_err(|e| e.to_string())?;
+    let DigestRequest { range, chunk_bytes } = request;
     if let Some(v) = volumes
         .iter()
         .find(|v| chunk_bytes % u64::from(v.block_size) != 0)
@@ -108,17 +109,16 @@ pub fn digest_plan(
         .iter()
         .map(|(_, _, len)| len.div_ceil(*chunk_bytes))
         .sum();
-    if chunks > crate::report::MAX_DIGEST_CHUNKS {
+    if chunks > MAX_DIGEST_CHUNKS {
         return Err(format!(
-            "{chunks} chunks of {chunk_bytes} bytes is over the {} a digest may have: ask for larger chunks",
-            crate::report::MAX_DIGEST_CHUNKS
+            "{chunks} chunks of {chunk_bytes} bytes is over the {MAX_DIGEST_CHUNKS} a digest may have: ask for larger chunks"
         ));
     }
     Ok(plan)
 }
 
 fn digest_ranges(
-    range: &Option<(String, u64, u64)>,
+    range: &Option<DigestRange>,
     volumes: &[VolumeReport],
 ) -> Result<Vec<(usize, u64, u64)>, String> {
     match range {
@@ -127,7 +127,11 @@ fn digest_ranges(
             .enumerate()
             .map(|(i, v)| (i, 0, v.size_bytes))
             .collect()),
-        Some((name, offset, len)) => {
+        Some(DigestRange {
+            volume: name,
+            offset,
+            len,
+        }) => {
             let index = volumes
                 .iter()
                 .position(|v| &v.name == name)

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const ORDO: &str = env!("CARGO_BIN_EXE_ordo");
 
@@ -92,7 +92,7 @@ impl Daemon {
             Duration::from_secs(30),
             || {
                 assert!(self.running(), "{name} exited: {}", self.log());
-                control_request(&control, "status").is_some()
+                control_request(&control, &status_request()).is_some()
             },
         );
     }
@@ -143,8 +143,19 @@ impl Daemon {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// Its status, as the control socket's JSON reply.
     pub fn status(&self) -> Value {
-        control_request(&self.control, "status").expect("the daemon answers")
+        let reply = control_request(&self.control, &status_request()).expect("the daemon answers");
+        assert_eq!(reply["reply"], "status", "{reply}");
+        reply
+    }
+
+    /// A digest of its volumes in chunks of `chunk_bytes`, as the JSON reply.
+    pub fn digest(&self, chunk_bytes: u64) -> Value {
+        let reply = control_request(&self.control, &digest_request(chunk_bytes))
+            .expect("the daemon answers");
+        assert_eq!(reply["reply"], "digest", "{reply}");
+        reply
     }
 }
 
@@ -157,8 +168,24 @@ impl Drop for Daemon {
     }
 }
 
-/// One control-socket request; `None` if nobody answers.
-pub fn control_request(path: &Path, line: &str) -> Option<Value> {
+/// `{"request":"status"}`
+pub fn status_request() -> Value {
+    json!({ "request": "status" })
+}
+
+/// `{"request":"digest","chunk_bytes":N}`: every volume whole.
+pub fn digest_request(chunk_bytes: u64) -> Value {
+    json!({ "request": "digest", "chunk_bytes": chunk_bytes })
+}
+
+/// One control-socket request, one JSON object on one line as a script sends it; the
+/// reply, or `None` if nobody answers.
+pub fn control_request(path: &Path, request: &Value) -> Option<Value> {
+    control_line(path, &request.to_string())
+}
+
+/// One line sent to a control socket as it is; the reply, or `None` if nobody answers.
+pub fn control_line(path: &Path, line: &str) -> Option<Value> {
     let mut stream = UnixStream::connect(path).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
@@ -263,7 +290,7 @@ impl Pair {
             if Instant::now() > deadline {
                 panic!(
                     "the secondary did not apply every closed data set in {limit:?}\nprimary: {s}\nsecondary: {:?}\nprimary log:\n{}\nsecondary log:\n{}",
-                    control_request(&self.secondary.control, "status"),
+                    control_request(&self.secondary.control, &status_request()),
                     self.primary.log(),
                     self.secondary.log()
                 );

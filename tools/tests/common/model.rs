@@ -10,9 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::nbd::NbdClient;
-use super::{
-    assert_verifies, control_request, number, wait_until, write_data, Daemon, Pair, BLOCK, CATCH_UP,
-};
+use super::{assert_verifies, number, wait_until, write_data, Daemon, Pair, BLOCK, CATCH_UP};
 
 /// What a queue-depth-1 client wrote: block and crc of every write in submission order
 /// (a write is logged before it is sent), and how many were acknowledged.
@@ -72,8 +70,7 @@ pub fn matching_prefix(replica: &[u32], writes: &[(usize, u32)]) -> Option<usize
 
 /// The secondary's replica, block by block, and the data set it is the image of.
 pub fn replica_digest(secondary: &Daemon) -> (u64, Vec<u32>) {
-    let digest = control_request(&secondary.control, "digest 4096").expect("a digest");
-    assert!(digest.get("error").is_none(), "{digest}");
+    let digest = secondary.digest(4096);
     let crcs = digest["volumes"][0]["crc32c"]
         .as_array()
         .unwrap()
