@@ -301,6 +301,7 @@ fn status_report(
             window_full: s.primary.window_full,
             reads: s.service.reads,
             writes_done: s.service.writes,
+            sub_block_writes: s.primary.sub_block_writes,
             lag_queue_full: s.service.lag_queue_full,
         },
     };

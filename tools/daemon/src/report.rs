@@ -144,6 +144,8 @@ pub struct PrimaryCounters {
     /// Reads served (NBD's and verify's), and writes completed.
     pub reads: u64,
     pub writes_done: u64,
+    /// Writes that started or ended inside a block, merged with the rest of it.
+    pub sub_block_writes: u64,
     /// Closed data sets the lag queue had no room to time (they replicate as usual):
     /// while one is unapplied, `lag_ms` understates the lag.
     pub lag_queue_full: u64,
@@ -257,6 +259,7 @@ pub(crate) mod tests {
                     window_full: 9,
                     reads: 13,
                     writes_done: 99,
+                    sub_block_writes: 11,
                     lag_queue_full: 4,
                 },
             }),
@@ -333,6 +336,7 @@ pub(crate) mod tests {
         assert_eq!(json["writes"]["wait_ms_max"], 20);
         assert_eq!(json["counters"]["retransmits"], 6);
         assert_eq!(json["counters"]["lag_queue_full"], 4);
+        assert_eq!(json["counters"]["sub_block_writes"], 11);
         assert_eq!(json["volumes"][0]["name"], "data");
         assert_eq!(json["pid"], 4242);
         // Nothing of the other role.
