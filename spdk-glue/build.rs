@@ -189,6 +189,7 @@ where /path/to/spdk/build/lib/pkgconfig holds spdk_bdev.pc. An SPDK installed wi
             .allowlist_function("spdk_bdev_write")
             .allowlist_function("spdk_bdev_read")
             .allowlist_function("spdk_bdev_flush")
+            .allowlist_function("spdk_bdev_write_zeroes")
             .allowlist_function("spdk_bdev_free_io")
             .allowlist_function("spdk_bdev_queue_io_wait")
             .allowlist_function("spdk_dma_zmalloc")

@@ -19,6 +19,10 @@ pub(crate) enum Op {
     Write,
     Read,
     Flush,
+    /// `spdk_bdev_write_zeroes`: the bdev layer writes zeros itself where the bdev has no
+    /// native command, so the range reads back as zeros on every bdev (an unmap would not
+    /// promise that).
+    Zero,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +118,7 @@ pub(crate) unsafe fn issue(slot: *mut Slot) {
                 submit(desc, channel, buf.cast(), offset, len, done, arg)
             }
             Op::Flush => sys::spdk_bdev_flush(desc, channel, offset, len, done, arg),
+            Op::Zero => sys::spdk_bdev_write_zeroes(desc, channel, offset, len, done, arg),
         }
     };
     if rc == 0 {

@@ -90,6 +90,15 @@ impl Storage for ContractBdev {
     ) -> Result<(), StorageError> {
         self.0.submit_write_with(tag, offset, len, fill)
     }
+    fn submit_write_zeroes(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    ) -> Result<(), StorageError> {
+        self.0.submit_write_zeroes(tag, offset, len, unmap)
+    }
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.0.submit_read(tag, offset, buf)
     }

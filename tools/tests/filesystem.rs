@@ -2,7 +2,8 @@
 //! export as a file, a loop device sits on it, `mkfs.ext4` formats it and the kernel
 //! mounts it. The kernel passes the loop device's 512-byte sectors through FUSE, so the
 //! export sees writes that start and end inside its 4 KiB blocks; the filesystem must
-//! come back fsck-clean, the files as written, and the replica equal to the primary.
+//! come back fsck-clean, the files as written, and the replica equal to the primary;
+//! fstrim's discards arrive as TRIM.
 //! Needs root, /dev/fuse and loop devices, and nbdfuse, e2fsprogs and util-linux (CI
 //! installs them).
 
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{assert_verifies, random_bytes, run, wait_until, Pair, CATCH_UP};
+use common::{assert_verifies, number, random_bytes, run, wait_until, Pair, CATCH_UP};
 
 /// The export as a block device: nbdfuse's file, a loop device on it, and where its
 /// filesystem is mounted, each undone on drop (in reverse) even when a test fails.
@@ -107,7 +108,17 @@ fn a_filesystem_made_through_nbdfuse_on_a_loop_device_is_fsck_clean_and_replicat
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &data).unwrap();
     }
+    // A file written and deleted, then fstrim: the loop device's discards reach the
+    // export through nbdfuse as TRIM, each a zeroing record replicated in its data set.
+    std::fs::write(mnt.join("scratch"), random_bytes(16 << 20, 99)).unwrap();
     run("sync", &[]);
+    std::fs::remove_file(mnt.join("scratch")).unwrap();
+    run("sync", &[]);
+    let zeroes = || number(&pair.primary.status(), &["counters", "zeroes"]);
+    let before = zeroes();
+    let trimmed = run("fstrim", &["-v", &mnt.display().to_string()]);
+    assert!(trimmed.contains("trimmed"), "{trimmed}");
+    assert!(zeroes() > before, "fstrim reached the export: {trimmed}");
     attached.unmount();
 
     // Mounted again from a cold cache: every file reads back as written.

@@ -33,6 +33,16 @@ pub enum Op {
         offset: u64,
         fua: bool,
     },
+    /// Make `len` bytes at `offset` (whole blocks) read back as zeros; with `unmap` they
+    /// may be deallocated (NBD's TRIM, WRITE_ZEROES without NO_HOLE). `buf` is unused. A
+    /// write in every other respect, `fua` included.
+    Zero {
+        volume: VolumeId,
+        offset: u64,
+        len: u32,
+        unmap: bool,
+        fua: bool,
+    },
     /// A consistency point: closes the open data set; the reply comes once every write
     /// acknowledged before it is durable on the primary's volumes.
     Flush,
@@ -349,6 +359,18 @@ impl<S: Storage> PrimaryService<S> {
                 (_, Op::Write { volume, offset, .. }) => primary
                     .submit_write(now_ms, volume, offset, &pending.request.buf, index as u64)
                     .map(drop),
+                (
+                    _,
+                    Op::Zero {
+                        volume,
+                        offset,
+                        len,
+                        unmap,
+                        ..
+                    },
+                ) => primary
+                    .submit_write_zeroes(now_ms, volume, offset, len, unmap, index as u64)
+                    .map(drop),
                 (_, Op::Read { .. }) if reads == READS_PER_ROUND => break,
                 (_, Op::Read { volume, offset }) => {
                     reads += 1;
@@ -399,8 +421,8 @@ impl<S: Storage> PrimaryService<S> {
                 let index = token as usize;
                 let pending = self.pending[index].as_mut().expect("a write in flight");
                 assert_eq!(pending.stage, Stage::Started);
-                let Op::Write { fua, .. } = pending.request.op else {
-                    unreachable!("WriteDone answers a write");
+                let (Op::Write { fua, .. } | Op::Zero { fua, .. }) = pending.request.op else {
+                    unreachable!("WriteDone answers a write or a zeroing");
                 };
                 self.stats.writes += 1;
                 if fua && result.is_ok() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use ordo_core::primary::{DataSetPolicy, Replication};
-use ordo_core::protocol::{stream_cost, GroupId};
+use ordo_core::protocol::{stream_cost, GroupId, MAX_LANES};
 use ordo_core::secondary::SecondaryConfig;
 use ordo_daemon::runner::Idle;
 use ordo_daemon::spdk::SpdkArgs;
@@ -289,7 +289,10 @@ impl BenchArgs {
 
     /// The pair's options (not with --target).
     fn validate_pair(&self) -> Result<()> {
-        ensure!((1..=64).contains(&self.lanes), "--lanes must be 1 to 64");
+        ensure!(
+            (1..=MAX_LANES).contains(&self.lanes),
+            "--lanes must be 1 to {MAX_LANES}"
+        );
         ensure!(
             self.link_delay_ms.is_finite() && (0.0..=10_000.0).contains(&self.link_delay_ms),
             "--link-delay-ms must be 0 to 10000"

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
@@ -40,21 +40,12 @@ fn write_to(results: &Results, out: &mut impl Write) -> Result<()> {
         ))
         .add_comment("[Histogram log format version 1.3]")
         .with_max_value_divisor(MAX_VALUE_DIVISOR);
-    let started = unix_seconds(&header.started).map(|s| UNIX_EPOCH + Duration::from_secs(s));
-    if let Some(started) = started {
-        builder
-            .with_start_time(started)
-            .with_base_time(started + ramp(results));
-    }
+    let started = SystemTime::from(header.started);
+    builder
+        .with_start_time(started)
+        .with_base_time(started + ramp(results));
     let mut serializer = V2DeflateSerializer::new();
     let mut log = builder.begin_log_with(out, &mut serializer)?;
-    if started.is_none() {
-        // Without a BaseTime readers take the timestamps for seconds since the epoch: say so.
-        log.write_comment(&format!(
-            "no StartTime or BaseTime: started {:?} is not RFC 3339 UTC to the second",
-            header.started
-        ))?;
-    }
     for (index, interval) in results.intervals.iter().enumerate() {
         let span = Duration::try_from_secs_f64(interval.start_s)
             .ok()
@@ -90,40 +81,6 @@ fn ramp(results: &Results) -> Duration {
         .and_then(|ramp_s| ramp_s.parse::<f64>().ok())
         .and_then(|ramp_s| Duration::try_from_secs_f64(ramp_s).ok())
         .unwrap_or(Duration::ZERO)
-}
-
-/// Seconds since the epoch of an RFC 3339 UTC time to the second, as the header's
-/// `started` is written (`2024-02-29T23:59:30Z`), or None for anything else.
-fn unix_seconds(rfc3339: &str) -> Option<u64> {
-    let (date, time) = rfc3339.strip_suffix('Z')?.split_once('T')?;
-    let fields = |text: &str, separator| -> Option<[u64; 3]> {
-        let mut parts = text.split(separator).map(|part| part.parse::<u64>().ok());
-        let fields = [parts.next()??, parts.next()??, parts.next()??];
-        parts.next().is_none().then_some(fields)
-    };
-    let [year, month, day] = fields(date, '-')?;
-    let [hour, minute, second] = fields(time, ':')?;
-    let valid = (1970..=9999).contains(&year)
-        && (1..=12).contains(&month)
-        && (1..=31).contains(&day)
-        && hour < 24
-        && minute < 60
-        && second <= 60;
-    if !valid {
-        return None;
-    }
-    // Days since 1970-01-01 (Howard Hinnant's days_from_civil, with March as month 0 so
-    // that the leap day ends the year); year >= 1970 keeps it non-negative.
-    let (year, month) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let year_of_era = year % 400;
-    let day_of_year = (153 * month + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = (year / 400) * 146_097 + day_of_era - 719_468;
-    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
 #[cfg(test)]
@@ -209,7 +166,6 @@ mod tests {
     #[test]
     fn odd_input_is_written_not_panicked_on() {
         let mut results = sample();
-        results.header.started = "yesterday".into();
         results.intervals[1].start_s = f64::NAN;
         results.intervals[2].length_s = -1.0;
         results.intervals[3].length_s = 0.0;
@@ -218,8 +174,7 @@ mod tests {
         let text = String::from_utf8(out).expect("utf-8");
         assert!(text.contains("#interval 1 left out: start NaN s"));
         assert!(text.contains("#interval 2 left out"));
-        let (times, lines) = read_back(&text);
-        assert!(times.is_empty(), "no BaseTime without a start");
+        let (_, lines) = read_back(&text);
         assert_eq!(lines.len(), 14 - 6);
 
         results.intervals.clear();
@@ -229,23 +184,5 @@ mod tests {
             read_back(&String::from_utf8(out).expect("utf-8")).1.len(),
             0
         );
-    }
-
-    #[test]
-    fn started_is_read_as_utc_seconds() {
-        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(unix_seconds("2000-03-01T00:00:00Z"), Some(951_868_800));
-        assert_eq!(unix_seconds("2024-02-29T23:59:30Z"), Some(1_709_251_170));
-        for odd in [
-            "",
-            "2024-02-29",
-            "2024-02-29T23:59:30",
-            "2024-13-01T00:00:00Z",
-            "1969-12-31T23:59:59Z",
-            "2024-02-29T23:59:30.5Z",
-            "2024-02-29T23:59:30:00Z",
-        ] {
-            assert_eq!(unix_seconds(odd), None, "{odd:?}");
-        }
     }
 }

@@ -2,7 +2,6 @@
 //! and the run's full configuration.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
@@ -26,7 +25,8 @@ pub(super) fn header(seed: u64, config: BTreeMap<String, String>) -> Result<Head
         .unwrap_or_else(|| "unknown".into());
     Ok(Header {
         ordo_version: env!("CARGO_PKG_VERSION").to_string(),
-        started: utc_now()?,
+        // To the second: a report says when it started, not how long setup took.
+        started: jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())?,
         seed,
         machine: Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -36,26 +36,4 @@ pub(super) fn header(seed: u64, config: BTreeMap<String, String>) -> Result<Head
         },
         config,
     })
-}
-
-/// The time now as RFC 3339 UTC, to the second.
-fn utc_now() -> Result<String> {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Ok(format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    ))
 }

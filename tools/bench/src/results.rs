@@ -140,8 +140,8 @@ pub struct Machine {
 #[derive(Clone, Debug, Serialize)]
 pub struct Header {
     pub ordo_version: String,
-    /// When the run started (RFC 3339, UTC).
-    pub started: String,
+    /// When the run started (RFC 3339, UTC, in the JSON report).
+    pub started: jiff::Timestamp,
     pub seed: u64,
     pub machine: Machine,
     /// The full effective configuration, option name to value.
@@ -208,7 +208,7 @@ pub const PERCENTILES: [f64; 5] = [50.0, 90.0, 99.0, 99.9, 99.99];
 pub(crate) fn sample() -> Results {
     let header = Header {
         ordo_version: "0.1.0-test".into(),
-        started: "2024-02-29T23:59:30Z".into(),
+        started: "2024-02-29T23:59:30Z".parse().unwrap(),
         seed: 42,
         machine: Machine {
             cores: 2,

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use ordo_core::protocol::MAX_LANES;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::Idle;
@@ -202,8 +203,8 @@ fn bounded(flag: &str, value: u64, max: u64) -> Result<u64> {
 
 fn lanes(lanes: usize) -> Result<usize> {
     ensure!(
-        (1..=64).contains(&lanes),
-        "--lanes must be 1 to 64, not {lanes}"
+        (1..=MAX_LANES).contains(&lanes),
+        "--lanes must be 1 to {MAX_LANES}, not {lanes}"
     );
     Ok(lanes)
 }

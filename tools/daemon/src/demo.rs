@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use ordo_core::primary::{DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent, SubmitError};
-use ordo_core::protocol::{DataSetId, GroupId, VolumeId};
+use ordo_core::protocol::{DataSetId, GroupId, VolumeId, MAX_LANES};
 use ordo_core::secondary::journal::required_bytes;
 use ordo_core::secondary::{Secondary, SecondaryConfig};
 use ordo_core::storage::{Geometry, MemStorage, Storage};
@@ -51,7 +51,10 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         args.seconds > 0.0 && args.seconds <= 3600.0,
         "--seconds must be in (0, 3600]"
     );
-    ensure!((1..=64).contains(&args.lanes), "--lanes must be 1 to 64");
+    ensure!(
+        (1..=MAX_LANES).contains(&args.lanes),
+        "--lanes must be 1 to {MAX_LANES}"
+    );
     ensure!(
         (1..=4096).contains(&args.volume_mib),
         "--volume-mib must be 1 to 4096"

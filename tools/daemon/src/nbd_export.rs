@@ -53,6 +53,42 @@ impl NbdVolume {
     }
 }
 
+impl NbdVolume {
+    /// Zeroes `len` bytes at `offset`: the whole blocks inside as one zeroing, and with
+    /// `edges` the partial blocks around them as writes of zeros, in that order of the
+    /// volume (head, whole blocks, tail), each acknowledged before the next starts.
+    fn zero(&self, offset: u64, len: u32, unmap: bool, fua: bool, edges: bool) -> Result<(), u32> {
+        if len == 0 {
+            return Err(EINVAL);
+        }
+        let block = u64::from(self.block_size);
+        let end = offset + u64::from(len);
+        let (inner_start, inner_end) = (offset.next_multiple_of(block), end - end % block);
+        if inner_start >= inner_end {
+            return match edges {
+                true => self.write(offset, &mut vec![0; len as usize], fua),
+                false => Ok(()),
+            };
+        }
+        if edges && offset < inner_start {
+            self.write(offset, &mut vec![0; (inner_start - offset) as usize], fua)?;
+        }
+        let op = Op::Zero {
+            volume: self.volume,
+            offset: inner_start,
+            // Lossless: inside a range of `len: u32` bytes.
+            len: (inner_end - inner_start) as u32,
+            unmap,
+            fua,
+        };
+        self.call(op, &mut Vec::new())?;
+        if edges && inner_end < end {
+            self.write(inner_end, &mut vec![0; (end - inner_end) as usize], fua)?;
+        }
+        Ok(())
+    }
+}
+
 fn errno(error: &ServiceError) -> u32 {
     match error {
         ServiceError::Submit(SubmitError::TooLarge { .. })
@@ -128,6 +164,23 @@ impl Export for NbdVolume {
 
     fn flush(&self) -> Result<(), u32> {
         self.call(Op::Flush, &mut Vec::new())
+    }
+
+    fn can_zero(&self) -> bool {
+        true
+    }
+
+    /// The whole blocks go as one zeroing record; the partial blocks at its ends (at most
+    /// one each) as sub-block writes of zeros.
+    fn write_zeroes(&self, offset: u64, len: u32, may_unmap: bool, fua: bool) -> Result<(), u32> {
+        self.zero(offset, len, may_unmap, fua, true)
+    }
+
+    /// Zeroes the whole blocks of the range, deallocating them, on both sides: what a
+    /// trimmed range reads back as is then the same on the replica. The partial blocks at
+    /// its ends keep their data, as NBD allows (a TRIM is advisory).
+    fn trim(&self, offset: u64, len: u32) -> Result<(), u32> {
+        self.zero(offset, len, true, false, false)
     }
 }
 

@@ -302,6 +302,7 @@ fn status_report(
             reads: s.service.reads,
             writes_done: s.service.writes,
             sub_block_writes: s.primary.sub_block_writes,
+            zeroes: s.primary.zeroes_accepted,
             lag_queue_full: s.service.lag_queue_full,
         },
     };

@@ -146,6 +146,8 @@ pub struct PrimaryCounters {
     pub writes_done: u64,
     /// Writes that started or ended inside a block, merged with the rest of it.
     pub sub_block_writes: u64,
+    /// Ranges zeroed (NBD's WRITE_ZEROES and TRIM), each one record whatever its length.
+    pub zeroes: u64,
     /// Closed data sets the lag queue had no room to time (they replicate as usual):
     /// while one is unapplied, `lag_ms` understates the lag.
     pub lag_queue_full: u64,
@@ -260,6 +262,7 @@ pub(crate) mod tests {
                     reads: 13,
                     writes_done: 99,
                     sub_block_writes: 11,
+                    zeroes: 12,
                     lag_queue_full: 4,
                 },
             }),
@@ -337,6 +340,7 @@ pub(crate) mod tests {
         assert_eq!(json["counters"]["retransmits"], 6);
         assert_eq!(json["counters"]["lag_queue_full"], 4);
         assert_eq!(json["counters"]["sub_block_writes"], 11);
+        assert_eq!(json["counters"]["zeroes"], 12);
         assert_eq!(json["volumes"][0]["name"], "data");
         assert_eq!(json["pid"], 4242);
         // Nothing of the other role.

@@ -322,6 +322,16 @@ impl Storage for Volume {
         self.inner_mut().submit_write_with(tag, offset, len, fill)
     }
 
+    fn submit_write_zeroes(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    ) -> Result<(), StorageError> {
+        self.inner_mut()
+            .submit_write_zeroes(tag, offset, len, unmap)
+    }
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.inner_mut().submit_read(tag, offset, buf)
     }

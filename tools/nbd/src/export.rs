@@ -27,6 +27,23 @@ pub trait Export: Send + Sync {
     fn write(&self, offset: u64, data: &mut Vec<u8>, fua: bool) -> Result<(), u32>;
     /// Returns once every write already acknowledged is durable.
     fn flush(&self) -> Result<(), u32>;
+    /// Whether it takes TRIM and WRITE_ZEROES (advertised to clients); if not, the
+    /// server answers them ENOTSUP without calling it.
+    fn can_zero(&self) -> bool {
+        false
+    }
+    /// Makes `len` bytes at `offset` read back as zeros; `may_unmap` (no NO_HOLE flag)
+    /// allows deallocating them; with `fua`, returns once that is durable.
+    fn write_zeroes(&self, offset: u64, len: u32, may_unmap: bool, fua: bool) -> Result<(), u32> {
+        let _ = (offset, len, may_unmap, fua);
+        Err(crate::ENOTSUP)
+    }
+    /// The client no longer needs `len` bytes at `offset` (advisory: what they read
+    /// back as afterwards is the export's choice).
+    fn trim(&self, offset: u64, len: u32) -> Result<(), u32> {
+        let _ = (offset, len);
+        Err(crate::ENOTSUP)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,10 @@ use std::net::TcpStream;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::export::{Export, ServeError};
-use crate::transmission::{self, Command, Request, CMD_FLAG_FUA, REQUEST_HEADER_BYTES};
+use crate::transmission::{
+    self, Command, Request, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE,
+    REQUEST_HEADER_BYTES,
+};
 use crate::{EINVAL, ENOTSUP, EOVERFLOW};
 
 /// Requests in flight per connection.
@@ -70,7 +73,8 @@ fn read_requests(
     loop {
         stream.read_exact(&mut header)?;
         let request = transmission::parse_request(&header)?.expect("a whole header was read");
-        if request.length > max {
+        // A TRIM or WRITE_ZEROES carries no data, so any length keeps the stream whole.
+        if request.length > max && request.buffer_len() > 0 {
             return Err(ServeError::RequestTooLarge(request.length));
         }
         if request.command == Command::Disconnect {
@@ -79,11 +83,15 @@ fn read_requests(
         // Waits while DEPTH requests are in flight: backpressure on the client.
         let mut buf = pool.recv().expect("the writer returns every buffer");
         // Grows only until the pool is warm, then reuses the capacity.
-        buf.resize(request.length as usize, 0);
+        buf.resize(request.buffer_len(), 0);
         stream.read_exact(&mut buf[..request.data_len()])?;
         let error = match request.command {
             Command::Read | Command::Write => in_range(export, &request).err(),
             Command::Flush => None,
+            Command::Trim | Command::WriteZeroes if !export.can_zero() => Some(ENOTSUP),
+            // Not offered (no NBD_FLAG_SEND_FAST_ZERO), so not to be asked for.
+            Command::WriteZeroes if request.flags & CMD_FLAG_FAST_ZERO != 0 => Some(EINVAL),
+            Command::Trim | Command::WriteZeroes => in_range(export, &request).err(),
             _ => Some(ENOTSUP),
         };
         let handle = request.handle;
@@ -128,9 +136,16 @@ fn work(export: &dyn Export, queue: &Receiver<Work>, done: &Sender<Done>) {
                 export.write(request.offset, &mut buf, request.flags & CMD_FLAG_FUA != 0)
             }
             Command::Flush => export.flush(),
+            Command::WriteZeroes => export.write_zeroes(
+                request.offset,
+                request.length,
+                request.flags & CMD_FLAG_NO_HOLE == 0,
+                request.flags & CMD_FLAG_FUA != 0,
+            ),
+            Command::Trim => export.trim(request.offset, request.length),
             _ => unreachable!("the reader answers other commands itself"),
         };
-        debug_assert!(result.is_err() || buf.len() == request.length as usize);
+        debug_assert!(result.is_err() || buf.len() == request.buffer_len());
         let reply = Done {
             handle: request.handle,
             error: result.err().unwrap_or(0),

@@ -13,13 +13,22 @@ use crate::handshake::{
 use crate::IHAVEOPT;
 use crate::{
     NbdError, MAX_OPTION_BYTES, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_SEND_FLUSH,
-    TFLAG_SEND_FUA,
+    TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES,
 };
 
 /// How long the handshake may take.
 const NEGOTIATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const FLAGS: u16 = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_CAN_MULTI_CONN;
+
+/// The transmission flags of `export`: every export's, and TRIM and WRITE_ZEROES if it
+/// takes them.
+fn flags(export: &dyn Export) -> u16 {
+    match export.can_zero() {
+        true => FLAGS | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES,
+        false => FLAGS,
+    }
+}
 
 /// Serves one client until it disconnects (`Ok`) or breaks the protocol (`Err`).
 pub fn serve(mut stream: TcpStream, exports: &[&dyn Export]) -> Result<(), ServeError> {
@@ -82,7 +91,7 @@ fn negotiate<'a>(
                 handshake::encode_export_name_reply(
                     &mut out,
                     export.size_bytes(),
-                    FLAGS,
+                    flags(export),
                     no_zeroes,
                 );
                 stream.write_all(&out)?;
@@ -109,7 +118,7 @@ fn negotiate<'a>(
                             maximum: export.max_request_bytes(),
                         };
                         let size = export.size_bytes();
-                        handshake::encode_info(&mut out, option, size, FLAGS, sizes);
+                        handshake::encode_info(&mut out, option, size, flags(export), sizes);
                         if go {
                             stream.write_all(&out)?;
                             return Ok(Some(export));

@@ -6,12 +6,18 @@ use crate::{be_u16, be_u32, be_u64, NbdError, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC}
 pub const REQUEST_HEADER_BYTES: usize = 28;
 pub const SIMPLE_REPLY_BYTES: usize = 16;
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// WRITE_ZEROES: the range must stay allocated (no hole punched).
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// WRITE_ZEROES: fail at once rather than zero slowly (only if the server offers it).
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
 /// Command numbers on the wire (what `Command::from_wire` decodes).
 pub const CMD_READ: u16 = 0;
 pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
+pub const CMD_TRIM: u16 = 4;
+pub const CMD_WRITE_ZEROES: u16 = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -52,6 +58,15 @@ impl Request {
     pub fn data_len(&self) -> usize {
         match self.command {
             Command::Write => self.length as usize,
+            _ => 0,
+        }
+    }
+
+    /// Bytes of data the request carries either way: a write's payload or a read's
+    /// reply. A TRIM or WRITE_ZEROES of any length carries none.
+    pub fn buffer_len(&self) -> usize {
+        match self.command {
+            Command::Read | Command::Write => self.length as usize,
             _ => 0,
         }
     }

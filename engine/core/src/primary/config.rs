@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 use crate::protocol::{
-    stream_cost, GroupId, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
+    stream_cost, GroupId, MAX_LANES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
     RECORD_OVERHEAD_BYTES,
 };
 
@@ -147,9 +147,9 @@ impl PrimaryConfig {
                 self.window_bytes
             )));
         }
-        if self.lanes == 0 || self.lanes > 64 {
+        if !(1..=MAX_LANES).contains(&self.lanes) {
             return Err(invalid(format!(
-                "lanes must be 1 to 64, not {}",
+                "lanes must be 1 to {MAX_LANES}, not {}",
                 self.lanes
             )));
         }

@@ -11,7 +11,7 @@ use super::stats::PrimaryStats;
 use super::tx::FrameSink;
 use crate::protocol::{
     check_hello, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame, VolumeInfo,
-    WriteFrame, RECORD_FRAME_OVERHEAD_BYTES,
+    WriteFrame, ZeroFrame, RECORD_FRAME_OVERHEAD_BYTES,
 };
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -154,7 +154,9 @@ impl Link {
                 }
                 Ok(())
             }
-            Frame::Write(_) | Frame::Sync(_) => Err(PeerError::Unexpected("a Write or Sync frame")),
+            Frame::Write(_) | Frame::Zero(_) | Frame::Sync(_) => {
+                Err(PeerError::Unexpected("a Write, Zero or Sync frame"))
+            }
         }
     }
 
@@ -339,6 +341,23 @@ fn send<S: FrameSink + ?Sized>(
                 payload: retention.payload(&record),
             };
             out.push_write(seq, &frame);
+        }
+        RecordKind::Zero {
+            volume,
+            offset,
+            len,
+            unmap,
+        } => {
+            let frame = ZeroFrame {
+                volume,
+                seq,
+                data_set: record.data_set,
+                offset,
+                len,
+                unmap,
+                stream_offset: record.stream_offset,
+            };
+            out.push(&Frame::Zero(frame));
         }
         RecordKind::Sync {
             first_seq,

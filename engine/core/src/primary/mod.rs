@@ -17,7 +17,7 @@ use thiserror::Error;
 pub use crate::protocol::PeerError;
 pub use config::{ConfigError, DataSetPolicy, PrimaryConfig, Replication};
 use link::Link;
-use retention::{RecordKind, Retention};
+use retention::{Covering, RecordKind, Retention};
 pub use stats::PrimaryStats;
 
 use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES};
@@ -238,30 +238,16 @@ impl<S: Storage> Primary<S> {
         } else {
             &merge[..len as usize]
         };
-        let seq = self.next_seq;
-        self.next_seq = seq.next();
-        if self.open.writes == 0 {
-            self.open.first_seq = seq;
-            self.open.opened_at_ms = now_ms;
-        }
         let kind = RecordKind::Write {
             volume,
             offset: start,
             len,
         };
-        self.retention.push(seq, self.open.id, kind, payload, token);
+        let seq = self.accept(now_ms, kind, payload, token);
         self.merge = merge;
-        self.released_unsent(seq);
-        self.open.writes += 1;
-        self.open.payload_bytes += u64::from(len);
         self.stats.writes_accepted += 1;
         if !aligned {
             self.stats.sub_block_writes += 1;
-        }
-        self.start_local_write(seq);
-        let policy = self.config.policy;
-        if self.open.writes >= policy.max_writes || self.open.payload_bytes >= policy.max_bytes {
-            self.close_data_set();
         }
         Ok(seq)
     }
@@ -291,19 +277,77 @@ impl<S: Storage> Primary<S> {
             let at = (edge - start) as usize;
             let out = &mut merge[at..at + block as usize];
             match self.retention.newest_covering(volume, edge) {
-                Some((record, payload)) => {
-                    let RecordKind::Write { offset: from, .. } = record.kind else {
-                        unreachable!("newest_covering finds writes");
-                    };
-                    let skip = (edge - from) as usize;
+                Some(Covering::Data { start, payload, .. }) => {
+                    let skip = (edge - start) as usize;
                     out.copy_from_slice(&payload[skip..skip + block as usize]);
                 }
+                Some(Covering::Zeroes { .. }) => out.fill(0),
                 None => self.read_volume(volume, edge, out)?,
             }
         }
         let at = (offset - start) as usize;
         merge[at..at + data.len()].copy_from_slice(data);
         Ok(())
+    }
+
+    /// Accepts a zeroing of `len` bytes at `offset` (whole blocks; the caller writes the
+    /// partial blocks at its ends as zeros, `submit_write`): a record in the open data set
+    /// like a write, with no payload, so it costs the stream and the journal a record
+    /// header whatever its length. `unmap` lets both sides deallocate the range (NBD's
+    /// TRIM, WRITE_ZEROES without NO_HOLE); it reads back as zeros either way. Its
+    /// `WriteDone` event is the application's acknowledgement.
+    pub fn submit_write_zeroes(
+        &mut self,
+        now_ms: u64,
+        volume: VolumeId,
+        offset: u64,
+        len: u32,
+        unmap: bool,
+        token: u64,
+    ) -> Result<Seq, SubmitError> {
+        if let Some(error) = &self.failed {
+            return Err(SubmitError::Failed(error.clone()));
+        }
+        let storage = self
+            .volumes
+            .get(usize::from(volume.0))
+            .ok_or(SubmitError::UnknownVolume(volume))?;
+        storage.geometry().check_zeroes(offset, u64::from(len))?;
+        if !self.retention.fits(stream_cost(0), RECORD_OVERHEAD_BYTES) {
+            self.close_data_set();
+            self.stats.window_full += 1;
+            return Err(SubmitError::WindowFull);
+        }
+        let kind = RecordKind::Zero {
+            volume,
+            offset,
+            len,
+            unmap,
+        };
+        let seq = self.accept(now_ms, kind, &[], token);
+        self.stats.zeroes_accepted += 1;
+        Ok(seq)
+    }
+
+    /// Gives an admitted write or zeroing its seq in the open data set, retains it,
+    /// starts it locally and closes the data set if the policy says so.
+    fn accept(&mut self, now_ms: u64, kind: RecordKind, payload: &[u8], token: u64) -> Seq {
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        if self.open.writes == 0 {
+            self.open.first_seq = seq;
+            self.open.opened_at_ms = now_ms;
+        }
+        self.retention.push(seq, self.open.id, kind, payload, token);
+        self.released_unsent(seq);
+        self.open.writes += 1;
+        self.open.payload_bytes += u64::from(kind.payload_len());
+        self.start_local_write(seq);
+        let policy = self.config.policy;
+        if self.open.writes >= policy.max_writes || self.open.payload_bytes >= policy.max_bytes {
+            self.close_data_set();
+        }
+        seq
     }
 
     /// A consistency point: closes the open data set and reports `FlushDone` once every
@@ -393,13 +437,19 @@ impl<S: Storage> Primary<S> {
             .retention
             .get(seq)
             .expect("a write is retained until done locally");
-        let RecordKind::Write {
-            volume,
-            offset,
-            len,
-        } = record.kind
-        else {
-            unreachable!("only writes are written locally");
+        let (volume, offset, len) = match record.kind {
+            RecordKind::Write {
+                volume,
+                offset,
+                len,
+            }
+            | RecordKind::Zero {
+                volume,
+                offset,
+                len,
+                ..
+            } => (volume, offset, len),
+            RecordKind::Sync { .. } => unreachable!("only writes and zeroings are done locally"),
         };
         let storage = &mut self.volumes[usize::from(volume.0)];
         if self.local_in_flight.is_full()
@@ -410,7 +460,13 @@ impl<S: Storage> Primary<S> {
         {
             return false;
         }
-        match storage.submit_write(seq.0, offset, self.retention.payload(&record)) {
+        let submitted = match record.kind {
+            RecordKind::Zero { unmap, .. } => {
+                storage.submit_write_zeroes(seq.0, offset, u64::from(len), unmap)
+            }
+            _ => storage.submit_write(seq.0, offset, self.retention.payload(&record)),
+        };
+        match submitted {
             Ok(()) => {
                 self.local_in_flight
                     .insert(seq.0, volume, offset, u64::from(len));

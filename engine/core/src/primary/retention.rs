@@ -45,6 +45,19 @@ impl Record {
     }
 }
 
+/// What the newest retained record covering a byte left there (`newest_covering`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Covering<'a> {
+    /// A write of `seq`, whose payload starts at volume offset `start`.
+    Data {
+        seq: Seq,
+        start: u64,
+        payload: &'a [u8],
+    },
+    /// A zeroed range.
+    Zeroes { seq: Seq },
+}
+
 #[derive(Debug)]
 pub struct Retention {
     window_bytes: u64,
@@ -164,20 +177,34 @@ impl Retention {
         self.index(seq).map(|i| &mut self.records[i])
     }
 
-    /// The newest retained write on `volume` that covers the byte at `offset`, and its
-    /// payload. Retention holds a contiguous run of the newest records (it frees only from
-    /// the front), so when there is none, every write that ever covered that byte is
-    /// written on the volume. A scan, for the rare sub-block write, not the hot path.
-    pub fn newest_covering(&self, volume: VolumeId, offset: u64) -> Option<(&Record, &[u8])> {
-        let record = self.records.iter().rev().find(|r| match r.kind {
+    /// What the newest retained write or zeroing on `volume` that covers the byte at
+    /// `offset` left there. Retention holds a contiguous run of the newest records (it
+    /// frees only from the front), so when there is none, every write that ever covered
+    /// that byte is written on the volume. A scan, for the rare sub-block write, not the
+    /// hot path.
+    pub fn newest_covering(&self, volume: VolumeId, offset: u64) -> Option<Covering<'_>> {
+        self.records.iter().rev().find_map(|r| match r.kind {
             RecordKind::Write {
                 volume: v,
                 offset: start,
                 len,
-            } => v == volume && start <= offset && offset < start + u64::from(len),
-            RecordKind::Sync { .. } => false,
-        })?;
-        Some((record, self.payload(record)))
+            } if v == volume && start <= offset && offset < start + u64::from(len) => {
+                Some(Covering::Data {
+                    seq: r.seq,
+                    start,
+                    payload: self.payload(r),
+                })
+            }
+            RecordKind::Zero {
+                volume: v,
+                offset: start,
+                len,
+                ..
+            } if v == volume && start <= offset && offset < start + u64::from(len) => {
+                Some(Covering::Zeroes { seq: r.seq })
+            }
+            _ => None,
+        })
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Record> {
@@ -273,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_covering_write_is_found_and_syncs_never_are() {
+    fn the_newest_covering_write_or_zeroing_is_found_and_syncs_never_are() {
         let mut retention = Retention::new(1 << 20, 8192, 16);
         let at = |offset, len| RecordKind::Write {
             volume: VolumeId(1),
@@ -287,20 +314,27 @@ mod tests {
             write_count: 2,
         };
         retention.push(Seq(3), DataSetId(1), sync, &[], 0);
-        let found = |offset| {
-            retention
-                .newest_covering(VolumeId(1), offset)
-                .map(|(r, payload)| (r.seq, payload[0]))
+        let zero = RecordKind::Zero {
+            volume: VolumeId(1),
+            offset: 4096,
+            len: 8192,
+            unmap: true,
+        };
+        retention.push(Seq(4), DataSetId(2), zero, &[], 0);
+        let found = |offset| match retention.newest_covering(VolumeId(1), offset) {
+            Some(Covering::Data {
+                seq,
+                start,
+                payload,
+            }) => Some((seq, payload[(offset - start) as usize])),
+            Some(Covering::Zeroes { seq }) => Some((seq, 0)),
+            None => None,
         };
         assert_eq!(found(0), Some((Seq(1), 1)));
         assert_eq!(found(4095), Some((Seq(1), 1)));
-        assert_eq!(found(4096), Some((Seq(2), 2)), "the newer one wins");
-        assert_eq!(found(8192), None, "past every write");
-        assert_eq!(
-            retention
-                .newest_covering(VolumeId(0), 0)
-                .map(|(r, _)| r.seq),
-            None
-        );
+        assert_eq!(found(4096), Some((Seq(4), 0)), "the zeroing is newer");
+        assert_eq!(found(12287), Some((Seq(4), 0)));
+        assert_eq!(found(12288), None, "past every write");
+        assert_eq!(retention.newest_covering(VolumeId(0), 0), None);
     }
 }

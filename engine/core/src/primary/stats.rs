@@ -7,6 +7,8 @@ pub struct PrimaryStats {
     pub writes_accepted: u64,
     /// Writes that started or ended inside a block, merged with the rest of it.
     pub sub_block_writes: u64,
+    /// Ranges zeroed (NBD's WRITE_ZEROES and TRIM).
+    pub zeroes_accepted: u64,
     /// Writes refused because the retention window was full (each was retried).
     pub window_full: u64,
     pub data_sets_closed: u64,

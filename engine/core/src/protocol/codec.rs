@@ -4,7 +4,8 @@
 
 use super::frame::{
     AckFrame, AppliedFrame, Frame, Hello, ResumeState, Role, SeqRange, SyncFrame, VolumeInfo,
-    WriteFrame, MAX_ACK_RANGES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
+    WriteFrame, ZeroFrame, MAX_ACK_RANGES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES,
+    MAX_WRITE_PAYLOAD_BYTES,
 };
 use super::ids::{DataSetId, GroupId, Seq, VolumeId};
 use DecodeError::{
@@ -12,7 +13,8 @@ use DecodeError::{
 };
 
 pub const MAGIC: u32 = 0x4F52_444F;
-pub const VERSION: u8 = 1;
+/// 2: `Zero` frames (a range zeroed, NBD's WRITE_ZEROES and TRIM).
+pub const VERSION: u8 = 2;
 pub const HEADER_BYTES: usize = 16;
 
 const KIND_HELLO: u8 = 1;
@@ -20,6 +22,7 @@ const KIND_WRITE: u8 = 2;
 const KIND_SYNC: u8 = 3;
 const KIND_ACK: u8 = 4;
 const KIND_APPLIED: u8 = 5;
+const KIND_ZERO: u8 = 6;
 
 const BODY_LEN_OFFSET: usize = 8;
 const CRC_OFFSET: usize = 12;
@@ -29,6 +32,9 @@ const VOLUME_ENTRY_BYTES: usize = 48;
 const RANGE_BYTES: usize = 16;
 const WRITE_FIXED_BYTES: usize = 40;
 const SYNC_BYTES: usize = 40;
+const ZERO_BYTES: usize = 40;
+/// `Zero` flags: the storage may deallocate the range.
+const ZERO_UNMAP: u16 = 1;
 const ACK_FIXED_BYTES: usize = 8;
 const APPLIED_BYTES: usize = 24;
 const HELLO_MAX_BYTES: usize =
@@ -38,7 +44,8 @@ const ACK_MAX_BYTES: usize = ACK_FIXED_BYTES + MAX_ACK_RANGES * RANGE_BYTES;
 pub const MAX_BODY_BYTES: usize = WRITE_FIXED_BYTES + MAX_WRITE_PAYLOAD_BYTES as usize;
 /// What a record's frame (`Write` or `Sync`) adds to its payload: header and fixed fields.
 pub const RECORD_FRAME_OVERHEAD_BYTES: usize = HEADER_BYTES + WRITE_FIXED_BYTES;
-const _: () = assert!(SYNC_BYTES <= WRITE_FIXED_BYTES);
+const _: () = assert!(SYNC_BYTES <= WRITE_FIXED_BYTES && ZERO_BYTES <= WRITE_FIXED_BYTES);
+const _: () = assert!(ZERO_BYTES == 2 + 2 + 4 + 4 * 8);
 /// The largest frame that carries no payload (`Hello` with every volume and range, `Ack`).
 pub const MAX_CONTROL_FRAME_BYTES: usize = HEADER_BYTES + HELLO_MAX_BYTES;
 const _: () = assert!(HELLO_MAX_BYTES >= ACK_MAX_BYTES && HELLO_MAX_BYTES >= APPLIED_BYTES);
@@ -94,6 +101,15 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             put_u64s(out, &[write.seq.0, write.data_set.0]);
             put_u64s(out, &[write.offset, write.stream_offset]);
             out.extend_from_slice(write.payload);
+        }
+        Frame::Zero(zero) => {
+            assert!(zero.len > 0, "{zero:?}: an empty range");
+            out.extend_from_slice(&zero.volume.0.to_le_bytes());
+            let flags = if zero.unmap { ZERO_UNMAP } else { 0 };
+            out.extend_from_slice(&flags.to_le_bytes());
+            out.extend_from_slice(&zero.len.to_le_bytes());
+            put_u64s(out, &[zero.seq.0, zero.data_set.0]);
+            put_u64s(out, &[zero.offset, zero.stream_offset]);
         }
         Frame::Sync(sync) => {
             let closing_seq = sync.first_seq.0.checked_add(sync.write_count);
@@ -176,6 +192,7 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
                 stream_offset,
             })
         }
+        KIND_ZERO => Frame::Zero(decode_zero(r)?),
         KIND_ACK => Frame::Ack(decode_ack(r, body_len)?),
         KIND_APPLIED => {
             let [data_set, applied_seq, stream_end] = r.u64s()?;
@@ -227,6 +244,7 @@ fn decode_header(buf: &[u8]) -> Result<Header, DecodeError> {
         KIND_HELLO => (HELLO_FIXED_BYTES, HELLO_MAX_BYTES),
         KIND_WRITE => (WRITE_FIXED_BYTES, MAX_BODY_BYTES),
         KIND_SYNC => (SYNC_BYTES, SYNC_BYTES),
+        KIND_ZERO => (ZERO_BYTES, ZERO_BYTES),
         KIND_ACK => (ACK_FIXED_BYTES, ACK_MAX_BYTES),
         KIND_APPLIED => (APPLIED_BYTES, APPLIED_BYTES),
         _ => return Err(UnknownKind(kind)),
@@ -337,6 +355,28 @@ fn decode_write<'a>(r: &mut Reader<'a>, body_len: u32) -> Result<WriteFrame<'a>,
     })
 }
 
+fn decode_zero(r: &mut Reader<'_>) -> Result<ZeroFrame, DecodeError> {
+    let volume = VolumeId(r.u16()?);
+    let flags = r.u16()?;
+    let len = r.u32()?;
+    let [seq, data_set, offset, stream_offset] = r.u64s()?;
+    if flags & !ZERO_UNMAP != 0 {
+        return Err(Malformed("unknown flags in zero"));
+    }
+    if len == 0 {
+        return Err(Malformed("zero of an empty range"));
+    }
+    Ok(ZeroFrame {
+        volume,
+        seq: Seq(seq),
+        data_set: DataSetId(data_set),
+        offset,
+        len,
+        unmap: flags & ZERO_UNMAP != 0,
+        stream_offset,
+    })
+}
+
 fn decode_ack(r: &mut Reader<'_>, body_len: u32) -> Result<AckFrame, DecodeError> {
     let range_count = usize::from(r.u16()?);
     r.zeros(6, "non-zero padding in ack")?;
@@ -431,6 +471,7 @@ fn kind_and_body_len(frame: &Frame<'_>) -> (u8, usize) {
             assert!(payload_len <= payload_max, "payload of {payload_len} bytes");
             (KIND_WRITE, WRITE_FIXED_BYTES + payload_len)
         }
+        Frame::Zero(_) => (KIND_ZERO, ZERO_BYTES),
         Frame::Sync(_) => (KIND_SYNC, SYNC_BYTES),
         Frame::Ack(ack) => (KIND_ACK, ACK_FIXED_BYTES + ranges(ack.ranges.len())),
         Frame::Applied(_) => (KIND_APPLIED, APPLIED_BYTES),

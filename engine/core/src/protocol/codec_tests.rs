@@ -84,6 +84,24 @@ fn samples() -> Vec<Frame<'static>> {
             applied_seq: Seq(46),
             stream_end: u64::MAX,
         }),
+        Frame::Zero(ZeroFrame {
+            volume: VolumeId(1),
+            seq: Seq(44),
+            data_set,
+            offset: 1 << 20,
+            len: u32::MAX - 4095,
+            unmap: true,
+            stream_offset,
+        }),
+        Frame::Zero(ZeroFrame {
+            volume: VolumeId(0),
+            seq: Seq(45),
+            data_set,
+            offset: 0,
+            len: 512,
+            unmap: false,
+            stream_offset: stream_offset + 4096,
+        }),
     ]
 }
 
@@ -173,11 +191,12 @@ fn corrupt_body_is_a_crc_mismatch() {
 #[test]
 fn bad_fields_give_typed_errors() {
     let samples = samples();
-    let [hello, write, sync, ack, applied] = [0, 2, 4, 5, 7].map(|i| encoded(&samples[i]));
+    let [hello, write, sync, ack, applied, zero] = [0, 2, 4, 5, 7, 8].map(|i| encoded(&samples[i]));
     let name_at = HEADER_BYTES + HELLO_FIXED_BYTES + 16;
     let cases: &[(&[u8], usize, &[u8], &str)] = &[
         (&applied, 0, &[0; 4], "bad magic 0x00000000"),
-        (&applied, 4, &[2], "unsupported protocol version 2"),
+        (&applied, 4, &[1], "unsupported protocol version 1"),
+        (&applied, 4, &[3], "unsupported protocol version 3"),
         (&applied, 5, &[0], "unknown frame kind 0"),
         (&applied, 6, &[1], "non-zero reserved header field"),
         (&sync, 8, &[41], "body length 41 invalid for frame kind 3"),
@@ -213,6 +232,9 @@ fn bad_fields_give_typed_errors() {
             &[0xff; 8],
             "sync seq is not first_seq + write_count",
         ),
+        (&zero, 8, &[41], "body length 41 invalid for frame kind 6"),
+        (&zero, 18, &[2], "unknown flags in zero"),
+        (&zero, 20, &[0; 4], "zero of an empty range"),
         (&ack, 18, &[1], "non-zero padding in ack"),
         (&ack, 24, &[11], "seq range with first > last"),
         (&ack, 16, &[129], "too many seq ranges in ack"),
@@ -286,7 +308,20 @@ fn arb_owned_frame() -> impl Strategy<Value = Frame<'static>> {
             stream_end,
         })
     });
-    prop_oneof![arb_hello().prop_map(Frame::Hello), sync, ack, applied]
+    let zero = (any::<(u16, u32, bool)>(), any::<[u64; 4]>()).prop_map(
+        |((volume, len, unmap), [seq, data_set, offset, stream_offset])| {
+            Frame::Zero(ZeroFrame {
+                volume: VolumeId(volume),
+                seq: Seq(seq),
+                data_set: DataSetId(data_set),
+                offset,
+                len: len.max(1),
+                unmap,
+                stream_offset,
+            })
+        },
+    );
+    prop_oneof![arb_hello().prop_map(Frame::Hello), sync, ack, applied, zero]
 }
 
 /// A `Write` borrows its payload, so strategies produce its fields and tests build it.

@@ -1,21 +1,33 @@
 //! The frames of the wire protocol, as typed values. `codec` turns them into bytes and back.
 //!
-//! Every record that occupies a place in the replication stream (`Write` and `Sync`) has
+//! Every record that occupies a place in the replication stream (`Write`, `Zero` and
+//! `Sync`) has
 //! a `seq` and a `stream_offset`: the byte position of the record in the stream, where a
 //! record costs `stream_cost(payload_len)` bytes. A data set `d` is the seq range
 //! `[first_seq, first_seq + write_count)` of writes, closed by the sync record whose own
-//! seq is `first_seq + write_count`.
+//! seq is `first_seq + write_count`; a `Zero` (a range to read back as zeros, with no
+//! payload) counts among its writes.
 
 use super::ids::{DataSetId, GroupId, Seq, VolumeId};
 
-/// What a record of the replication stream is: a write (where it goes, how long it is) or
-/// the sync that closes a data set. Retention, staging and the journal all keep this.
+/// What a record of the replication stream is: a write (where it goes, how long it is), a
+/// range zeroed, or the sync that closes a data set. Retention, staging and the journal
+/// all keep this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
     Write {
         volume: VolumeId,
         offset: u64,
         len: u32,
+    },
+    /// `len` bytes at `offset` read back as zeros from now on; with `unmap` the storage
+    /// may deallocate them (NBD's TRIM, or WRITE_ZEROES without NO_HOLE) instead of
+    /// writing zeros. No payload.
+    Zero {
+        volume: VolumeId,
+        offset: u64,
+        len: u32,
+        unmap: bool,
     },
     Sync {
         first_seq: Seq,
@@ -27,13 +39,16 @@ impl RecordKind {
     pub fn payload_len(&self) -> u32 {
         match self {
             RecordKind::Write { len, .. } => *len,
-            RecordKind::Sync { .. } => 0,
+            RecordKind::Zero { .. } | RecordKind::Sync { .. } => 0,
         }
     }
 }
 
 /// Most volumes one replication group may hold.
 pub const MAX_VOLUMES: usize = 64;
+/// Most lanes (TCP connections) one primary opens to its secondary: each lane has its
+/// own receiver thread on the secondary, and one data set spreads over all of them.
+pub const MAX_LANES: usize = 64;
 /// Longest volume name, in bytes (UTF-8).
 pub const MAX_VOLUME_NAME_BYTES: usize = 32;
 /// Most seq ranges one `Ack` frame (or the resume list of a `Hello`) carries.
@@ -123,6 +138,20 @@ pub struct WriteFrame<'a> {
     pub payload: &'a [u8],
 }
 
+/// A range of a volume zeroed, in a data set like a write (see `RecordKind::Zero`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZeroFrame {
+    pub volume: VolumeId,
+    pub seq: Seq,
+    pub data_set: DataSetId,
+    /// Byte offset on the volume.
+    pub offset: u64,
+    /// Bytes zeroed; never 0.
+    pub len: u32,
+    pub unmap: bool,
+    pub stream_offset: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncFrame {
     /// The sync record's own seq: `first_seq + write_count`.
@@ -151,6 +180,7 @@ pub struct AppliedFrame {
 pub enum Frame<'a> {
     Hello(Hello),
     Write(WriteFrame<'a>),
+    Zero(ZeroFrame),
     Sync(SyncFrame),
     Ack(AckFrame),
     Applied(AppliedFrame),

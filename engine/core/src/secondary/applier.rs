@@ -208,13 +208,21 @@ impl Applier {
                 SlotState::Durable,
                 "a complete data set is durable"
             );
-            let RecordKind::Write {
-                volume,
-                offset,
-                len,
-            } = slot.kind
-            else {
-                unreachable!("seqs inside a data set are writes");
+            let (volume, offset, len) = match slot.kind {
+                RecordKind::Write {
+                    volume,
+                    offset,
+                    len,
+                }
+                | RecordKind::Zero {
+                    volume,
+                    offset,
+                    len,
+                    ..
+                } => (volume, offset, len),
+                RecordKind::Sync { .. } => {
+                    unreachable!("seqs inside a data set are writes and zeroings")
+                }
             };
             let replica = &mut replicas[usize::from(volume.0)];
             if self.in_flight.is_full()
@@ -223,7 +231,13 @@ impl Applier {
             {
                 return Ok(next);
             }
-            match replica.submit_write(next.0, offset, staging.payload(next)) {
+            let submitted = match slot.kind {
+                RecordKind::Zero { unmap, .. } => {
+                    replica.submit_write_zeroes(next.0, offset, u64::from(len), unmap)
+                }
+                _ => replica.submit_write(next.0, offset, staging.payload(next)),
+            };
+            match submitted {
                 Ok(()) => {}
                 Err(StorageError::QueueFull(_)) => return Ok(next),
                 Err(error) => return Err(error),

@@ -3,7 +3,7 @@
 use crate::primary::config::{MAX_INTERVAL_MS, MAX_WINDOW_BYTES};
 use crate::primary::ConfigError;
 use crate::protocol::{
-    stream_cost, GroupId, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
+    stream_cost, GroupId, MAX_LANES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
     RECORD_OVERHEAD_BYTES,
 };
 
@@ -96,8 +96,11 @@ impl SecondaryConfig {
                 "applied interval must be 1 to {MAX_INTERVAL_MS} ms"
             ));
         }
-        if self.lanes == 0 || self.lanes > 64 {
-            return invalid(format!("lanes must be 1 to 64, not {}", self.lanes));
+        if !(1..=MAX_LANES).contains(&self.lanes) {
+            return invalid(format!(
+                "lanes must be 1 to {MAX_LANES}, not {}",
+                self.lanes
+            ));
         }
         Ok(())
     }

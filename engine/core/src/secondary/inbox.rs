@@ -23,7 +23,7 @@ use ordo_lockfree::{ArenaWriter, Producer, Rejected};
 
 use crate::protocol::{
     check_hello, stream_cost, DataSetId, Frame, Hello, PeerError, RecordKind, Role, Seq, SyncFrame,
-    WriteFrame,
+    WriteFrame, ZeroFrame,
 };
 use crate::storage::Geometry;
 
@@ -144,11 +144,12 @@ impl Inbox {
     pub fn deliver(&self, frame: &Frame<'_>, ready: bool) -> Result<Delivered, PeerError> {
         match frame {
             Frame::Hello(theirs) => self.check_hello(theirs).map(|()| Delivered::Hello),
-            Frame::Write(_) | Frame::Sync(_) if !ready => {
+            Frame::Write(_) | Frame::Zero(_) | Frame::Sync(_) if !ready => {
                 self.counters.before_hello.fetch_add(1, Ordering::Relaxed);
                 Ok(Delivered::BeforeHello)
             }
             Frame::Write(write) => self.receive_write(write).map(Delivered::Record),
+            Frame::Zero(zero) => self.receive_zero(zero).map(Delivered::Record),
             Frame::Sync(sync) => self.receive_sync(sync).map(Delivered::Record),
             Frame::Ack(_) | Frame::Applied(_) => {
                 Err(PeerError::Unexpected("an Ack or Applied frame"))
@@ -180,6 +181,27 @@ impl Inbox {
             },
         };
         self.receive(write.seq, staged, write.payload)
+    }
+
+    pub fn receive_zero(&self, zero: &ZeroFrame) -> Result<Received, PeerError> {
+        let volume = self
+            .volumes
+            .get(usize::from(zero.volume.0))
+            .ok_or(PeerError::BadWrite(format!("no volume {}", zero.volume.0)))?;
+        volume
+            .check_zeroes(zero.offset, u64::from(zero.len))
+            .map_err(|e| PeerError::BadWrite(e.to_string()))?;
+        let staged = Staged {
+            data_set: zero.data_set,
+            stream_offset: zero.stream_offset,
+            kind: RecordKind::Zero {
+                volume: zero.volume,
+                offset: zero.offset,
+                len: zero.len,
+                unmap: zero.unmap,
+            },
+        };
+        self.receive(zero.seq, staged, &[])
     }
 
     pub fn receive_sync(&self, sync: &SyncFrame) -> Result<Received, PeerError> {

@@ -161,14 +161,21 @@ impl RecordHeader {
         out[..RECORD_HEADER_BYTES].fill(0);
         out[end..].fill(0);
         put_u32(out, 0, RECORD_MAGIC);
-        let (kind, volume, a, b) = match self.kind {
-            RecordKind::Write { volume, offset, .. } => (1u8, volume.0, offset, 0),
+        let (kind, flags, volume, a, b) = match self.kind {
+            RecordKind::Write { volume, offset, .. } => (1u8, 0, volume.0, offset, 0),
             RecordKind::Sync {
                 first_seq,
                 write_count,
-            } => (2u8, 0, first_seq.0, write_count),
+            } => (2u8, 0, 0, first_seq.0, write_count),
+            RecordKind::Zero {
+                volume,
+                offset,
+                len,
+                unmap,
+            } => (3u8, u8::from(unmap), volume.0, offset, u64::from(len)),
         };
         out[4] = kind;
+        out[5] = flags;
         out[6..8].copy_from_slice(&volume.to_le_bytes());
         put_u32(out, 8, self.kind.payload_len());
         put_u64(out, 16, self.lsn);
@@ -199,6 +206,12 @@ impl RecordHeader {
             2 if payload_len == 0 => RecordKind::Sync {
                 first_seq: Seq(a),
                 write_count: b,
+            },
+            3 if payload_len == 0 && block[5] <= 1 => RecordKind::Zero {
+                volume: VolumeId(u16::from_le_bytes([block[6], block[7]])),
+                offset: a,
+                len: u32::try_from(b).ok().filter(|&len| len > 0)?,
+                unmap: block[5] == 1,
             },
             _ => return None,
         };

@@ -59,6 +59,41 @@ fn records_survive_a_reopen_in_log_order() {
 }
 
 #[test]
+fn a_zeroing_record_survives_a_reopen_with_its_range_and_flag() {
+    let mut journal = fresh();
+    let zero = |seq: u64, unmap| RecordHeader {
+        kind: RecordKind::Zero {
+            volume: VolumeId(1),
+            offset: seq << 20,
+            len: u32::MAX - 511,
+            unmap,
+        },
+        ..header(seq, 0)
+    };
+    journal.append(1, zero(1, true), &[]).unwrap();
+    journal.append(2, header(2, 4096), &[2; 4096]).unwrap();
+    journal.append(3, zero(3, false), &[]).unwrap();
+    settle(&mut journal);
+    let mut reopened = Journal::open(journal.into_storage(), GROUP).unwrap();
+    let mut kinds = Vec::new();
+    reopened.scan(|r| kinds.push(r.header.kind)).unwrap();
+    assert_eq!(
+        kinds,
+        [
+            zero(1, true).kind,
+            header(2, 4096).kind,
+            zero(3, false).kind
+        ]
+    );
+    let header_only = record_bytes(0, 4096);
+    assert_eq!(
+        reopened.used_bytes(),
+        2 * header_only + record_bytes(4096, 4096),
+        "a zeroing costs a header whatever its length"
+    );
+}
+
+#[test]
 fn a_torn_record_ends_the_log() {
     let mut journal = fresh();
     let mut lsns = Vec::new();

@@ -219,13 +219,19 @@ pub(super) fn drain_all<S: Storage>(journal: &mut S, replicas: &mut [S]) {
 /// Whether a record found in the journal fits the replicas this secondary has (it was
 /// checked on arrival, but the configuration may have changed since).
 fn fits_replicas<S: Storage>(replicas: &[S], header: &RecordHeader) -> Result<(), String> {
-    let RecordKind::Write {
-        volume,
-        offset,
-        len,
-    } = header.kind
-    else {
-        return Ok(());
+    let (volume, offset, len, zeroes) = match header.kind {
+        RecordKind::Write {
+            volume,
+            offset,
+            len,
+        } => (volume, offset, len, false),
+        RecordKind::Zero {
+            volume,
+            offset,
+            len,
+            ..
+        } => (volume, offset, len, true),
+        RecordKind::Sync { .. } => return Ok(()),
     };
     let replica = replicas.get(usize::from(volume.0)).ok_or_else(|| {
         format!(
@@ -234,15 +240,18 @@ fn fits_replicas<S: Storage>(replicas: &[S], header: &RecordHeader) -> Result<()
             replicas.len()
         )
     })?;
-    replica
-        .geometry()
-        .check_io(offset, len as usize)
-        .map_err(|e| {
-            format!(
-                "the journal holds a write that does not fit volume {}: {e}",
-                volume.0
-            )
-        })
+    let geometry = replica.geometry();
+    let fits = if zeroes {
+        geometry.check_zeroes(offset, u64::from(len))
+    } else {
+        geometry.check_io(offset, len as usize)
+    };
+    fits.map_err(|e| {
+        format!(
+            "the journal holds a write that does not fit volume {}: {e}",
+            volume.0
+        )
+    })
 }
 
 /// The smallest journal device queue: a record, a flush and a superblock in flight.

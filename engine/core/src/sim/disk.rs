@@ -171,6 +171,27 @@ impl Storage for SimDisk {
         Ok(())
     }
 
+    /// A write of zeros to the simulated medium: kept, dropped or torn by a crash like any
+    /// other write (an unmap may be lost in a power cut just as well).
+    fn submit_write_zeroes(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        _unmap: bool,
+    ) -> Result<(), StorageError> {
+        self.geometry.check_zeroes(offset, len)?;
+        self.check_queue()?;
+        let (at, len) = (offset as usize, len as usize);
+        self.visible[at..at + len].fill(0);
+        let write = UnflushedWrite {
+            offset,
+            data: vec![0; len],
+        };
+        self.in_flight.push((tag, Op::Write, Some(write)));
+        Ok(())
+    }
+
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.geometry.check_io(offset, buf.len())?;
         self.check_queue()?;

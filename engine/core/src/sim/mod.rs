@@ -28,6 +28,8 @@ pub struct SimStats {
     /// retried) because the volume's queue was too full to read the rest of a block.
     pub partial_writes: u64,
     pub partial_queue_full: u64,
+    /// Ranges zeroed (NBD's WRITE_ZEROES and TRIM).
+    pub zeroes: u64,
     pub flushes: u64,
     /// Application reads on the primary.
     pub reads: u64,
@@ -59,6 +61,7 @@ impl SimStats {
         self.writes += other.writes;
         self.partial_writes += other.partial_writes;
         self.partial_queue_full += other.partial_queue_full;
+        self.zeroes += other.zeroes;
         self.flushes += other.flushes;
         self.reads += other.reads;
         self.data_sets += other.data_sets;
@@ -85,11 +88,12 @@ impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "steps {} writes {} (partial blocks {}, retried for a full queue {}) flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {})",
+            "steps {} writes {} (partial blocks {}, retried for a full queue {}) zeroings {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {})",
             self.steps,
             self.writes,
             self.partial_writes,
             self.partial_queue_full,
+            self.zeroes,
             self.flushes,
             self.reads,
             self.data_sets,

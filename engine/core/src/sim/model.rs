@@ -53,6 +53,17 @@ impl Model {
         Ok(())
     }
 
+    /// A range zeroed (NBD's WRITE_ZEROES or TRIM), in seq order with the writes.
+    pub fn zero(&mut self, seq: Seq, volume: usize, offset: u64, len: u64) -> Result<(), String> {
+        if seq <= self.last_write {
+            return Err(format!("zeroing got {seq} after {}", self.last_write));
+        }
+        self.last_write = seq;
+        let at = offset as usize;
+        self.volumes[volume][at..at + len as usize].fill(0);
+        Ok(())
+    }
+
     /// The primary closed `data_set` with its sync at `sync_seq`: every write accepted so
     /// far must belong to it or an earlier one, and none may be missing.
     pub fn close(&mut self, data_set: DataSetId, sync_seq: Seq) -> Result<(), String> {

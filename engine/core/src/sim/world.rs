@@ -58,6 +58,10 @@ pub struct World {
     /// cut away.
     partial_rng: ChaCha8Rng,
     partial_percent: u32,
+    /// Ranges zeroed (NBD's WRITE_ZEROES and TRIM), drawn apart in the same way: how
+    /// often, and where.
+    zero_rng: ChaCha8Rng,
+    zero_percent: u32,
     next_token: u64,
     buf: Vec<u8>,
     pub stats: SimStats,
@@ -107,12 +111,20 @@ impl World {
         } else {
             0
         };
+        let mut zero_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x2E80_2E80);
+        let zero_percent = if zero_rng.random_bool(0.5) {
+            zero_rng.random_range(1..=10)
+        } else {
+            0
+        };
         World {
             seed,
             reads_rng,
             read_percent,
             partial_rng,
             partial_percent,
+            zero_rng,
+            zero_percent,
             net: Network::new(lanes, config.latency_us_max, config.net_faults),
             writes_left: config.writes,
             model: Model::new(&sizes),
@@ -296,6 +308,9 @@ impl World {
             }
             self.drain_primary_events()?;
         }
+        if self.zero_percent > 0 && self.zero_rng.random_ratio(self.zero_percent, 100) {
+            self.zero_primary()?;
+        }
         if self.rng.random_ratio(self.config.flush_per_mille, 1000) {
             self.flush_primary()?;
         }
@@ -315,6 +330,37 @@ impl World {
         let head = self.partial_rng.random_range(0..len.min(4096));
         let tail = self.partial_rng.random_range(0..(len - head).min(4096));
         (head, tail)
+    }
+
+    /// A range zeroed on the primary, any number of blocks up to the whole volume, with or
+    /// without leave to deallocate: a record in its data set like a write, with no payload.
+    fn zero_primary(&mut self) -> Result<(), Violation> {
+        let volume = self.zero_rng.random_range(0..self.config.volumes.len());
+        let geometry = self.config.volumes[volume];
+        let block = u64::from(geometry.block_size);
+        let blocks_total = geometry.size_bytes / block;
+        let blocks = self.zero_rng.random_range(1..=blocks_total);
+        let offset = block * self.zero_rng.random_range(0..=blocks_total - blocks);
+        let len = (blocks * block) as u32;
+        let unmap = self.zero_rng.random_bool(0.5);
+        let token = self.next_token;
+        self.next_token += 1;
+        let now_ms = self.now_us / 1000;
+        let volume_id = VolumeId(volume as u16);
+        match self
+            .primary
+            .submit_write_zeroes(now_ms, volume_id, offset, len, unmap, token)
+        {
+            Ok(seq) => {
+                self.stats.zeroes += 1;
+                self.model
+                    .zero(seq, volume, offset, u64::from(len))
+                    .map_err(|e| self.violation(e))?;
+            }
+            Err(SubmitError::WindowFull) => self.stats.window_full += 1,
+            Err(error) => return Err(self.violation(format!("zeroing refused: {error}"))),
+        }
+        self.drain_primary_events()
     }
 
     /// An application read on the primary while its writes are in flight: it waits for the

@@ -51,6 +51,8 @@ macro_rules! storage_contract_tests {
                 flush_completes,
                 many_writes_in_one_batch_complete_over_several_polls,
                 drop_with_requests_in_flight_completes_them,
+                zeroes_read_back_as_zeros_and_leave_the_rest,
+                invalid_zeroes_are_typed_errors_and_touch_nothing,
             );
         }
     };
@@ -387,4 +389,73 @@ pub fn drop_with_requests_in_flight_completes_them<S: ContractVolume>() {
             "every write submitted before the drop is done"
         );
     }
+}
+
+/// A range zeroed, with and without leave to deallocate, larger than one request and
+/// over data: it reads back as zeros, the blocks around it keep their data, and it lasts.
+pub fn zeroes_read_back_as_zeros_and_leave_the_rest<S: ContractVolume>() {
+    for block_size in BLOCK_SIZES {
+        let block = u64::from(block_size);
+        let (backing, mut storage) = volume::<S>(block_size);
+        let max_io = storage.geometry().max_io_bytes as usize;
+        let mut expected = pattern(VOLUME_BYTES as usize, 0x42);
+        for (i, chunk) in expected.chunks(max_io).enumerate() {
+            storage
+                .submit_write(i as IoTag, (i * max_io) as u64, chunk)
+                .unwrap();
+        }
+        let writes = expected.chunks(max_io).count();
+        poll_until(&mut storage, writes, usize::MAX);
+        // Past one request's size, from the second block to the third from the end.
+        let (offset, len) = (block, VOLUME_BYTES - 3 * block);
+        storage.submit_write_zeroes(100, offset, len, true).unwrap();
+        storage.submit_write_zeroes(101, 0, block, false).unwrap();
+        assert_eq!(poll_until(&mut storage, 2, 1), [ok(100), ok(101)]);
+        expected[..(offset + len) as usize].fill(0);
+        storage.submit_flush(102).unwrap();
+        assert_eq!(poll_until(&mut storage, 1, 1), [ok(102)]);
+        assert!(image(&mut storage) == expected, "{block_size}-byte blocks");
+        drop(storage);
+        if let Some(mut storage) = S::reopen(&backing, block_size) {
+            assert!(image(&mut storage) == expected, "zeros last");
+        }
+    }
+}
+
+/// A zeroing request that is misaligned, empty or past the end is its typed error and
+/// puts nothing in flight; one larger than `max_io_bytes` is fine.
+pub fn invalid_zeroes_are_typed_errors_and_touch_nothing<S: ContractVolume>() {
+    let (_backing, mut storage) = volume::<S>(4096);
+    let data = pattern(VOLUME_BYTES as usize, 9);
+    storage.submit_write(1, 0, &data[..4096]).unwrap();
+    poll_until(&mut storage, 1, 1);
+    let unaligned = |offset, len| StorageError::Unaligned {
+        offset,
+        len,
+        block_size: 4096,
+    };
+    let out_of_range = |offset, len| StorageError::OutOfRange {
+        offset,
+        len,
+        size: VOLUME_BYTES,
+    };
+    let cases = [
+        (512, 4096, unaligned(512, 4096)),
+        (0, 100, unaligned(0, 100)),
+        (0, 0, unaligned(0, 0)),
+        (VOLUME_BYTES, 4096, out_of_range(VOLUME_BYTES, 4096)),
+        (4096, VOLUME_BYTES, out_of_range(4096, VOLUME_BYTES)),
+        (u64::MAX - 4095, 4096, out_of_range(u64::MAX - 4095, 4096)),
+    ];
+    for (offset, len, expected) in cases {
+        for unmap in [false, true] {
+            let refused = storage.submit_write_zeroes(9, offset, len, unmap);
+            assert_eq!(refused, Err(expected.clone()));
+        }
+    }
+    assert_eq!(storage.in_flight(), 0);
+    assert!(
+        image(&mut storage)[..4096] == data[..4096],
+        "nothing zeroed"
+    );
 }

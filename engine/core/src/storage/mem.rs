@@ -88,6 +88,21 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    fn submit_write_zeroes(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        _unmap: bool,
+    ) -> Result<(), StorageError> {
+        self.geometry.check_zeroes(offset, len)?;
+        self.admit()?;
+        // check_zeroes bounds offset + len by size_bytes, which `new` proved fits in usize.
+        self.volume[offset as usize..(offset + len) as usize].fill(0);
+        self.complete(tag, Ok(()));
+        Ok(())
+    }
+
     fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         let range = self.admit_io(offset, buf.len())?;
         buf.copy_from_slice(&self.volume[range]);

@@ -7,7 +7,8 @@
 //!
 //! Contract every backend keeps (and `check_io` enforces):
 //! - offsets and lengths are multiples of the block size, inside the volume, and a single
-//!   request is at most `max_io_bytes`; anything else is a typed error, never a panic;
+//!   read or write is at most `max_io_bytes` (a zeroing request of any length); anything
+//!   else is a typed error, never a panic;
 //! - `submit_*` consumes its buffer before it returns (the caller may reuse it at once);
 //!   the request is finished only when `poll` reports its tag, and completions are never
 //!   delivered inline inside `submit_*`;
@@ -79,6 +80,26 @@ impl Geometry {
             return Err(StorageError::BadGeometry("max in flight must be positive"));
         }
         Ok(())
+    }
+
+    /// Checks a zeroing request: like `check_io`, without the request size limit.
+    pub fn check_zeroes(&self, offset: u64, len: u64) -> Result<(), StorageError> {
+        let block = u64::from(self.block_size);
+        if len == 0 || !offset.is_multiple_of(block) || !len.is_multiple_of(block) {
+            return Err(StorageError::Unaligned {
+                offset,
+                len,
+                block_size: self.block_size,
+            });
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size_bytes => Ok(()),
+            _ => Err(StorageError::OutOfRange {
+                offset,
+                len,
+                size: self.size_bytes,
+            }),
+        }
     }
 
     /// The block-aligned span `(start, len)` covering `len` bytes at `offset`, which may
@@ -197,6 +218,20 @@ pub trait Storage {
         offset: u64,
         len: usize,
         fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), StorageError>;
+
+    /// Starts making `len` bytes at `offset` read back as zeros: block-aligned and inside
+    /// the volume like a write, but not bounded by `max_io_bytes` (it carries no data).
+    /// With `unmap` the backend may deallocate the range (punch a hole, unmap blocks)
+    /// instead of writing zeros; without it the range stays allocated. A write in the
+    /// contract's other respects: it completes through `poll`, a flush covers it, it has
+    /// no defined order against an overlapping request in flight.
+    fn submit_write_zeroes(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        unmap: bool,
     ) -> Result<(), StorageError>;
 
     /// Starts reading `buf.len()` bytes at `offset` into `buf`. The contents of `buf` are

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::volume_file::open_volume;
+use super::volume_file::{open_volume, zero_range};
 use ordo_core::storage::completions::CompletionQueue;
 use ordo_core::storage::{Completion, Geometry, IoTag, Storage, StorageError};
 
@@ -102,6 +102,34 @@ impl Storage for FileStorage {
         }
         fill(&mut self.assembled[..len]);
         let result = self.file.write_all_at(&self.assembled[..len], offset);
+        self.complete(tag, result);
+        Ok(())
+    }
+
+    /// A hole punched (`unmap`) or a zeroed range allocated, by fallocate where the file
+    /// or device has it, else zeros written a request's worth at a time.
+    fn submit_write_zeroes(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    ) -> Result<(), StorageError> {
+        self.geometry.check_zeroes(offset, len)?;
+        self.admit()?;
+        let (file, zeros) = (&self.file, &mut self.assembled);
+        let chunk = len.min(u64::from(self.geometry.max_io_bytes)) as usize;
+        let result = zero_range(file, offset, len, unmap, |offset, len| {
+            zeros.resize(zeros.len().max(chunk), 0);
+            zeros[..chunk].fill(0);
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(chunk as u64) as usize;
+                file.write_all_at(&zeros[..n], offset + at)?;
+                at += n as u64;
+            }
+            Ok(())
+        });
         self.complete(tag, result);
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use self::pool::BufferPool;
-use super::volume_file::open_volume;
+use super::volume_file::{open_volume, zero_range};
 use ordo_core::storage::completions::CompletionQueue;
 use ordo_core::storage::{
     Completion, Geometry, IoTag, Storage, StorageError, DEFAULT_MAX_IO_BYTES,
@@ -380,6 +380,41 @@ impl Storage for UringStorage {
         self.admit()?;
         // A file cut short behind our back fails here as UnexpectedEof, in the completion.
         let result = self.read_now(offset, buf);
+        self.ready.push(tag, result.map_err(StorageError::from));
+        Ok(())
+    }
+
+    /// Zeroes synchronously (fallocate, as `FileStorage` does; zeros written through a free
+    /// slot's aligned memory where there is none), like a read: zeroing is not the hot
+    /// path. The completion still comes from `poll`.
+    fn submit_write_zeroes(
+        &mut self,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    ) -> Result<(), StorageError> {
+        self.geometry.check_zeroes(offset, len)?;
+        self.admit()?;
+        // Admitted, so fewer than max_in_flight requests are in flight: a slot is free.
+        let slot = *self
+            .free_slots
+            .last()
+            .expect("an admitted request has a free slot");
+        let (file, pool) = (&*self.file, &mut *self.pool);
+        let result = zero_range(file, offset, len, unmap, |offset, len| {
+            // SAFETY: the slot is free, so no request in flight uses its memory, and it
+            // stays free while this call holds the slice.
+            let zeros = unsafe { pool.slot_mut(slot) };
+            zeros.fill(0);
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], offset + at)?;
+                at += n as u64;
+            }
+            Ok(())
+        });
         self.ready.push(tag, result.map_err(StorageError::from));
         Ok(())
     }

@@ -60,3 +60,37 @@ fn volume_len(file: &File) -> Result<u64, StorageError> {
         Ok(metadata.len())
     }
 }
+
+/// Makes `len` bytes at `offset` of `file` read back as zeros with the cheapest means the
+/// file or device has: with `unmap`, a punched hole; without, an allocated zeroed range
+/// (`FALLOC_FL_ZERO_RANGE`, or a hole allocated again where only holes are supported, as
+/// on tmpfs). Where it has neither, `write_zeros(offset, len)` writes the zeros.
+pub(super) fn zero_range(
+    file: &File,
+    offset: u64,
+    len: u64,
+    unmap: bool,
+    write_zeros: impl FnOnce(u64, u64) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags as F};
+    let unsupported = |e: &rustix::io::Errno| {
+        matches!(*e, rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS)
+    };
+    if !unmap {
+        match fallocate(file, F::ZERO_RANGE | F::KEEP_SIZE, offset, len) {
+            Err(e) if unsupported(&e) => {}
+            other => return other.map_err(Into::into),
+        }
+    }
+    match fallocate(file, F::PUNCH_HOLE | F::KEEP_SIZE, offset, len) {
+        Err(e) if unsupported(&e) => return write_zeros(offset, len),
+        Err(e) => return Err(e.into()),
+        Ok(()) if unmap => return Ok(()),
+        Ok(()) => {}
+    }
+    // The hole reads as zeros already; allocating it keeps NO_HOLE's promise.
+    match fallocate(file, F::KEEP_SIZE, offset, len) {
+        Err(e) if unsupported(&e) => write_zeros(offset, len),
+        other => other.map_err(Into::into),
+    }
+}
