@@ -9,8 +9,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use ordo_core::storage::contract::{ContractVolume, VOLUME_BYTES};
-use ordo_core::storage::{wait_for, Completion, Geometry, IoTag, Storage, StorageError};
+use ordo_core::storage::contract::{ContractBackend, VOLUME_BYTES};
+use ordo_core::storage::{wait_for, Storage, StorageError};
 use ordo_spdk::{BdevStorage, Env, EnvOptions, SpdkError};
 
 const MALLOC_BYTES: u64 = 4 << 20;
@@ -69,55 +69,15 @@ fn open(name: &str, max_in_flight: u32) -> BdevStorage {
     BdevStorage::open(env(), name, max_in_flight, 128 << 10).unwrap()
 }
 
-/// `BdevStorage` for the contract suite (a local type: the suite's trait and the backend
-/// are both from other crates).
-#[derive(Debug)]
-struct ContractBdev(BdevStorage);
+/// Malloc bdevs for the contract suite: a fresh one (zeroed) for each volume it creates.
+struct Bdevs;
 
-impl Storage for ContractBdev {
-    fn geometry(&self) -> Geometry {
-        self.0.geometry()
-    }
-    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        self.0.submit_write(tag, offset, data)
-    }
-    fn submit_write_with(
-        &mut self,
-        tag: IoTag,
-        offset: u64,
-        len: usize,
-        fill: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), StorageError> {
-        self.0.submit_write_with(tag, offset, len, fill)
-    }
-    fn submit_write_zeroes(
-        &mut self,
-        tag: IoTag,
-        offset: u64,
-        len: u64,
-        unmap: bool,
-    ) -> Result<(), StorageError> {
-        self.0.submit_write_zeroes(tag, offset, len, unmap)
-    }
-    fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
-        self.0.submit_read(tag, offset, buf)
-    }
-    fn submit_flush(&mut self, tag: IoTag) -> Result<(), StorageError> {
-        self.0.submit_flush(tag)
-    }
-    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
-        self.0.poll(out, max)
-    }
-    fn in_flight(&self) -> u32 {
-        self.0.in_flight()
-    }
-}
-
-impl ContractVolume for ContractBdev {
+impl ContractBackend for Bdevs {
+    type Volume = BdevStorage;
     /// The bdev's name.
     type Backing = String;
 
-    fn create(size_bytes: u64, block_size: u32) -> (String, ContractBdev) {
+    fn create(size_bytes: u64, block_size: u32) -> (String, BdevStorage) {
         static NEXT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
         assert_eq!(
             size_bytes, VOLUME_BYTES,
@@ -129,16 +89,16 @@ impl ContractVolume for ContractBdev {
             "more contract volumes than CONTRACT_BDEVS"
         );
         let name = format!("Contract{block_size}_{i}");
-        let storage = ContractBdev(open(&name, 32));
+        let storage = open(&name, 32);
         (name, storage)
     }
 
-    fn reopen(name: &String, _block_size: u32) -> Option<ContractBdev> {
-        Some(ContractBdev(open(name, 32)))
+    fn reopen(name: &String, _block_size: u32) -> Option<BdevStorage> {
+        Some(open(name, 32))
     }
 }
 
-ordo_core::storage_contract_tests!(ContractBdev);
+ordo_core::storage_contract_tests!(Bdevs);
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)

@@ -1,6 +1,6 @@
 //! The storage contract (see the module docs of `storage`) as tests that every backend
 //! runs: `ordo_core::storage_contract_tests!(Backend)` in a backend's test module
-//! instantiates them all for a type that implements [`ContractVolume`]. They check only
+//! instantiates them all for a type that implements [`ContractBackend`]. They check only
 //! through the trait (reads, completions, in-flight counts), so they hold for memory,
 //! files, io_uring and SPDK bdevs alike, and assume nothing the contract leaves open, such
 //! as completion order. What is particular to a backend (opening a file, O_DIRECT) stays
@@ -18,22 +18,26 @@ pub const BLOCK_SIZES: [u32; 2] = [512, 4096];
 /// Larger than one request (1 MiB by default), so that TooLarge and OutOfRange are distinct.
 pub const VOLUME_BYTES: u64 = 2 << 20;
 
-/// A backend the contract tests can create volumes of.
-pub trait ContractVolume: Storage + Debug + Sized {
+/// A backend the contract tests can create volumes of: implemented by a type of the test
+/// crate (a marker), so that any backend type, or one backend opened two ways, can be
+/// tested without a wrapper.
+pub trait ContractBackend {
+    /// The storage under test.
+    type Volume: Storage + Debug;
     /// What keeps a volume's backing store alive across a drop of the handle (a temporary
     /// directory, a bdev), so that it can be opened again.
     type Backing;
 
     /// A new zeroed volume of `size_bytes` with `block_size`-byte blocks, with whatever
     /// queue limits the backend picks for tests.
-    fn create(size_bytes: u64, block_size: u32) -> (Self::Backing, Self);
+    fn create(size_bytes: u64, block_size: u32) -> (Self::Backing, Self::Volume);
 
     /// The volume in `backing` opened again after the last handle was dropped; `None` for
     /// a backend that keeps nothing past a drop (memory).
-    fn reopen(backing: &Self::Backing, block_size: u32) -> Option<Self>;
+    fn reopen(backing: &Self::Backing, block_size: u32) -> Option<Self::Volume>;
 }
 
-/// Instantiates every contract test for `$backend`, a `ContractVolume`, in a module
+/// Instantiates every contract test for `$backend`, a `ContractBackend`, in a module
 /// `contract`.
 #[macro_export]
 macro_rules! storage_contract_tests {
@@ -114,18 +118,18 @@ pub fn image<S: Storage>(storage: &mut S) -> Vec<u8> {
     image
 }
 
-fn volume<S: ContractVolume>(block_size: u32) -> (S::Backing, S) {
-    let (backing, storage) = S::create(VOLUME_BYTES, block_size);
+fn volume<B: ContractBackend>(block_size: u32) -> (B::Backing, B::Volume) {
+    let (backing, storage) = B::create(VOLUME_BYTES, block_size);
     let geometry = storage.geometry();
     assert_eq!(geometry.size_bytes, VOLUME_BYTES);
     assert_eq!(geometry.block_size, block_size);
     (backing, storage)
 }
 
-pub fn write_then_read_back<S: ContractVolume>() {
+pub fn write_then_read_back<B: ContractBackend>() {
     for block_size in BLOCK_SIZES {
         let block = block_size as usize;
-        let (_backing, mut storage) = volume::<S>(block_size);
+        let (_backing, mut storage) = volume::<B>(block_size);
         assert!(
             image(&mut storage).iter().all(|&b| b == 0),
             "created zeroed"
@@ -172,9 +176,9 @@ pub fn write_then_read_back<S: ContractVolume>() {
     }
 }
 
-pub fn writes_survive_a_reopen<S: ContractVolume>() {
+pub fn writes_survive_a_reopen<B: ContractBackend>() {
     for block_size in BLOCK_SIZES {
-        let (backing, mut storage) = volume::<S>(block_size);
+        let (backing, mut storage) = volume::<B>(block_size);
         let data = pattern(3 * block_size as usize, 7);
         let offset = 5 * u64::from(block_size);
         storage.submit_write(1, offset, &data).unwrap();
@@ -184,7 +188,7 @@ pub fn writes_survive_a_reopen<S: ContractVolume>() {
         let geometry = storage.geometry();
         let expected = image(&mut storage);
         drop(storage);
-        let Some(mut storage) = S::reopen(&backing, block_size) else {
+        let Some(mut storage) = B::reopen(&backing, block_size) else {
             return;
         };
         assert_eq!(storage.geometry().size_bytes, geometry.size_bytes);
@@ -193,9 +197,9 @@ pub fn writes_survive_a_reopen<S: ContractVolume>() {
     }
 }
 
-pub fn invalid_requests_are_typed_errors_and_touch_nothing<S: ContractVolume>() {
+pub fn invalid_requests_are_typed_errors_and_touch_nothing<B: ContractBackend>() {
     for block_size in BLOCK_SIZES {
-        let (_backing, mut storage) = volume::<S>(block_size);
+        let (_backing, mut storage) = volume::<B>(block_size);
         refuses_invalid_requests(&mut storage);
         assert!(
             image(&mut storage).iter().all(|&b| b == 0),
@@ -256,10 +260,10 @@ pub fn refuses_invalid_requests<S: Storage>(storage: &mut S) {
     assert_eq!(storage.poll(&mut out, usize::MAX), 0);
 }
 
-pub fn queue_full_at_max_in_flight_and_recovers_after_poll<S: ContractVolume>() {
+pub fn queue_full_at_max_in_flight_and_recovers_after_poll<B: ContractBackend>() {
     for block_size in BLOCK_SIZES {
         let block = block_size as usize;
-        let (_backing, mut storage) = volume::<S>(block_size);
+        let (_backing, mut storage) = volume::<B>(block_size);
         let max_in_flight = storage.geometry().max_in_flight;
         let mut buf = vec![0u8; block];
         // One of each kind fills the queue: a write, a flush, and reads.
@@ -302,8 +306,8 @@ pub fn queue_full_at_max_in_flight_and_recovers_after_poll<S: ContractVolume>() 
 
 /// Three requests stay in flight until `poll` reports them, at most `max` at a time,
 /// appended to what the caller's vector holds.
-pub fn completions_come_only_from_poll_bounded_by_max<S: ContractVolume>() {
-    let (_backing, mut storage) = volume::<S>(512);
+pub fn completions_come_only_from_poll_bounded_by_max<B: ContractBackend>() {
+    let (_backing, mut storage) = volume::<B>(512);
     let data = pattern(1024, 3);
     storage.submit_write(10, 0, &data).unwrap();
     storage.submit_flush(11).unwrap();
@@ -331,9 +335,9 @@ pub fn completions_come_only_from_poll_bounded_by_max<S: ContractVolume>() {
     assert_eq!(completed, [ok(10), ok(11), ok(12)]);
 }
 
-pub fn flush_completes<S: ContractVolume>() {
+pub fn flush_completes<B: ContractBackend>() {
     for block_size in BLOCK_SIZES {
-        let (_backing, mut storage) = volume::<S>(block_size);
+        let (_backing, mut storage) = volume::<B>(block_size);
         storage.submit_flush(1).unwrap();
         assert_eq!(storage.in_flight(), 1);
         assert_eq!(poll_until(&mut storage, 1, 1), [ok(1)]);
@@ -353,9 +357,9 @@ fn write_every_other_block<S: Storage>(storage: &mut S, tags: Range<IoTag>, expe
     }
 }
 
-pub fn many_writes_in_one_batch_complete_over_several_polls<S: ContractVolume>() {
+pub fn many_writes_in_one_batch_complete_over_several_polls<B: ContractBackend>() {
     for block_size in BLOCK_SIZES {
-        let (_backing, mut storage) = volume::<S>(block_size);
+        let (_backing, mut storage) = volume::<B>(block_size);
         let max_in_flight = IoTag::from(storage.geometry().max_in_flight);
         let mut expected = vec![0u8; VOLUME_BYTES as usize];
         write_every_other_block(&mut storage, 0..max_in_flight, &mut expected);
@@ -370,8 +374,8 @@ pub fn many_writes_in_one_batch_complete_over_several_polls<S: ContractVolume>()
 /// Drops the storage with requests in every state: submitted to the device, finished but
 /// not reported, not yet handed to the device (whatever the backend's states are). Every
 /// write submitted before the drop is done once it returns.
-pub fn drop_with_requests_in_flight_completes_them<S: ContractVolume>() {
-    let (backing, mut storage) = volume::<S>(4096);
+pub fn drop_with_requests_in_flight_completes_them<B: ContractBackend>() {
+    let (backing, mut storage) = volume::<B>(4096);
     let max_in_flight = IoTag::from(storage.geometry().max_in_flight);
     let mut expected = vec![0u8; VOLUME_BYTES as usize];
     write_every_other_block(&mut storage, 0..max_in_flight / 2, &mut expected);
@@ -383,7 +387,7 @@ pub fn drop_with_requests_in_flight_completes_them<S: ContractVolume>() {
     );
     assert_eq!(u64::from(storage.in_flight()), max_in_flight);
     drop(storage);
-    if let Some(mut storage) = S::reopen(&backing, 4096) {
+    if let Some(mut storage) = B::reopen(&backing, 4096) {
         assert!(
             image(&mut storage) == expected,
             "every write submitted before the drop is done"
@@ -393,10 +397,10 @@ pub fn drop_with_requests_in_flight_completes_them<S: ContractVolume>() {
 
 /// A range zeroed, with and without leave to deallocate, larger than one request and
 /// over data: it reads back as zeros, the blocks around it keep their data, and it lasts.
-pub fn zeroes_read_back_as_zeros_and_leave_the_rest<S: ContractVolume>() {
+pub fn zeroes_read_back_as_zeros_and_leave_the_rest<B: ContractBackend>() {
     for block_size in BLOCK_SIZES {
         let block = u64::from(block_size);
-        let (backing, mut storage) = volume::<S>(block_size);
+        let (backing, mut storage) = volume::<B>(block_size);
         let max_io = storage.geometry().max_io_bytes as usize;
         let mut expected = pattern(VOLUME_BYTES as usize, 0x42);
         for (i, chunk) in expected.chunks(max_io).enumerate() {
@@ -416,7 +420,7 @@ pub fn zeroes_read_back_as_zeros_and_leave_the_rest<S: ContractVolume>() {
         assert_eq!(poll_until(&mut storage, 1, 1), [ok(102)]);
         assert!(image(&mut storage) == expected, "{block_size}-byte blocks");
         drop(storage);
-        if let Some(mut storage) = S::reopen(&backing, block_size) {
+        if let Some(mut storage) = B::reopen(&backing, block_size) {
             assert!(image(&mut storage) == expected, "zeros last");
         }
     }
@@ -424,8 +428,8 @@ pub fn zeroes_read_back_as_zeros_and_leave_the_rest<S: ContractVolume>() {
 
 /// A zeroing request that is misaligned, empty or past the end is its typed error and
 /// puts nothing in flight; one larger than `max_io_bytes` is fine.
-pub fn invalid_zeroes_are_typed_errors_and_touch_nothing<S: ContractVolume>() {
-    let (_backing, mut storage) = volume::<S>(4096);
+pub fn invalid_zeroes_are_typed_errors_and_touch_nothing<B: ContractBackend>() {
+    let (_backing, mut storage) = volume::<B>(4096);
     let data = pattern(VOLUME_BYTES as usize, 9);
     storage.submit_write(1, 0, &data[..4096]).unwrap();
     poll_until(&mut storage, 1, 1);

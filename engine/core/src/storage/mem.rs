@@ -137,23 +137,25 @@ impl fmt::Debug for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::contract::{ok, pattern, ContractVolume};
+    use crate::storage::contract::{ok, pattern, ContractBackend};
     use crate::storage::wait_for;
 
-    impl ContractVolume for MemStorage {
+    /// Memory volumes for the contract suite; nothing is kept past a drop.
+    struct Mem;
+
+    impl ContractBackend for Mem {
+        type Volume = MemStorage;
         type Backing = ();
         fn create(size_bytes: u64, block_size: u32) -> ((), MemStorage) {
-            (
-                (),
-                MemStorage::new(Geometry::new(size_bytes, block_size).unwrap()).unwrap(),
-            )
+            let geometry = Geometry::new(size_bytes, block_size).unwrap();
+            ((), MemStorage::new(geometry).unwrap())
         }
         fn reopen(_: &(), _: u32) -> Option<MemStorage> {
             None
         }
     }
 
-    crate::storage_contract_tests!(MemStorage);
+    crate::storage_contract_tests!(Mem);
 
     fn small(block_size: u32) -> MemStorage {
         let geometry = Geometry {

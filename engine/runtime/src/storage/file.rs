@@ -173,9 +173,13 @@ impl fmt::Debug for FileStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::file_contract::{file_contract_tests, volume, FileVolume};
+    use crate::storage::file_contract::{file_contract_tests, volume, FileBackend};
 
-    impl FileVolume for FileStorage {
+    /// `FileStorage::open` for the contract suite.
+    struct Files;
+
+    impl FileBackend for Files {
+        type Volume = FileStorage;
         fn open(
             path: &Path,
             size_bytes: Option<u64>,
@@ -185,11 +189,11 @@ mod tests {
         }
     }
 
-    file_contract_tests!(FileStorage);
+    file_contract_tests!(Files);
 
     #[test]
     fn debug_shows_path_and_geometry() {
-        let (_dir, path, storage) = volume::<FileStorage>(512);
+        let (_dir, path, storage) = volume::<Files>(512);
         assert_eq!(storage.path(), path);
         let text = format!("{storage:?}");
         assert!(

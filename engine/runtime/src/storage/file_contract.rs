@@ -1,5 +1,5 @@
 //! The storage contract for backends on a file or block device: `file_contract_tests!(B)`
-//! makes `B` (a [`FileVolume`]) a `ContractVolume` on a temporary file, instantiates the
+//! makes `B` (a [`FileBackend`]) a `ContractBackend` on a temporary file, instantiates the
 //! shared suite from `ordo_core::storage::contract`, and adds what only a file has
 //! (creating, extending and reopening it, a syscall failing behind the backend's back).
 
@@ -10,10 +10,16 @@ use ordo_core::storage::contract::{ok, pattern, poll_until, BLOCK_SIZES, VOLUME_
 use ordo_core::storage::{read_blocking, Storage, StorageError};
 use tempfile::TempDir;
 
-/// A backend the contract tests can open on a path.
-pub(crate) trait FileVolume: Storage + Debug + Sized {
+/// A backend the contract tests can open on a path (a marker type of the test module:
+/// one backend may be opened in more than one way).
+pub(crate) trait FileBackend {
+    type Volume: Storage + Debug;
     /// Opens as the backend's `open` does, with whatever queue limits it picks for tests.
-    fn open(path: &Path, size_bytes: Option<u64>, block_size: u32) -> Result<Self, StorageError>;
+    fn open(
+        path: &Path,
+        size_bytes: Option<u64>,
+        block_size: u32,
+    ) -> Result<Self::Volume, StorageError>;
 }
 
 /// A temporary directory and the volume file in it.
@@ -22,13 +28,14 @@ pub(crate) type Backing = (TempDir, PathBuf);
 /// Instantiates the shared contract suite and the file tests for `$backend`.
 macro_rules! file_contract_tests {
     ($backend:ty) => {
-        impl ordo_core::storage::contract::ContractVolume for $backend {
+        impl ordo_core::storage::contract::ContractBackend for $backend {
+            type Volume = <$backend as $crate::storage::file_contract::FileBackend>::Volume;
             type Backing = $crate::storage::file_contract::Backing;
-            fn create(size_bytes: u64, block_size: u32) -> (Self::Backing, Self) {
+            fn create(size_bytes: u64, block_size: u32) -> (Self::Backing, Self::Volume) {
                 $crate::storage::file_contract::create::<$backend>(size_bytes, block_size)
             }
-            fn reopen(backing: &Self::Backing, block_size: u32) -> Option<Self> {
-                Some(<$backend as $crate::storage::file_contract::FileVolume>::open(
+            fn reopen(backing: &Self::Backing, block_size: u32) -> Option<Self::Volume> {
+                Some(<$backend as $crate::storage::file_contract::FileBackend>::open(
                     &backing.1, None, block_size,
                 ).unwrap())
             }
@@ -60,16 +67,16 @@ macro_rules! file_contract_tests {
 }
 pub(crate) use file_contract_tests;
 
-pub(crate) fn create<S: FileVolume>(size_bytes: u64, block_size: u32) -> (Backing, S) {
+pub(crate) fn create<B: FileBackend>(size_bytes: u64, block_size: u32) -> (Backing, B::Volume) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("volume");
-    let storage = S::open(&path, Some(size_bytes), block_size).unwrap();
+    let storage = B::open(&path, Some(size_bytes), block_size).unwrap();
     ((dir, path), storage)
 }
 
 /// A new `VOLUME_BYTES` volume file.
-pub(crate) fn volume<S: FileVolume>(block_size: u32) -> (TempDir, PathBuf, S) {
-    let ((dir, path), storage) = create(VOLUME_BYTES, block_size);
+pub(crate) fn volume<B: FileBackend>(block_size: u32) -> (TempDir, PathBuf, B::Volume) {
+    let ((dir, path), storage) = create::<B>(VOLUME_BYTES, block_size);
     (dir, path, storage)
 }
 
@@ -77,9 +84,9 @@ fn read_file(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-pub(crate) fn created_sparse_then_reopened_smaller_keeps_size_and_data<S: FileVolume>() {
+pub(crate) fn created_sparse_then_reopened_smaller_keeps_size_and_data<B: FileBackend>() {
     for block_size in BLOCK_SIZES {
-        let (_dir, path, mut storage) = volume::<S>(block_size);
+        let (_dir, path, mut storage) = volume::<B>(block_size);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), VOLUME_BYTES);
         let data = pattern(3 * block_size as usize, 7);
         let offset = 5 * u64::from(block_size);
@@ -89,7 +96,7 @@ pub(crate) fn created_sparse_then_reopened_smaller_keeps_size_and_data<S: FileVo
 
         // Reopening with a smaller size neither truncates the file nor loses data.
         let smaller = 16 * u64::from(block_size);
-        let mut storage = S::open(&path, Some(smaller), block_size).unwrap();
+        let mut storage = B::open(&path, Some(smaller), block_size).unwrap();
         assert_eq!(storage.geometry().size_bytes, smaller);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), VOLUME_BYTES);
         let mut buf = vec![0u8; data.len()];
@@ -98,12 +105,12 @@ pub(crate) fn created_sparse_then_reopened_smaller_keeps_size_and_data<S: FileVo
     }
 }
 
-pub(crate) fn a_shorter_existing_file_is_extended_keeping_its_data<S: FileVolume>() {
+pub(crate) fn a_shorter_existing_file_is_extended_keeping_its_data<B: FileBackend>() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("volume");
     let head = pattern(4096, 9);
     std::fs::write(&path, &head).unwrap();
-    let mut storage = S::open(&path, Some(4 * 4096), 4096).unwrap();
+    let mut storage = B::open(&path, Some(4 * 4096), 4096).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * 4096);
     let mut buf = vec![0xaau8; 2 * 4096];
     read_blocking(&mut storage, 0, &mut buf, &mut Vec::new()).unwrap();
@@ -111,37 +118,37 @@ pub(crate) fn a_shorter_existing_file_is_extended_keeping_its_data<S: FileVolume
     assert!(buf[4096..].iter().all(|&b| b == 0));
 }
 
-pub(crate) fn open_rejects_bad_sizes_and_missing_files<S: FileVolume>() {
+pub(crate) fn open_rejects_bad_sizes_and_missing_files<B: FileBackend>() {
     let dir = tempfile::tempdir().unwrap();
     let odd = dir.path().join("odd");
     std::fs::write(&odd, vec![0u8; 4096 + 512]).unwrap();
-    let bad_geometry = |r: Result<S, StorageError>| {
+    let bad_geometry = |r: Result<B::Volume, StorageError>| {
         assert!(matches!(r, Err(StorageError::BadGeometry(_))), "{r:?}");
     };
-    bad_geometry(S::open(&odd, None, 4096));
-    S::open(&odd, None, 512).unwrap();
-    bad_geometry(S::open(&odd, None, 1024));
+    bad_geometry(B::open(&odd, None, 4096));
+    B::open(&odd, None, 512).unwrap();
+    bad_geometry(B::open(&odd, None, 1024));
 
     let empty = dir.path().join("empty");
     std::fs::write(&empty, []).unwrap();
-    bad_geometry(S::open(&empty, None, 512));
+    bad_geometry(B::open(&empty, None, 512));
 
     let never = dir.path().join("never-created");
-    bad_geometry(S::open(&never, Some(4096 + 512), 4096));
-    bad_geometry(S::open(&never, Some(0), 512));
+    bad_geometry(B::open(&never, Some(4096 + 512), 4096));
+    bad_geometry(B::open(&never, Some(0), 512));
     assert!(!never.exists(), "a refused geometry creates no file");
 
-    match S::open(&never, None, 4096) {
+    match B::open(&never, None, 4096) {
         Err(StorageError::Io { kind, .. }) => assert_eq!(kind, std::io::ErrorKind::NotFound),
         other => panic!("expected an Io error, got {other:?}"),
     }
 }
 
 /// What the backend reports written is in the file itself, read past the backend.
-pub(crate) fn writes_land_in_the_file<S: FileVolume>() {
+pub(crate) fn writes_land_in_the_file<B: FileBackend>() {
     for block_size in BLOCK_SIZES {
         let block = block_size as usize;
-        let (_dir, path, mut storage) = volume::<S>(block_size);
+        let (_dir, path, mut storage) = volume::<B>(block_size);
         let data = pattern(4 * block, 0x3c);
         let offset = VOLUME_BYTES - 4 * u64::from(block_size);
         storage.submit_write(1, offset, &data).unwrap();
@@ -159,8 +166,8 @@ pub(crate) fn writes_land_in_the_file<S: FileVolume>() {
     }
 }
 
-pub(crate) fn a_failing_syscall_fails_the_completion_not_the_submit<S: FileVolume>() {
-    let (_dir, path, mut storage) = volume::<S>(4096);
+pub(crate) fn a_failing_syscall_fails_the_completion_not_the_submit<B: FileBackend>() {
+    let (_dir, path, mut storage) = volume::<B>(4096);
     // Cut the file short behind the storage's back: the read passes validation and fails
     // in the kernel.
     std::fs::OpenOptions::new()

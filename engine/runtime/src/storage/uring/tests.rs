@@ -2,13 +2,17 @@
 //! particular to io_uring (batching, a full SQ, the O_DIRECT fallback, CQE results).
 
 use super::*;
-use crate::storage::file_contract::{file_contract_tests, volume, FileVolume};
+use crate::storage::file_contract::{file_contract_tests, volume, FileBackend};
 use ordo_core::storage::contract::{ok, pattern, poll_until, VOLUME_BYTES};
 
 /// Small enough to fill quickly, large enough to batch.
 const QUEUE_DEPTH: u32 = 32;
 
-impl FileVolume for UringStorage {
+/// `UringStorage::open` (O_DIRECT where the filesystem allows it) for the contract suite.
+struct Direct;
+
+impl FileBackend for Direct {
+    type Volume = UringStorage;
     fn open(
         path: &Path,
         size_bytes: Option<u64>,
@@ -18,18 +22,18 @@ impl FileVolume for UringStorage {
     }
 }
 
-file_contract_tests!(UringStorage);
+file_contract_tests!(Direct);
 
 /// The backend as on a filesystem that refuses O_DIRECT, which then runs buffered.
-#[derive(Debug)]
-struct Buffered(UringStorage);
+struct Buffered;
 
-impl FileVolume for Buffered {
+impl FileBackend for Buffered {
+    type Volume = UringStorage;
     fn open(
         path: &Path,
         size_bytes: Option<u64>,
         block_size: u32,
-    ) -> Result<Buffered, StorageError> {
+    ) -> Result<UringStorage, StorageError> {
         let config = RingConfig {
             sq_entries: QUEUE_DEPTH,
             refuse_direct: true,
@@ -37,46 +41,7 @@ impl FileVolume for Buffered {
         };
         let storage = UringStorage::open_with(path, size_bytes, block_size, QUEUE_DEPTH, config)?;
         assert!(!storage.direct_io());
-        Ok(Buffered(storage))
-    }
-}
-
-impl Storage for Buffered {
-    fn geometry(&self) -> Geometry {
-        self.0.geometry()
-    }
-    fn submit_write(&mut self, tag: IoTag, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        self.0.submit_write(tag, offset, data)
-    }
-    fn submit_write_with(
-        &mut self,
-        tag: IoTag,
-        offset: u64,
-        len: usize,
-        fill: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), StorageError> {
-        self.0.submit_write_with(tag, offset, len, fill)
-    }
-    fn submit_write_zeroes(
-        &mut self,
-        tag: IoTag,
-        offset: u64,
-        len: u64,
-        unmap: bool,
-    ) -> Result<(), StorageError> {
-        self.0.submit_write_zeroes(tag, offset, len, unmap)
-    }
-    fn submit_read(&mut self, tag: IoTag, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
-        self.0.submit_read(tag, offset, buf)
-    }
-    fn submit_flush(&mut self, tag: IoTag) -> Result<(), StorageError> {
-        self.0.submit_flush(tag)
-    }
-    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
-        self.0.poll(out, max)
-    }
-    fn in_flight(&self) -> u32 {
-        self.0.in_flight()
+        Ok(storage)
     }
 }
 
@@ -87,7 +52,7 @@ mod buffered {
 
 #[test]
 fn submit_only_queues_and_poll_submits_the_batch() {
-    let (_dir, path, mut storage) = volume::<UringStorage>(4096);
+    let (_dir, path, mut storage) = volume::<Direct>(4096);
     for tag in 0..3 {
         storage
             .submit_write(tag, tag * 4096, &pattern(4096, tag as u8))
@@ -257,7 +222,7 @@ fn cqe_results_become_typed_errors() {
 
 #[test]
 fn debug_shows_path_geometry_and_mode() {
-    let (_dir, path, storage) = volume::<UringStorage>(512);
+    let (_dir, path, storage) = volume::<Direct>(512);
     assert_eq!(storage.path(), path);
     let text = format!("{storage:?}");
     for field in ["volume", "geometry", "direct_io", "in_flight"] {
