@@ -119,16 +119,9 @@ impl Storage for FileStorage {
         self.admit()?;
         let (file, zeros) = (&self.file, &mut self.assembled);
         let chunk = len.min(u64::from(self.geometry.max_io_bytes)) as usize;
-        let result = zero_range(file, offset, len, unmap, |offset, len| {
+        let result = zero_range(file, offset, len, unmap, || {
             zeros.resize(zeros.len().max(chunk), 0);
-            zeros[..chunk].fill(0);
-            let mut at = 0;
-            while at < len {
-                let n = (len - at).min(chunk as u64) as usize;
-                file.write_all_at(&zeros[..n], offset + at)?;
-                at += n as u64;
-            }
-            Ok(())
+            &mut zeros[..chunk]
         });
         self.complete(tag, result);
         Ok(())

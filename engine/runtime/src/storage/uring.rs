@@ -402,18 +402,10 @@ impl Storage for UringStorage {
             .last()
             .expect("an admitted request has a free slot");
         let (file, pool) = (&*self.file, &mut *self.pool);
-        let result = zero_range(file, offset, len, unmap, |offset, len| {
+        let result = zero_range(file, offset, len, unmap, || {
             // SAFETY: the slot is free, so no request in flight uses its memory, and it
             // stays free while this call holds the slice.
-            let zeros = unsafe { pool.slot_mut(slot) };
-            zeros.fill(0);
-            let mut at = 0;
-            while at < len {
-                let n = (len - at).min(zeros.len() as u64) as usize;
-                file.write_all_at(&zeros[..n], offset + at)?;
-                at += n as u64;
-            }
-            Ok(())
+            unsafe { pool.slot_mut(slot) }
         });
         self.ready.push(tag, result.map_err(StorageError::from));
         Ok(())

@@ -64,14 +64,27 @@ fn volume_len(file: &File) -> Result<u64, StorageError> {
 /// Makes `len` bytes at `offset` of `file` read back as zeros with the cheapest means the
 /// file or device has: with `unmap`, a punched hole; without, an allocated zeroed range
 /// (`FALLOC_FL_ZERO_RANGE`, or a hole allocated again where only holes are supported, as
-/// on tmpfs). Where it has neither, `write_zeros(offset, len)` writes the zeros.
-pub(super) fn zero_range(
+/// on tmpfs). Where it has neither, zeros are written from the buffer `buffer` gives
+/// (its length at a time; what O_DIRECT needs it to be, aligned, is the caller's part).
+pub(super) fn zero_range<'a>(
     file: &File,
     offset: u64,
     len: u64,
     unmap: bool,
-    write_zeros: impl FnOnce(u64, u64) -> std::io::Result<()>,
+    buffer: impl FnOnce() -> &'a mut [u8],
 ) -> std::io::Result<()> {
+    let write_zeros = |offset: u64, len: u64| {
+        use std::os::unix::fs::FileExt;
+        let zeros = buffer();
+        zeros.fill(0);
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], offset + at)?;
+            at += n as u64;
+        }
+        Ok(())
+    };
     use rustix::fs::{fallocate, FallocateFlags as F};
     let unsupported = |e: &rustix::io::Errno| {
         matches!(*e, rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS)
