@@ -22,9 +22,10 @@ use super::meter::Meter;
 use super::peer::{peak_rss_bytes, PeerArgs, PeerProcess, JOURNAL_FILE, REPLICA_FILE};
 use super::progress::{rates_line, Progress};
 use super::relay::{LinkShape, Relay};
-use super::results::{Memory, Results};
+use super::results::{Cpu, Memory, Results};
 use super::workload::{Job, Op, OpKind};
 use crate::args::{Backend, BenchArgs, Mode, PRIMARY_FILE};
+use crate::cpu;
 use ordo_daemon::runner::pin;
 use ordo_daemon::volume::{ByteSize, Volume};
 
@@ -223,7 +224,8 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
     // Pinned only now: the lane connector, the relay and the secondary are not ours.
     pin(args.cores.first().copied())?;
     let mut run = Run::new(args, progress, pair.epoch);
-    run.measure(&mut pair.engine)?;
+    let secondary_pid = pair.peer.as_ref().map(PeerProcess::pid);
+    run.measure(&mut pair.engine, secondary_pid)?;
     run.drain(&mut pair.engine)?;
     if let Engine::Node(node) = &mut pair.engine {
         if let Some(stalled) = node.primary().stalled() {
@@ -244,6 +246,7 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
         peer.stop()?;
     }
     let window_full_waits = run.window_full_waits;
+    let cpu = run.cpu;
     let measured = run.meter.finish();
     Ok(Results {
         header,
@@ -252,6 +255,7 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
         histograms: measured.histograms,
         intervals: measured.intervals,
         memory,
+        cpu,
         replicated,
         window_full_waits,
     })
@@ -282,6 +286,8 @@ struct Run {
     /// refusals during the measured run.
     window_full_at_start: u64,
     window_full_waits: u64,
+    /// What each side spent on the CPU during the measured run.
+    cpu: Cpu,
 }
 
 impl Run {
@@ -325,6 +331,7 @@ impl Run {
             idle: args.idle.policy(),
             window_full_at_start: 0,
             window_full_waits: 0,
+            cpu: Cpu::default(),
         }
     }
 
@@ -337,18 +344,32 @@ impl Run {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// The ramp, then the measured run.
-    fn measure(&mut self, engine: &mut Engine) -> Result<()> {
+    /// The ramp, then the measured run; the CPU this process and the secondary's
+    /// (`secondary_pid`) spend in it.
+    fn measure(&mut self, engine: &mut Engine, secondary_pid: Option<u32>) -> Result<()> {
         self.clock = Instant::now();
+        let sample = |pid| cpu::sample(pid).context("the CPU each side spent");
+        let mut cpu_at_start = None;
         loop {
             check_interrupted()?;
             let now_ns = self.now_ns();
             if self.meter.start_if_due(now_ns) {
                 self.window_full_at_start = engine.primary().stats().window_full;
+                let secondary = secondary_pid.map(|pid| sample(Some(pid))).transpose()?;
+                cpu_at_start = Some((sample(None)?, secondary));
             }
             if self.meter.ended(now_ns) {
                 let total = engine.primary().stats().window_full;
                 self.window_full_waits = total - self.window_full_at_start;
+                if let Some((primary, secondary)) = cpu_at_start {
+                    self.cpu = Cpu {
+                        primary: Some(sample(None)?.since(&primary)),
+                        secondary: match (secondary, secondary_pid) {
+                            (Some(start), Some(pid)) => Some(sample(Some(pid))?.since(&start)),
+                            _ => None,
+                        },
+                    };
+                }
                 break;
             }
             let issued = self.issue(engine, now_ns)?;

@@ -7,6 +7,7 @@
 
 mod args;
 pub mod compare;
+pub mod cpu;
 mod driver;
 mod hdrlog;
 mod header;

@@ -210,6 +210,11 @@ impl PeerProcess {
     }
 
     /// Its peak resident memory so far.
+    /// The secondary process's id, for reading what it spends.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn peak_rss_bytes(&self) -> Result<u64> {
         peak_rss_bytes(&format!("/proc/{}/status", self.child.id()))
     }

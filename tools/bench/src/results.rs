@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::ProcessCpu;
+
 /// Latencies are recorded in nanoseconds, 1 ns to an hour, to 3 significant digits.
 pub const HIGHEST_NS: u64 = 3_600_000_000_000;
 pub const SIGNIFICANT_DIGITS: u8 = 3;
@@ -127,6 +129,15 @@ pub struct Memory {
     pub secondary_window_bytes: Option<u64>,
 }
 
+/// What each side spent on the CPU during the measured run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Cpu {
+    /// The bench's process: the primary and the load generator (none with `--target`).
+    pub primary: Option<ProcessCpu>,
+    /// The secondary's process (none with replication off, or with `--target`).
+    pub secondary: Option<ProcessCpu>,
+}
+
 /// The machine a run was measured on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Machine {
@@ -157,6 +168,7 @@ pub struct Results {
     pub histograms: Histograms,
     pub intervals: Vec<Interval>,
     pub memory: Memory,
+    pub cpu: Cpu,
     /// Whether replication lag was measured (not with replication off, nor with
     /// `--target` without `--target-control`).
     pub replicated: bool,
@@ -232,6 +244,20 @@ pub(crate) fn sample() -> Results {
             primary_window_bytes: Some(256 << 20),
             secondary_peak_rss_bytes: Some(200 << 20),
             secondary_window_bytes: Some(64 << 20),
+        },
+        cpu: Cpu {
+            primary: Some(ProcessCpu {
+                user_s: 3.0,
+                system_s: 1.5,
+                voluntary_switches: 900,
+                involuntary_switches: 100,
+            }),
+            secondary: Some(ProcessCpu {
+                user_s: 2.0,
+                system_s: 2.5,
+                voluntary_switches: 4_000,
+                involuntary_switches: 500,
+            }),
         },
         replicated: true,
         window_full_waits: 3,

@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 use super::results::{per_second, Metric, Results, PERCENTILES};
+use crate::cpu::ProcessCpu;
 
 /// Everything the report says about one histogram, in nanoseconds.
 fn stats(histogram: &Histogram<u64>) -> Value {
@@ -90,7 +91,57 @@ pub fn json(results: &Results) -> Value {
         }],
         "intervals": intervals,
         "memory": results.memory,
+        "cpu": {
+            "primary": results.cpu.primary.map(|cpu| cpu_json(&cpu, results)),
+            "secondary": results.cpu.secondary.map(|cpu| cpu_json(&cpu, results)),
+        },
     })
+}
+
+/// CPU seconds per write and per MB acknowledged on the primary in the measured run
+/// (none if nothing was written).
+fn cpu_per_write_and_mb(cpu: &ProcessCpu, results: &Results) -> Option<(f64, f64)> {
+    let c = &results.counts;
+    (c.writes > 0 && c.write_bytes > 0).then(|| {
+        (
+            cpu.total_s() / c.writes as f64,
+            cpu.total_s() / (c.write_bytes as f64 / 1e6),
+        )
+    })
+}
+
+fn cpu_json(cpu: &ProcessCpu, results: &Results) -> Value {
+    let per = cpu_per_write_and_mb(cpu, results);
+    json!({
+        "user_s": cpu.user_s,
+        "system_s": cpu.system_s,
+        "voluntary_switches": cpu.voluntary_switches,
+        "involuntary_switches": cpu.involuntary_switches,
+        "cpu_us_per_write": per.map(|(w, _)| w * 1e6),
+        "cpu_ms_per_mb": per.map(|(_, mb)| mb * 1e3),
+    })
+}
+
+/// One side's CPU as fio's `cpu` line gives it, with the cost per write and per MB.
+fn cpu_text(side: &str, cpu: &ProcessCpu, results: &Results) -> String {
+    let runtime = results.runtime_s.max(f64::MIN_POSITIVE);
+    let mut text = format!(
+        "{side} usr={:.2}s sys={:.2}s ({:.0}% of a core), ctx={} (voluntary {}, involuntary {})",
+        cpu.user_s,
+        cpu.system_s,
+        100.0 * cpu.total_s() / runtime,
+        cpu.voluntary_switches + cpu.involuntary_switches,
+        cpu.voluntary_switches,
+        cpu.involuntary_switches
+    );
+    if let Some((per_write, per_mb)) = cpu_per_write_and_mb(cpu, results) {
+        text += &format!(
+            ", {:.2} us per write, {:.2} ms per MB",
+            per_write * 1e6,
+            per_mb * 1e3
+        );
+    }
+    text
 }
 
 /// Bytes in fio's style: binary and decimal.
@@ -231,6 +282,17 @@ pub fn human(results: &Results) -> String {
         }
         _ => out.push('\n'),
     }
+    let sides = [
+        ("primary", results.cpu.primary),
+        ("secondary", results.cpu.secondary),
+    ];
+    let cpu: Vec<String> = sides
+        .iter()
+        .filter_map(|(side, cpu)| cpu.map(|cpu| cpu_text(side, &cpu, results)))
+        .collect();
+    if !cpu.is_empty() {
+        let _ = writeln!(out, "  cpu: {}", cpu.join("; "));
+    }
     out
 }
 
@@ -264,6 +326,12 @@ mod tests {
             .is_some());
         assert_eq!(job["write"]["window_full_waits"], 3);
         assert_eq!(report["config"]["rw"], "randwrite");
+        let cpu = &report["cpu"]["secondary"];
+        assert_eq!(cpu["system_s"], 2.5);
+        assert_eq!(cpu["voluntary_switches"], 4_000);
+        let per_write = 4.5e6 / results.counts.writes as f64;
+        let us = cpu["cpu_us_per_write"].as_f64().unwrap();
+        assert!((us - per_write).abs() < 1e-6, "{us} against {per_write}");
     }
 
     #[test]
@@ -278,6 +346,9 @@ mod tests {
             "99.99th=[",
             "lag percentiles",
             "memory: primary peak RSS",
+            "cpu: primary usr=3.00s sys=1.50s",
+            "; secondary usr=2.00s sys=2.50s",
+            "ctx=1000 (voluntary 900, involuntary 100)",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from\n{text}");
         }

@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::header::header;
 use super::peer::peak_rss_bytes;
-use super::results::{Memory, Results};
+use super::results::{Cpu, Memory, Results};
 use super::status_lag::{status, StatusPoller};
 use super::target_loop::{PrimaryStart, Setup, TargetRun, CONNECT_TIMEOUT};
 use crate::args::BenchArgs;
@@ -251,6 +251,8 @@ pub fn run(args: &BenchArgs, progress: bool) -> Result<Results> {
             secondary_peak_rss_bytes: None,
             secondary_window_bytes: None,
         },
+        // The daemons' CPU is theirs to report; the bench measures only its own pair.
+        cpu: Cpu::default(),
         replicated: done.lag_exact.is_some(),
         window_full_waits: done.window_full_waits,
     })
