@@ -9,14 +9,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log="$work/compare.log"
 "$ordo" bench compare --quick --dir "$work" --output "$work/compare.json" | tee "$log"
-tail -n 1 "$log" | grep -qE '^compare: P1=[0-9.]+ P2=[0-9.]+ P3=[0-9.]+ P5=[0-9.]+ P6=[0-9.]+$'
+tail -n 1 "$log" | grep -qE '^compare: P1=[0-9.]+ P2=[0-9.]+ P3=[0-9.]+ P5=[0-9.]+ P6=[0-9.]+ P10=[0-9.]+ P10c4=[0-9.]+$'
 # Each row: its id, both measurements with their commands, per-run ratios and a verdict.
 jq -e '
-  (.rows | map(.id)) == ["P1", "P2", "P3", "P5", "P6"]
+  (.rows | map(.id)) == ["P1", "P2", "P3", "P5", "P6", "P10", "P10c4"]
   and all(.rows[];
     (.ours.value | type) == "number" and .ours.value > 0
     and (.baseline.value | type) == "number" and .baseline.value > 0
-    and (.ours.how | startswith("ordo bench "))
+    and (.ours.how | startswith("ordo "))
     and (.baseline.how | length) > 0
     and (.ratio | type) == "number"
     and (.ratios | length) == 1
@@ -32,6 +32,8 @@ jq -e '
   and .jobs[0].replication.lag_ns.N > 0
   and (.intervals | length) >= 1
   and .memory.secondary_peak_rss_bytes > 0
+  and .cpu.primary.user_s + .cpu.primary.system_s > 0
+  and .cpu.secondary.cpu_us_per_write > 0
   and .config.mode == "replicated"
 ' "$work/run.json" >/dev/null || { echo "incomplete run report:"; cat "$work/run.json"; exit 1; }
 grep -q '^#\[StartTime' "$work/run.hlog"

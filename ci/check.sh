@@ -38,6 +38,8 @@ command -v losetup >/dev/null || missing+=(mount)
 # What `ordo bench compare` measures its baselines with, and what checks its report.
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v jq >/dev/null || missing+=(jq)
+# P10's baseline: nbdkit's memory plugin, through fio's nbd engine.
+command -v nbdkit >/dev/null || missing+=(nbdkit)
 # The import-cycle check (ci/check-cycles.py).
 command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then

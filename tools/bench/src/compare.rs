@@ -4,19 +4,18 @@
 //! `compare: P1=<ratio> P2=<ratio> P3=<ratio> P5=<ratio> P6=<ratio>`.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::args::BenchArgs;
 use crate::driver;
 use crate::results::Results;
+use crate::rows::{free_port, output, row, Goal, Measured, Row, Settings};
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -44,46 +43,6 @@ struct Bench {
     args: BenchArgs,
 }
 
-/// Which way a ratio is better.
-#[derive(Clone, Copy, Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Goal {
-    AtLeast,
-    AtMost,
-}
-
-#[derive(Clone, Debug, Serialize)]
-struct Measured {
-    value: f64,
-    unit: &'static str,
-    /// What produced it: the `ordo bench` options, or the baseline tool's command.
-    how: String,
-}
-
-#[derive(Debug, Serialize)]
-struct Row {
-    id: &'static str,
-    what: &'static str,
-    goal: Goal,
-    target: f64,
-    aim: f64,
-    /// Medians over the runs (`None` when the baseline could not be measured).
-    ours: Option<Measured>,
-    baseline: Option<Measured>,
-    ratio: Option<f64>,
-    /// Each run's ratio.
-    ratios: Vec<f64>,
-    met: Option<bool>,
-    note: Option<String>,
-}
-
-struct Settings {
-    runs: usize,
-    runtime: f64,
-    ramp: f64,
-    dir: PathBuf,
-}
-
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
     let settings = Settings {
         runs: args.runs.max(1),
@@ -107,13 +66,17 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
         settings.runs, settings.runtime, settings.ramp
     )?;
     let mut rows = Vec::new();
-    for row in [p1, p2_p5, p3, p6] {
+    for row in [p1, p2_p5, p3, p6, crate::nbd_rows::p10] {
         for done in row(&settings)? {
             print_row(&mut out, &done)?;
             rows.push(done);
         }
     }
-    rows.sort_by_key(|r| r.id);
+    // By row number (P2 before P10), then id (P10 before P10c4).
+    rows.sort_by_key(|r| {
+        let digits: String = r.id[1..].chars().take_while(char::is_ascii_digit).collect();
+        (digits.parse::<u32>().unwrap_or(u32::MAX), r.id)
+    });
     let summary: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -182,75 +145,6 @@ fn bench(settings: &Settings, options: &str) -> Result<(Results, String)> {
     parsed.args.validate()?;
     let results = driver::run(&parsed.args, false).with_context(|| format!("running {how}"))?;
     Ok((results, how))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// A row from per-run (ours, baseline) pairs; ratio = ours / baseline per run.
-#[allow(clippy::too_many_arguments)]
-fn row(
-    id: &'static str,
-    what: &'static str,
-    goal: Goal,
-    (target, aim): (f64, f64),
-    unit: &'static str,
-    runs: &[(f64, f64)],
-    how: (String, String),
-    note: Option<String>,
-) -> Row {
-    if runs.is_empty() {
-        return Row {
-            id,
-            what,
-            goal,
-            target,
-            aim,
-            ours: None,
-            baseline: None,
-            ratio: None,
-            ratios: vec![],
-            met: None,
-            note,
-        };
-    }
-    let mut ratios: Vec<f64> = runs
-        .iter()
-        .map(|&(ours, base)| if base > 0.0 { ours / base } else { f64::NAN })
-        .collect();
-    let ratio = median(&mut ratios.clone());
-    let mut ours: Vec<f64> = runs.iter().map(|r| r.0).collect();
-    let mut base: Vec<f64> = runs.iter().map(|r| r.1).collect();
-    ratios
-        .iter_mut()
-        .for_each(|r| *r = (*r * 1000.0).round() / 1000.0);
-    let met = ratio.is_finite().then_some(match goal {
-        Goal::AtLeast => ratio >= target,
-        Goal::AtMost => ratio <= target,
-    });
-    Row {
-        id,
-        what,
-        goal,
-        target,
-        aim,
-        ours: Some(Measured {
-            value: median(&mut ours),
-            unit,
-            how: how.0,
-        }),
-        baseline: Some(Measured {
-            value: median(&mut base),
-            unit,
-            how: how.1,
-        }),
-        ratio: ratio.is_finite().then_some(ratio),
-        ratios,
-        met,
-        note,
-    }
 }
 
 fn mb(bytes_per_s: f64) -> f64 {
@@ -388,33 +282,6 @@ fn p6(settings: &Settings) -> Result<Vec<Row>> {
         how,
         note,
     )])
-}
-
-/// Runs `program` and returns its stdout; an error says if it is not installed.
-fn output(program: &str, args: &[String]) -> Result<String> {
-    let result = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output();
-    let output = match result {
-        Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("not installed (apt-get install {program})")
-        }
-        Err(e) => return Err(e).with_context(|| format!("running {program}")),
-    };
-    if !output.status.success() {
-        bail!(
-            "{program} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// iperf3, one stream over loopback: bytes per second received, and the command.
