@@ -1,7 +1,7 @@
 //! `ordo bench compare`: a fixed suite, each measurement next to its baseline measured in
 //! the same run (iperf3 on the same loopback, fio on the same file system, replication
 //! off, one data set at a time), as ratios, the median of several runs. Ends with one line
-//! `compare: P1=<ratio> P2=<ratio> P3=<ratio> P5=<ratio> P6=<ratio>`.
+//! `compare: P1=<ratio> P2=<ratio> P3=<ratio> P5=<ratio> P6=<ratio> P10=<ratio> P10c4=<ratio>`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
