@@ -290,48 +290,13 @@ fn read_option_reply<'a>(
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
-    use std::sync::Mutex;
     use std::time::Instant;
 
     use super::*;
-    use crate::server::{serve, Export};
+    use crate::server::serve;
+    use crate::test_export::MemExport;
     use crate::transmission::{CMD_FLUSH, CMD_READ, CMD_WRITE};
     use crate::{EOVERFLOW, TFLAG_SEND_FLUSH};
-
-    struct MemExport {
-        data: Mutex<Vec<u8>>,
-        flushes: Mutex<u32>,
-    }
-
-    impl Export for MemExport {
-        fn name(&self) -> &str {
-            "data"
-        }
-        fn size_bytes(&self) -> u64 {
-            self.data.lock().unwrap().len() as u64
-        }
-        fn block_size(&self) -> u32 {
-            512
-        }
-        fn max_request_bytes(&self) -> u32 {
-            64 << 10
-        }
-        fn read(&self, offset: u64, buf: &mut Vec<u8>) -> Result<(), u32> {
-            let data = self.data.lock().unwrap();
-            let len = buf.len();
-            buf.copy_from_slice(&data[offset as usize..offset as usize + len]);
-            Ok(())
-        }
-        fn write(&self, offset: u64, bytes: &mut Vec<u8>, _fua: bool) -> Result<(), u32> {
-            let mut data = self.data.lock().unwrap();
-            data[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
-            Ok(())
-        }
-        fn flush(&self) -> Result<(), u32> {
-            *self.flushes.lock().unwrap() += 1;
-            Ok(())
-        }
-    }
 
     /// Serves a 1 MiB export named "data" to one client, with ordo's NBD server.
     fn serve_one() -> (
@@ -339,10 +304,7 @@ mod tests {
         SocketAddr,
         std::thread::JoinHandle<Result<(), String>>,
     ) {
-        let export: &'static MemExport = Box::leak(Box::new(MemExport {
-            data: Mutex::new(vec![0; 1 << 20]),
-            flushes: Mutex::new(0),
-        }));
+        let export = MemExport::leaked("data", 1 << 20, 512, 64 << 10);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let thread = std::thread::spawn(move || {

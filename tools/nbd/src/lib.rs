@@ -15,6 +15,8 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod pipeline;
 pub mod server;
+#[cfg(test)]
+mod test_export;
 pub mod transmission;
 pub mod url;
 

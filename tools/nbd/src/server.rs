@@ -144,45 +144,9 @@ fn negotiate<'a>(
 mod tests {
     use std::net::TcpListener;
     use std::process::Command as Process;
-    use std::sync::Mutex;
 
     use super::*;
-
-    /// An export in memory that counts flushes.
-    struct MemExport {
-        data: Mutex<Vec<u8>>,
-        flushes: Mutex<u32>,
-    }
-
-    impl Export for MemExport {
-        fn name(&self) -> &str {
-            "vol"
-        }
-        fn size_bytes(&self) -> u64 {
-            self.data.lock().unwrap().len() as u64
-        }
-        fn block_size(&self) -> u32 {
-            4096
-        }
-        fn max_request_bytes(&self) -> u32 {
-            1 << 20
-        }
-        fn read(&self, offset: u64, buf: &mut Vec<u8>) -> Result<(), u32> {
-            let data = self.data.lock().unwrap();
-            let len = buf.len();
-            buf.copy_from_slice(&data[offset as usize..offset as usize + len]);
-            Ok(())
-        }
-        fn write(&self, offset: u64, bytes: &mut Vec<u8>, _fua: bool) -> Result<(), u32> {
-            let mut data = self.data.lock().unwrap();
-            data[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes);
-            Ok(())
-        }
-        fn flush(&self) -> Result<(), u32> {
-            *self.flushes.lock().unwrap() += 1;
-            Ok(())
-        }
-    }
+    use crate::test_export::MemExport;
 
     /// Serves `export` to one client on a loopback port; returns the port and the thread.
     fn serve_once(
@@ -198,10 +162,7 @@ mod tests {
     }
 
     fn export() -> &'static MemExport {
-        Box::leak(Box::new(MemExport {
-            data: Mutex::new(vec![0; 4 << 20]),
-            flushes: Mutex::new(0),
-        }))
+        MemExport::leaked("vol", 4 << 20, 4096, 1 << 20)
     }
 
     /// qemu-io (qemu-utils, installed by CI) writes, reads back, flushes, and reads an
