@@ -54,4 +54,10 @@ pub enum ServeError {
     Io(#[from] io::Error),
     #[error("request of {0} bytes is over the limit; the stream cannot be resynchronised")]
     RequestTooLarge(u32),
+    #[error("connection closed mid-request ({0} bytes of it received)")]
+    Truncated(usize),
+    #[error("no export chosen within {0:?} of connecting")]
+    NegotiationTimeout(std::time::Duration),
+    #[error("refused: {0} clients are connected already")]
+    TooManyClients(usize),
 }

@@ -13,7 +13,7 @@ pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
-pub mod pipeline;
+pub mod poller;
 pub mod server;
 #[cfg(test)]
 mod test_export;

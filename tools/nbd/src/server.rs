@@ -1,147 +1,96 @@
-//! An NBD server connection: the fixed newstyle handshake, then requests (several in flight,
-//! see `pipeline`) until the client disconnects, against an `Export` (ordo's primary plugs
-//! a replicated volume in). Each client connection gets its own thread; the caller sets
-//! the socket options it wants (keepalive, say) before `serve`.
+//! Serving synchronous exports: `Inline` is a poller backend over `Export`s that do
+//! their I/O when called (an in-memory disk, a test double), and `serve` runs one client
+//! connection on the calling thread with it until the client disconnects. The daemon
+//! serves its volumes with `poller::Server` and a backend of its own instead.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 pub use crate::export::{Export, ServeError};
-use crate::handshake::{
-    self, Request as OptionRequest, OPT_ABORT, OPT_GO, OPT_INFO, OPT_LIST, REP_ACK, REP_ERR_UNKNOWN,
-};
-use crate::IHAVEOPT;
-use crate::{
-    NbdError, MAX_OPTION_BYTES, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_SEND_FLUSH,
-    TFLAG_SEND_FUA, TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES,
-};
+use crate::poller::{Backend, ExportInfo, Io, Limits, Server, Tag};
 
-/// How long the handshake may take.
-const NEGOTIATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long an idle `serve` waits for the socket before looking again.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
 
-const FLAGS: u16 = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_CAN_MULTI_CONN;
+/// A backend that runs each request on its export at once and keeps the outcome until
+/// the server takes it (`drain`).
+pub struct Inline<'a> {
+    exports: &'a [&'a dyn Export],
+    done: Vec<(Tag, Result<(), u32>, Vec<u8>)>,
+}
 
-/// The transmission flags of `export`: every export's, and TRIM and WRITE_ZEROES if it
-/// takes them.
-fn flags(export: &dyn Export) -> u16 {
-    match export.can_zero() {
-        true => FLAGS | TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES,
-        false => FLAGS,
+impl<'a> Inline<'a> {
+    pub fn new(exports: &'a [&'a dyn Export]) -> Inline<'a> {
+        Inline {
+            exports,
+            done: Vec::new(),
+        }
+    }
+
+    /// Hands every finished request to `server`; true if there was any.
+    pub fn drain(&mut self, server: &mut Server) -> bool {
+        let any = !self.done.is_empty();
+        for (tag, result, buf) in self.done.drain(..) {
+            server.complete(tag, result, buf);
+        }
+        any
+    }
+}
+
+impl std::fmt::Debug for Inline<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inline")
+            .field("exports", &self.exports.len())
+            .field("done", &self.done.len())
+            .finish()
+    }
+}
+
+impl Backend for Inline<'_> {
+    fn start(&mut self, tag: Tag, export: usize, io: Io, mut buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        let export = self.exports[export];
+        let result = match io {
+            Io::Read { offset } => export.read(offset, &mut buf),
+            Io::Write { offset, fua } => export.write(offset, &mut buf, fua),
+            Io::Flush => export.flush(),
+            Io::WriteZeroes {
+                offset,
+                len,
+                may_unmap,
+                fua,
+            } => export.write_zeroes(offset, len, may_unmap, fua),
+            Io::Trim { offset, len } => export.trim(offset, len),
+        };
+        self.done.push((tag, result, buf));
+        Ok(())
     }
 }
 
 /// Serves one client until it disconnects (`Ok`) or breaks the protocol (`Err`).
-pub fn serve(mut stream: TcpStream, exports: &[&dyn Export]) -> Result<(), ServeError> {
-    stream.set_nodelay(true)?;
-    // A client that connects and never negotiates must not hold a connection slot.
-    stream.set_read_timeout(Some(NEGOTIATION_TIMEOUT))?;
-    let mut out = Vec::with_capacity(256);
-    handshake::encode_greeting(&mut out);
-    stream.write_all(&out)?;
-    let mut flags = [0u8; 4];
-    stream.read_exact(&mut flags)?;
-    let (no_zeroes, _) = handshake::parse_client_flags(&flags)?.expect("four bytes were read");
-    let Some(export) = negotiate(&mut stream, exports, no_zeroes)? else {
-        return Ok(());
+pub fn serve(stream: TcpStream, exports: &[&dyn Export]) -> Result<(), ServeError> {
+    let infos = exports.iter().map(|e| ExportInfo::of(*e)).collect();
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
     };
-    // In transmission a client may rightly stay idle for as long as it likes.
-    stream.set_read_timeout(None)?;
-    crate::pipeline::transmit(&mut stream, export)
-}
-
-/// Option haggling; the chosen export, or `None` if the client aborted.
-fn negotiate<'a>(
-    stream: &mut TcpStream,
-    exports: &[&'a dyn Export],
-    no_zeroes: bool,
-) -> Result<Option<&'a dyn Export>, ServeError> {
-    let mut buf = Vec::with_capacity(16 + MAX_OPTION_BYTES as usize);
-    let mut out = Vec::with_capacity(512);
+    let mut server = Server::new(None, infos, limits)?;
+    server.adopt(stream)?;
+    let mut backend = Inline::new(exports);
     loop {
-        buf.resize(16, 0);
-        stream.read_exact(&mut buf)?;
-        let magic = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
-        if magic != IHAVEOPT {
-            return Err(NbdError::BadMagic {
-                expected: IHAVEOPT,
-                found: magic,
-            }
-            .into());
+        let mut work = server.poll(Instant::now(), &mut backend);
+        work |= backend.drain(&mut server);
+        if let Some(ended) = server.take_ended() {
+            return ended.result;
         }
-        let len = u32::from_be_bytes(buf[12..16].try_into().expect("4 bytes"));
-        if len > MAX_OPTION_BYTES {
-            return Err(NbdError::OptionTooLong(len).into());
+        if !work {
+            server.wait(IDLE_WAIT)?;
         }
-        buf.resize(16 + len as usize, 0);
-        stream.read_exact(&mut buf[16..])?;
-        let (raw, _) = handshake::parse_option(&buf)?.expect("the whole option was read");
-        out.clear();
-        let find = |name: &str| {
-            exports
-                .iter()
-                .copied()
-                .find(|e| e.name() == name || (name.is_empty() && exports.len() == 1))
-        };
-        match handshake::decode_option(&raw) {
-            OptionRequest::ExportName(name) => {
-                // No error reply exists for this option: an unknown name ends the session.
-                let Some(export) = find(name) else {
-                    return Ok(None);
-                };
-                handshake::encode_export_name_reply(
-                    &mut out,
-                    export.size_bytes(),
-                    flags(export),
-                    no_zeroes,
-                );
-                stream.write_all(&out)?;
-                return Ok(Some(export));
-            }
-            OptionRequest::Abort => {
-                handshake::encode_reply(&mut out, OPT_ABORT, REP_ACK, &[]);
-                stream.write_all(&out)?;
-                return Ok(None);
-            }
-            OptionRequest::List => {
-                exports
-                    .iter()
-                    .for_each(|e| handshake::encode_server(&mut out, e.name()));
-                handshake::encode_reply(&mut out, OPT_LIST, REP_ACK, &[]);
-            }
-            OptionRequest::Info { go, name, .. } => {
-                let option = if go { OPT_GO } else { OPT_INFO };
-                match find(name) {
-                    Some(export) => {
-                        let sizes = handshake::BlockSizes {
-                            minimum: export.min_block_size(),
-                            preferred: export.block_size(),
-                            maximum: export.max_request_bytes(),
-                        };
-                        let size = export.size_bytes();
-                        handshake::encode_info(&mut out, option, size, flags(export), sizes);
-                        if go {
-                            stream.write_all(&out)?;
-                            return Ok(Some(export));
-                        }
-                    }
-                    None => handshake::encode_reply(
-                        &mut out,
-                        option,
-                        REP_ERR_UNKNOWN,
-                        b"no such export",
-                    ),
-                }
-            }
-            OptionRequest::Refuse { reply, why } => {
-                handshake::encode_reply(&mut out, raw.option, reply, why.as_bytes())
-            }
-        }
-        stream.write_all(&out)?;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::process::Command as Process;
 
