@@ -47,9 +47,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_PROBES: u32 = 5;
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sets keepalive probes and a user timeout on `stream` (see `KEEPALIVE_IDLE`).
-pub fn detect_dead_peer(stream: &TcpStream) -> io::Result<()> {
-    let socket = socket2::SockRef::from(stream);
+/// Sets keepalive probes and a user timeout on the TCP socket `stream` (see
+/// `KEEPALIVE_IDLE`).
+pub fn detect_dead_peer(stream: impl std::os::fd::AsFd) -> io::Result<()> {
+    let socket = socket2::SockRef::from(&stream);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)

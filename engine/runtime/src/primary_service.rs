@@ -1,12 +1,15 @@
-//! The primary's front door on real threads. Application threads (NBD connections, the
-//! benchmark) hand requests to the poller through a bounded lock-free ring, crossbeam's
-//! `ArrayQueue` (Vyukov's bounded MPMC queue with per-slot stamps); the poller owns the
-//! `PrimaryNode`, takes requests in batches, and returns each one's buffer with its reply
-//! on the requester's channel. Nothing is allocated per request: a request carries its own
-//! buffer, and the pending table is sized once.
+//! The primary's front door. What runs on the poller's own thread (the NBD server)
+//! submits requests straight into the pending table (`PrimaryService::submit`) and takes
+//! their replies from the service's reply queue (`take_reply`): no thread handoff between
+//! a client's socket and the write path. Other threads (the control socket) hand requests
+//! to the poller through a bounded lock-free ring, crossbeam's `ArrayQueue` (Vyukov's
+//! bounded MPMC queue with per-slot stamps), wake it, and get each reply on their own
+//! channel. Nothing is allocated per request: a request carries its own buffer, and the
+//! pending table and reply queue are sized once.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
+use std::task::Waker;
 use std::thread::Thread;
 
 use crossbeam_channel::Sender;
@@ -55,9 +58,18 @@ pub struct Request {
     pub buf: Vec<u8>,
     /// Echoed in the reply, for requesters with several requests in flight.
     pub user: u64,
-    /// Where the reply goes: it must have room for every reply its owner awaits (the
+    pub reply: ReplyTo,
+}
+
+/// Where a request's reply goes.
+#[derive(Clone, Debug)]
+pub enum ReplyTo {
+    /// The service's own reply queue (`take_reply`), for requests submitted on the
+    /// poller's thread.
+    Poller,
+    /// Another thread's channel: it must have room for every reply its owner awaits (the
     /// poller never blocks on it; a reply with no room is dropped).
-    pub reply: Sender<Reply>,
+    Channel(Sender<Reply>),
 }
 
 #[derive(Debug)]
@@ -95,20 +107,21 @@ enum Closing {
     Flushing(Option<DataSetId>),
 }
 
-/// The application's handle: cheap to clone, one per thread.
+/// Another thread's handle: cheap to clone, one per thread.
 #[derive(Clone, Debug)]
 pub struct Frontend {
     inbox: Arc<ArrayQueue<Request>>,
-    poller: Arc<OnceLock<Thread>>,
+    poller: Arc<OnceLock<Waker>>,
 }
 
 impl Frontend {
     /// Queues a request for the poller; a full ring hands it back (backpressure: retry).
     pub fn submit(&self, request: Request) -> Result<(), Request> {
+        debug_assert!(matches!(request.reply, ReplyTo::Channel(_)));
         self.inbox.push(request)?;
         if let Some(poller) = self.poller.get() {
-            // Wakes a parked poller; a running one only sees a flag set.
-            poller.unpark();
+            // Wakes a parked poller (a syscall: for control requests, never per write).
+            poller.wake_by_ref();
         }
         Ok(())
     }
@@ -223,7 +236,9 @@ pub struct PrimaryStatus {
 pub struct PrimaryService<S: Storage> {
     node: PrimaryNode<S>,
     inbox: Arc<ArrayQueue<Request>>,
-    poller: Arc<OnceLock<Thread>>,
+    poller: Arc<OnceLock<Waker>>,
+    /// Replies of requests submitted on the poller's thread, until taken.
+    replies: VecDeque<Reply>,
     pending: Vec<Option<Pending>>,
     free: Vec<usize>,
     /// Pending requests not yet accepted, in arrival order.
@@ -249,6 +264,7 @@ impl<S: Storage> PrimaryService<S> {
             node,
             inbox: Arc::new(ArrayQueue::new(max_requests)),
             poller: Arc::new(OnceLock::new()),
+            replies: VecDeque::with_capacity(max_requests),
             pending: (0..max_requests).map(|_| None).collect(),
             free: (0..max_requests).rev().collect(),
             queued: VecDeque::with_capacity(max_requests),
@@ -284,9 +300,49 @@ impl<S: Storage> PrimaryService<S> {
         }
     }
 
-    /// Names the thread that polls, so frontends can wake it when it parks.
+    /// How frontends wake the poller when it waits for work.
+    pub fn set_waker(&self, waker: Waker) {
+        let _ = self.poller.set(waker);
+    }
+
+    /// Names the thread that polls, when it parks (`std::thread::park`) while idle.
     pub fn set_poller(&self, thread: Thread) {
-        let _ = self.poller.set(thread);
+        self.set_waker(Waker::from(Arc::new(Unpark(thread))));
+    }
+
+    /// Takes a request on the poller's thread, straight into the pending table (its reply
+    /// is `ReplyTo::Poller`'s). A full table hands it back: offer it again after a
+    /// `poll`, as replies free room.
+    pub fn submit(&mut self, request: Request) -> Result<(), Request> {
+        debug_assert!(matches!(request.reply, ReplyTo::Poller));
+        if self.closing != Closing::Open {
+            self.refuse(request);
+            return Ok(());
+        }
+        let Some(index) = self.free.pop() else {
+            return Err(request);
+        };
+        self.admit(index, request);
+        Ok(())
+    }
+
+    /// Requests `submit` can take now.
+    pub fn room(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The next reply of a request submitted on the poller's thread.
+    pub fn take_reply(&mut self) -> Option<Reply> {
+        self.replies.pop_front()
+    }
+
+    fn admit(&mut self, index: usize, request: Request) {
+        self.pending[index] = Some(Pending {
+            request,
+            stage: Stage::Queued,
+            waiting_since_ms: None,
+        });
+        self.queued.push_back(index);
     }
 
     pub fn node(&mut self) -> &mut PrimaryNode<S> {
@@ -309,19 +365,13 @@ impl<S: Storage> PrimaryService<S> {
             let Some(request) = self.inbox.pop() else {
                 break;
             };
+            work = true;
             if self.closing != Closing::Open {
-                refuse(request);
-                work = true;
+                self.refuse(request);
                 continue;
             }
             self.free.pop();
-            self.pending[index] = Some(Pending {
-                request,
-                stage: Stage::Queued,
-                waiting_since_ms: None,
-            });
-            self.queued.push_back(index);
-            work = true;
+            self.admit(index, request);
         }
         work |= self.start_queued(now_ms);
         if self.closing == Closing::Refusing && self.queued.is_empty() {
@@ -477,15 +527,36 @@ impl<S: Storage> PrimaryService<S> {
             self.stats.errors += 1;
         }
         self.free.push(index);
-        let request = pending.request;
-        // Never blocks: each requester's channel has room for the replies it awaits. A
-        // requester that went away no longer needs its reply.
-        let _ = request.reply.try_send(Reply {
+        self.reply(pending.request, result, data_set);
+    }
+
+    fn reply(&mut self, request: Request, result: Result<(), ServiceError>, data_set: DataSetId) {
+        let reply = Reply {
             user: request.user,
             result,
             buf: request.buf,
             data_set,
-        });
+        };
+        match request.reply {
+            ReplyTo::Poller => {
+                // Room: at most one reply per pending slot, and the table's size is its
+                // capacity; a refused request (while closing) took no slot but is
+                // answered within the round it came in.
+                self.replies.push_back(reply);
+            }
+            // Never blocks: each requester's channel has room for the replies it awaits.
+            // A requester that went away no longer needs its reply.
+            ReplyTo::Channel(channel) => drop(channel.try_send(reply)),
+        }
+    }
+
+    /// Answers a request that arrived after `close`.
+    fn refuse(&mut self, request: Request) {
+        self.reply(
+            request,
+            Err(ServiceError::ShuttingDown),
+            DataSetId::default(),
+        );
     }
 
     pub fn status(&mut self, now_ms: u64) -> PrimaryStatus {
@@ -527,14 +598,17 @@ impl<S: Storage> PrimaryService<S> {
     }
 }
 
-/// Answers a request that arrived after `close`.
-fn refuse(request: Request) {
-    let _ = request.reply.try_send(Reply {
-        user: request.user,
-        result: Err(ServiceError::ShuttingDown),
-        buf: request.buf,
-        data_set: DataSetId::default(),
-    });
+/// Wakes a poller that parks.
+struct Unpark(Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
 }
 
 #[cfg(test)]
@@ -550,7 +624,7 @@ mod tests {
             op,
             buf,
             user: 0,
-            reply,
+            reply: ReplyTo::Channel(reply),
         };
         service
             .frontend()

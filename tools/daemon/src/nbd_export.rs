@@ -1,91 +1,367 @@
-//! The primary's volumes as NBD exports: each client connection runs on its own thread and
-//! hands its requests to the poller through the request ring, lending its buffer for the
-//! trip and waiting for the reply. FLUSH is a consistency point: it closes the data set.
+//! The primary's volumes as NBD exports, served on the primary's own poller: the NBD
+//! server (ordo-nbd's `poller::Server`) reads requests off non-blocking sockets and starts
+//! each one straight in the primary service's pending table, and the service's replies go
+//! back to their connections in the same thread, so nothing crosses a thread between a
+//! client's socket and the write path. FLUSH is a consistency point: it closes the data
+//! set.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use crossbeam_channel::{Receiver, Sender};
 use ordo_core::primary::SubmitError;
 use ordo_core::protocol::VolumeId;
-use ordo_core::storage::StorageError;
-use ordo_runtime::primary_service::{Frontend, Op, Reply, Request, ServiceError};
-
-use ordo_nbd::server::{serve, Export};
+use ordo_core::storage::{Storage, StorageError};
+use ordo_nbd::poller::{Backend, Ended, ExportInfo, Io, Limits, Server, Tag};
+use ordo_nbd::server::ServeError;
 use ordo_nbd::{EINVAL, EIO, ENOSPC, EOVERFLOW, ESHUTDOWN};
+use ordo_runtime::primary_service::{Op, PrimaryService, Reply, ReplyTo, Request, ServiceError};
 
-/// Client connections served at once; more are refused.
-pub const MAX_CONNECTIONS: usize = 64;
+/// NBD requests that went to the service as several (a split write, a zeroing with
+/// partial blocks at its ends) in flight at once; more wait for room.
+const MAX_COMPOUNDS: usize = 64;
+/// Marks a service request's `user` as a part of a compound (its index below); a simple
+/// request's `user` is its NBD tag, whose top bit is clear (connection numbers are small).
+const COMPOUND: u64 = 1 << 63;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct NbdVolume {
     pub name: String,
     pub volume: VolumeId,
     pub size_bytes: u64,
     pub block_size: u32,
     pub max_request_bytes: u32,
-    pub frontend: Frontend,
-}
-
-thread_local! {
-    /// Each connection thread's reply channel, made once: a thread has one request in
-    /// flight at a time.
-    static REPLIES: (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::bounded(1);
 }
 
 impl NbdVolume {
-    fn call(&self, op: Op, buf: &mut Vec<u8>) -> Result<(), u32> {
-        REPLIES.with(|(sender, receiver)| {
-            let request = Request {
-                op,
-                buf: std::mem::take(buf),
-                user: 0,
-                reply: sender.clone(),
-            };
-            let Some(reply) = self.frontend.call(request, receiver) else {
-                return Err(ESHUTDOWN);
-            };
-            *buf = reply.buf;
-            reply.result.map_err(|e| errno(&e))
-        })
+    fn info(&self) -> ExportInfo {
+        ExportInfo {
+            name: self.name.clone(),
+            size_bytes: self.size_bytes,
+            block_size: self.block_size,
+            // Any byte range: the primary merges a partial block with the rest of it.
+            min_block_size: 1,
+            max_request_bytes: self.max_request_bytes,
+            can_zero: true,
+        }
     }
 }
 
-impl NbdVolume {
-    /// Zeroes `len` bytes at `offset`: the whole blocks inside as one zeroing, and with
-    /// `edges` the partial blocks around them as writes of zeros, in that order of the
-    /// volume (head, whole blocks, tail), each acknowledged before the next starts.
-    fn zero(&self, offset: u64, len: u32, unmap: bool, fua: bool, edges: bool) -> Result<(), u32> {
-        if len == 0 {
-            return Err(EINVAL);
+/// An NBD request made of several service requests: answered once every part is.
+#[derive(Debug)]
+struct Compound {
+    tag: Tag,
+    parts_left: usize,
+    error: Option<u32>,
+    /// The buffer handed back to the NBD server: the largest of the parts'.
+    keep: Vec<u8>,
+}
+
+/// The exports of the primary: the NBD server and what joins it to the service.
+#[derive(Debug)]
+pub struct Exports {
+    server: Server,
+    volumes: Vec<NbdVolume>,
+    compounds: Vec<Option<Compound>>,
+    free_compounds: Vec<usize>,
+    /// Requests answered without reaching the service, for the next `complete`.
+    early: Vec<(Tag, Result<(), u32>, Vec<u8>)>,
+}
+
+impl Exports {
+    /// Listens on `addr` for clients of `volumes`.
+    pub fn listen(addr: SocketAddr, volumes: Vec<NbdVolume>) -> Result<Exports> {
+        let listener = TcpListener::bind(addr).with_context(|| format!("binding NBD on {addr}"))?;
+        let infos = volumes.iter().map(NbdVolume::info).collect();
+        let mut server = Server::new(Some(listener), infos, Limits::default())
+            .context("starting the NBD server")?;
+        server.configure_accepted(Box::new(|fd| ordo_runtime::lane::detect_dead_peer(fd)));
+        Ok(Exports {
+            server,
+            volumes,
+            compounds: (0..MAX_COMPOUNDS).map(|_| None).collect(),
+            free_compounds: (0..MAX_COMPOUNDS).rev().collect(),
+            early: Vec::new(),
+        })
+    }
+
+    pub fn server(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
+    /// Accepts, reads and starts requests on `service`; true if it did any work.
+    pub fn poll<S: Storage>(
+        &mut self,
+        now: std::time::Instant,
+        service: &mut PrimaryService<S>,
+    ) -> bool {
+        let mut backend = Starter {
+            service,
+            volumes: &self.volumes,
+            compounds: &mut self.compounds,
+            free_compounds: &mut self.free_compounds,
+            early: &mut self.early,
+        };
+        let work = self.server.poll(now, &mut backend);
+        while let Some(Ended { peer, result }) = self.server.take_ended() {
+            log_ended(peer, result);
         }
-        let block = u64::from(self.block_size);
+        work
+    }
+
+    /// Hands the service's replies (and the requests answered early) to their clients;
+    /// true if there were any.
+    pub fn complete<S: Storage>(&mut self, service: &mut PrimaryService<S>) -> bool {
+        let mut work = !self.early.is_empty();
+        for (tag, result, buf) in self.early.drain(..) {
+            self.server.complete(tag, result, buf);
+        }
+        while let Some(reply) = service.take_reply() {
+            work = true;
+            let result = reply.result.as_ref().map_err(errno).copied();
+            if reply.user & COMPOUND == 0 {
+                self.server
+                    .complete(Tag::from_u64(reply.user), result, reply.buf);
+                continue;
+            }
+            self.part_done(reply, result);
+        }
+        work
+    }
+
+    fn part_done(&mut self, reply: Reply, result: Result<(), u32>) {
+        let index = (reply.user & !COMPOUND) as usize;
+        let compound = self.compounds[index]
+            .as_mut()
+            .expect("a compound in flight");
+        compound.error = compound.error.or(result.err());
+        if reply.buf.capacity() > compound.keep.capacity() {
+            compound.keep = reply.buf;
+        }
+        compound.parts_left -= 1;
+        if compound.parts_left == 0 {
+            let done = self.compounds[index].take().expect("a compound in flight");
+            self.free_compounds.push(index);
+            let result = done.error.map_or(Ok(()), Err);
+            self.server.complete(done.tag, result, done.keep);
+        }
+    }
+}
+
+fn log_ended(peer: Option<SocketAddr>, result: Result<(), ServeError>) {
+    let peer = peer.map_or_else(|| "a client".to_string(), |p| p.to_string());
+    match result {
+        Ok(()) => tracing::debug!("nbd: {peer} disconnected"),
+        Err(ServeError::Io(e)) if is_abrupt(&e) => {
+            tracing::info!("nbd: {peer} went away: {e}")
+        }
+        Err(e @ ServeError::Truncated(_)) => tracing::info!("nbd: {peer}: {e}"),
+        Err(e) => tracing::warn!("nbd: {peer}: {e}"),
+    }
+}
+
+/// A client that vanished without NBD_CMD_DISC (killed, its host gone): not a fault of ours.
+fn is_abrupt(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, TimedOut};
+    matches!(
+        e.kind(),
+        ConnectionReset | BrokenPipe | ConnectionAborted | TimedOut
+    )
+}
+
+/// The NBD server's backend for one round: starts requests on the service.
+struct Starter<'a, S: Storage> {
+    service: &'a mut PrimaryService<S>,
+    volumes: &'a [NbdVolume],
+    compounds: &'a mut Vec<Option<Compound>>,
+    free_compounds: &'a mut Vec<usize>,
+    early: &'a mut Vec<(Tag, Result<(), u32>, Vec<u8>)>,
+}
+
+impl<S: Storage> Backend for Starter<'_, S> {
+    fn start(&mut self, tag: Tag, export: usize, io: Io, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        let v = &self.volumes[export];
+        let volume = v.volume;
+        match io {
+            Io::Read { offset } => self.one(tag, Op::Read { volume, offset }, buf),
+            Io::Write { offset, fua } => self.write(tag, export, offset, fua, buf),
+            Io::Flush => self.one(tag, Op::Flush, buf),
+            Io::WriteZeroes {
+                offset,
+                len,
+                may_unmap,
+                fua,
+            } => self.zero(tag, export, (offset, len), (may_unmap, fua), true, buf),
+            Io::Trim { offset, len } => {
+                self.zero(tag, export, (offset, len), (true, false), false, buf)
+            }
+        }
+    }
+}
+
+impl<S: Storage> Starter<'_, S> {
+    fn one(&mut self, tag: Tag, op: Op, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        let user = tag.to_u64();
+        debug_assert_eq!(user & COMPOUND, 0, "connection numbers are small");
+        let request = Request {
+            op,
+            buf,
+            user,
+            reply: ReplyTo::Poller,
+        };
+        self.service.submit(request).map_err(|r| r.buf)
+    }
+
+    /// A write; one of the largest size that starts inside a block touches one block more
+    /// than a record may hold, so it goes as two, cut at a block boundary (the first whole
+    /// blocks up to the limit, the second at most one block).
+    fn write(
+        &mut self,
+        tag: Tag,
+        export: usize,
+        offset: u64,
+        fua: bool,
+        mut buf: Vec<u8>,
+    ) -> Result<(), Vec<u8>> {
+        let v = &self.volumes[export];
+        let volume = v.volume;
+        let block = u64::from(v.block_size);
+        let start = offset - offset % block;
+        let end = offset + buf.len() as u64;
+        let cut = start + u64::from(v.max_request_bytes);
+        if end.next_multiple_of(block) - start <= u64::from(v.max_request_bytes) {
+            return self.one(
+                tag,
+                Op::Write {
+                    volume,
+                    offset,
+                    fua,
+                },
+                buf,
+            );
+        }
+        if self.service.room() < 2 || self.free_compounds.is_empty() {
+            return Err(buf);
+        }
+        let index = self.compound(tag, 2, Vec::new()).expect("room was checked");
+        // Rare (a largest-size write off a block boundary): one allocation for the tail.
+        let tail = buf.split_off((cut - offset) as usize);
+        self.part(
+            index,
+            Op::Write {
+                volume,
+                offset,
+                fua,
+            },
+            buf,
+        );
+        self.part(
+            index,
+            Op::Write {
+                volume,
+                offset: cut,
+                fua,
+            },
+            tail,
+        );
+        Ok(())
+    }
+
+    /// Zeroes `len` bytes at `offset`: the whole blocks inside as one zeroing, and with
+    /// `edges` the partial blocks around them as writes of zeros (without, a TRIM leaves
+    /// them as they are, which NBD allows: a TRIM is advisory).
+    fn zero(
+        &mut self,
+        tag: Tag,
+        export: usize,
+        (offset, len): (u64, u32),
+        (unmap, fua): (bool, bool),
+        edges: bool,
+        buf: Vec<u8>,
+    ) -> Result<(), Vec<u8>> {
+        let v = &self.volumes[export];
+        let volume = v.volume;
+        if len == 0 {
+            self.early.push((tag, Err(EINVAL), buf));
+            return Ok(());
+        }
+        let block = u64::from(v.block_size);
         let end = offset + u64::from(len);
         let (inner_start, inner_end) = (offset.next_multiple_of(block), end - end % block);
-        if inner_start >= inner_end {
-            return match edges {
-                true => self.write(offset, &mut vec![0; len as usize], fua),
-                false => Ok(()),
-            };
-        }
-        if edges && offset < inner_start {
-            self.write(offset, &mut vec![0; (inner_start - offset) as usize], fua)?;
-        }
-        let op = Op::Zero {
-            volume: self.volume,
-            offset: inner_start,
-            // Lossless: inside a range of `len: u32` bytes.
-            len: (inner_end - inner_start) as u32,
-            unmap,
-            fua,
+        let parts = match inner_start < inner_end {
+            true => [
+                (edges && offset < inner_start).then_some((offset, inner_start)),
+                Some((inner_start, inner_end)),
+                (edges && inner_end < end).then_some((inner_end, end)),
+            ],
+            // No whole block inside: a write of zeros over it all, or (a TRIM) nothing.
+            false => [edges.then_some((offset, end)), None, None],
         };
-        self.call(op, &mut Vec::new())?;
-        if edges && inner_end < end {
-            self.write(inner_end, &mut vec![0; (end - inner_end) as usize], fua)?;
+        let count = parts.iter().flatten().count();
+        if count == 0 {
+            self.early.push((tag, Ok(()), buf));
+            return Ok(());
+        }
+        let index = self.compound(tag, count, buf)?;
+        for (part, (at, until)) in parts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p?)))
+        {
+            let len = (until - at) as u32; // Lossless: inside a range of `len: u32` bytes.
+            match part {
+                1 => self.part(
+                    index,
+                    Op::Zero {
+                        volume,
+                        offset: at,
+                        len,
+                        unmap,
+                        fua,
+                    },
+                    Vec::new(),
+                ),
+                // Rare (a zeroing off block boundaries): the zeros of a partial block.
+                _ => self.part(
+                    index,
+                    Op::Write {
+                        volume,
+                        offset: at,
+                        fua,
+                    },
+                    vec![0; len as usize],
+                ),
+            }
         }
         Ok(())
+    }
+
+    /// A compound of `parts` requests for `tag`, if there is room for it and its parts;
+    /// else `keep` back.
+    fn compound(&mut self, tag: Tag, parts: usize, keep: Vec<u8>) -> Result<usize, Vec<u8>> {
+        if self.service.room() < parts {
+            return Err(keep);
+        }
+        let Some(index) = self.free_compounds.pop() else {
+            return Err(keep);
+        };
+        self.compounds[index] = Some(Compound {
+            tag,
+            parts_left: parts,
+            error: None,
+            keep,
+        });
+        Ok(index)
+    }
+
+    fn part(&mut self, index: usize, op: Op, buf: Vec<u8>) {
+        let request = Request {
+            op,
+            buf,
+            user: COMPOUND | index as u64,
+            reply: ReplyTo::Poller,
+        };
+        let taken = self.service.submit(request);
+        assert!(taken.is_ok(), "room for every part was checked");
     }
 }
 
@@ -105,136 +381,4 @@ fn errno(error: &ServiceError) -> u32 {
         ServiceError::ShuttingDown => ESHUTDOWN,
         _ => EIO,
     }
-}
-
-impl Export for NbdVolume {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn size_bytes(&self) -> u64 {
-        self.size_bytes
-    }
-
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-
-    /// Any byte range: the primary merges a partial block with the rest of it.
-    fn min_block_size(&self) -> u32 {
-        1
-    }
-
-    fn max_request_bytes(&self) -> u32 {
-        self.max_request_bytes
-    }
-
-    fn read(&self, offset: u64, buf: &mut Vec<u8>) -> Result<(), u32> {
-        let op = Op::Read {
-            volume: self.volume,
-            offset,
-        };
-        self.call(op, buf)
-    }
-
-    fn write(&self, offset: u64, data: &mut Vec<u8>, fua: bool) -> Result<(), u32> {
-        let write = |offset, data: &mut Vec<u8>| {
-            let op = Op::Write {
-                volume: self.volume,
-                offset,
-                fua,
-            };
-            self.call(op, data)
-        };
-        // A request of the largest size that starts inside a block touches one block more
-        // than a record may hold: it goes as two writes, cut at a block boundary (the
-        // first write whole blocks up to the limit, the second at most one block).
-        let block = u64::from(self.block_size);
-        let start = offset - offset % block;
-        let end = offset + data.len() as u64;
-        let cut = start + u64::from(self.max_request_bytes);
-        if end.next_multiple_of(block) - start <= u64::from(self.max_request_bytes) {
-            return write(offset, data);
-        }
-        let mut tail = data.split_off((cut - offset) as usize);
-        let result = write(offset, data).and_then(|()| write(cut, &mut tail));
-        data.append(&mut tail);
-        result
-    }
-
-    fn flush(&self) -> Result<(), u32> {
-        self.call(Op::Flush, &mut Vec::new())
-    }
-
-    fn can_zero(&self) -> bool {
-        true
-    }
-
-    /// The whole blocks go as one zeroing record; the partial blocks at its ends (at most
-    /// one each) as sub-block writes of zeros.
-    fn write_zeroes(&self, offset: u64, len: u32, may_unmap: bool, fua: bool) -> Result<(), u32> {
-        self.zero(offset, len, may_unmap, fua, true)
-    }
-
-    /// Zeroes the whole blocks of the range, deallocating them, on both sides: what a
-    /// trimmed range reads back as is then the same on the replica. The partial blocks at
-    /// its ends keep their data, as NBD allows (a TRIM is advisory).
-    fn trim(&self, offset: u64, len: u32) -> Result<(), u32> {
-        self.zero(offset, len, true, false, false)
-    }
-}
-
-/// Accepts NBD clients on `addr` on a thread of its own until `closing` is set.
-pub fn listen(
-    addr: SocketAddr,
-    exports: Arc<Vec<NbdVolume>>,
-    closing: Arc<AtomicBool>,
-) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).with_context(|| format!("binding NBD on {addr}"))?;
-    let local = listener.local_addr()?;
-    let active = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("nbd-accept".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                if let Err(e) = ordo_runtime::lane::detect_dead_peer(&stream) {
-                    tracing::warn!("nbd: cannot set keepalive on a client's socket: {e}");
-                    continue;
-                }
-                let peer = stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                // Relaxed: a flag and a counter that order no other memory.
-                if closing.load(Ordering::Relaxed) {
-                    tracing::info!("nbd: refused {peer}: shutting down");
-                    continue;
-                }
-                if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-                    active.fetch_sub(1, Ordering::Relaxed);
-                    tracing::warn!("nbd: refused {peer}: {MAX_CONNECTIONS} clients connected");
-                    continue;
-                }
-                let (exports, count) = (Arc::clone(&exports), Arc::clone(&active));
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("nbd-conn".into())
-                        .spawn(move || {
-                            let refs: Vec<&dyn Export> =
-                                exports.iter().map(|e| e as &dyn Export).collect();
-                            match serve(stream, &refs) {
-                                Ok(()) => tracing::debug!("nbd: {peer} disconnected"),
-                                Err(e) => tracing::warn!("nbd: {peer}: {e}"),
-                            }
-                            count.fetch_sub(1, Ordering::Relaxed);
-                        });
-                if let Err(e) = spawned {
-                    active.fetch_sub(1, Ordering::Relaxed);
-                    tracing::warn!("nbd: cannot start a thread: {e}");
-                }
-            }
-        })
-        .context("starting the NBD thread")?;
-    Ok(local)
 }

@@ -1,8 +1,8 @@
 //! `ordo primary`: serves the group's volumes over NBD, acknowledges writes as soon as they
 //! are on the local volumes, and streams them to the secondary over several lanes. The
-//! poller (sequencer and lane senders in one pinned thread) owns the primary; NBD
-//! connection threads feed it through the request ring; a control thread answers status
-//! and digest requests.
+//! poller (one pinned thread) owns the primary and the NBD server: it reads clients'
+//! requests off their sockets, writes locally, acknowledges, sequences and sends; a
+//! control thread answers status and digest requests through the request ring.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,15 +14,17 @@ use ordo_core::primary::{DataSetPolicy, Primary, PrimaryConfig, Replication};
 use ordo_core::protocol::{GroupId, VolumeId};
 use ordo_core::storage::Storage;
 use ordo_runtime::primary_node::PrimaryNode;
-use ordo_runtime::primary_service::{Frontend, Op, PrimaryService, PrimaryStatus, Request};
+use ordo_runtime::primary_service::{
+    Frontend, Op, PrimaryService, PrimaryStatus, ReplyTo, Request,
+};
 
 use crate::config::{print_banner, PrimaryOptions, PrimarySettings};
-use crate::nbd_export::{listen, NbdVolume};
+use crate::nbd_export::{Exports, NbdVolume};
 use crate::report::{
     Digest, Link, PrimaryCounters, PrimaryDataSets, PrimaryLink, PrimaryReport, RoleStatus, Status,
     Usage, VolumeReport, Writes,
 };
-use ordo_runtime::idle::Round;
+use ordo_runtime::idle::{IdlePolicy, Round};
 
 use crate::control::{self, ControlReply, ControlRequest, DigestRequest};
 use crate::runner::{self, Rounds, Runtime};
@@ -61,11 +63,11 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
 /// until SIGTERM, then draining).
 struct Serving {
     service: PrimaryService<Volume>,
+    nbd: Exports,
     asks: Receiver<StatusAsk>,
     settings: PrimarySettings,
     reports: Vec<VolumeReport>,
     terminate: Arc<AtomicBool>,
-    closing: Arc<AtomicBool>,
     started: Instant,
     watch: Watch,
     next_watch: u64,
@@ -91,7 +93,9 @@ impl Serving {
         let node = PrimaryNode::new(primary, settings.connect, settings.lanes)
             .context("starting the lane connector")?;
         let service = PrimaryService::new(node, settings.max_requests, settings.window_bytes.0);
-        service.set_poller(std::thread::current());
+        let max_request = config.max_write_bytes.min(max_io);
+        let mut nbd = Exports::listen(settings.nbd, nbd_exports(&reports, max_request))?;
+        service.set_waker(nbd.server().waker());
         let frontend = service.frontend();
         let (asks, ask_queue) = status_channel();
         let handler = {
@@ -99,23 +103,20 @@ impl Serving {
             move |request| control_reply(request, &asks, &frontend, &reports, max_io)
         };
         control::serve(&settings.control, Arc::new(handler))?;
-        let max_request = config.max_write_bytes.min(max_io);
-        let closing = Arc::new(AtomicBool::new(false));
-        let exports = nbd_exports(&reports, max_request, &frontend);
-        let nbd = listen(settings.nbd, Arc::new(exports), Arc::clone(&closing))?;
         tracing::info!(
-            "primary up: NBD on {nbd}, replicating to {} over {} lanes, control {}",
+            "primary up: NBD on {}, replicating to {} over {} lanes, control {}",
+            settings.nbd,
             settings.connect,
             settings.lanes,
             settings.control.display()
         );
         Ok(Serving {
             service,
+            nbd,
             asks: ask_queue,
             settings,
             reports,
             terminate,
-            closing,
             started: Instant::now(),
             watch: Watch::default(),
             next_watch: 0,
@@ -131,7 +132,7 @@ impl Serving {
     /// Serving: the service, status asks, and state changes to log; SIGTERM starts the
     /// drain.
     fn serve(&mut self, now: u64) -> bool {
-        let mut did = self.service.poll(now);
+        let mut did = self.poll_io(now);
         while let Ok(reply) = self.asks.try_recv() {
             let status = status_report(
                 &self.service.status(now),
@@ -149,7 +150,7 @@ impl Serving {
         // Relaxed: a flag set by the signal handler; it orders nothing else.
         if self.terminate.load(Ordering::Relaxed) {
             tracing::info!("terminating: refusing new requests, closing the open data set and draining to the secondary");
-            self.closing.store(true, Ordering::Relaxed);
+            self.nbd.server().stop_accepting();
             self.service.close();
             self.drain_deadline =
                 Some(now.saturating_add(self.settings.drain_timeout_s.saturating_mul(1000)));
@@ -159,7 +160,7 @@ impl Serving {
 
     /// Draining: until the secondary applied the last data set, or the deadline.
     fn drain(&mut self, now: u64, deadline: u64) -> Round {
-        let did = self.service.poll(now);
+        let did = self.poll_io(now);
         let applied = self.service.node().primary().peer_applied();
         let target = self.service.drained();
         if target.is_some_and(|target| applied >= target) {
@@ -179,6 +180,16 @@ impl Serving {
     }
 }
 
+impl Serving {
+    /// The clients' requests in, the service's round, its replies out.
+    fn poll_io(&mut self, now: u64) -> bool {
+        let mut did = self.nbd.poll(Instant::now(), &mut self.service);
+        did |= self.service.poll(now);
+        did |= self.nbd.complete(&mut self.service);
+        did
+    }
+}
+
 impl Rounds for Serving {
     fn round(&mut self) -> Round {
         let now = self.now_ms();
@@ -191,9 +202,24 @@ impl Rounds for Serving {
     fn exit_code(&self) -> ExitCode {
         self.exit_code
     }
+
+    /// Parks in epoll on the NBD sockets (and the control ring's waker), so a request
+    /// wakes the poller at once; the park's length bounds the wait for everything else
+    /// (lanes, device completions, timers).
+    fn idle(&mut self, idle: IdlePolicy) {
+        match idle {
+            IdlePolicy::Park(timeout) => {
+                if let Err(e) = self.nbd.server().wait(timeout) {
+                    tracing::warn!("nbd: waiting for clients: {e}");
+                    std::thread::park_timeout(timeout);
+                }
+            }
+            other => other.after_round(Round::Idle),
+        }
+    }
 }
 
-fn nbd_exports(volumes: &[VolumeReport], max_request: u32, frontend: &Frontend) -> Vec<NbdVolume> {
+fn nbd_exports(volumes: &[VolumeReport], max_request: u32) -> Vec<NbdVolume> {
     volumes
         .iter()
         .enumerate()
@@ -203,7 +229,6 @@ fn nbd_exports(volumes: &[VolumeReport], max_request: u32, frontend: &Frontend) 
             size_bytes: r.size_bytes,
             block_size: r.block_size,
             max_request_bytes: max_request,
-            frontend: frontend.clone(),
         })
         .collect()
 }
@@ -350,7 +375,7 @@ fn primary_digest(
             op,
             buf,
             user: 0,
-            reply: sender.clone(),
+            reply: ReplyTo::Channel(sender.clone()),
         };
         let reply = frontend
             .call_within(request, &receiver, DIGEST_APPLY_TIMEOUT)

@@ -18,6 +18,11 @@ pub trait Rounds {
     fn round(&mut self) -> Round;
     /// What the process exits with, asked once `round` returned `Round::Done`.
     fn exit_code(&self) -> ExitCode;
+    /// After a round that found nothing to do: waits as `idle` says. A daemon with
+    /// sockets of its own to watch waits on them, so new work wakes it at once.
+    fn idle(&mut self, idle: IdlePolicy) {
+        idle.after_round(Round::Idle);
+    }
 }
 
 /// Where the poller runs.
@@ -70,7 +75,8 @@ where
             loop {
                 match daemon.round() {
                     Round::Done => return Ok(daemon.exit_code()),
-                    round => idle.after_round(round),
+                    Round::Idle => daemon.idle(idle),
+                    Round::Busy => {}
                 }
             }
         }
