@@ -12,6 +12,8 @@ pub mod idle;
 #[forbid(unsafe_code)]
 pub mod lane;
 #[forbid(unsafe_code)]
+pub mod lane_sender;
+#[forbid(unsafe_code)]
 pub mod primary_node;
 #[forbid(unsafe_code)]
 pub mod primary_service;
