@@ -4,18 +4,15 @@
 //! `compare: P1=<ratio> P2=<ratio> P3=<ratio> P5=<ratio> P6=<ratio> P10=<ratio> P10c4=<ratio>`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Parser};
-use serde_json::Value;
+use anyhow::{Context, Result};
+use clap::Args;
 
-use crate::args::BenchArgs;
-use crate::driver;
+use crate::baselines::{fio, iperf3};
 use crate::results::Results;
-use crate::rows::{free_port, output, row, Goal, Measured, Row, Settings};
+use crate::rows::{bench, mb, row, Goal, Measured, Row, Settings};
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -34,13 +31,6 @@ pub struct CompareArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "ordo-compare.json")]
     output: PathBuf,
-}
-
-/// `ordo bench` options parsed the way a user would type them.
-#[derive(Debug, Parser)]
-struct Bench {
-    #[command(flatten)]
-    args: BenchArgs,
 }
 
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
@@ -134,23 +124,6 @@ fn print_row(out: &mut impl Write, row: &Row) -> Result<()> {
     Ok(())
 }
 
-/// One `ordo bench` run with these options (on top of the suite's runtime and ramp).
-fn bench(settings: &Settings, options: &str) -> Result<(Results, String)> {
-    let how = format!(
-        "ordo bench {options} --runtime {} --ramp {}",
-        settings.runtime, settings.ramp
-    );
-    let argv = how.split_whitespace().skip(1);
-    let parsed = Bench::try_parse_from(argv).with_context(|| format!("parsing {how:?}"))?;
-    parsed.args.validate()?;
-    let results = driver::run(&parsed.args, false).with_context(|| format!("running {how}"))?;
-    Ok((results, how))
-}
-
-fn mb(bytes_per_s: f64) -> f64 {
-    bytes_per_s / 1e6
-}
-
 /// P1: replicated 1 MiB sequential writes over loopback against iperf3, one stream.
 fn p1(settings: &Settings) -> Result<Vec<Row>> {
     const WHAT: &str = "1M seq writes replicated (applied MB/s) / iperf3 loopback";
@@ -167,8 +140,8 @@ fn p1(settings: &Settings) -> Result<Vec<Row>> {
             }
         };
         let (results, command) = bench(settings, options)?;
-        runs.push((mb(results.applied_bytes_per_s()), mb(iperf.0)));
-        how = (command, iperf.1);
+        runs.push((mb(results.applied_bytes_per_s()), mb(iperf.bytes_per_s)));
+        how = (command, iperf.how);
     }
     Ok(vec![row(
         "P1",
@@ -284,77 +257,12 @@ fn p6(settings: &Settings) -> Result<Vec<Row>> {
     )])
 }
 
-/// iperf3, one stream over loopback: bytes per second received, and the command.
-fn iperf3(seconds: f64) -> Result<(f64, String)> {
-    let port = free_port()?.to_string();
-    let mut server = Command::new("iperf3")
-        .args(["-s", "-1", "-p", &port])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow::anyhow!("not installed (apt-get install iperf3)")
-            }
-            _ => anyhow::Error::new(e).context("starting the iperf3 server"),
-        })?;
-    let args: Vec<String> = ["-c", "127.0.0.1", "-p", &port, "-J", "-t"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([format!("{}", seconds.ceil().max(1.0))])
-        .collect();
-    // The server needs a moment to listen: until then the client reports an error.
-    let mut result = Err(anyhow::anyhow!("not run"));
-    for _ in 0..50 {
-        result = output("iperf3", &args).and_then(|text| {
-            let json: Value = serde_json::from_str(&text).context("iperf3's JSON")?;
-            if let Some(error) = json["error"].as_str() {
-                bail!("{error}");
-            }
-            json["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .context("no end.sum_received.bits_per_second in iperf3's JSON")
-        });
-        if result.is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    server.kill().ok();
-    server.wait().ok();
-    Ok((result? / 8.0, format!("iperf3 {}", args.join(" "))))
-}
-
-/// fio with io_uring and O_DIRECT, 1 MiB sequential writes at depth 8, on a file in `dir`:
-/// bytes per second, and the command.
-fn fio(dir: &Path, seconds: f64) -> Result<(f64, String)> {
-    let file = dir.join("ordo-compare-fio.img");
-    let args: Vec<String> = [
-        "--name=p6".to_string(),
-        format!("--filename={}", file.display()),
-        "--ioengine=io_uring".into(),
-        "--direct=1".into(),
-        "--rw=write".into(),
-        "--bs=1M".into(),
-        "--iodepth=8".into(),
-        "--size=1G".into(),
-        "--time_based".into(),
-        format!("--runtime={}", seconds.ceil().max(1.0)),
-        "--output-format=json".into(),
-    ]
-    .into();
-    let result = output("fio", &args);
-    std::fs::remove_file(&file).ok();
-    let json: Value = serde_json::from_str(&result?).context("fio's JSON")?;
-    let bytes = json["jobs"][0]["write"]["bw_bytes"]
-        .as_f64()
-        .context("no jobs[0].write.bw_bytes in fio's JSON")?;
-    Ok((bytes, format!("fio {}", args.join(" "))))
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::rows::Bench;
 
     #[test]
     fn a_row_takes_the_median_ratio_and_judges_it_by_its_goal() {

@@ -6,8 +6,10 @@
 //! instead (`target`). `ordo bench compare` runs the baselines next to it.
 
 mod args;
+mod baselines;
 pub mod compare;
 pub mod cpu;
+mod daemons;
 mod driver;
 mod hdrlog;
 mod header;

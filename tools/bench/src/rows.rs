@@ -1,13 +1,18 @@
 //! What every row of `ordo bench compare` is made of: the settings of the suite, a row
-//! (ours against its baseline, run by run, judged by its goal), and running a baseline
-//! tool.
+//! (ours against its baseline, run by run, judged by its goal), one `ordo bench` run, and
+//! running a baseline tool.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use serde::Serialize;
+
+use crate::args::BenchArgs;
+use crate::driver;
+use crate::results::Results;
 
 /// Which way a ratio is better.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -47,6 +52,30 @@ pub(crate) struct Settings {
     pub(crate) runtime: f64,
     pub(crate) ramp: f64,
     pub(crate) dir: PathBuf,
+}
+
+/// `ordo bench` options parsed the way a user would type them.
+#[derive(Debug, Parser)]
+pub(crate) struct Bench {
+    #[command(flatten)]
+    pub(crate) args: BenchArgs,
+}
+
+/// One `ordo bench` run with these options (on top of the suite's runtime and ramp).
+pub(crate) fn bench(settings: &Settings, options: &str) -> Result<(Results, String)> {
+    let how = format!(
+        "ordo bench {options} --runtime {} --ramp {}",
+        settings.runtime, settings.ramp
+    );
+    let argv = how.split_whitespace().skip(1);
+    let parsed = Bench::try_parse_from(argv).with_context(|| format!("parsing {how:?}"))?;
+    parsed.args.validate()?;
+    let results = driver::run(&parsed.args, false).with_context(|| format!("running {how}"))?;
+    Ok((results, how))
+}
+
+pub(crate) fn mb(bytes_per_s: f64) -> f64 {
+    bytes_per_s / 1e6
 }
 
 pub(crate) fn median(values: &mut [f64]) -> f64 {
