@@ -1,5 +1,6 @@
 //! The baseline tools `ordo bench compare` runs next to ordo on the same machine: iperf3
-//! over loopback, and fio writing files on the file system measured.
+//! over loopback (the link's throughput and what moving a byte costs its two ends in CPU),
+//! and fio writing files on the file system measured.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,6 +16,8 @@ use crate::rows::{free_port, output};
 pub(crate) struct Iperf3 {
     /// Received, per second.
     pub(crate) bytes_per_s: f64,
+    /// CPU seconds both ends (sender and receiver) spent per byte received.
+    pub(crate) cpu_s_per_byte: f64,
     /// The client's command.
     pub(crate) how: String,
 }
@@ -52,21 +55,38 @@ pub(crate) fn iperf3(seconds: f64) -> Result<Iperf3> {
     }
     server.kill().ok();
     server.wait().ok();
+    let (bytes_per_s, cpu_s_per_byte) = result?;
     Ok(Iperf3 {
-        bytes_per_s: result?,
+        bytes_per_s,
+        cpu_s_per_byte,
         how: format!("iperf3 {}", args.join(" ")),
     })
 }
 
-/// Bytes received per second from iperf3's `-J` report.
-fn parse_iperf3(json: &Value) -> Result<f64> {
+/// Bytes received per second and both ends' CPU seconds per byte from iperf3's `-J`
+/// report. `end.cpu_utilization_percent.host_total` (the client, here the sender) and
+/// `remote_total` (the server) are each process's user and system time over the test's
+/// wall time, in percent of one core (iperf's `cpu_util`: getrusage(RUSAGE_SELF) against
+/// the clock; measured here: 99 % for a client that `time` showed 2.97 s of CPU in 3 s).
+fn parse_iperf3(json: &Value) -> Result<(f64, f64)> {
     if let Some(error) = json["error"].as_str() {
         bail!("{error}");
     }
-    json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|bits| bits / 8.0)
-        .context("no end.sum_received.bits_per_second in iperf3's JSON")
+    let number = |path: &[&str]| {
+        path.iter()
+            .fold(json, |v, key| &v[key])
+            .as_f64()
+            .with_context(|| format!("no {} in iperf3's JSON", path.join(".")))
+    };
+    let bytes = number(&["end", "sum_received", "bytes"])?;
+    let seconds = number(&["end", "sum_received", "seconds"])?;
+    let host = number(&["end", "cpu_utilization_percent", "host_total"])?;
+    let remote = number(&["end", "cpu_utilization_percent", "remote_total"])?;
+    if bytes <= 0.0 || seconds <= 0.0 {
+        bail!("iperf3 moved {bytes} bytes in {seconds} s");
+    }
+    let cpu_s = (host + remote) / 100.0 * seconds;
+    Ok((bytes / seconds, cpu_s / bytes))
 }
 
 /// fio with io_uring and O_DIRECT, 1 MiB sequential writes at depth 8, on a file in `dir`:
@@ -101,12 +121,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn iperf3_cpu_is_both_ends_share_of_a_core_over_the_test_per_byte() {
+        // Figures from a 3 s run on this machine's loopback.
+        let json = serde_json::json!({"end": {
+            "sum_received": {"bytes": 6e9, "seconds": 3.0},
+            "cpu_utilization_percent": {"host_total": 100.0, "remote_total": 50.0},
+        }});
+        let (bytes_per_s, cpu_s_per_byte) = parse_iperf3(&json).unwrap();
+        assert_eq!(bytes_per_s, 2e9);
+        // 1.5 cores for 3 s: 4.5 CPU seconds for 6e9 bytes.
+        assert!(
+            (cpu_s_per_byte - 4.5 / 6e9).abs() < 1e-18,
+            "{cpu_s_per_byte}"
+        );
+    }
+
+    #[test]
     fn iperf3_errors_and_missing_fields_are_said() {
         let error = parse_iperf3(&serde_json::json!({"error": "unable to connect"}));
         assert!(format!("{:#}", error.unwrap_err()).contains("unable to connect"));
-        let missing = parse_iperf3(&serde_json::json!({"end": {}})).unwrap_err();
-        assert!(missing.to_string().contains("sum_received"), "{missing}");
-        let found = serde_json::json!({"end": {"sum_received": {"bits_per_second": 8e9}}});
-        assert_eq!(parse_iperf3(&found).unwrap(), 1e9);
+        let partial = serde_json::json!({"end": {"sum_received": {"bytes": 1.0, "seconds": 1.0}}});
+        let missing = parse_iperf3(&partial).unwrap_err().to_string();
+        assert!(
+            missing.contains("cpu_utilization_percent.host_total"),
+            "{missing}"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! `ordo bench compare`: a fixed suite, each measurement next to its baseline measured in
 //! the same run (iperf3 on the same loopback, fio on the same file system, replication
-//! off, one data set at a time), as ratios, the median of several runs. Ends with one line
-//! `compare: P1=<ratio> P2=<ratio> P3=<ratio> P5=<ratio> P6=<ratio> P10=<ratio> P10c4=<ratio>`.
+//! off, one data set at a time, nbdkit through the same NBD client), as ratios, the median
+//! of several runs. Ends with one line, the rows by number: `compare: P1=<ratio>
+//! P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio> P6=<ratio> P9=<ratio> P10=<ratio>
+//! P10c4=<ratio>` (`n/a` for a row whose tool is missing).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +13,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::baselines::{fio, iperf3};
-use crate::results::Results;
 use crate::rows::{bench, mb, row, Goal, Measured, Row, Settings};
 
 #[derive(Debug, Args)]
@@ -56,7 +57,13 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
         settings.runs, settings.runtime, settings.ramp
     )?;
     let mut rows = Vec::new();
-    for row in [p1, p2_p5, p3, p6, crate::nbd_rows::p10] {
+    for row in [
+        p1,
+        crate::randwrite_rows::p2_p5_p9,
+        p3,
+        p6,
+        crate::nbd_rows::p10,
+    ] {
         for done in row(&settings)? {
             print_row(&mut out, &done)?;
             rows.push(done);
@@ -153,44 +160,6 @@ fn p1(settings: &Settings) -> Result<Vec<Row>> {
         how,
         note,
     )])
-}
-
-/// P2 and P5 from the same runs: 4K random writes at iodepth 32, replicated against
-/// replication off. P2: ack latency p99; P5: IOPS.
-fn p2_p5(settings: &Settings) -> Result<Vec<Row>> {
-    let options = "--rw randwrite --bs 4K --iodepth 32 --size 1G --backend mem";
-    let (mut p99, mut iops) = (Vec::new(), Vec::new());
-    let mut how = (String::new(), String::new());
-    for _ in 0..settings.runs {
-        let (ours, ours_how) = bench(settings, &format!("{options} --mode replicated"))?;
-        let (base, base_how) = bench(settings, &format!("{options} --mode local-only"))?;
-        let p = |r: &Results| r.histograms.ack.value_at_percentile(99.0) as f64 / 1e3;
-        p99.push((p(&ours), p(&base)));
-        iops.push((ours.write_iops(), base.write_iops()));
-        how = (ours_how, base_how);
-    }
-    Ok(vec![
-        row(
-            "P2",
-            "4K randwrite qd32: ack p99, replicated / local-only",
-            Goal::AtMost,
-            (1.15, 1.05),
-            "us",
-            &p99,
-            how.clone(),
-            None,
-        ),
-        row(
-            "P5",
-            "4K randwrite qd32: IOPS, replicated / local-only",
-            Goal::AtLeast,
-            (0.6, 0.8),
-            "IOPS",
-            &iops,
-            how,
-            None,
-        ),
-    ])
 }
 
 /// P3: at RTT 4 ms (2 ms each way) with 1 ms data sets, pipelined against one data set
@@ -327,12 +296,18 @@ mod tests {
 
     #[test]
     fn every_suite_command_parses_as_bench_options() {
+        let random = crate::randwrite_rows::LOAD;
         for options in [
-            "ordo bench --rw write --bs 1M --iodepth 8 --size 1G --backend mem --runtime 3 --ramp 0.5",
-            "ordo bench --rw write --bs 64K --iodepth 16 --size 1G --backend mem --link-delay-ms 2 \
-             --data-set-interval-ms 1 --window 64M --mode group-ordered --runtime 3 --ramp 0.5",
+            "--rw write --bs 1M --iodepth 8 --size 1G --backend mem".to_string(),
+            "--rw write --bs 64K --iodepth 16 --size 1G --backend mem --link-delay-ms 2 \
+             --data-set-interval-ms 1 --window 64M --mode group-ordered"
+                .to_string(),
+            format!("{random} --mode local-only"),
+            format!("{random} --rate 75000 --mode replicated"),
         ] {
-            let parsed = Bench::try_parse_from(options.split_whitespace().skip(1)).unwrap();
+            let command = format!("ordo bench {options} --runtime 3 --ramp 0.5");
+            let parsed = Bench::try_parse_from(command.split_whitespace().skip(1))
+                .unwrap_or_else(|e| panic!("{command}: {e}"));
             parsed.args.validate().unwrap();
         }
     }

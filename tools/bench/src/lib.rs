@@ -19,6 +19,7 @@ mod nbd_rows;
 pub mod peer;
 mod plot;
 mod progress;
+mod randwrite_rows;
 pub mod relay;
 pub mod results;
 mod rows;
