@@ -1,6 +1,6 @@
 //! The baseline tools `ordo bench compare` runs next to ordo on the same machine: iperf3
 //! over loopback (the link's throughput and what moving a byte costs its two ends in CPU),
-//! and fio writing files on the file system measured.
+//! and fio writing files on the file system measured (one stream, or several at once).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -89,13 +89,18 @@ fn parse_iperf3(json: &Value) -> Result<(f64, f64)> {
     Ok((bytes / seconds, cpu_s / bytes))
 }
 
-/// fio with io_uring and O_DIRECT, 1 MiB sequential writes at depth 8, on a file in `dir`:
-/// bytes per second, and the command.
-pub(crate) fn fio(dir: &Path, seconds: f64) -> Result<(f64, String)> {
-    let file = dir.join("ordo-compare-fio.img");
+/// fio with io_uring and O_DIRECT, 1 MiB sequential writes at depth 8, `streams` jobs at
+/// once, each on its own 1 GiB file in `dir`: bytes per second of all of them together,
+/// and the command.
+pub(crate) fn fio(dir: &Path, streams: usize, seconds: f64) -> Result<(f64, String)> {
+    assert!(streams >= 1);
     let args: Vec<String> = [
         "--name=p6".to_string(),
-        format!("--filename={}", file.display()),
+        format!("--directory={}", dir.display()),
+        // fio fills in $jobnum itself (no shell runs this).
+        "--filename_format=ordo-compare-fio.$jobnum.img".into(),
+        format!("--numjobs={streams}"),
+        "--group_reporting".into(),
         "--ioengine=io_uring".into(),
         "--direct=1".into(),
         "--rw=write".into(),
@@ -108,8 +113,11 @@ pub(crate) fn fio(dir: &Path, seconds: f64) -> Result<(f64, String)> {
     ]
     .into();
     let result = output("fio", &args);
-    std::fs::remove_file(&file).ok();
+    for job in 0..streams {
+        std::fs::remove_file(dir.join(format!("ordo-compare-fio.{job}.img"))).ok();
+    }
     let json: Value = serde_json::from_str(&result?).context("fio's JSON")?;
+    // With --group_reporting, jobs[0] is the group: all the streams' bytes.
     let bytes = json["jobs"][0]["write"]["bw_bytes"]
         .as_f64()
         .context("no jobs[0].write.bw_bytes in fio's JSON")?;

@@ -2,8 +2,8 @@
 //! the same run (iperf3 on the same loopback, fio on the same file system, replication
 //! off, one data set at a time, nbdkit through the same NBD client), as ratios, the median
 //! of several runs. Ends with one line, the rows by number: `compare: P1=<ratio>
-//! P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio> P6=<ratio> P9=<ratio> P10=<ratio>
-//! P10c4=<ratio>` (`n/a` for a row whose tool is missing).
+//! P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio> P6=<ratio> P6s=<ratio> P9=<ratio>
+//! P10=<ratio> P10c4=<ratio>` (`n/a` for a row whose tool is missing).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -190,20 +190,32 @@ fn p3(settings: &Settings) -> Result<Vec<Row>> {
     )])
 }
 
-/// P6: replicated 1 MiB sequential writes on files (io_uring, O_DIRECT) against fio on
-/// the same file system with the same block size and depth.
+/// The streams the replicated P6 run writes to the one file system: the primary's volume,
+/// the secondary's journal and its replica, each byte applied written once to each.
+const P6_STREAMS: usize = 3;
+
+/// P6 and P6s: replicated 1 MiB sequential writes on files (io_uring, O_DIRECT), applied
+/// MB/s, against fio on the same file system with the same block size and depth.
+///
+/// P6's baseline is fair to one disk: every byte ordo applies costs that file system
+/// three writes (volume, journal, replica) in three streams at once, so the most ordo
+/// could apply is what fio achieves per stream when it writes three streams at once: the
+/// aggregate of three concurrent fio jobs (each its own 1 GiB file) divided by three.
+/// P6s keeps the older baseline, one fio stream alone, which asks ordo to apply at the
+/// rate the disk writes one stream.
 fn p6(settings: &Settings) -> Result<Vec<Row>> {
-    const WHAT: &str = "1M seq writes on files: replicated (applied MB/s) / fio";
     let dir = settings.dir.canonicalize()?;
     let options = format!(
         "--rw write --bs 1M --iodepth 8 --size 1G --backend file:{}",
         dir.display()
     );
-    let mut runs = Vec::new();
-    let mut how = (String::new(), String::new());
+    let (mut fair, mut single) = (Vec::new(), Vec::new());
+    let (mut fair_how, mut single_how) = Default::default();
     let mut note = None;
     for _ in 0..settings.runs {
-        let fio = match fio(&dir, settings.runtime) {
+        let baselines = fio(&dir, P6_STREAMS, settings.runtime)
+            .and_then(|streams| Ok((streams, fio(&dir, 1, settings.runtime)?)));
+        let (streams, one) = match baselines {
             Ok(found) => found,
             Err(why) => {
                 note = Some(format!("fio: {why:#}"));
@@ -211,19 +223,37 @@ fn p6(settings: &Settings) -> Result<Vec<Row>> {
             }
         };
         let (results, command) = bench(settings, &options)?;
-        runs.push((mb(results.applied_bytes_per_s()), mb(fio.0)));
-        how = (command, fio.1);
+        let applied = mb(results.applied_bytes_per_s());
+        fair.push((applied, mb(streams.0) / P6_STREAMS as f64));
+        single.push((applied, mb(one.0)));
+        fair_how = (
+            command.clone(),
+            format!("{} (MB/s ÷ {P6_STREAMS})", streams.1),
+        );
+        single_how = (command, one.1);
     }
-    Ok(vec![row(
-        "P6",
-        WHAT,
-        Goal::AtLeast,
-        (0.8, 0.8),
-        "MB/s",
-        &runs,
-        how,
-        note,
-    )])
+    Ok(vec![
+        row(
+            "P6",
+            "1M seq writes on files: replicated (applied MB/s) / fio per stream, 3 at once",
+            Goal::AtLeast,
+            (0.8, 0.8),
+            "MB/s",
+            &fair,
+            fair_how,
+            note.clone(),
+        ),
+        row(
+            "P6s",
+            "1M seq writes on files: replicated (applied MB/s) / fio, one stream",
+            Goal::AtLeast,
+            (0.8, 0.8),
+            "MB/s",
+            &single,
+            single_how,
+            note,
+        ),
+    ])
 }
 
 #[cfg(test)]
