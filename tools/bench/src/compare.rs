@@ -1,9 +1,10 @@
 //! `ordo bench compare`: a fixed suite, each measurement next to its baseline measured in
 //! the same run (iperf3 on the same loopback, fio on the same file system, replication
-//! off, one data set at a time, nbdkit through the same NBD client), as ratios, the median
-//! of several runs. Ends with one line, the rows by number: `compare: P1=<ratio>
-//! P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio> P6=<ratio> P6s=<ratio> P9=<ratio>
-//! P10=<ratio> P10c4=<ratio>` (`n/a` for a row whose tool is missing).
+//! off, one data set at a time, nbdkit through the same NBD client, the in-process bench),
+//! as ratios, the median of several runs. Ends with one line, the rows by number:
+//! `compare: P1=<ratio> P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio> P6=<ratio>
+//! P6s=<ratio> P9=<ratio> P10=<ratio> P10c4=<ratio> P11=<ratio>` (`n/a` for a row whose
+//! tool is missing).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,7 +27,8 @@ pub struct CompareArgs {
     /// Seconds measured per run; 3 with --quick.
     #[arg(long, default_value_t = 10.0, default_value_if("quick", "true", "3"))]
     runtime: f64,
-    /// Where P6 puts its files (the file system measured).
+    /// Where P6 puts its files (the file system measured) and the NBD rows' daemons their
+    /// state.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Where the JSON report goes.
@@ -63,6 +65,7 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
         p3,
         p6,
         crate::nbd_rows::p10,
+        crate::nbd_rows::p11,
     ] {
         for done in row(&settings)? {
             print_row(&mut out, &done)?;
@@ -327,6 +330,7 @@ mod tests {
     #[test]
     fn every_suite_command_parses_as_bench_options() {
         let random = crate::randwrite_rows::LOAD;
+        let nbd = crate::nbd_rows::LOAD;
         for options in [
             "--rw write --bs 1M --iodepth 8 --size 1G --backend mem".to_string(),
             "--rw write --bs 64K --iodepth 16 --size 1G --backend mem --link-delay-ms 2 \
@@ -334,6 +338,8 @@ mod tests {
                 .to_string(),
             format!("{random} --mode local-only"),
             format!("{random} --rate 75000 --mode replicated"),
+            format!("--target nbd://127.0.0.1:10809/data {nbd}"),
+            format!("{nbd} --backend mem --mode replicated --lanes 4"),
         ] {
             let command = format!("ordo bench {options} --runtime 3 --ramp 0.5");
             let parsed = Bench::try_parse_from(command.split_whitespace().skip(1))

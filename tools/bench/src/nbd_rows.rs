@@ -1,18 +1,21 @@
-//! P10 of `ordo bench compare`: 4 KiB random writes at queue depth 32 through NBD, with
-//! fio's nbd engine as the client, against `ordo primary` replicating to an `ordo
-//! secondary` (both started here, `mem` volumes, on loopback) and against nbdkit's
-//! `memory` plugin, a plain NBD server that replicates nothing, through the same client:
-//! one connection, then four.
+//! The rows of `ordo bench compare` that send 4 KiB random writes at queue depth 32
+//! through an `ordo primary`'s NBD export, the primary replicating to an `ordo secondary`
+//! (both started here, `mem` volumes, on loopback). P10: with fio's nbd engine as the
+//! client, against nbdkit's `memory` plugin, a plain NBD server that replicates nothing,
+//! through the same client, one connection, then four. P11: with `ordo bench --target`
+//! (ordo's own pipelined client) as the client, against the in-process `ordo bench`.
 
 use anyhow::{Context, Result};
 use ordo_daemon::volume::ByteSize;
 use serde_json::Value;
 
 use crate::daemons::{nbdkit, OrdoPair, LANES};
-use crate::rows::{output, row, Goal, Row, Settings};
+use crate::rows::{bench, output, row, Goal, Row, Settings};
 
 /// The export's size on every server: what the writes land on, at random.
 const EXPORT: ByteSize = ByteSize(256 << 20);
+/// The load of P11, on both sides.
+pub(crate) const LOAD: &str = "--rw randwrite --bs 4K --iodepth 32 --size 256M";
 
 /// fio's nbd engine: 4 KiB random writes at depth 32 on `jobs` connections for `seconds`;
 /// write IOPS of all of them, and the command.
@@ -96,4 +99,38 @@ pub(crate) fn p10(settings: &Settings) -> Result<Vec<Row>> {
         ));
     }
     Ok(rows)
+}
+
+/// P11: `ordo bench --target` through a fresh ordo pair's export, then the in-process
+/// `ordo bench` with its own pair, the same load on the same size: write IOPS.
+pub(crate) fn p11(settings: &Settings) -> Result<Vec<Row>> {
+    let mut runs = Vec::new();
+    let mut how = (String::new(), String::new());
+    for _ in 0..settings.runs {
+        let pair = OrdoPair::start(&settings.dir, "p11", EXPORT)?;
+        let uri = pair.uri.clone();
+        let ours = bench(settings, &format!("--target {uri} {LOAD}"));
+        drop(pair);
+        let (ours, ours_how) = ours?;
+        let options = format!("{LOAD} --backend mem --mode replicated --lanes {LANES}");
+        let (base, base_how) = bench(settings, &options)?;
+        runs.push((ours.write_iops(), base.write_iops()));
+        how = (
+            format!(
+                "ordo primary --lanes {LANES} (mem {EXPORT}), then {}",
+                ours_how.replace(&uri, "URI")
+            ),
+            base_how,
+        );
+    }
+    Ok(vec![row(
+        "P11",
+        "4K randwrite qd32 via NBD, ordo bench --target / in-process, both replicating",
+        Goal::AtLeast,
+        (0.7, 0.7),
+        "IOPS",
+        &runs,
+        how,
+        None,
+    )])
 }

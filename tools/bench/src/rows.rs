@@ -11,8 +11,8 @@ use clap::Parser;
 use serde::Serialize;
 
 use crate::args::BenchArgs;
-use crate::driver;
 use crate::results::Results;
+use crate::{driver, target};
 
 /// Which way a ratio is better.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -61,7 +61,8 @@ pub(crate) struct Bench {
     pub(crate) args: BenchArgs,
 }
 
-/// One `ordo bench` run with these options (on top of the suite's runtime and ramp).
+/// One `ordo bench` run with these options (on top of the suite's runtime and ramp), in
+/// this process: a pair of its own, or with `--target` a running primary's export.
 pub(crate) fn bench(settings: &Settings, options: &str) -> Result<(Results, String)> {
     let how = format!(
         "ordo bench {options} --runtime {} --ramp {}",
@@ -70,8 +71,12 @@ pub(crate) fn bench(settings: &Settings, options: &str) -> Result<(Results, Stri
     let argv = how.split_whitespace().skip(1);
     let parsed = Bench::try_parse_from(argv).with_context(|| format!("parsing {how:?}"))?;
     parsed.args.validate()?;
-    let results = driver::run(&parsed.args, false).with_context(|| format!("running {how}"))?;
-    Ok((results, how))
+    let results = if parsed.args.target.is_some() {
+        target::run(&parsed.args, false)
+    } else {
+        driver::run(&parsed.args, false)
+    };
+    Ok((results.with_context(|| format!("running {how}"))?, how))
 }
 
 pub(crate) fn mb(bytes_per_s: f64) -> f64 {
