@@ -2,9 +2,9 @@
 //! the same run (iperf3 on the same loopback, fio on the same file system, replication
 //! off, one data set at a time, nbdkit through the same NBD client, the in-process bench),
 //! as ratios, the median of several runs. Ends with one line, the rows by number:
-//! `compare: P1=<ratio> P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio> P6=<ratio>
-//! P6s=<ratio> P9=<ratio> P10=<ratio> P10c4=<ratio> P11=<ratio>` (`n/a` for a row whose
-//! tool is missing).
+//! `compare: P1=<ratio> P1nbd=<ratio> P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio>
+//! P6=<ratio> P6s=<ratio> P9=<ratio> P10=<ratio> P10c4=<ratio> P11=<ratio>` (`n/a` for a
+//! row whose tool is missing).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,8 +27,8 @@ pub struct CompareArgs {
     /// Seconds measured per run; 3 with --quick.
     #[arg(long, default_value_t = 10.0, default_value_if("quick", "true", "3"))]
     runtime: f64,
-    /// Where P6 puts its files (the file system measured) and the NBD rows' daemons their
-    /// state.
+    /// Where P6 puts its files (the file system measured), P1nbd its image and the NBD
+    /// rows' daemons their state.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Where the JSON report goes.
@@ -42,6 +42,7 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
         runtime: args.runtime,
         ramp: if args.quick { 0.5 } else { 2.0 },
         dir: args.dir.clone(),
+        quick: args.quick,
     };
     anyhow::ensure!(
         settings.runtime > 0.0 && settings.runtime <= 3600.0,
@@ -61,6 +62,7 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
     let mut rows = Vec::new();
     for row in [
         p1,
+        crate::seed_row::p1nbd,
         crate::randwrite_rows::p2_p5_p9,
         p3,
         p6,
@@ -72,7 +74,7 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
             rows.push(done);
         }
     }
-    // By row number (P2 before P10), then id (P10 before P10c4).
+    // By row number (P2 before P10), then id (P1 before P1nbd, P10 before P10c4).
     rows.sort_by_key(|r| {
         let digits: String = r.id[1..].chars().take_while(char::is_ascii_digit).collect();
         (digits.parse::<u32>().unwrap_or(u32::MAX), r.id)

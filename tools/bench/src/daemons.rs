@@ -92,6 +92,8 @@ pub(crate) struct OrdoPair {
     state: PathBuf,
     /// The primary's export of the volume.
     pub(crate) uri: String,
+    /// The primary's control socket.
+    pub(crate) control: PathBuf,
 }
 
 impl Drop for OrdoPair {
@@ -154,6 +156,37 @@ impl OrdoPair {
             secondary,
             state,
             uri: format!("nbd://127.0.0.1:{nbd}/data"),
+            control,
         })
+    }
+
+    /// The primary's (last closed, applied) data sets now.
+    pub(crate) fn data_sets(&self) -> Result<(u64, u64)> {
+        let status = control::status(&self.control, STATUS_TIMEOUT)
+            .with_context(|| format!("asking {} for its status", self.control.display()))?;
+        let primary = status
+            .primary()
+            .context("the pair's primary answered as a secondary")?;
+        Ok((primary.data_sets.last_closed, primary.data_sets.applied))
+    }
+
+    /// Until the secondary has applied every data set the primary closed so far; an error
+    /// after `limit` or if the primary stopped.
+    pub(crate) fn wait_applied(&mut self, limit: Duration) -> Result<()> {
+        let begun = Instant::now();
+        let (last_closed, _) = self.data_sets()?;
+        loop {
+            let (_, applied) = self.data_sets()?;
+            if applied >= last_closed {
+                return Ok(());
+            }
+            if let Some(status) = self.primary.0.try_wait()? {
+                bail!("ordo primary exited ({status}) before data set {last_closed} was applied");
+            }
+            if begun.elapsed() > limit {
+                bail!("data set {last_closed} not applied after {limit:?} (applied: {applied})");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

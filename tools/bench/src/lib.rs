@@ -23,6 +23,7 @@ mod randwrite_rows;
 pub mod relay;
 pub mod results;
 mod rows;
+mod seed_row;
 mod status_lag;
 mod summary;
 mod target;

@@ -52,6 +52,8 @@ pub(crate) struct Settings {
     pub(crate) runtime: f64,
     pub(crate) ramp: f64,
     pub(crate) dir: PathBuf,
+    /// `--quick`: a smoke test; rows that move a fixed amount of data move less.
+    pub(crate) quick: bool,
 }
 
 /// `ordo bench` options parsed the way a user would type them.
