@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::rows::{free_port, output};
+use crate::rows::{free_port, not_installed, output};
 
 /// What iperf3 measured of one stream over loopback.
 #[derive(Clone, Debug)]
@@ -31,9 +31,7 @@ pub(crate) fn iperf3(seconds: f64) -> Result<Iperf3> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow::anyhow!("not installed (apt-get install iperf3)")
-            }
+            std::io::ErrorKind::NotFound => not_installed("iperf3"),
             _ => anyhow::Error::new(e).context("starting the iperf3 server"),
         })?;
     let args: Vec<String> = ["-c", "127.0.0.1", "-p", &port, "-J", "-t"]

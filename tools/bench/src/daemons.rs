@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use ordo_daemon::control;
 use ordo_daemon::volume::ByteSize;
 
-use crate::rows::free_port;
+use crate::rows::{free_port, not_installed};
 
 /// Lanes from the primary to the secondary, as `ordo bench`'s default.
 pub(crate) const LANES: usize = 4;
@@ -42,9 +42,7 @@ fn spawn(program: &Path, args: &[String]) -> Result<Killed> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow::anyhow!("not installed (apt-get install {})", program.display())
-            }
+            std::io::ErrorKind::NotFound => not_installed(&program.display().to_string()),
             _ => anyhow::Error::new(e).context(format!("starting {}", program.display())),
         })?;
     Ok(Killed(child))

@@ -56,7 +56,8 @@ pub struct BenchCommand {
 #[derive(Debug, Subcommand)]
 pub enum BenchSub {
     /// Run the fixed suite of measurements, each next to its baseline measured in the
-    /// same run (iperf3, fio, replication off, one data set at a time).
+    /// same run (iperf3, fio, nbdkit, replication off, one data set at a time, the
+    /// in-process bench).
     Compare(compare::CompareArgs),
 }
 

@@ -154,6 +154,15 @@ pub(crate) fn row(
     }
 }
 
+/// That `program` is not installed, and the Debian package that has it.
+pub(crate) fn not_installed(program: &str) -> anyhow::Error {
+    let package = match program {
+        "nbdcopy" => "libnbd-bin",
+        other => other,
+    };
+    anyhow::anyhow!("not installed (apt-get install {package})")
+}
+
 /// Runs `program` and returns its stdout; an error says if it is not installed.
 pub(crate) fn output(program: &str, args: &[String]) -> Result<String> {
     let result = Command::new(program)
@@ -162,9 +171,7 @@ pub(crate) fn output(program: &str, args: &[String]) -> Result<String> {
         .output();
     let output = match result {
         Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("not installed (apt-get install {program})")
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_installed(program)),
         Err(e) => return Err(e).with_context(|| format!("running {program}")),
     };
     if !output.status.success() {
