@@ -6,8 +6,10 @@
 //! instead (`target`). `ordo bench compare` runs the baselines next to it.
 
 mod args;
+mod baselines;
 pub mod compare;
 pub mod cpu;
+mod daemons;
 mod driver;
 mod hdrlog;
 mod header;
@@ -17,9 +19,11 @@ mod nbd_rows;
 pub mod peer;
 mod plot;
 mod progress;
+mod randwrite_rows;
 pub mod relay;
 pub mod results;
 mod rows;
+mod seed_row;
 mod status_lag;
 mod summary;
 mod target;
@@ -52,7 +56,8 @@ pub struct BenchCommand {
 #[derive(Debug, Subcommand)]
 pub enum BenchSub {
     /// Run the fixed suite of measurements, each next to its baseline measured in the
-    /// same run (iperf3, fio, replication off, one data set at a time).
+    /// same run (iperf3, fio, nbdkit, replication off, one data set at a time, the
+    /// in-process bench).
     Compare(compare::CompareArgs),
 }
 

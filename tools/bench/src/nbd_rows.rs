@@ -1,132 +1,21 @@
-//! P10 of `ordo bench compare`: 4 KiB random writes at queue depth 32 through NBD, with
-//! fio's nbd engine as the client, against `ordo primary` replicating to an `ordo
-//! secondary` (both started here, `mem` volumes, on loopback) and against nbdkit's
-//! `memory` plugin, a plain NBD server that replicates nothing, through the same client:
-//! one connection, then four.
+//! The rows of `ordo bench compare` that send 4 KiB random writes at queue depth 32
+//! through an `ordo primary`'s NBD export, the primary replicating to an `ordo secondary`
+//! (both started here, `mem` volumes, on loopback). P10: with fio's nbd engine as the
+//! client, against nbdkit's `memory` plugin, a plain NBD server that replicates nothing,
+//! through the same client, one connection, then four. P11: with `ordo bench --target`
+//! (ordo's own pipelined client) as the client, against the in-process `ordo bench`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Context, Result};
-use ordo_daemon::control;
+use anyhow::{Context, Result};
+use ordo_daemon::volume::ByteSize;
 use serde_json::Value;
 
-use crate::rows::{free_port, output, row, Goal, Row, Settings};
+use crate::daemons::{nbdkit, OrdoPair, LANES};
+use crate::rows::{bench, output, row, Goal, Row, Settings};
 
-/// The export's size on both servers: what fio writes over, at random.
-const EXPORT: &str = "256M";
-const LANES: usize = 4;
-const START_LIMIT: Duration = Duration::from_secs(30);
-
-/// A child process killed (and reaped) when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(program: &Path, args: &[String]) -> Result<Killed> {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow::anyhow!("not installed (apt-get install {})", program.display())
-            }
-            _ => anyhow::Error::new(e).context(format!("starting {}", program.display())),
-        })?;
-    Ok(Killed(child))
-}
-
-/// Until `ready` holds, the child still running; an error after `START_LIMIT`.
-fn wait_until(what: &str, child: &mut Killed, mut ready: impl FnMut() -> bool) -> Result<()> {
-    let begun = Instant::now();
-    while !ready() {
-        if let Some(status) = child.0.try_wait()? {
-            bail!("{what}: exited ({status}) before it was ready");
-        }
-        if begun.elapsed() > START_LIMIT {
-            bail!("{what}: not ready after {START_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn listening(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-/// nbdkit's memory plugin on a free port; its URI.
-fn nbdkit() -> Result<(Killed, String)> {
-    let port = free_port()?;
-    let args: Vec<String> = ["-f", "-i", "127.0.0.1", "-p", &port.to_string(), "memory"]
-        .iter()
-        .map(ToString::to_string)
-        .chain([format!("size={EXPORT}")])
-        .collect();
-    let mut server = spawn(Path::new("nbdkit"), &args)?;
-    wait_until("nbdkit", &mut server, || listening(port))?;
-    Ok((server, format!("nbd://127.0.0.1:{port}/")))
-}
-
-/// An `ordo secondary` and an `ordo primary` replicating to it over `LANES` lanes, with
-/// their state in `dir`; the export's URI once every lane is up.
-fn ordo_pair(dir: &Path) -> Result<(Killed, Killed, String)> {
-    let ordo = std::env::current_exe().context("finding the ordo binary")?;
-    let (link, nbd) = (free_port()?, free_port()?);
-    let state = dir.join("ordo-compare-p10");
-    std::fs::create_dir_all(&state)?;
-    let volume = format!("data=mem:{EXPORT}");
-    let secondary_args: Vec<String> = [
-        "secondary",
-        "--listen",
-        &format!("127.0.0.1:{link}"),
-        "--state-dir",
-        &state.display().to_string(),
-        "--volume",
-        &volume,
-        "--window-bytes",
-        "64M",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    let mut secondary = spawn(&ordo, &secondary_args)?;
-    wait_until("ordo secondary", &mut secondary, || listening(link))?;
-    let socket: PathBuf = state.join("primary.sock");
-    let primary_args: Vec<String> = [
-        "primary",
-        "--connect",
-        &format!("127.0.0.1:{link}"),
-        "--volume",
-        &volume,
-        "--nbd",
-        &format!("127.0.0.1:{nbd}"),
-        "--control",
-        &socket.display().to_string(),
-        "--lanes",
-        &LANES.to_string(),
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    let mut primary = spawn(&ordo, &primary_args)?;
-    wait_until("ordo primary", &mut primary, || {
-        control::status(&socket, Duration::from_secs(1))
-            .ok()
-            .and_then(|s| s.primary().map(|p| p.link.lanes.lanes_up == LANES))
-            .unwrap_or(false)
-    })?;
-    Ok((primary, secondary, format!("nbd://127.0.0.1:{nbd}/data")))
-}
+/// The export's size on every server: what the writes land on, at random.
+const EXPORT: ByteSize = ByteSize(256 << 20);
+/// The load of P11, on both sides.
+pub(crate) const LOAD: &str = "--rw randwrite --bs 4K --iodepth 32 --size 256M";
 
 /// fio's nbd engine: 4 KiB random writes at depth 32 on `jobs` connections for `seconds`;
 /// write IOPS of all of them, and the command.
@@ -174,7 +63,7 @@ pub(crate) fn p10(settings: &Settings) -> Result<Vec<Row>> {
         let mut how = (String::new(), String::new());
         let mut note = None;
         for _ in 0..settings.runs {
-            let baseline = match nbdkit().and_then(|(server, uri)| {
+            let baseline = match nbdkit(EXPORT).and_then(|(server, uri)| {
                 let measured = fio_nbd(&uri, jobs, settings.runtime);
                 drop(server);
                 measured
@@ -185,10 +74,9 @@ pub(crate) fn p10(settings: &Settings) -> Result<Vec<Row>> {
                     break;
                 }
             };
-            let (primary, secondary, uri) = ordo_pair(&settings.dir)?;
-            let ours = fio_nbd(&uri, jobs, settings.runtime);
-            drop((primary, secondary));
-            std::fs::remove_dir_all(settings.dir.join("ordo-compare-p10")).ok();
+            let pair = OrdoPair::start(&settings.dir, "p10", EXPORT)?;
+            let ours = fio_nbd(&pair.uri, jobs, settings.runtime);
+            drop(pair);
             let ours = ours?;
             runs.push((ours.0, baseline.0));
             how = (
@@ -211,4 +99,38 @@ pub(crate) fn p10(settings: &Settings) -> Result<Vec<Row>> {
         ));
     }
     Ok(rows)
+}
+
+/// P11: `ordo bench --target` through a fresh ordo pair's export, then the in-process
+/// `ordo bench` with its own pair, the same load on the same size: write IOPS.
+pub(crate) fn p11(settings: &Settings) -> Result<Vec<Row>> {
+    let mut runs = Vec::new();
+    let mut how = (String::new(), String::new());
+    for _ in 0..settings.runs {
+        let pair = OrdoPair::start(&settings.dir, "p11", EXPORT)?;
+        let uri = pair.uri.clone();
+        let ours = bench(settings, &format!("--target {uri} {LOAD}"));
+        drop(pair);
+        let (ours, ours_how) = ours?;
+        let options = format!("{LOAD} --backend mem --mode replicated --lanes {LANES}");
+        let (base, base_how) = bench(settings, &options)?;
+        runs.push((ours.write_iops(), base.write_iops()));
+        how = (
+            format!(
+                "ordo primary --lanes {LANES} (mem {EXPORT}), then {}",
+                ours_how.replace(&uri, "URI")
+            ),
+            base_how,
+        );
+    }
+    Ok(vec![row(
+        "P11",
+        "4K randwrite qd32 via NBD, ordo bench --target / in-process, both replicating",
+        Goal::AtLeast,
+        (0.7, 0.7),
+        "IOPS",
+        &runs,
+        how,
+        None,
+    )])
 }

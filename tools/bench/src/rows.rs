@@ -1,13 +1,18 @@
 //! What every row of `ordo bench compare` is made of: the settings of the suite, a row
-//! (ours against its baseline, run by run, judged by its goal), and running a baseline
-//! tool.
+//! (ours against its baseline, run by run, judged by its goal), one `ordo bench` run, and
+//! running a baseline tool.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use serde::Serialize;
+
+use crate::args::BenchArgs;
+use crate::results::Results;
+use crate::{driver, target};
 
 /// Which way a ratio is better.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -47,6 +52,37 @@ pub(crate) struct Settings {
     pub(crate) runtime: f64,
     pub(crate) ramp: f64,
     pub(crate) dir: PathBuf,
+    /// `--quick`: a smoke test; rows that move a fixed amount of data move less.
+    pub(crate) quick: bool,
+}
+
+/// `ordo bench` options parsed the way a user would type them.
+#[derive(Debug, Parser)]
+pub(crate) struct Bench {
+    #[command(flatten)]
+    pub(crate) args: BenchArgs,
+}
+
+/// One `ordo bench` run with these options (on top of the suite's runtime and ramp), in
+/// this process: a pair of its own, or with `--target` a running primary's export.
+pub(crate) fn bench(settings: &Settings, options: &str) -> Result<(Results, String)> {
+    let how = format!(
+        "ordo bench {options} --runtime {} --ramp {}",
+        settings.runtime, settings.ramp
+    );
+    let argv = how.split_whitespace().skip(1);
+    let parsed = Bench::try_parse_from(argv).with_context(|| format!("parsing {how:?}"))?;
+    parsed.args.validate()?;
+    let results = if parsed.args.target.is_some() {
+        target::run(&parsed.args, false)
+    } else {
+        driver::run(&parsed.args, false)
+    };
+    Ok((results.with_context(|| format!("running {how}"))?, how))
+}
+
+pub(crate) fn mb(bytes_per_s: f64) -> f64 {
+    bytes_per_s / 1e6
 }
 
 pub(crate) fn median(values: &mut [f64]) -> f64 {
@@ -118,6 +154,15 @@ pub(crate) fn row(
     }
 }
 
+/// That `program` is not installed, and the Debian package that has it.
+pub(crate) fn not_installed(program: &str) -> anyhow::Error {
+    let package = match program {
+        "nbdcopy" => "libnbd-bin",
+        other => other,
+    };
+    anyhow::anyhow!("not installed (apt-get install {package})")
+}
+
 /// Runs `program` and returns its stdout; an error says if it is not installed.
 pub(crate) fn output(program: &str, args: &[String]) -> Result<String> {
     let result = Command::new(program)
@@ -126,9 +171,7 @@ pub(crate) fn output(program: &str, args: &[String]) -> Result<String> {
         .output();
     let output = match result {
         Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("not installed (apt-get install {program})")
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_installed(program)),
         Err(e) => return Err(e).with_context(|| format!("running {program}")),
     };
     if !output.status.success() {

@@ -100,7 +100,7 @@ pub fn json(results: &Results) -> Value {
 
 /// CPU seconds per write and per MB acknowledged on the primary in the measured run
 /// (none if nothing was written).
-fn cpu_per_write_and_mb(cpu: &ProcessCpu, results: &Results) -> Option<(f64, f64)> {
+pub(crate) fn cpu_per_write_and_mb(cpu: &ProcessCpu, results: &Results) -> Option<(f64, f64)> {
     let c = &results.counts;
     (c.writes > 0 && c.write_bytes > 0).then(|| {
         (
