@@ -305,3 +305,61 @@ fn a_state_directory_is_locked_and_needs_its_replicas() {
     let (ok, out) = second(port, "data=mem:4M");
     assert!(!ok && out.contains("is in memory"), "{out}");
 }
+
+/// The cores each thread of a process `pid` may run on, by thread name.
+fn thread_cores(pid: u32) -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let cores = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default();
+        threads.push((name.trim().to_string(), cores.trim().to_string()));
+    }
+    threads
+}
+
+/// `--cores 0,1`: the primary's poller runs on core 0 and its lane sender on core 1; the
+/// secondary's poller on core 1 and its receivers on core 0. Replication works so placed.
+#[test]
+fn cores_place_each_role_of_both_daemons() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return; // Nothing to place on one core.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut pair = Pair::start(dir.path(), "8M", &["--cores", "0,1"]);
+    pair.secondary.restart_with(&["--cores", "1,0"]);
+    let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
+    client.write(0, &write_data(1)).unwrap();
+    client.flush().unwrap();
+    pair.wait_caught_up(CATCH_UP);
+    let primary = thread_cores(pair.primary.pid());
+    let core = |threads: &[(String, String)], name: &str| {
+        // A name ending in '*' is a prefix (one thread per lane).
+        let found = match name.strip_suffix('*') {
+            Some(prefix) => threads.iter().find(|(n, _)| n.starts_with(prefix)),
+            None => threads.iter().find(|(n, _)| n == name),
+        };
+        found
+            .unwrap_or_else(|| panic!("no {name} thread in {threads:?}"))
+            .1
+            .clone()
+    };
+    assert_eq!(
+        core(&primary, "ordo"),
+        "0",
+        "the primary's poller: {primary:?}"
+    );
+    assert_eq!(core(&primary, "lane-send"), "1", "{primary:?}");
+    let secondary = thread_cores(pair.secondary.pid());
+    assert_eq!(
+        core(&secondary, "ordo"),
+        "1",
+        "the secondary's poller: {secondary:?}"
+    );
+    assert_eq!(core(&secondary, "ordo-rx*"), "0", "{secondary:?}");
+    assert_verifies(&pair);
+}

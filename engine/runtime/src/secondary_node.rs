@@ -12,7 +12,11 @@
 //!   events, journal, apply, transmit); the caller loops it under an idle policy.
 //!
 //! Receivers are started by the acceptor rather than the poller so that they do not
-//! inherit a pinned poller's single-core affinity.
+//! inherit a pinned poller's single-core affinity; they run where the scheduler puts
+//! them, or on the core given to `with_receiver_core`. Why this split: decoding, checking
+//! and staging a frame is the per-byte work, and it scales with the lanes; ordering is
+//! not needed for it (the reorder buffer orders). What must be serial (the journal's
+//! order, the applied watermark, applying data sets one after another) is the poller's.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -132,6 +136,17 @@ impl<S: Storage> SecondaryNode<S> {
         lanes: usize,
         max_write_bytes: u32,
     ) -> io::Result<Self> {
+        Self::with_receiver_core(secondary, listener, lanes, max_write_bytes, None)
+    }
+
+    /// `new`, with every receiver thread pinned to `receiver_core` if given.
+    pub fn with_receiver_core(
+        secondary: Secondary<S>,
+        listener: TcpListener,
+        lanes: usize,
+        max_write_bytes: u32,
+        receiver_core: Option<usize>,
+    ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = crossbeam_channel::unbounded();
@@ -149,6 +164,7 @@ impl<S: Storage> SecondaryNode<S> {
             freed: freed_rx,
             stop: Arc::clone(&stop),
             poller: Arc::clone(&poller),
+            receiver_core,
         };
         let thread = std::thread::Builder::new()
             .name("ordo-accept".into())
@@ -334,6 +350,8 @@ struct Accepting {
     freed: Receiver<usize>,
     stop: Arc<AtomicBool>,
     poller: Arc<OnceLock<Thread>>,
+    /// Where receivers run, if pinned.
+    receiver_core: Option<usize>,
 }
 
 impl Accepting {
@@ -372,6 +390,7 @@ impl Accepting {
             }
         };
         self.generations += 1;
+        let receiver_core = self.receiver_core;
         // The receiver starts reading only once the poller has been told of its lane, so
         // its events always come after `Connected`.
         let (go, started) = crossbeam_channel::bounded::<()>(1);
@@ -386,6 +405,11 @@ impl Accepting {
         let spawned = std::thread::Builder::new()
             .name(format!("ordo-rx{index}"))
             .spawn(move || {
+                if let Some(id) = receiver_core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                        tracing::warn!("receiver {index}: could not pin to core {id}");
+                    }
+                }
                 if started.recv().is_ok() {
                     receiving.run();
                 }

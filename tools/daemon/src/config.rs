@@ -72,8 +72,9 @@ pub struct PrimaryOptions {
     /// Resend a record not acknowledged this long after it was sent.
     #[arg(long, default_value_t = 200)]
     pub retransmit_ms: u64,
-    /// CPU cores to pin the poller to (comma-separated; the first is used). Unpinned
-    /// without it.
+    /// CPU cores (comma-separated): the poller (NBD clients, local writes,
+    /// acknowledgements, sequencing) on the first, the lane sender (every lane's socket) on
+    /// the second if given. Unpinned without it.
     #[arg(long, value_delimiter = ',')]
     pub cores: Vec<usize>,
     /// What the poller does when idle.
@@ -138,8 +139,8 @@ pub struct SecondaryOptions {
     /// Re-announce the applied watermark this often.
     #[arg(long, default_value_t = 50)]
     pub applied_interval_ms: u64,
-    /// CPU cores to pin the poller to (comma-separated; the first is used). Unpinned
-    /// without it.
+    /// CPU cores (comma-separated): the poller (journal, apply, acknowledgements) on the
+    /// first, the lanes' receiver threads on the second if given. Unpinned without it.
     #[arg(long, value_delimiter = ',')]
     pub cores: Vec<usize>,
     /// What the poller does when idle.
@@ -209,17 +210,18 @@ fn lanes(lanes: usize) -> Result<usize> {
     Ok(lanes)
 }
 
+/// The first core of `--cores` (the poller's), each given checked to be one this process
+/// may run on.
 fn core(cores: &[usize]) -> Result<Option<usize>> {
-    let Some(&first) = cores.first() else {
-        return Ok(None);
-    };
     let available = core_affinity::get_core_ids().unwrap_or_default();
-    ensure!(
-        available.iter().any(|c| c.id == first),
-        "core {first} is not available here (cores: {:?})",
-        available.iter().map(|c| c.id).collect::<Vec<_>>()
-    );
-    Ok(Some(first))
+    for core in cores {
+        ensure!(
+            available.iter().any(|c| c.id == *core),
+            "--cores: core {core} is not available here (cores: {:?})",
+            available.iter().map(|c| c.id).collect::<Vec<_>>()
+        );
+    }
+    Ok(cores.first().copied())
 }
 
 /// A primary's effective configuration.

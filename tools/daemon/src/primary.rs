@@ -54,7 +54,10 @@ pub fn run(options: PrimaryOptions) -> Result<ExitCode> {
     )?;
     let terminate = termination_flag()?;
     let control = settings.control.clone();
-    let code = runner::run(runtime, move || Serving::start(settings, terminate))?;
+    let sender_core = runtime.second_core(&settings.cores);
+    let code = runner::run(runtime, move || {
+        Serving::start(settings, sender_core, terminate)
+    })?;
     let _ = std::fs::remove_file(&control);
     Ok(code)
 }
@@ -79,7 +82,11 @@ struct Serving {
 
 impl Serving {
     /// Opens the volumes and starts the lanes, the control socket and the NBD server.
-    fn start(settings: PrimarySettings, terminate: Arc<AtomicBool>) -> Result<Serving> {
+    fn start(
+        settings: PrimarySettings,
+        sender_core: Option<usize>,
+        terminate: Arc<AtomicBool>,
+    ) -> Result<Serving> {
         let mut volumes = Vec::with_capacity(settings.volume.len());
         for spec in &settings.volume {
             let volume = Volume::open(spec, settings.block_size)
@@ -90,8 +97,9 @@ impl Serving {
         let (reports, max_io) = describe_volumes(&settings.volume, &volumes);
         let config = primary_config(&settings);
         let primary = Primary::new(config.clone(), volumes).context("primary configuration")?;
-        let node = PrimaryNode::new(primary, settings.connect, settings.lanes)
-            .context("starting the lane connector")?;
+        let node =
+            PrimaryNode::with_sender_core(primary, settings.connect, settings.lanes, sender_core)
+                .context("starting the lane connector and sender")?;
         let service = PrimaryService::new(node, settings.max_requests, settings.window_bytes.0);
         let max_request = config.max_write_bytes.min(max_io);
         let mut nbd = Exports::listen(settings.nbd, nbd_exports(&reports, max_request))?;

@@ -62,6 +62,18 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Where a daemon's helper threads go (the primary's lane sender, the secondary's
+    /// receivers): the second of `--cores` when the poller runs on a thread; none with
+    /// SPDK reactors, which keep every core given busy.
+    pub fn second_core(&self, cores: &[usize]) -> Option<usize> {
+        match self {
+            Runtime::Thread { .. } => cores.get(1).copied(),
+            Runtime::Reactor { .. } => None,
+        }
+    }
+}
+
 /// Builds the daemon where its poller runs, then runs it until it exits.
 pub fn run<B, D>(runtime: Runtime, build: B) -> Result<ExitCode>
 where

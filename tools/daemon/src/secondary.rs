@@ -64,7 +64,10 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     )?;
     let terminate = termination_flag()?;
     let control = settings.control.clone();
-    let code = runner::run(runtime, move || Receiving::start(settings, terminate))?;
+    let receiver_core = runtime.second_core(&settings.cores);
+    let code = runner::run(runtime, move || {
+        Receiving::start(settings, receiver_core, terminate)
+    })?;
     // The socket before the lock: a secondary restarting meanwhile must not find it.
     let _ = std::fs::remove_file(&control);
     drop(lock);
@@ -88,13 +91,23 @@ struct Receiving {
 impl Receiving {
     /// Opens (recovering) or creates the journal and replicas, then serves the control
     /// socket and accepts the primary's lanes.
-    fn start(settings: SecondarySettings, terminate: Arc<AtomicBool>) -> Result<Receiving> {
+    fn start(
+        settings: SecondarySettings,
+        receiver_core: Option<usize>,
+        terminate: Arc<AtomicBool>,
+    ) -> Result<Receiving> {
         let secondary = open_or_create(&settings)?;
         let control = Control::start(&settings, &secondary)?;
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("listening on {}", settings.listen))?;
         let max_write = u32::try_from(settings.max_write_bytes.0).unwrap_or(u32::MAX);
-        let node = SecondaryNode::new(secondary, listener, settings.lanes, max_write)?;
+        let node = SecondaryNode::with_receiver_core(
+            secondary,
+            listener,
+            settings.lanes,
+            max_write,
+            receiver_core,
+        )?;
         tracing::info!(
             "secondary up: listening on {}, applied {}, control {}",
             node.local_addr()?,

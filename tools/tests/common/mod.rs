@@ -97,6 +97,13 @@ impl Daemon {
         );
     }
 
+    /// Stops it (SIGTERM) and starts it again with `extra` arguments added.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.terminate();
+        self.args.extend(extra.iter().map(ToString::to_string));
+        self.restart();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
