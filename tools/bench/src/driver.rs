@@ -383,7 +383,8 @@ impl Run {
                 let line = self.progress_line(engine);
                 self.progress.show(now_ns, &line);
             }
-            self.idle.after_round((issued || did).into());
+            let due = self.next_due_in(self.now_ns());
+            self.idle.after_round_before((issued || did).into(), due);
         }
         if self.meter.stop(self.now_ns()) {
             self.close_interval(engine);
@@ -421,6 +422,12 @@ impl Run {
             );
             self.idle.after_round(did.into());
         }
+    }
+
+    /// In open loop, how long until the next operation is due.
+    fn next_due_in(&self, now_ns: u64) -> Option<Duration> {
+        let due = self.jobs.iter().filter_map(|j| j.next_due_ns()).min()?;
+        Some(Duration::from_nanos(due.saturating_sub(now_ns)))
     }
 
     /// Starts what each job may start now; true if it started any.
