@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use super::options::{self, Handshake, Step};
-use super::{Backend, ExportInfo, Io, Limits, Pool, Tag};
+use super::types::{Backend, ExportInfo, Io, Limits, Pool, Tag};
 use crate::export::ServeError;
 use crate::handshake;
 use crate::transmission::{

@@ -2,10 +2,10 @@
 //! writes the server's answers, as the fixed newstyle protocol has them (greeting, client
 //! flags, options until one picks an export).
 
+use super::types::ExportInfo;
 use crate::handshake::{
     self, Request as OptionRequest, OPT_ABORT, OPT_GO, OPT_INFO, OPT_LIST, REP_ACK, REP_ERR_UNKNOWN,
 };
-use crate::poller::ExportInfo;
 use crate::{
     NbdError, TFLAG_CAN_MULTI_CONN, TFLAG_HAS_FLAGS, TFLAG_SEND_FLUSH, TFLAG_SEND_FUA,
     TFLAG_SEND_TRIM, TFLAG_SEND_WRITE_ZEROES,
