@@ -122,8 +122,9 @@ pub struct BenchArgs {
     /// TCP lanes between primary and secondary.
     #[arg(long, default_value_t = 4)]
     pub lanes: usize,
-    /// Cores to pin to: the primary's poller on the first, the secondary process on the
-    /// second (if given). With --target, one core: this process's loop.
+    /// Cores to pin to: the primary's poller on the first, its lane sender and the
+    /// secondary process on the second (if given). With --target, one core: this
+    /// process's loop.
     #[arg(long, value_delimiter = ',')]
     pub cores: Vec<usize>,
     /// What the pollers (with --target, this process's loop) do when a round found nothing

@@ -154,7 +154,8 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
         None
     };
     let addr = relay.as_ref().map_or(peer.addr(), |r| r.local_addr());
-    let node = PrimaryNode::new(primary, addr, args.lanes).context("starting the lanes")?;
+    let node = PrimaryNode::with_sender_core(primary, addr, args.lanes, args.cores.get(1).copied())
+        .context("starting the lanes")?;
     let mut pair = Pair {
         engine: Engine::Node(Box::new(node)),
         epoch: Instant::now(),
