@@ -73,11 +73,19 @@ pub(crate) fn bench(settings: &Settings, options: &str) -> Result<(Results, Stri
     let argv = how.split_whitespace().skip(1);
     let parsed = Bench::try_parse_from(argv).with_context(|| format!("parsing {how:?}"))?;
     parsed.args.validate()?;
-    let results = if parsed.args.target.is_some() {
-        target::run(&parsed.args, false)
-    } else {
-        driver::run(&parsed.args, false)
-    };
+    // On a thread of its own: a run with --cores pins the thread it runs on, and the
+    // suite's own thread must keep every core for the rows after it.
+    let results = std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            if parsed.args.target.is_some() {
+                target::run(&parsed.args, false)
+            } else {
+                driver::run(&parsed.args, false)
+            }
+        });
+        run.join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the run's thread panicked")))
+    });
     Ok((results.with_context(|| format!("running {how}"))?, how))
 }
 
