@@ -16,6 +16,13 @@ pub struct DataSetId(pub u64);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VolumeId(pub u16);
 
+/// Id of a replication history ("generation"): random, chosen when a primary starts a
+/// history (its first start, or a restart that could not resume the stream it had). Seqs,
+/// data-set ids and stream offsets count within one generation. 0 means "none" (a fresh
+/// secondary that holds no history yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GenerationId(pub u64);
+
 /// Id of a replication group; primary and secondary must agree on it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupId(pub u64);
@@ -31,6 +38,16 @@ impl DataSetId {
     pub const NONE: DataSetId = DataSetId(0);
     pub fn next(self) -> DataSetId {
         DataSetId(self.0 + 1)
+    }
+}
+
+impl GenerationId {
+    pub const NONE: GenerationId = GenerationId(0);
+}
+
+impl fmt::Display for GenerationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 
