@@ -371,7 +371,7 @@ fn a_journal_device_with_too_short_a_queue_is_refused() {
     for depth in [1, 2, 3] {
         let created = Secondary::create(config(), 1, journal_device(&config(), depth), replicas());
         let device = journal_device(&config(), depth);
-        let journal = Journal::format(device, GROUP, 1, WINDOW, MAX_WRITE, 0).unwrap();
+        let journal = Journal::format(device, GROUP, 1, WINDOW, MAX_WRITE, 0, false).unwrap();
         let opened = Secondary::open(config(), journal.into_storage(), replicas());
         for result in [created, opened] {
             let error = result.map(|_| ()).unwrap_err();

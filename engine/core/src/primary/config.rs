@@ -54,6 +54,18 @@ pub enum Replication {
     Off,
 }
 
+/// What writes do when the retention window is full (the secondary is behind or away).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WindowFull {
+    /// Wait until the secondary frees room, however long that takes.
+    #[default]
+    Block,
+    /// Wait at most `timeout_ms`; then cut the stream: the window is freed, the extents it
+    /// held stay marked in the write-intent record, and a new generation begins; the
+    /// secondary is resynchronised from the record when it can take it again.
+    Track { timeout_ms: u64 },
+}
+
 /// Largest retention or journal window: the arenas are preallocated, so configuration
 /// must not be able to ask for more memory than a machine has.
 pub const MAX_WINDOW_BYTES: u64 = 64 << 30;
@@ -78,6 +90,9 @@ pub struct PrimaryConfig {
     /// Most flushes waiting at once.
     pub max_pending_flushes: usize,
     pub replication: Replication,
+    pub on_window_full: WindowFull,
+    /// Bytes per second a resync compares at most (0: no limit).
+    pub resync_rate_bytes: u64,
 }
 
 impl Default for PrimaryConfig {
@@ -92,6 +107,8 @@ impl Default for PrimaryConfig {
             retransmit_ms: 200,
             max_pending_flushes: 64,
             replication: Replication::Pipelined,
+            on_window_full: WindowFull::Block,
+            resync_rate_bytes: 0,
         }
     }
 }
@@ -171,6 +188,13 @@ impl PrimaryConfig {
         }
         if self.max_pending_flushes > 1 << 16 {
             return Err(invalid("at most 65536 pending flushes"));
+        }
+        if let WindowFull::Track { timeout_ms } = self.on_window_full {
+            if timeout_ms > MAX_INTERVAL_MS {
+                return Err(invalid(format!(
+                    "the window-full timeout must be at most {MAX_INTERVAL_MS} ms"
+                )));
+            }
         }
         Ok(())
     }

@@ -10,8 +10,9 @@ use super::retention::{RecordKind, Retention, SentOn};
 use super::stats::PrimaryStats;
 use super::tx::FrameSink;
 use crate::protocol::{
-    check_hello, DataSetId, Frame, Hello, PeerError, ResumeState, Role, Seq, SyncFrame, VolumeInfo,
-    WriteFrame, ZeroFrame, RECORD_FRAME_OVERHEAD_BYTES,
+    check_hello, decide, DataSetId, Decision, Frame, GenerationId, Hello, HistoryFlags, PeerError,
+    PrimaryHistory, ResumeState, Role, Seq, SyncFrame, VolumeInfo, WriteFrame, ZeroFrame,
+    RECORD_FRAME_OVERHEAD_BYTES,
 };
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -47,6 +48,9 @@ pub struct Link {
     resend: VecDeque<Seq>,
     next_timeout_scan_ms: u64,
     stalled: Option<PeerError>,
+    /// A secondary's Hello said it re-bases onto our history (it will follow our stream
+    /// from seq 1); the primary takes it (`take_rebase_seen`).
+    rebase_seen: bool,
 }
 
 impl Link {
@@ -59,6 +63,9 @@ impl Link {
                 group: config.group,
                 max_write_bytes: config.max_write_bytes,
                 volumes,
+                generation: GenerationId::NONE,
+                ancestors: Vec::new(),
+                flags: HistoryFlags::default(),
                 resume: ResumeState::default(),
             },
             lanes: vec![Lane::default(); config.lanes],
@@ -70,6 +77,7 @@ impl Link {
             resend: VecDeque::with_capacity(max_records),
             next_timeout_scan_ms: 0,
             stalled: None,
+            rebase_seen: false,
         }
     }
 
@@ -78,8 +86,45 @@ impl Link {
         &self.hello.volumes
     }
 
+    /// Our Hello says `history` from now on.
+    pub fn set_history(&mut self, history: PrimaryHistory) {
+        self.hello.generation = history.generation;
+        self.hello.ancestors = history.ancestors;
+        self.hello.flags = history.flags;
+    }
+
+    pub fn take_rebase_seen(&mut self) -> bool {
+        std::mem::take(&mut self.rebase_seen)
+    }
+
+    pub fn history_flags(&self) -> HistoryFlags {
+        self.hello.flags
+    }
+
+    /// The stream (empty) goes on from `next` (a resumed history, or a new generation).
+    pub fn resume_at(&mut self, next: Seq) {
+        self.next_unsent = next;
+        self.resend.clear();
+    }
+
+    /// The stream is cut: the secondary's state belongs to the old generation, and every
+    /// lane greets it again with the new one (which makes it re-base).
+    pub fn cut(&mut self) {
+        self.peer = None;
+        self.resend.clear();
+        for lane in &mut self.lanes {
+            lane.ready = false;
+            lane.hello_sent_ms = None;
+        }
+    }
+
     pub fn peer_applied(&self) -> DataSetId {
         self.peer.map_or(DataSetId::NONE, |p| p.applied_data_set)
+    }
+
+    /// The seq of the sync of the data set the secondary applied last, if one answered.
+    pub fn peer_applied_seq(&self) -> Option<Seq> {
+        self.peer.map(|p| p.applied_seq)
     }
 
     pub fn stalled(&self) -> Option<&PeerError> {
@@ -135,6 +180,12 @@ impl Link {
     ) -> Result<(), PeerError> {
         match frame {
             Frame::Hello(hello) => self.handle_hello(lane, hello, retention),
+            // Until the lane's handshake, an Ack or Applied may be of another generation.
+            Frame::Ack(_) | Frame::Applied(_) | Frame::Digests(_) if !self.lanes[lane].ready => {
+                Ok(())
+            }
+            // The resync takes them (`Primary::handle_frame`).
+            Frame::Digests(_) => Ok(()),
             Frame::Ack(ack) => {
                 for range in &ack.ranges {
                     retention.ack_range(range.first, range.last);
@@ -154,9 +205,9 @@ impl Link {
                 }
                 Ok(())
             }
-            Frame::Write(_) | Frame::Zero(_) | Frame::Sync(_) => {
-                Err(PeerError::Unexpected("a Write, Zero or Sync frame"))
-            }
+            Frame::Write(_) | Frame::Zero(_) | Frame::Sync(_) | Frame::DigestRequest(_) => Err(
+                PeerError::Unexpected("a Write, Zero, Sync or DigestRequest frame"),
+            ),
         }
     }
 
@@ -171,30 +222,46 @@ impl Link {
             self.stalled = Some(error.clone());
             return result;
         }
+        match decide(&self.hello.history(), hello.generation, hello.flags) {
+            Decision::Resume => {}
+            Decision::Refuse(error) => {
+                self.stalled = Some(error.clone());
+                return Err(error);
+            }
+            Decision::Adopt | Decision::Rebase { .. } => {
+                // It re-bases onto our history and greets us again on new lanes.
+                tracing::info!(
+                    secondary = %hello.generation,
+                    primary = %self.hello.generation,
+                    "the secondary holds an earlier history (or none): it re-bases onto ours and is resynchronised"
+                );
+                self.stalled = None;
+                self.rebase_seen = true;
+                return Ok(());
+            }
+        }
         self.stalled = None;
         let resume = &hello.resume;
-        // Before our first record reached it, a secondary can hold nothing of ours: what
-        // it reports applied or staged came from another history, whose seqs collide with
-        // ours. (Until then no record is sent, so this holds for every first Hello.)
-        if self.peer.is_none() && (resume.applied_seq > Seq(0) || !resume.staged.is_empty()) {
-            let error = PeerError::ForeignHistory {
-                applied: resume.applied_data_set.0,
-            };
-            self.stalled = Some(error.clone());
-            return Err(error);
-        }
         // Lanes reorder: a Hello built before an Applied frame we already have is stale,
         // and the secondary's watermark is durable, so the newer state stands.
         if let Some(peer) = self.peer {
             if peer.journal_id != resume.journal_id {
-                // Another journal: the secondary we streamed to lost its state, and what it
-                // had acknowledged is no longer retained here.
-                let error = PeerError::StateLost {
-                    known: peer.journal_id,
-                    now: resume.journal_id,
-                };
-                self.stalled = Some(error.clone());
-                return Err(error);
+                // Another journal follows this history (the secondary re-based onto it
+                // anew). It can go on only if we still hold every record past what it
+                // applied; otherwise what the one before acknowledged is gone from here.
+                let stream_from = retention.front_seq().unwrap_or(self.next_unsent);
+                if resume.applied_seq.next() < stream_from {
+                    // It needs records no longer held: a new generation (whose stream is
+                    // whole) begins, and it re-bases onto that.
+                    tracing::info!(
+                        known = peer.journal_id,
+                        now = resume.journal_id,
+                        "another secondary journal follows this history from a point no longer held here"
+                    );
+                    self.rebase_seen = true;
+                    return Ok(());
+                }
+                self.peer = None;
             }
         }
         let stale = self
@@ -362,6 +429,7 @@ fn send<S: FrameSink + ?Sized>(
         RecordKind::Sync {
             first_seq,
             write_count,
+            ends_resync,
         } => {
             let frame = SyncFrame {
                 seq,
@@ -369,6 +437,7 @@ fn send<S: FrameSink + ?Sized>(
                 first_seq,
                 write_count,
                 stream_offset: record.stream_offset,
+                ends_resync,
             };
             out.push(&Frame::Sync(frame));
         }

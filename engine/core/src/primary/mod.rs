@@ -5,7 +5,10 @@
 //! clock ticks, and pulls frames to send with `poll_transmit`.
 
 pub mod config;
+mod history;
+pub mod intent;
 mod link;
+pub mod resync;
 pub mod retention;
 mod stats;
 mod sub_block;
@@ -13,15 +16,24 @@ pub mod tx;
 
 use std::collections::VecDeque;
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
 pub use crate::protocol::PeerError;
-pub use config::{ConfigError, DataSetPolicy, PrimaryConfig, Replication};
+pub use config::{ConfigError, DataSetPolicy, PrimaryConfig, Replication, WindowFull};
+use history::History;
+pub use history::{format_record, Start};
+use intent::WriteIntent;
 use link::Link;
+use resync::Resync;
+pub use resync::{ResyncPhase, ResyncStats};
 use retention::{RecordKind, Retention};
 pub use stats::PrimaryStats;
 
-use crate::protocol::{stream_cost, DataSetId, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES};
+use crate::protocol::{
+    stream_cost, DataSetId, GenerationId, Hello, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES,
+};
 use crate::storage::inflight::InFlightWrites;
 use crate::storage::{describe, Completion, Storage, StorageError};
 
@@ -49,6 +61,9 @@ pub enum PrimaryEvent {
         first_seq: Seq,
         sync_seq: Seq,
     },
+    /// The stream was cut (`WindowFull::Track`): a new generation begins at seq 1 and data
+    /// set 1, its image the volumes as they stand.
+    HistoryBegan { generation: GenerationId },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -99,6 +114,29 @@ struct FlushWaiter {
 pub struct Primary<S: Storage> {
     config: PrimaryConfig,
     volumes: Vec<S>,
+    /// The write-intent record and the history's persistent state (`history`).
+    intent: WriteIntent<S>,
+    history: History,
+    start: Start,
+    /// Per volume, per extent: the seq of the last write to it in this generation (0:
+    /// none), which the secondary must have applied before the extent's bit is cleared.
+    last_write: Vec<Vec<Seq>>,
+    /// Local writes from a seq on wait for a write-intent transaction: (seq, txn).
+    intent_waits: VecDeque<(Seq, u64)>,
+    next_clear_ms: u64,
+    resync: Resync,
+    /// Since when writes have found the retention window full (`WindowFull::Track`).
+    window_full_since_ms: Option<u64>,
+    /// The stream is being cut: new writes wait until what the window held is gone.
+    cutting: bool,
+    /// The write-intent transaction that records the generation this primary writes:
+    /// nothing of it is sent before that is durable, so no secondary ever holds a history
+    /// (or records of one) that a restart would not know.
+    history_txn: u64,
+    /// Where new generation ids come from.
+    rng: ChaCha8Rng,
+    /// The clock of the last `tick`.
+    now_ms: u64,
     retention: Retention,
     next_seq: Seq,
     open: OpenDataSet,
@@ -119,7 +157,16 @@ pub struct Primary<S: Storage> {
 }
 
 impl<S: Storage> Primary<S> {
-    pub fn new(config: PrimaryConfig, volumes: Vec<S>) -> Result<Primary<S>, ConfigError> {
+    /// Starts a primary on its volumes and its write-intent record (formatted or opened by
+    /// the caller on the same volumes): resumes the history a clean stop left, or begins a
+    /// new generation after a crash (see `history`). `seed` drives the ids of new
+    /// generations (random in a daemon, the seed's in the simulator).
+    pub fn new(
+        config: PrimaryConfig,
+        volumes: Vec<S>,
+        mut intent: WriteIntent<S>,
+        seed: u64,
+    ) -> Result<Primary<S>, ConfigError> {
         config.validate()?;
         if volumes.len() != config.volume_names.len() {
             return Err(ConfigError::Invalid(format!(
@@ -133,18 +180,54 @@ impl<S: Storage> Primary<S> {
         let in_flight: u32 = volumes.iter().map(|v| v.geometry().max_in_flight).sum();
         let max_block = volumes.iter().map(|v| v.geometry().block_size).max();
         let max_block = max_block.unwrap_or(0);
-        let link = Link::new(&config, describe(&config.volume_names, &volumes));
-        Ok(Primary {
-            retention: Retention::new(config.window_bytes, config.max_write_bytes, max_records),
-            next_seq: Seq(1),
+        let infos = describe(&config.volume_names, &volumes);
+        let extents: Vec<u64> = (0..volumes.len())
+            .map(|v| intent.extent_count(VolumeId(v as u16)))
+            .collect();
+        for (info, &count) in infos.iter().zip(&extents) {
+            if count != info.size_bytes.div_ceil(resync::EXTENT_BYTES) {
+                return Err(ConfigError::Invalid(format!(
+                    "the write-intent record does not describe volume {}",
+                    info.name
+                )));
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (history, start, position, running_txn) =
+            Self::begin_history(&mut intent, &mut rng);
+        let (last_closed, last_seq, stream_end) =
+            position.unwrap_or((DataSetId::NONE, Seq::NONE, 0));
+        let mut retention =
+            Retention::new(config.window_bytes, config.max_write_bytes, max_records);
+        retention.resume_at(stream_end);
+        let mut link = Link::new(&config, infos);
+        link.resume_at(last_seq.next());
+        let mut intent_waits = VecDeque::with_capacity(max_records);
+        // Nothing is written before the record says a primary runs.
+        intent_waits.push_back((Seq::NONE, running_txn));
+        let mut primary = Primary {
+            retention,
+            next_seq: last_seq.next(),
             open: OpenDataSet {
-                id: DataSetId(1),
-                first_seq: Seq(1),
+                id: last_closed.next(),
+                first_seq: last_seq.next(),
                 writes: 0,
                 payload_bytes: 0,
                 opened_at_ms: 0,
             },
-            last_closed: DataSetId::NONE,
+            last_closed,
+            last_write: extents.iter().map(|&n| vec![Seq::NONE; n as usize]).collect(),
+            intent_waits,
+            next_clear_ms: 0,
+            resync: Resync::new(&extents, config.resync_rate_bytes),
+            window_full_since_ms: None,
+            cutting: false,
+            history_txn: running_txn,
+            rng,
+            now_ms: 0,
+            history,
+            start,
+            intent,
             local_in_flight: InFlightWrites::with_capacity(in_flight as usize),
             local_deferred: VecDeque::with_capacity(max_records),
             flushes: VecDeque::with_capacity(config.max_pending_flushes),
@@ -158,7 +241,9 @@ impl<S: Storage> Primary<S> {
             block: vec![0; max_block as usize],
             volumes,
             config,
-        })
+        };
+        primary.refresh_hello();
+        Ok(primary)
     }
 
     pub fn volumes(&self) -> &[S] {
@@ -180,6 +265,23 @@ impl<S: Storage> Primary<S> {
     /// Last data set the secondary reported applied.
     pub fn peer_applied(&self) -> DataSetId {
         self.link.peer_applied()
+    }
+
+    /// Where the write-intent record stands: its durable transaction, the oldest wait for
+    /// one, and its storage's requests in flight (a report of a stuck primary).
+    pub fn intent_state(&self) -> (u64, Option<(Seq, u64)>, u32, Option<Seq>, Option<u64>) {
+        (
+            self.intent.durable_txn(),
+            self.intent_waits.front().copied(),
+            self.intent.storage().in_flight(),
+            self.local_deferred.front().copied(),
+            self.local_in_flight.min_tag(),
+        )
+    }
+
+    /// The oldest record retained, for a report of where the stream stands.
+    pub fn retention_front(&self) -> Option<retention::Record> {
+        self.retention.front_seq().and_then(|seq| self.retention.get(seq)).copied()
     }
 
     /// Stream bytes held in the retention window.
@@ -220,12 +322,7 @@ impl<S: Storage> Primary<S> {
             });
         }
         let len = span as u32; // Lossless: at most max_write_bytes.
-        if !self.retention.fits(stream_cost(len), RECORD_OVERHEAD_BYTES) {
-            // Backed up: cut a consistency point so what is retained can complete.
-            self.close_data_set();
-            self.stats.window_full += 1;
-            return Err(SubmitError::WindowFull);
-        }
+        self.admit(now_ms, stream_cost(len))?;
         let aligned = start == offset && span == data.len() as u64;
         let mut merge = std::mem::take(&mut self.merge);
         if !aligned {
@@ -276,11 +373,7 @@ impl<S: Storage> Primary<S> {
             .get(usize::from(volume.0))
             .ok_or(SubmitError::UnknownVolume(volume))?;
         storage.geometry().check_zeroes(offset, u64::from(len))?;
-        if !self.retention.fits(stream_cost(0), RECORD_OVERHEAD_BYTES) {
-            self.close_data_set();
-            self.stats.window_full += 1;
-            return Err(SubmitError::WindowFull);
-        }
+        self.admit(now_ms, stream_cost(0))?;
         let kind = RecordKind::Zero {
             volume,
             offset,
@@ -290,6 +383,20 @@ impl<S: Storage> Primary<S> {
         let seq = self.accept(now_ms, kind, &[], token);
         self.stats.zeroes_accepted += 1;
         Ok(seq)
+    }
+
+    /// Whether a record of `cost` stream bytes fits the retention window now (with room
+    /// for its data set's sync). When it does not, the open data set is closed (a
+    /// consistency point, so what is retained can complete) and the wait is timed for
+    /// `WindowFull::Track`; a stream being cut takes nothing until the new one begins.
+    fn admit(&mut self, now_ms: u64, cost: u64) -> Result<(), SubmitError> {
+        if !self.cutting && self.retention.fits(cost, RECORD_OVERHEAD_BYTES) {
+            return Ok(());
+        }
+        self.close_data_set();
+        self.stats.window_full += 1;
+        self.window_full_since_ms.get_or_insert(now_ms);
+        Err(SubmitError::WindowFull)
     }
 
     /// Gives an admitted write or zeroing its seq in the open data set, retains it,
@@ -305,12 +412,51 @@ impl<S: Storage> Primary<S> {
         self.released_unsent(seq);
         self.open.writes += 1;
         self.open.payload_bytes += u64::from(kind.payload_len());
+        if let RecordKind::Write {
+            volume,
+            offset,
+            len,
+        }
+        | RecordKind::Zero {
+            volume,
+            offset,
+            len,
+            ..
+        } = kind
+        {
+            self.note_write(volume, offset, u64::from(len), seq, true);
+        }
+        self.window_full_since_ms = None;
         self.start_local_write(seq);
+        self.close_by_policy();
+        seq
+    }
+
+    /// A resync record (see `resync`): a write of what the volume holds, in the open data
+    /// set, already on the local volume, acknowledged to no one.
+    fn accept_resync(&mut self, kind: RecordKind, payload: &[u8]) -> Seq {
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        if self.open.writes == 0 {
+            self.open.first_seq = seq;
+            self.open.opened_at_ms = self.now_ms;
+        }
+        self.retention.push(seq, self.open.id, kind, payload, 0);
+        self.retention
+            .get_mut(seq)
+            .expect("just pushed")
+            .local_done = true;
+        self.open.writes += 1;
+        self.open.payload_bytes += u64::from(kind.payload_len());
+        self.close_by_policy();
+        seq
+    }
+
+    fn close_by_policy(&mut self) {
         let policy = self.config.policy;
         if self.open.writes >= policy.max_writes || self.open.payload_bytes >= policy.max_bytes {
             self.close_data_set();
         }
-        seq
     }
 
     /// A consistency point: closes the open data set and reports `FlushDone` once every
@@ -343,21 +489,40 @@ impl<S: Storage> Primary<S> {
             self.close_data_set();
         }
         self.link.schedule_timeouts(now_ms, &mut self.retention);
+        self.now_ms = now_ms;
+        self.clear_applied_extents(now_ms);
+        self.poll_resync(now_ms);
+        self.check_window_full(now_ms);
+        self.refresh_hello_flags();
     }
 
     fn close_data_set(&mut self) {
         if self.open.writes == 0 {
             return;
         }
+        self.close_data_set_with(false);
+    }
+
+    /// Closes the open data set (even an empty one) as the end point of the resync.
+    fn close_data_set_ending_resync(&mut self) -> DataSetId {
+        self.close_data_set_with(true);
+        self.last_closed
+    }
+
+    fn close_data_set_with(&mut self, ends_resync: bool) {
         assert!(
             self.retention.fits(RECORD_OVERHEAD_BYTES, 0),
             "every accepted write reserved room for its data set's sync"
         );
         let sync_seq = self.next_seq;
         self.next_seq = sync_seq.next();
+        if self.open.writes == 0 {
+            self.open.first_seq = sync_seq;
+        }
         let kind = RecordKind::Sync {
             first_seq: self.open.first_seq,
             write_count: self.open.writes,
+            ends_resync,
         };
         assert_eq!(self.open.first_seq.0 + self.open.writes, sync_seq.0);
         self.retention.push(sync_seq, self.open.id, kind, &[], 0);
@@ -396,6 +561,9 @@ impl<S: Storage> Primary<S> {
     /// Submits the local write of `seq` unless it overlaps one in flight or the volume's
     /// queue is full; false if it must wait.
     fn try_submit_local(&mut self, seq: Seq) -> bool {
+        if self.waits_for_intent(seq) {
+            return false;
+        }
         let record = *self
             .retention
             .get(seq)
@@ -461,7 +629,10 @@ impl<S: Storage> Primary<S> {
     /// Polls the local volumes: acknowledges finished writes, starts waiting ones and
     /// advances flushes. Returns how many completions it handled.
     pub fn poll_storage(&mut self) -> usize {
-        let mut handled = 0;
+        let mut handled = self.intent.poll();
+        if let Some(error) = self.intent.failed() {
+            self.failed.get_or_insert(error.clone());
+        }
         for index in 0..self.volumes.len() {
             self.completions.clear();
             let max = self.completions.capacity();
@@ -496,7 +667,7 @@ impl<S: Storage> Primary<S> {
             }
             self.local_deferred.pop_front();
         }
-        self.retention.release();
+        self.release();
         self.advance_flushes();
     }
 
@@ -589,6 +760,7 @@ impl<S: Storage> Primary<S> {
     /// The lane's connection is gone: what was sent on it and not acknowledged is resent.
     pub fn lane_down(&mut self, lane: usize) {
         self.link.lane_down(lane, &mut self.retention);
+        self.resync.lanes_lost();
     }
 
     /// Handles a frame the secondary sent on `lane`. An error means the peer is wrong
@@ -598,9 +770,30 @@ impl<S: Storage> Primary<S> {
         lane: usize,
         frame: &crate::protocol::Frame<'_>,
     ) -> Result<(), PeerError> {
+        use crate::protocol::Frame;
         let result = self.link.handle_frame(lane, frame, &mut self.retention);
-        self.retention.release();
+        if self.link.take_rebase_seen() {
+            self.secondary_rebases();
+        }
+        match frame {
+            Frame::Hello(hello) if result.is_ok() && self.link.lane_ready(lane) => {
+                self.secondary_resumed(self.now_ms, hello);
+            }
+            Frame::Digests(digests) => self.resync.on_digests(digests)?,
+            Frame::Applied(_) => self.resync_applied(self.link.peer_applied()),
+            _ => {}
+        }
+        self.release();
         result
+    }
+
+    /// Frees what the secondary staged and is written locally; notes that the stream of
+    /// this generation is no longer whole from seq 1 once anything was freed.
+    fn release(&mut self) {
+        if self.retention.release() > 0 && !self.history.released_any {
+            self.history.released_any = true;
+            self.refresh_hello();
+        }
     }
 
     /// Appends frames for `lane` to `out` until about `max_bytes` were added; returns the
@@ -612,17 +805,30 @@ impl<S: Storage> Primary<S> {
         out: &mut F,
         max_bytes: usize,
     ) -> usize {
-        if self.config.replication == Replication::Off {
+        if self.config.replication == Replication::Off
+            || self.intent.durable_txn() < self.history_txn
+        {
             return 0;
         }
+        let start = out.len();
+        if self.link.lane_ready(lane) {
+            while out.len() - start < max_bytes {
+                let Some(request) = self.resync.next_request(now_ms) else {
+                    break;
+                };
+                out.push(&crate::protocol::Frame::DigestRequest(request));
+            }
+        }
+        let budget = max_bytes.saturating_sub(out.len() - start);
         self.link.poll_transmit(
             now_ms,
             lane,
             out,
-            max_bytes,
+            budget,
             &mut self.retention,
             &mut self.stats,
-        )
+        );
+        out.len() - start
     }
 
     /// The payload of retained record `seq` (what a `TxBatch` names).

@@ -85,6 +85,13 @@ impl Retention {
         self.window_bytes
     }
 
+    /// An empty window takes its next record at `stream_offset` (a resumed stream, or a
+    /// new generation at 0).
+    pub fn resume_at(&mut self, stream_offset: u64) {
+        assert!(self.records.is_empty(), "only an empty window moves");
+        self.stream_next = stream_offset;
+    }
+
     pub fn stream_next(&self) -> u64 {
         self.stream_next
     }
@@ -312,6 +319,7 @@ mod tests {
         let sync = RecordKind::Sync {
             first_seq: Seq(1),
             write_count: 2,
+            ends_resync: false,
         };
         retention.push(Seq(3), DataSetId(1), sync, &[], 0);
         let zero = RecordKind::Zero {

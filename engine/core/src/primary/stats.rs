@@ -19,4 +19,6 @@ pub struct PrimaryStats {
     pub credit_stalls: u64,
     /// The newest data set whose closing sync was sent (every record of it was sent once).
     pub last_sent: DataSetId,
+    /// Times the stream was cut because the window stayed full (`WindowFull::Track`).
+    pub stream_cuts: u64,
 }

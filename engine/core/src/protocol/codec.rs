@@ -3,18 +3,20 @@
 //! total and a fuzz target: any input gives a frame or a typed error, with bounded allocation.
 
 use super::frame::{
-    AckFrame, AppliedFrame, Frame, Hello, ResumeState, Role, SeqRange, SyncFrame, VolumeInfo,
-    WriteFrame, ZeroFrame, MAX_ACK_RANGES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES,
-    MAX_WRITE_PAYLOAD_BYTES,
+    AckFrame, AppliedFrame, DigestRequestFrame, DigestsFrame, Frame, Hello, HistoryFlags,
+    ResumeState, Role, SeqRange, SyncFrame, VolumeInfo, WriteFrame, ZeroFrame, MAX_ACK_RANGES,
+    MAX_ANCESTORS, MAX_DIGESTS, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
 };
-use super::ids::{DataSetId, GroupId, Seq, VolumeId};
+use super::ids::{DataSetId, GenerationId, GroupId, Seq, VolumeId};
 use DecodeError::{
     BadLength, BadMagic, BadVersion, CrcMismatch, Incomplete, Malformed, UnknownKind,
 };
 
 pub const MAGIC: u32 = 0x4F52_444F;
 /// 2: `Zero` frames (a range zeroed, NBD's WRITE_ZEROES and TRIM).
-pub const VERSION: u8 = 2;
+/// 3: histories (a generation, ancestors and flags in `Hello`), the sync that ends a
+/// resync, and the digest frames of a resync.
+pub const VERSION: u8 = 3;
 pub const HEADER_BYTES: usize = 16;
 
 const KIND_HELLO: u8 = 1;
@@ -23,13 +25,31 @@ const KIND_SYNC: u8 = 3;
 const KIND_ACK: u8 = 4;
 const KIND_APPLIED: u8 = 5;
 const KIND_ZERO: u8 = 6;
+/// A `Sync` that also ends its generation's resync (same body as `KIND_SYNC`).
+const KIND_SYNC_ENDS_RESYNC: u8 = 7;
+const KIND_DIGEST_REQUEST: u8 = 8;
+const KIND_DIGESTS: u8 = 9;
 
 const BODY_LEN_OFFSET: usize = 8;
 const CRC_OFFSET: usize = 12;
 
-const HELLO_FIXED_BYTES: usize = 64;
+const HELLO_FIXED_BYTES: usize = 72;
 const VOLUME_ENTRY_BYTES: usize = 48;
 const RANGE_BYTES: usize = 16;
+const ANCESTOR_BYTES: usize = 8;
+const DIGEST_REQUEST_BYTES: usize = 24;
+const DIGESTS_FIXED_BYTES: usize = 24;
+const DIGESTS_MAX_BYTES: usize = DIGESTS_FIXED_BYTES + MAX_DIGESTS * 8;
+/// `Hello` flags, one bit each (see `HistoryFlags`); the others must be zero.
+const FLAG_GENESIS_STREAM: u16 = 1;
+const FLAG_GENESIS_BITS: u16 = 2;
+const FLAG_REPLICA_ZEROED: u16 = 4;
+const FLAG_DISCARD: u16 = 8;
+const FLAG_INCONSISTENT: u16 = 16;
+const FLAG_HELD: u16 = 32;
+const FLAG_RESYNC_ALL: u16 = 64;
+const FLAG_RESYNC_FROM_ZERO: u16 = 128;
+const FLAGS_KNOWN: u16 = 255;
 const WRITE_FIXED_BYTES: usize = 40;
 const SYNC_BYTES: usize = 40;
 const ZERO_BYTES: usize = 40;
@@ -37,8 +57,10 @@ const ZERO_BYTES: usize = 40;
 const ZERO_UNMAP: u16 = 1;
 const ACK_FIXED_BYTES: usize = 8;
 const APPLIED_BYTES: usize = 24;
-const HELLO_MAX_BYTES: usize =
-    HELLO_FIXED_BYTES + MAX_VOLUMES * VOLUME_ENTRY_BYTES + MAX_ACK_RANGES * RANGE_BYTES;
+const HELLO_MAX_BYTES: usize = HELLO_FIXED_BYTES
+    + MAX_VOLUMES * VOLUME_ENTRY_BYTES
+    + MAX_ACK_RANGES * RANGE_BYTES
+    + MAX_ANCESTORS * ANCESTOR_BYTES;
 const ACK_MAX_BYTES: usize = ACK_FIXED_BYTES + MAX_ACK_RANGES * RANGE_BYTES;
 /// Largest body any frame may declare: a `Write` carrying the largest payload.
 pub const MAX_BODY_BYTES: usize = WRITE_FIXED_BYTES + MAX_WRITE_PAYLOAD_BYTES as usize;
@@ -49,11 +71,15 @@ const _: () = assert!(ZERO_BYTES == 2 + 2 + 4 + 4 * 8);
 /// The largest frame that carries no payload (`Hello` with every volume and range, `Ack`).
 pub const MAX_CONTROL_FRAME_BYTES: usize = HEADER_BYTES + HELLO_MAX_BYTES;
 const _: () = assert!(HELLO_MAX_BYTES >= ACK_MAX_BYTES && HELLO_MAX_BYTES >= APPLIED_BYTES);
+const _: () = assert!(HELLO_MAX_BYTES >= DIGESTS_MAX_BYTES);
 
 // Layouts, field by field, so a changed field shows up here and not on the wire.
 const _: () = assert!(HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4);
 const _: () = assert!(BODY_LEN_OFFSET == 4 + 1 + 1 + 2 && CRC_OFFSET == BODY_LEN_OFFSET + 4);
-const _: () = assert!(HELLO_FIXED_BYTES == 1 + 3 + 4 + 8 + 2 + 2 + 4 + 5 * 8);
+const _: () = assert!(HELLO_FIXED_BYTES == 1 + 3 + 4 + 8 + 4 * 2 + 5 * 8 + 8);
+const _: () = assert!(DIGEST_REQUEST_BYTES == 2 + 2 + 4 + 2 * 8);
+const _: () = assert!(DIGESTS_FIXED_BYTES == 2 + 2 + 4 + 2 * 8);
+const _: () = assert!(MAX_ANCESTORS <= u16::MAX as usize && MAX_DIGESTS <= u16::MAX as usize);
 const _: () = assert!(VOLUME_ENTRY_BYTES == 8 + 4 + 1 + 3 + MAX_VOLUME_NAME_BYTES);
 const _: () = assert!(MAX_VOLUME_NAME_BYTES == 32 && RANGE_BYTES == 2 * 8);
 const _: () = assert!(WRITE_FIXED_BYTES == 2 + 2 + 4 + 4 * 8);
@@ -126,6 +152,19 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             put_u64s(out, &[applied.data_set.0, applied.applied_seq.0]);
             put_u64s(out, &[applied.stream_end]);
         }
+        Frame::DigestRequest(request) => {
+            out.extend_from_slice(&request.volume.0.to_le_bytes());
+            out.extend_from_slice(&[0; 2]);
+            out.extend_from_slice(&request.len.to_le_bytes());
+            put_u64s(out, &[request.offset, request.id]);
+        }
+        Frame::Digests(digests) => {
+            out.extend_from_slice(&digests.volume.0.to_le_bytes());
+            out.extend_from_slice(&(digests.digests.len() as u16).to_le_bytes());
+            out.extend_from_slice(&digests.len.to_le_bytes());
+            put_u64s(out, &[digests.offset, digests.id]);
+            put_u64s(out, &digests.digests);
+        }
     }
     let written = out.len() - start;
     assert_eq!(
@@ -179,7 +218,7 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
     let decoded = match header.kind {
         KIND_HELLO => Frame::Hello(decode_hello(r, body_len)?),
         KIND_WRITE => Frame::Write(decode_write(r, body_len)?),
-        KIND_SYNC => {
+        KIND_SYNC | KIND_SYNC_ENDS_RESYNC => {
             let [seq, data_set, first_seq, write_count, stream_offset] = r.u64s()?;
             if first_seq.checked_add(write_count) != Some(seq) {
                 return Err(Malformed("sync seq is not first_seq + write_count"));
@@ -190,9 +229,23 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
                 first_seq: Seq(first_seq),
                 write_count,
                 stream_offset,
+                ends_resync: header.kind == KIND_SYNC_ENDS_RESYNC,
             })
         }
         KIND_ZERO => Frame::Zero(decode_zero(r)?),
+        KIND_DIGEST_REQUEST => {
+            let volume = VolumeId(r.u16()?);
+            r.zeros(2, "non-zero padding in digest request")?;
+            let len = r.u32()?;
+            let [offset, id] = r.u64s()?;
+            Frame::DigestRequest(DigestRequestFrame {
+                id,
+                volume,
+                offset,
+                len,
+            })
+        }
+        KIND_DIGESTS => Frame::Digests(decode_digests(r, body_len)?),
         KIND_ACK => Frame::Ack(decode_ack(r, body_len)?),
         KIND_APPLIED => {
             let [data_set, applied_seq, stream_end] = r.u64s()?;
@@ -243,7 +296,9 @@ fn decode_header(buf: &[u8]) -> Result<Header, DecodeError> {
     let (body_min, body_max) = match kind {
         KIND_HELLO => (HELLO_FIXED_BYTES, HELLO_MAX_BYTES),
         KIND_WRITE => (WRITE_FIXED_BYTES, MAX_BODY_BYTES),
-        KIND_SYNC => (SYNC_BYTES, SYNC_BYTES),
+        KIND_SYNC | KIND_SYNC_ENDS_RESYNC => (SYNC_BYTES, SYNC_BYTES),
+        KIND_DIGEST_REQUEST => (DIGEST_REQUEST_BYTES, DIGEST_REQUEST_BYTES),
+        KIND_DIGESTS => (DIGESTS_FIXED_BYTES, DIGESTS_MAX_BYTES),
         KIND_ZERO => (ZERO_BYTES, ZERO_BYTES),
         KIND_ACK => (ACK_FIXED_BYTES, ACK_MAX_BYTES),
         KIND_APPLIED => (APPLIED_BYTES, APPLIED_BYTES),
@@ -272,17 +327,23 @@ fn decode_hello(r: &mut Reader<'_>, body_len: u32) -> Result<Hello, DecodeError>
     let group = GroupId(r.u64()?);
     let volume_count = usize::from(r.u16()?);
     let range_count = usize::from(r.u16()?);
-    r.zeros(4, "non-zero padding in hello")?;
+    let ancestor_count = usize::from(r.u16()?);
+    let flags = decode_flags(r.u16()?)?;
     let [applied_data_set, applied_seq, applied_stream_end, window_bytes] = r.u64s()?;
-    let journal_id = r.u64()?;
+    let [journal_id, generation] = r.u64s()?;
     if volume_count > MAX_VOLUMES {
         return Err(Malformed("too many volumes in hello"));
     }
     if range_count > MAX_ACK_RANGES {
         return Err(Malformed("too many seq ranges in hello"));
     }
-    let expected =
-        HELLO_FIXED_BYTES + volume_count * VOLUME_ENTRY_BYTES + range_count * RANGE_BYTES;
+    if ancestor_count > MAX_ANCESTORS {
+        return Err(Malformed("too many ancestors in hello"));
+    }
+    let expected = HELLO_FIXED_BYTES
+        + volume_count * VOLUME_ENTRY_BYTES
+        + range_count * RANGE_BYTES
+        + ancestor_count * ANCESTOR_BYTES;
     if body_len as usize != expected {
         return Err(BadLength {
             kind: KIND_HELLO,
@@ -294,6 +355,10 @@ fn decode_hello(r: &mut Reader<'_>, body_len: u32) -> Result<Hello, DecodeError>
         volumes.push(decode_volume(r)?);
     }
     let staged = decode_ranges(r, range_count)?;
+    let mut ancestors = Vec::with_capacity(ancestor_count);
+    for _ in 0..ancestor_count {
+        ancestors.push(GenerationId(r.u64()?));
+    }
     let resume = ResumeState {
         applied_data_set: DataSetId(applied_data_set),
         applied_seq: Seq(applied_seq),
@@ -307,7 +372,63 @@ fn decode_hello(r: &mut Reader<'_>, body_len: u32) -> Result<Hello, DecodeError>
         group,
         max_write_bytes,
         volumes,
+        generation: GenerationId(generation),
+        ancestors,
+        flags,
         resume,
+    })
+}
+
+fn decode_flags(bits: u16) -> Result<HistoryFlags, DecodeError> {
+    if bits & !FLAGS_KNOWN != 0 {
+        return Err(Malformed("unknown flags in hello"));
+    }
+    Ok(HistoryFlags {
+        genesis_stream: bits & FLAG_GENESIS_STREAM != 0,
+        genesis_bits: bits & FLAG_GENESIS_BITS != 0,
+        replica_zeroed: bits & FLAG_REPLICA_ZEROED != 0,
+        discard: bits & FLAG_DISCARD != 0,
+        inconsistent: bits & FLAG_INCONSISTENT != 0,
+        held: bits & FLAG_HELD != 0,
+        resync_all: bits & FLAG_RESYNC_ALL != 0,
+        resync_from_zero: bits & FLAG_RESYNC_FROM_ZERO != 0,
+    })
+}
+
+fn encode_flags(flags: &HistoryFlags) -> u16 {
+    let bit = |set: bool, bit: u16| if set { bit } else { 0 };
+    bit(flags.genesis_stream, FLAG_GENESIS_STREAM)
+        | bit(flags.genesis_bits, FLAG_GENESIS_BITS)
+        | bit(flags.replica_zeroed, FLAG_REPLICA_ZEROED)
+        | bit(flags.discard, FLAG_DISCARD)
+        | bit(flags.inconsistent, FLAG_INCONSISTENT)
+        | bit(flags.held, FLAG_HELD)
+        | bit(flags.resync_all, FLAG_RESYNC_ALL)
+        | bit(flags.resync_from_zero, FLAG_RESYNC_FROM_ZERO)
+}
+
+fn decode_digests(r: &mut Reader<'_>, body_len: u32) -> Result<DigestsFrame, DecodeError> {
+    let volume = VolumeId(r.u16()?);
+    let count = usize::from(r.u16()?);
+    let len = r.u32()?;
+    let [offset, id] = r.u64s()?;
+    if count > MAX_DIGESTS {
+        return Err(Malformed("too many digests"));
+    }
+    if body_len as usize != DIGESTS_FIXED_BYTES + count * 8 {
+        let kind = KIND_DIGESTS;
+        return Err(BadLength { kind, body_len });
+    }
+    let mut digests = Vec::with_capacity(count);
+    for _ in 0..count {
+        digests.push(r.u64()?);
+    }
+    Ok(DigestsFrame {
+        id,
+        volume,
+        offset,
+        len,
+        digests,
     })
 }
 
@@ -414,7 +535,8 @@ fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
     out.extend_from_slice(&hello.group.0.to_le_bytes());
     out.extend_from_slice(&(hello.volumes.len() as u16).to_le_bytes());
     out.extend_from_slice(&(resume.staged.len() as u16).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(hello.ancestors.len() as u16).to_le_bytes());
+    out.extend_from_slice(&encode_flags(&hello.flags).to_le_bytes());
     put_u64s(out, &[resume.applied_data_set.0, resume.applied_seq.0]);
     put_u64s(
         out,
@@ -422,6 +544,7 @@ fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
             resume.applied_stream_end,
             resume.window_bytes,
             resume.journal_id,
+            hello.generation.0,
         ],
     );
     for volume in &hello.volumes {
@@ -437,6 +560,9 @@ fn encode_hello(hello: &Hello, out: &mut Vec<u8>) {
         out.extend_from_slice(&[0; MAX_VOLUME_NAME_BYTES][name.len()..]);
     }
     encode_ranges(&resume.staged, out);
+    for ancestor in &hello.ancestors {
+        out.extend_from_slice(&ancestor.0.to_le_bytes());
+    }
 }
 
 fn encode_ranges(ranges: &[SeqRange], out: &mut Vec<u8>) {
@@ -462,7 +588,11 @@ fn kind_and_body_len(frame: &Frame<'_>) -> (u8, usize) {
         Frame::Hello(hello) => {
             let volumes = hello.volumes.len();
             assert!(volumes <= MAX_VOLUMES, "{volumes} volumes in hello");
-            let body_len = HELLO_FIXED_BYTES + volumes * VOLUME_ENTRY_BYTES;
+            let ancestors = hello.ancestors.len();
+            assert!(ancestors <= MAX_ANCESTORS, "{ancestors} ancestors in hello");
+            let body_len = HELLO_FIXED_BYTES
+                + volumes * VOLUME_ENTRY_BYTES
+                + ancestors * ANCESTOR_BYTES;
             (KIND_HELLO, body_len + ranges(hello.resume.staged.len()))
         }
         Frame::Write(write) => {
@@ -472,7 +602,14 @@ fn kind_and_body_len(frame: &Frame<'_>) -> (u8, usize) {
             (KIND_WRITE, WRITE_FIXED_BYTES + payload_len)
         }
         Frame::Zero(_) => (KIND_ZERO, ZERO_BYTES),
+        Frame::Sync(sync) if sync.ends_resync => (KIND_SYNC_ENDS_RESYNC, SYNC_BYTES),
         Frame::Sync(_) => (KIND_SYNC, SYNC_BYTES),
+        Frame::DigestRequest(_) => (KIND_DIGEST_REQUEST, DIGEST_REQUEST_BYTES),
+        Frame::Digests(digests) => {
+            let count = digests.digests.len();
+            assert!(count <= MAX_DIGESTS, "{count} digests in one frame");
+            (KIND_DIGESTS, DIGESTS_FIXED_BYTES + count * 8)
+        }
         Frame::Ack(ack) => (KIND_ACK, ACK_FIXED_BYTES + ranges(ack.ranges.len())),
         Frame::Applied(_) => (KIND_APPLIED, APPLIED_BYTES),
     }

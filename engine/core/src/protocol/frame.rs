@@ -8,7 +8,7 @@
 //! seq is `first_seq + write_count`; a `Zero` (a range to read back as zeros, with no
 //! payload) counts among its writes.
 
-use super::ids::{DataSetId, GroupId, Seq, VolumeId};
+use super::ids::{DataSetId, GenerationId, GroupId, Seq, VolumeId};
 
 /// What a record of the replication stream is: a write (where it goes, how long it is), a
 /// range zeroed, or the sync that closes a data set. Retention, staging and the journal
@@ -32,6 +32,9 @@ pub enum RecordKind {
     Sync {
         first_seq: Seq,
         write_count: u64,
+        /// This data set is the end point of the resync that began its generation: once
+        /// it is applied the replica is the primary's image again (see `primary::resync`).
+        ends_resync: bool,
     },
 }
 
@@ -55,6 +58,14 @@ pub const MAX_VOLUME_NAME_BYTES: usize = 32;
 pub const MAX_ACK_RANGES: usize = 128;
 /// Largest payload a `Write` frame may carry; engine configs use smaller bounds.
 pub const MAX_WRITE_PAYLOAD_BYTES: u32 = 16 << 20;
+/// Most ancestors a primary's `Hello` names (its history, newest first).
+pub const MAX_ANCESTORS: usize = 16;
+/// A resync compares volumes in units of this many bytes (or the block size, if larger),
+/// one digest each.
+pub const DIGEST_UNIT_BYTES: u32 = 4096;
+/// Most digests one `Digests` frame carries, so one request spans at most 1 MiB of 4 KiB
+/// units.
+pub const MAX_DIGESTS: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -115,6 +126,35 @@ pub struct ResumeState {
     pub staged: Vec<SeqRange>,
 }
 
+/// What a side says of its history in its `Hello`, besides the generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryFlags {
+    /// Primary: its history began as an all-zero image (volumes it created) and it still
+    /// retains every record since seq 1, so a zeroed secondary can follow the stream from
+    /// its start with no resync.
+    pub genesis_stream: bool,
+    /// Primary: its history began as an all-zero image and its write-intent bitmap covers
+    /// every write since, so a zeroed secondary is resynchronised from the bitmap alone.
+    pub genesis_bits: bool,
+    /// Secondary: it holds no history yet and its replica is all zeros (volumes it created).
+    pub replica_zeroed: bool,
+    /// Secondary: the operator allowed any history to overwrite its replica.
+    pub discard: bool,
+    /// Secondary: its replica is the image of no data set (an initial sync, or a resync the
+    /// operator let run without keeping a consistent image) until the resync's end point.
+    pub inconsistent: bool,
+    /// Secondary: a resync of this history is under way and held back: the replica stays
+    /// the image of a data set of an earlier history until the resync's end point.
+    pub held: bool,
+    /// Secondary: it re-based onto this history from a replica whose contents no history
+    /// accounts for (an initial sync, or one the operator discarded): everything is
+    /// compared, not only what the primary's write-intent record names.
+    pub resync_all: bool,
+    /// Secondary: it re-based onto this history from an all-zero replica, so what the
+    /// primary's bitmap has covered since its all-zero genesis is what may differ.
+    pub resync_from_zero: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub role: Role,
@@ -123,6 +163,13 @@ pub struct Hello {
     pub max_write_bytes: u32,
     /// At most `MAX_VOLUMES`.
     pub volumes: Vec<VolumeInfo>,
+    /// The primary's history, or the one whose stream the secondary follows (`NONE`: a
+    /// secondary that holds no history).
+    pub generation: GenerationId,
+    /// The primary's earlier generations, newest first, at most `MAX_ANCESTORS`; empty from
+    /// a secondary.
+    pub ancestors: Vec<GenerationId>,
+    pub flags: HistoryFlags,
     /// Meaningful when `role == Secondary`; zeroed by a primary.
     pub resume: ResumeState,
 }
@@ -160,6 +207,31 @@ pub struct SyncFrame {
     pub first_seq: Seq,
     pub write_count: u64,
     pub stream_offset: u64,
+    /// This data set is the end point of its generation's resync.
+    pub ends_resync: bool,
+}
+
+/// The primary asks for the digests of `len` bytes of a volume at `offset` (a resync
+/// comparing before it sends; whole digest units, at most `MAX_DIGESTS` of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DigestRequestFrame {
+    /// Echoed in the answer.
+    pub id: u64,
+    pub volume: VolumeId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The secondary's answer: one digest (xxh3-64) per unit of the range asked for, of its
+/// replica as it stood when it read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DigestsFrame {
+    pub id: u64,
+    pub volume: VolumeId,
+    pub offset: u64,
+    pub len: u32,
+    /// At most `MAX_DIGESTS`.
+    pub digests: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,4 +256,6 @@ pub enum Frame<'a> {
     Sync(SyncFrame),
     Ack(AckFrame),
     Applied(AppliedFrame),
+    DigestRequest(DigestRequestFrame),
+    Digests(DigestsFrame),
 }

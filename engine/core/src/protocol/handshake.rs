@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use super::frame::{Hello, Role};
+use super::ids::GenerationId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum PeerError {
@@ -15,10 +16,11 @@ pub enum PeerError {
     },
     #[error("the secondary's journal window ({window} bytes) is smaller than one data set can be ({needed} bytes)")]
     WindowTooSmall { window: u64, needed: u64 },
-    #[error("the secondary's journal changed (id {known:#x} is now {now:#x}): it lost the state it had acknowledged; replication is stalled until it is resynchronised from scratch")]
-    StateLost { known: u64, now: u64 },
-    #[error("the secondary already applied data set {applied} of a history this primary did not write (an earlier run of the primary, or another primary): replicating on top would mix two histories; replication is stalled until the secondary is resynchronised from scratch")]
-    ForeignHistory { applied: u64 },
+    #[error("the secondary holds history {secondary}, which is not this primary's ({primary}) nor one it descends from: another primary's or another group's replica; refusing to overwrite it (if it is to be discarded, say so on the secondary: ordo resync --discard-my-data)")]
+    UnrelatedHistory {
+        primary: GenerationId,
+        secondary: GenerationId,
+    },
     #[error("unexpected frame from the peer: {0}")]
     Unexpected(&'static str),
     #[error("invalid write from the peer: {0}")]

@@ -1,8 +1,10 @@
 //! The replication protocol: identifiers, frames and their fixed, checked wire format.
 
 pub mod codec;
+pub mod digest;
 pub mod frame;
 pub mod handshake;
+pub mod history;
 pub mod ids;
 
 pub use codec::{
@@ -11,4 +13,5 @@ pub use codec::{
 };
 pub use frame::*;
 pub use handshake::{check_hello, PeerError};
+pub use history::{decide, Decision, PrimaryHistory};
 pub use ids::*;

@@ -3,17 +3,34 @@
 //! flushes the replicas, and only then persists the new watermark in the journal's
 //! superblock; once that is durable the data set's records and journal space are freed.
 //! A crash anywhere in between leaves the old watermark, and the data set is applied again.
+//!
+//! A held resync (`Gate::Held`) is applied as one unit: nothing until the data set that
+//! ends it is durable, then every data set up to it in turn, and one watermark for all, so
+//! a crash mid-way re-applies the whole unit and the replica is never a mix of the old
+//! image and part of the resync.
 
 use super::config::InjectedBug;
-use super::journal::{Journal, Superblock};
+use super::journal::{Journal, ReplicaState, ResyncBasis, Superblock};
 use super::staging::{CompleteDataSet, SlotState, Staging};
 use crate::protocol::RecordKind;
-use crate::protocol::Seq;
+use crate::protocol::{DataSetId, GenerationId, Seq};
 use crate::storage::inflight::InFlightWrites;
 use crate::storage::{Storage, StorageError};
 
 /// Replica tags: a write is tagged with its seq; a flush has the top bit set.
 const TAG_REPLICA_FLUSH: u64 = 1 << 63;
+
+/// What the applier may apply now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Each complete data set in turn, its watermark persisted after it.
+    Open,
+    /// A held resync: nothing until the data set that ends it is durable (`end`), then
+    /// every data set up to it, as one unit.
+    Held { end: Option<DataSetId> },
+    /// Nothing new (a superblock of a re-base or of the operator is being written).
+    Closed,
+}
 
 #[derive(Clone, Copy, Debug)]
 enum State {
@@ -42,6 +59,8 @@ pub struct Applier {
     /// Just restarted: the replica may hold part of the data set after the watermark
     /// (a crash mid-apply) until the complete ones found in the journal are applied.
     recovering: bool,
+    /// The next data set of a held resync being applied as a unit.
+    unit_next: Option<DataSetId>,
 }
 
 impl Applier {
@@ -52,12 +71,18 @@ impl Applier {
             bug,
             stalled: None,
             recovering,
+            unit_next: None,
         }
     }
 
     /// The replica is exactly the image of the applied data set.
     pub fn is_between_data_sets(&self) -> bool {
-        matches!(self.state, State::Idle) && !self.recovering
+        self.is_idle() && !self.recovering
+    }
+
+    /// Nothing is being applied (no data set, no unit): the superblock may be rewritten.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle) && self.unit_next.is_none()
     }
 
     pub fn stalled(&self) -> Option<&str> {
@@ -92,6 +117,7 @@ impl Applier {
         journal: &mut Journal<S>,
         replicas: &mut [S],
         tag_superblock: u64,
+        gate: Gate,
     ) -> bool {
         let mut applied = false;
         loop {
@@ -100,9 +126,7 @@ impl Applier {
                     if self.stalled.is_some() {
                         return applied;
                     }
-                    let Some(data_set) = staging.next_complete() else {
-                        // Nothing complete past the watermark: no apply was cut short.
-                        self.recovering = false;
+                    let Some(data_set) = self.next_to_apply(staging, gate) else {
                         return applied;
                     };
                     self.state = State::Writing {
@@ -149,15 +173,13 @@ impl Applier {
                     if remaining > 0 || self.stalled.is_some() {
                         return applied;
                     }
-                    let current = *journal.superblock();
-                    let superblock = Superblock {
-                        generation: current.generation + 1,
-                        applied_data_set: data_set.id,
-                        applied_seq: data_set.sync_seq,
-                        applied_stream_end: data_set.stream_end,
-                        head_lsn: journal.head_after(data_set.id),
-                        ..current
-                    };
+                    if matches!(gate, Gate::Held { end: Some(end) } if data_set.id < end) {
+                        // Inside a held unit: the watermark moves once, past its end.
+                        self.unit_next = Some(data_set.id.next());
+                        self.state = State::Idle;
+                        continue;
+                    }
+                    let superblock = watermark(journal, &data_set);
                     match journal.submit_superblock(tag_superblock, superblock) {
                         Ok(()) => {}
                         Err(StorageError::QueueFull(_)) => return applied,
@@ -181,13 +203,49 @@ impl Applier {
                         return applied;
                     }
                     journal.superblock_durable(superblock);
-                    staging.advance(&data_set);
+                    // Every data set of a unit, in order (one, outside a unit).
+                    while staging.applied() < data_set.id {
+                        let next = staging
+                            .complete(staging.applied().next())
+                            .expect("the unit's data sets are complete and held");
+                        staging.advance(&next);
+                    }
                     self.state = State::Idle;
+                    self.unit_next = None;
                     self.recovering = false;
                     applied = true;
+                    if matches!(gate, Gate::Held { .. }) {
+                        // The unit made the replica consistent: the gate opens, which the
+                        // caller works out anew.
+                        return applied;
+                    }
                 }
             }
         }
+    }
+
+    /// The complete data set the gate lets the applier start now, if any.
+    fn next_to_apply(&mut self, staging: &Staging, gate: Gate) -> Option<CompleteDataSet> {
+        let next = match gate {
+            Gate::Closed => return None,
+            Gate::Open => {
+                assert!(self.unit_next.is_none(), "a unit is applied only while held");
+                staging.next_complete()
+            }
+            Gate::Held { end: None } => None,
+            Gate::Held { end: Some(end) } => {
+                let id = self.unit_next.unwrap_or(staging.applied().next());
+                assert!(id <= end, "a unit stops at its end");
+                let next = staging.complete(id);
+                assert!(next.is_some(), "every data set before a durable end is complete");
+                next
+            }
+        };
+        if next.is_none() && self.unit_next.is_none() {
+            // Nothing to apply past the watermark: no apply was cut short.
+            self.recovering = false;
+        }
+        next
     }
 
     /// Submits the data set's writes from `next` on, in seq order, until one must wait.
@@ -248,4 +306,25 @@ impl Applier {
         }
         Ok(next)
     }
+}
+
+/// The superblock that persists `data_set` as the watermark (after a unit: its last data
+/// set). The data set that ends a resync makes the replica consistent again.
+fn watermark<S: Storage>(journal: &Journal<S>, data_set: &CompleteDataSet) -> Superblock {
+    let current = *journal.superblock();
+    let mut next = Superblock {
+        generation: current.generation + 1,
+        applied_data_set: data_set.id,
+        applied_seq: data_set.sync_seq,
+        applied_stream_end: data_set.stream_end,
+        head_lsn: journal.head_after(data_set.id),
+        ..current
+    };
+    if data_set.ends_resync {
+        next.replica = ReplicaState::Consistent;
+        next.basis = ResyncBasis::default();
+        next.base_history = GenerationId::NONE;
+        next.base_data_set = DataSetId::NONE;
+    }
+    next
 }

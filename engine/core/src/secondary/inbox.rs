@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_queue::ArrayQueue;
 use ordo_lockfree::{ArenaWriter, Producer, Rejected};
 
+use crate::protocol::digest::span_units;
 use crate::protocol::{
-    check_hello, stream_cost, DataSetId, Frame, Hello, PeerError, RecordKind, Role, Seq, SyncFrame,
-    WriteFrame, ZeroFrame,
+    check_hello, stream_cost, DataSetId, DigestRequestFrame, Frame, Hello, PeerError,
+    PrimaryHistory, RecordKind, Role, Seq, SyncFrame, WriteFrame, ZeroFrame,
 };
 use crate::storage::Geometry;
 
@@ -35,6 +36,9 @@ pub const STAGING_GRANULE_BYTES: u64 = ordo_lockfree::GRANULE_BYTES as u64;
 /// acknowledge again (or to answer with the applied watermark). When full, a resend is
 /// not answered; the primary sends it again later.
 const REACK_QUEUE: usize = 4096;
+/// Digest requests waiting for the poller; when full, a request is dropped and the
+/// primary asks again after its timeout.
+const DIGEST_REQUEST_QUEUE: usize = 64;
 
 /// A record as the journal writer takes it from the reorder buffer (its seq is the key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,10 +63,13 @@ pub enum Received {
 }
 
 /// What became of a frame from the primary (see `Inbox::deliver`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delivered {
-    /// The primary's Hello, checked: the lane is ready.
-    Hello,
+    /// The primary's Hello passed the group and volume checks; its history is for the
+    /// poller to decide on (`Secondary::lane_hello`).
+    Hello(PrimaryHistory),
+    /// A digest request, queued for the poller (or dropped when the queue is full).
+    DigestRequest,
     /// A record on a lane whose Hello has not come: dropped and counted.
     BeforeHello,
     Record(Received),
@@ -78,6 +85,8 @@ pub struct InboxStats {
     pub reacks_dropped: u64,
     /// Records dropped because they arrived on a lane before its handshake.
     pub before_hello: u64,
+    /// Digest requests dropped because the poller's queue was full.
+    pub digest_requests_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +96,7 @@ struct Counters {
     out_of_window: AtomicU64,
     reacks_dropped: AtomicU64,
     before_hello: AtomicU64,
+    digest_requests_dropped: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -101,6 +111,7 @@ pub struct Inbox {
     /// data set's arena ranges. A receiver that reads an older value only refuses more.
     applied_stream_end: AtomicU64,
     reacks: ArrayQueue<Seq>,
+    digest_requests: ArrayQueue<DigestRequestFrame>,
     counters: Counters,
 }
 
@@ -121,6 +132,7 @@ impl Inbox {
             arena,
             applied_stream_end: AtomicU64::new(applied_stream_end),
             reacks: ArrayQueue::new(REACK_QUEUE),
+            digest_requests: ArrayQueue::new(DIGEST_REQUEST_QUEUE),
             counters: Counters::default(),
         }
     }
@@ -143,19 +155,53 @@ impl Inbox {
     /// means the peer is wrong or broke the protocol: drop the lane.
     pub fn deliver(&self, frame: &Frame<'_>, ready: bool) -> Result<Delivered, PeerError> {
         match frame {
-            Frame::Hello(theirs) => self.check_hello(theirs).map(|()| Delivered::Hello),
-            Frame::Write(_) | Frame::Zero(_) | Frame::Sync(_) if !ready => {
+            Frame::Hello(theirs) => self
+                .check_hello(theirs)
+                .map(|()| Delivered::Hello(theirs.history())),
+            Frame::Write(_) | Frame::Zero(_) | Frame::Sync(_) | Frame::DigestRequest(_)
+                if !ready =>
+            {
                 self.counters.before_hello.fetch_add(1, Ordering::Relaxed);
                 Ok(Delivered::BeforeHello)
             }
             Frame::Write(write) => self.receive_write(write).map(Delivered::Record),
             Frame::Zero(zero) => self.receive_zero(zero).map(Delivered::Record),
             Frame::Sync(sync) => self.receive_sync(sync).map(Delivered::Record),
-            Frame::Ack(_) | Frame::Applied(_) => {
-                Err(PeerError::Unexpected("an Ack or Applied frame"))
+            Frame::DigestRequest(request) => self.receive_digest_request(request),
+            Frame::Ack(_) | Frame::Applied(_) | Frame::Digests(_) => {
+                Err(PeerError::Unexpected("an Ack, Applied or Digests frame"))
             }
         }
     }
+
+    fn receive_digest_request(&self, request: &DigestRequestFrame) -> Result<Delivered, PeerError> {
+        let volume = self
+            .volumes
+            .get(usize::from(request.volume.0))
+            .ok_or(PeerError::Violation("a digest request for no volume"))?;
+        if span_units(
+            volume.size_bytes,
+            volume.block_size,
+            request.offset,
+            request.len,
+        )
+        .is_none()
+        {
+            return Err(PeerError::Violation(
+                "a digest request for a range that is not whole units inside the volume",
+            ));
+        }
+        if self.digest_requests.push(*request).is_err() {
+            self.counters.digest_requests_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Delivered::DigestRequest)
+    }
+
+    /// The next digest request to answer.
+    pub(super) fn next_digest_request(&self) -> Option<DigestRequestFrame> {
+        self.digest_requests.pop()
+    }
+
 
     pub fn receive_write(&self, write: &WriteFrame<'_>) -> Result<Received, PeerError> {
         let volume = self
@@ -216,6 +262,7 @@ impl Inbox {
             kind: RecordKind::Sync {
                 first_seq: sync.first_seq,
                 write_count: sync.write_count,
+                ends_resync: sync.ends_resync,
             },
         };
         self.receive(sync.seq, staged, &[])
@@ -300,6 +347,7 @@ impl Inbox {
             out_of_window: self.counters.out_of_window.load(Ordering::Relaxed),
             reacks_dropped: self.counters.reacks_dropped.load(Ordering::Relaxed),
             before_hello: self.counters.before_hello.load(Ordering::Relaxed),
+            digest_requests_dropped: self.counters.digest_requests_dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -23,18 +23,20 @@ use std::collections::VecDeque;
 
 use thiserror::Error;
 
-use crate::protocol::{DataSetId, GroupId, RecordKind, Seq, VolumeId};
+use crate::protocol::{DataSetId, GenerationId, GroupId, RecordKind, Seq, VolumeId};
 use crate::storage::{read_blocking, wait_for, Completion, Geometry, IoTag, Storage, StorageError};
 
 pub const RECORD_HEADER_BYTES: usize = 72;
-const SUPERBLOCK_BYTES: usize = 104;
+const SUPERBLOCK_BYTES: usize = 136;
 const SUPERBLOCK_COPY_OFFSETS: [u64; 2] = [0, 4096];
 pub const LOG_START: u64 = 8192;
 const RECORD_MAGIC: u32 = 0x524A_524F; // "ORJR"
 const SUPER_MAGIC: u64 = 0x4C4E_524A_4F44_524F; // "ORDOJRNL"
 /// 2: the superblock names the replica volumes (`volumes_digest`).
 /// 3: records are appended in seq order, which the recovery scan relies on.
-const JOURNAL_VERSION: u32 = 3;
+/// 4: the history (generation) the journal follows and what the replica holds; syncs may
+/// end a resync.
+const JOURNAL_VERSION: u32 = 4;
 
 const _: () = assert!(RECORD_HEADER_BYTES == 4 + 1 + 1 + 2 + 4 + 4 + 7 * 8);
 const _: () = assert!(SUPERBLOCK_BYTES <= 512);
@@ -67,6 +69,41 @@ fn check_requests(geometry: &Geometry, max_write_bytes: u32) -> Result<(), Journ
     Ok(())
 }
 
+/// What the replica holds, as the superblock records it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// The image of `applied_data_set` of `history` (a fresh journal: of no history yet,
+    /// see `Superblock::replica_point`).
+    #[default]
+    Consistent,
+    /// A resync of `history` is under way and held back: the replica is still the image of
+    /// `base_data_set` of `base_history` (`GenerationId::NONE`: the all-zero image), and
+    /// the data sets of `history` are applied together once its end point is durable.
+    Held,
+    /// The image of no data set (an initial sync, or a resync the operator let go on
+    /// without a consistent image) until the end point of `history`'s resync is applied.
+    Inconsistent,
+}
+
+impl ReplicaState {
+    fn code(self) -> u8 {
+        match self {
+            ReplicaState::Consistent => 0,
+            ReplicaState::Held => 1,
+            ReplicaState::Inconsistent => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<ReplicaState> {
+        match code {
+            0 => Some(ReplicaState::Consistent),
+            1 => Some(ReplicaState::Held),
+            2 => Some(ReplicaState::Inconsistent),
+            _ => None,
+        }
+    }
+}
+
 /// The persistent applied state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Superblock {
@@ -91,6 +128,52 @@ pub struct Superblock {
     /// journal was formatted: its records name volumes by index, so a journal must never be
     /// replayed onto other volumes, or the same ones in another order.
     pub volumes_digest: u32,
+    /// The history whose stream the journal follows: seqs, data sets and stream offsets
+    /// above count in it (`NONE`: a fresh journal that met no primary yet).
+    pub history: GenerationId,
+    pub replica: ReplicaState,
+    /// With `ReplicaState::Held`, the data set (of `base_history`) the replica is the
+    /// image of.
+    pub base_history: GenerationId,
+    pub base_data_set: DataSetId,
+    /// A fresh journal whose replicas were all zeros when it was formatted (and nothing
+    /// was applied since).
+    pub replica_zeroed: bool,
+    /// The operator allowed any primary's history to overwrite the replica.
+    pub discard: bool,
+    /// Why the resync of `history` runs (held or inconsistent): what the primary must
+    /// compare.
+    pub basis: ResyncBasis,
+}
+
+/// What the primary compares in the resync a secondary re-based for (reported in its
+/// `Hello` until the resync's end point is applied).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResyncBasis {
+    /// The replica follows an ancestor of `history`: what the primary's write-intent
+    /// record names (if it tracked this journal; everything otherwise).
+    #[default]
+    Ancestor,
+    /// The replica was all zeros: what the primary's bitmap covers since its all-zero
+    /// genesis.
+    Zero,
+    /// The replica's contents are not those of any history: everything.
+    All,
+}
+
+impl Superblock {
+    /// The history and data set the replica is the image of, if it is one: `None` while
+    /// inconsistent, or fresh with unknown contents. `(NONE, 0)` is the all-zero image.
+    pub fn replica_point(&self) -> Option<(GenerationId, DataSetId)> {
+        match self.replica {
+            ReplicaState::Inconsistent => None,
+            ReplicaState::Held => Some((self.base_history, self.base_data_set)),
+            ReplicaState::Consistent if self.history == GenerationId::NONE => self
+                .replica_zeroed
+                .then_some((GenerationId::NONE, DataSetId::NONE)),
+            ReplicaState::Consistent => Some((self.history, self.applied_data_set)),
+        }
+    }
 }
 
 impl Superblock {
@@ -110,6 +193,16 @@ impl Superblock {
         put_u32(out, 84, self.volumes_digest);
         put_u64(out, 88, self.journal_id);
         put_u64(out, 96, self.incarnation);
+        put_u64(out, 104, self.history.0);
+        out[112] = self.replica.code();
+        let basis = match self.basis {
+            ResyncBasis::Ancestor => 0,
+            ResyncBasis::Zero => 1,
+            ResyncBasis::All => 2,
+        };
+        out[113] = u8::from(self.replica_zeroed) | (u8::from(self.discard) << 1) | (basis << 2);
+        put_u64(out, 120, self.base_history.0);
+        put_u64(out, 128, self.base_data_set.0);
         let crc = crc32c::crc32c(&out[..SUPERBLOCK_BYTES]);
         put_u32(out, 12, crc);
     }
@@ -124,6 +217,16 @@ impl Superblock {
         if crc32c::crc32c(&copy) != get_u32(block, 12) {
             return None;
         }
+        let replica = ReplicaState::from_code(block[112])?;
+        if block[113] & !15 != 0 {
+            return None;
+        }
+        let basis = match block[113] >> 2 {
+            0 => ResyncBasis::Ancestor,
+            1 => ResyncBasis::Zero,
+            2 => ResyncBasis::All,
+            _ => return None,
+        };
         Some(Superblock {
             generation: get_u64(block, 16),
             group: GroupId(get_u64(block, 24)),
@@ -137,6 +240,13 @@ impl Superblock {
             volumes_digest: get_u32(block, 84),
             journal_id: get_u64(block, 88),
             incarnation: get_u64(block, 96),
+            history: GenerationId(get_u64(block, 104)),
+            replica,
+            base_history: GenerationId(get_u64(block, 120)),
+            base_data_set: DataSetId(get_u64(block, 128)),
+            replica_zeroed: block[113] & 1 != 0,
+            discard: block[113] & 2 != 0,
+            basis,
         })
     }
 }
@@ -166,7 +276,8 @@ impl RecordHeader {
             RecordKind::Sync {
                 first_seq,
                 write_count,
-            } => (2u8, 0, 0, first_seq.0, write_count),
+                ends_resync,
+            } => (2u8, u8::from(ends_resync), 0, first_seq.0, write_count),
             RecordKind::Zero {
                 volume,
                 offset,
@@ -203,9 +314,10 @@ impl RecordHeader {
                 offset: a,
                 len: payload_len,
             },
-            2 if payload_len == 0 => RecordKind::Sync {
+            2 if payload_len == 0 && block[5] <= 1 => RecordKind::Sync {
                 first_seq: Seq(a),
                 write_count: b,
+                ends_resync: block[5] == 1,
             },
             3 if payload_len == 0 && block[5] <= 1 => RecordKind::Zero {
                 volume: VolumeId(u16::from_le_bytes([block[6], block[7]])),
@@ -330,6 +442,7 @@ impl<S: Storage> Journal<S> {
         window_bytes: u64,
         max_write_bytes: u32,
         volumes_digest: u32,
+        replica_zeroed: bool,
     ) -> Result<Journal<S>, JournalError> {
         let geometry = storage.geometry();
         check_requests(&geometry, max_write_bytes)?;
@@ -354,6 +467,7 @@ impl<S: Storage> Journal<S> {
             window_bytes,
             max_write_bytes,
             volumes_digest,
+            replica_zeroed,
             ..Superblock::default()
         };
         let mut journal = Journal::with_superblock(storage, superblock);
@@ -521,6 +635,12 @@ impl<S: Storage> Journal<S> {
 
     pub fn into_storage(self) -> S {
         self.storage
+    }
+
+    /// The next log position to write: a superblock whose head is this drops every record
+    /// written so far (a re-base onto another history).
+    pub fn tail_lsn(&self) -> u64 {
+        self.tail_lsn
     }
 
     /// Log bytes in use, head to tail.

@@ -9,7 +9,7 @@ const MAX_WRITE: u32 = 8192;
 fn fresh() -> Journal<MemStorage> {
     let size = required_bytes(WINDOW, MAX_WRITE, 4096);
     let storage = MemStorage::new(Geometry::new(size, 4096).unwrap()).unwrap();
-    Journal::format(storage, GROUP, 0x1d, WINDOW, MAX_WRITE, 0).unwrap()
+    Journal::format(storage, GROUP, 0x1d, WINDOW, MAX_WRITE, 0, false).unwrap()
 }
 
 fn header(seq: u64, payload_len: u32) -> RecordHeader {
@@ -237,7 +237,7 @@ fn open_refuses_an_unformatted_or_foreign_journal() {
     );
     let small = MemStorage::new(Geometry::new(size - 4096, 4096).unwrap()).unwrap();
     assert!(matches!(
-        Journal::format(small, GROUP, 0x1d, WINDOW, MAX_WRITE, 0),
+        Journal::format(small, GROUP, 0x1d, WINDOW, MAX_WRITE, 0, false),
         Err(JournalError::TooSmall { .. })
     ));
 }
@@ -256,14 +256,14 @@ fn a_device_that_cannot_take_a_whole_record_is_refused() {
     assert_eq!(record, u64::from(MAX_WRITE) + 4096);
     let too_narrow = MemStorage::new(narrow(MAX_WRITE)).unwrap();
     assert_eq!(
-        Journal::format(too_narrow, GROUP, 0x1d, WINDOW, MAX_WRITE, 0).unwrap_err(),
+        Journal::format(too_narrow, GROUP, 0x1d, WINDOW, MAX_WRITE, 0, false).unwrap_err(),
         JournalError::RequestsTooSmall {
             max_io: MAX_WRITE,
             record
         }
     );
     let exact = MemStorage::new(narrow(record as u32)).unwrap();
-    assert!(Journal::format(exact, GROUP, 0x1d, WINDOW, MAX_WRITE, 0).is_ok());
+    assert!(Journal::format(exact, GROUP, 0x1d, WINDOW, MAX_WRITE, 0, false).is_ok());
 
     // The same device contents behind narrower requests: open refuses too.
     let mut journal = fresh();

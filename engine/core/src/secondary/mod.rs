@@ -14,6 +14,7 @@
 
 mod applier;
 pub mod config;
+mod history;
 mod inbox;
 pub mod journal;
 mod open;
@@ -26,8 +27,10 @@ use ordo_lockfree::Consumer;
 
 use thiserror::Error;
 
-use applier::Applier;
+use applier::{Applier, Gate};
 pub use config::{InjectedBug, SecondaryConfig};
+use history::{Edit, Rebase};
+pub use journal::{ReplicaState, ResyncBasis};
 pub use inbox::{Delivered, Inbox, InboxStats, Received, Staged, STAGING_GRANULE_BYTES};
 use journal::{Journal, JournalError, RecordHeader};
 use open::drain_all;
@@ -35,8 +38,10 @@ use staging::{Slot, SlotState, Staging};
 
 use crate::primary::ConfigError;
 use crate::protocol::{
-    encode, push_seq, stream_cost, AckFrame, AppliedFrame, DataSetId, Frame, Hello, PeerError,
-    RecordKind, ResumeState, Seq, SeqRange, VolumeId, MAX_ACK_RANGES,
+    encode, push_seq, stream_cost, AckFrame, AppliedFrame, DataSetId, DigestRequestFrame,
+    DigestsFrame, Frame,
+    GenerationId, Hello, PeerError, RecordKind, ResumeState, Seq, SeqRange, VolumeId,
+    MAX_ACK_RANGES,
 };
 use crate::storage::{describe, drain, read_blocking, Completion, Storage, StorageError};
 
@@ -44,6 +49,11 @@ use crate::storage::{describe, drain, read_blocking, Completion, Storage, Storag
 const TAG_SUPERBLOCK: u64 = 1 << 62;
 const TAG_FLUSH_RECORDS: u64 = 1 << 63;
 const TAG_FLUSH_SUPERBLOCK: u64 = (1 << 63) | 1;
+/// A re-base's superblock and its flush, and an operator's edit's (`history`).
+const TAG_REBASE: u64 = (1 << 62) | 2;
+const TAG_FLUSH_REBASE: u64 = (1 << 63) | 2;
+const TAG_EDIT: u64 = (1 << 62) | 3;
+const TAG_FLUSH_EDIT: u64 = (1 << 63) | 3;
 
 #[derive(Debug, Error)]
 pub enum SecondaryError {
@@ -76,6 +86,10 @@ pub struct SecondaryStats {
     pub recovered_records: u64,
     /// The newest data set whose closing sync is durable in the journal.
     pub last_staged: DataSetId,
+    /// Digest requests of a resync answered.
+    pub digests_answered: u64,
+    /// Times this secondary re-based onto a primary's history.
+    pub rebases: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -119,13 +133,15 @@ impl Cursor {
         if let RecordKind::Sync {
             first_seq,
             write_count,
+            ends_resync,
         } = staged.kind
         {
             if first_seq != self.open_first_seq || first_seq.0 + write_count != seq.0 {
                 return Err("a sync names other writes than those of its data set");
             }
-            if write_count == 0 {
-                // A primary never closes an empty data set; the data-set ring relies on it.
+            if write_count == 0 && !ends_resync {
+                // A primary closes an empty data set only to end a resync (once per
+                // generation); the data-set ring relies on it.
                 return Err("a sync closes an empty data set");
             }
             self.open_data_set = self.open_data_set.next();
@@ -168,6 +184,22 @@ pub struct Secondary<S: Storage> {
     completions: Vec<Completion>,
     failed: Option<String>,
     stats: SecondaryStats,
+    /// A re-base onto a primary's generation under way: lanes stay down until it is done.
+    rebase: Option<Rebase>,
+    /// An operator's change to the superblock, waiting for the applier to be idle or
+    /// being written.
+    edit: Option<Edit>,
+    /// The data set whose sync ends the resync of this history, once that sync is durable.
+    epoch_end: Option<DataSetId>,
+    /// Answers to digest requests, waiting for a lane.
+    digest_replies: VecDeque<DigestsFrame>,
+    /// A digest request waiting for room in its replica's queue.
+    digest_waiting: Option<DigestRequestFrame>,
+    /// One digest request's range, read from a replica.
+    digest_buf: Vec<u8>,
+    /// Raised each time the receiving side is rebuilt (a re-base): receiver threads must be
+    /// handed the new `inbox()`.
+    inbox_version: u64,
 }
 
 impl<S: Storage> Secondary<S> {
@@ -176,9 +208,25 @@ impl<S: Storage> Secondary<S> {
     }
 
     /// True when no data set is being applied (and recovery has re-applied what a crash
-    /// cut short): the replica is exactly the image of `applied()`.
+    /// cut short): the replica is exactly the image `replica_point()` names, if any.
     pub fn is_between_data_sets(&self) -> bool {
         self.applier.is_between_data_sets()
+    }
+
+    /// The history whose stream this secondary follows (`NONE`: none yet).
+    pub fn history(&self) -> GenerationId {
+        self.journal.superblock().history
+    }
+
+    /// What the replica holds (consistent, held resync, inconsistent).
+    pub fn replica_state(&self) -> ReplicaState {
+        self.journal.superblock().replica
+    }
+
+    /// The history and data set the replica is the image of (when between data sets), or
+    /// `None` while it is inconsistent. `(NONE, 0)` is the all-zero image.
+    pub fn replica_point(&self) -> Option<(GenerationId, DataSetId)> {
+        self.journal.superblock().replica_point()
     }
 
     pub fn replicas(&self) -> &[S] {
@@ -198,9 +246,14 @@ impl<S: Storage> Secondary<S> {
     }
 
     /// The receiving side, for receiver threads: records they hand it are taken in seq
-    /// order by `poll_storage`.
+    /// order by `poll_storage`. A re-base replaces it (`inbox_version` changes): lanes
+    /// started after that must use the new one.
     pub fn inbox(&self) -> &Arc<Inbox> {
         &self.inbox
+    }
+
+    pub fn inbox_version(&self) -> u64 {
+        self.inbox_version
     }
 
     /// A storage failure or protocol violation that stopped applying, if any.
@@ -253,18 +306,10 @@ impl<S: Storage> Secondary<S> {
     /// Handles a frame from the primary on `lane`. An error means the peer is wrong or
     /// broke the protocol: drop the lane (nothing it sent was staged).
     pub fn handle_frame(&mut self, lane: usize, frame: &Frame<'_>) -> Result<(), PeerError> {
-        if self.inbox.deliver(frame, self.lanes[lane].ready)? == Delivered::Hello {
-            self.lane_hello(lane);
+        if let Delivered::Hello(history) = self.inbox.deliver(frame, self.lanes[lane].ready)? {
+            self.lane_hello(lane, &history)?;
         }
         Ok(())
-    }
-
-    /// The primary's Hello on `lane` passed `Inbox::check_hello` (on a receiver thread):
-    /// the lane is ready, and our Hello goes out as the reply.
-    pub fn lane_hello(&mut self, lane: usize) {
-        let state = &mut self.lanes[lane];
-        state.ready = true;
-        state.hello_pending = true;
     }
 
     /// Acknowledges again the resends the receivers queued: with the watermark if applied,
@@ -293,7 +338,8 @@ impl<S: Storage> Secondary<S> {
             .geometry()
             .max_in_flight
             .saturating_sub(storage.in_flight() + 2) as usize;
-        if room == 0 || self.failed.is_some() {
+        if room == 0 || self.failed.is_some() || self.rebase.is_some() {
+            // A re-base drops what was not taken yet.
             return;
         }
         let Secondary {
@@ -353,7 +399,7 @@ impl<S: Storage> Secondary<S> {
     pub fn poll_storage(&mut self) -> usize {
         self.take_reacks();
         self.take_in_order();
-        let mut handled = 0;
+        let mut handled = self.answer_digest_requests();
         let mut batch = std::mem::take(&mut self.completions);
         batch.clear();
         let max = batch.capacity();
@@ -366,11 +412,7 @@ impl<S: Storage> Secondary<S> {
             self.replicas[index].poll(&mut batch, max);
             for completion in batch.drain(..) {
                 handled += 1;
-                if let Err(error) = &completion.result {
-                    let name = &self.config.volume_names[index];
-                    self.fail(format!("replica {name}: {error}"));
-                }
-                self.applier.replica_completion(completion.tag);
+                self.replica_completion(index, completion);
             }
         }
         self.completions = batch;
@@ -404,20 +446,48 @@ impl<S: Storage> Secondary<S> {
             }
         }
         if self.failed.is_none() {
+            let gate = self.gate();
             let applied = self.applier.drive(
                 &mut self.staging,
                 &mut self.journal,
                 &mut self.replicas,
                 TAG_SUPERBLOCK,
+                gate,
             );
             if applied {
                 self.stats.data_sets_applied += 1;
                 self.applied_dirty = true;
                 self.inbox
                     .publish_applied(self.staging.applied_stream_end());
+                if self.journal.superblock().replica == ReplicaState::Consistent {
+                    self.epoch_end = None;
+                }
             }
+            self.progress_rebase();
+            self.progress_edit();
         }
         handled
+    }
+
+    /// What the applier may apply now.
+    fn gate(&self) -> Gate {
+        if self.rebase.as_ref().is_some_and(Rebase::writing) || self.edit_writing() {
+            return Gate::Closed;
+        }
+        match self.journal.superblock().replica {
+            ReplicaState::Held => Gate::Held {
+                end: self.epoch_end,
+            },
+            ReplicaState::Consistent | ReplicaState::Inconsistent => Gate::Open,
+        }
+    }
+
+    fn replica_completion(&mut self, index: usize, completion: Completion) {
+        if let Err(error) = &completion.result {
+            let name = &self.config.volume_names[index];
+            self.fail(format!("replica {name}: {error}"));
+        }
+        self.applier.replica_completion(completion.tag);
     }
 
     fn journal_completion(&mut self, completion: Completion) {
@@ -432,11 +502,17 @@ impl<S: Storage> Secondary<S> {
                 for seq in self.flushing.drain(..) {
                     self.staging.set_state(seq, SlotState::Durable);
                     let slot = self.staging.slot(seq).expect("just set");
-                    if matches!(slot.kind, RecordKind::Sync { .. }) {
+                    if let RecordKind::Sync { ends_resync, .. } = slot.kind {
                         self.stats.last_staged = self.stats.last_staged.max(slot.data_set);
+                        if ends_resync {
+                            self.epoch_end.get_or_insert(slot.data_set);
+                        }
                     }
                     self.pending_acks.push(seq);
                 }
+            }
+            TAG_REBASE | TAG_FLUSH_REBASE | TAG_EDIT | TAG_FLUSH_EDIT => {
+                self.history_completion(completion.tag);
             }
             // The flush is submitted from `poll_storage`, which retries a full queue.
             TAG_SUPERBLOCK => self.superblock_flush_due = true,
@@ -474,6 +550,12 @@ impl<S: Storage> Secondary<S> {
         while !self.pending_acks.is_empty() && out.len() - start < max_bytes {
             self.encode_ack(out);
         }
+        while out.len() - start < max_bytes {
+            let Some(digests) = self.digest_replies.pop_front() else {
+                break;
+            };
+            encode(&Frame::Digests(digests), out);
+        }
         out.len() - start
     }
 
@@ -483,6 +565,8 @@ impl<S: Storage> Secondary<S> {
     pub fn encode_hello(&mut self, out: &mut Vec<u8>) {
         self.staging
             .durable_ranges(MAX_ACK_RANGES, &mut self.ack_ranges);
+        self.hello.flags = self.history_flags();
+        self.hello.generation = self.followed_history();
         let sb = self.journal.superblock();
         self.hello.resume = ResumeState {
             applied_data_set: self.staging.applied(),

@@ -2,9 +2,12 @@
 //! it holds past the applied watermark, after checking that the configuration, the
 //! devices and the replicas are those the journal belongs to.
 
-use ordo_lockfree::{ReorderBuffer, StagingArena};
+use ordo_lockfree::{ArenaWriter, ReorderBuffer, StagingArena};
 
-use crate::protocol::Role;
+use crate::protocol::digest::MAX_DIGEST_SPAN_BYTES;
+use crate::protocol::{HistoryFlags, Role};
+
+use super::journal::Superblock;
 
 use super::*;
 
@@ -12,11 +15,14 @@ impl<S: Storage> Secondary<S> {
     /// Formats `journal` and starts a secondary with nothing applied. `journal_id` should
     /// be random: it tells this journal's records from those of an earlier one on the same
     /// device, and tells the primary when a secondary's state was replaced.
+    /// `replicas_zeroed`: every replica is all zeros (volumes this secondary created), so
+    /// a primary whose history began as zeros needs no initial sync.
     pub fn create(
         config: SecondaryConfig,
         journal_id: u64,
         mut journal: S,
         mut replicas: Vec<S>,
+        replicas_zeroed: bool,
     ) -> Result<Secondary<S>, SecondaryError> {
         prepare(&config, &mut journal, &mut replicas)?;
         let journal = Journal::format(
@@ -26,6 +32,7 @@ impl<S: Storage> Secondary<S> {
             config.window_bytes,
             config.max_write_bytes,
             volumes_digest(&config, &replicas),
+            replicas_zeroed,
         )?;
         Secondary::assemble(config, journal, replicas, false)
     }
@@ -62,42 +69,37 @@ impl<S: Storage> Secondary<S> {
                 sb.window_bytes
             )));
         }
-        // A record starts below the window's end and costs at most this much.
-        let arena_bytes = sb.window_bytes + stream_cost(sb.max_write_bytes);
-        let arena = StagingArena::new(crate::storage::prefaulted(arena_bytes as usize));
-        let (arena_writer, arena_reader) = arena.split();
-        let mut staging = Staging::new(
-            sb.window_bytes,
-            arena_reader,
-            sb.applied_data_set,
-            sb.applied_seq,
-            sb.applied_stream_end,
-        );
-        let mut cursor =
-            Cursor::at_watermark(sb.applied_data_set, sb.applied_seq, sb.applied_stream_end);
-        let mut recovered = 0;
-        if recovering {
-            recovered = restage(&mut journal, &replicas, &mut staging, &mut cursor)?;
-        }
         let volumes = describe(&config.volume_names, &replicas);
         let hello = Hello {
             role: Role::Secondary,
             group: config.group,
             max_write_bytes: sb.max_write_bytes,
             volumes,
+            generation: sb.history,
+            ancestors: Vec::new(),
+            flags: HistoryFlags::default(),
             resume: ResumeState::default(),
         };
-        let capacity = staging.seq_capacity().next_power_of_two();
-        let (producer, records) = ReorderBuffer::new(capacity, cursor.next_seq.0).split();
-        let geometries = replicas.iter().map(|r| r.geometry()).collect();
-        let inbox = Inbox::new(
-            hello.clone(),
-            geometries,
-            sb.window_bytes,
-            sb.applied_stream_end,
-            producer,
-            arena_writer,
-        );
+        let mut epoch_end = None;
+        let mut recovered = 0;
+        let (staging, cursor, inbox, records) = if recovering {
+            // Restaged before the receiving side starts: its reorder buffer begins at the
+            // seq after what the journal holds.
+            let (mut staging, arena_writer) = staging_at_watermark(&sb);
+            let mut cursor =
+                Cursor::at_watermark(sb.applied_data_set, sb.applied_seq, sb.applied_stream_end);
+            recovered = restage(
+                &mut journal,
+                &replicas,
+                &mut staging,
+                &mut cursor,
+                &mut epoch_end,
+            )?;
+            let (inbox, records) = inbox_after(&hello, &replicas, &sb, &cursor, arena_writer);
+            (staging, cursor, inbox, records)
+        } else {
+            receiving_side(&hello, &journal, &replicas)
+        };
         let max_records = staging.seq_capacity();
         let in_flight: u32 = replicas.iter().map(|r| r.geometry().max_in_flight).sum();
         Ok(Secondary {
@@ -121,12 +123,71 @@ impl<S: Storage> Secondary<S> {
                 recovered_records: recovered,
                 ..SecondaryStats::default()
             },
+            rebase: None,
+            edit: None,
+            epoch_end,
+            digest_replies: VecDeque::with_capacity(16),
+            digest_waiting: None,
+            digest_buf: vec![0; MAX_DIGEST_SPAN_BYTES as usize],
+            inbox_version: 0,
             staging,
             journal,
             replicas,
             config,
         })
     }
+}
+
+/// An empty staging window at the journal's watermark, and the arena's writing half.
+fn staging_at_watermark(sb: &Superblock) -> (Staging, ArenaWriter) {
+    // A record starts below the window's end and costs at most this much.
+    let arena_bytes = sb.window_bytes + stream_cost(sb.max_write_bytes);
+    let arena = StagingArena::new(crate::storage::prefaulted(arena_bytes as usize));
+    let (arena_writer, arena_reader) = arena.split();
+    let staging = Staging::new(
+        sb.window_bytes,
+        arena_reader,
+        sb.applied_data_set,
+        sb.applied_seq,
+        sb.applied_stream_end,
+    );
+    (staging, arena_writer)
+}
+
+/// The inbox and reorder buffer receivers fill from the seq after `cursor`.
+fn inbox_after<S: Storage>(
+    hello: &Hello,
+    replicas: &[S],
+    sb: &Superblock,
+    cursor: &Cursor,
+    arena_writer: ArenaWriter,
+) -> (Inbox, Consumer<Staged>) {
+    let capacity = Staging::seq_capacity_for(sb.window_bytes).next_power_of_two();
+    let (producer, records) = ReorderBuffer::new(capacity, cursor.next_seq.0).split();
+    let geometries = replicas.iter().map(|r| r.geometry()).collect();
+    let inbox = Inbox::new(
+        hello.clone(),
+        geometries,
+        sb.window_bytes,
+        sb.applied_stream_end,
+        producer,
+        arena_writer,
+    );
+    (inbox, records)
+}
+
+/// A receiving side with nothing staged, at the journal's watermark: at start on a new
+/// journal, and after a re-base.
+pub(super) fn receiving_side<S: Storage>(
+    hello: &Hello,
+    journal: &Journal<S>,
+    replicas: &[S],
+) -> (Staging, Cursor, Inbox, Consumer<Staged>) {
+    let sb = *journal.superblock();
+    let (staging, arena_writer) = staging_at_watermark(&sb);
+    let cursor = Cursor::at_watermark(sb.applied_data_set, sb.applied_seq, sb.applied_stream_end);
+    let (inbox, records) = inbox_after(hello, replicas, &sb, &cursor, arena_writer);
+    (staging, cursor, inbox, records)
 }
 
 /// Restages what the journal holds past the applied watermark: the run of records that
@@ -139,6 +200,7 @@ fn restage<S: Storage>(
     replicas: &[S],
     staging: &mut Staging,
     cursor: &mut Cursor,
+    epoch_end: &mut Option<DataSetId>,
 ) -> Result<u64, SecondaryError> {
     let mut recovered = 0;
     let mut misfit = None;
@@ -174,6 +236,12 @@ fn restage<S: Storage>(
             Ok(()) => {
                 *cursor = next;
                 recovered += 1;
+                if let RecordKind::Sync {
+                    ends_resync: true, ..
+                } = header.kind
+                {
+                    epoch_end.get_or_insert(header.data_set);
+                }
             }
             Err(why) => {
                 misfit.get_or_insert(format!("a record does not fit the staging arena: {why}"));

@@ -58,6 +58,8 @@ pub struct CompleteDataSet {
     pub first_seq: Seq,
     pub sync_seq: Seq,
     pub stream_end: u64,
+    /// Its sync ends the resync of its generation.
+    pub ends_resync: bool,
 }
 
 #[derive(Debug)]
@@ -78,6 +80,7 @@ const EMPTY_SLOT: Slot = Slot {
     kind: RecordKind::Sync {
         first_seq: Seq::NONE,
         write_count: 0,
+        ends_resync: false,
     },
     state: SlotState::Empty,
 };
@@ -92,7 +95,7 @@ impl Staging {
         applied_seq: Seq,
         applied_stream_end: u64,
     ) -> Staging {
-        let seqs = (window_bytes / RECORD_OVERHEAD_BYTES + 1) as usize;
+        let seqs = Staging::seq_capacity_for(window_bytes);
         // A data set is at least one write and its sync.
         let data_sets = (window_bytes / (2 * RECORD_OVERHEAD_BYTES) + 2) as usize;
         Staging {
@@ -109,6 +112,11 @@ impl Staging {
     /// How many seqs the window can hold.
     pub fn seq_capacity(&self) -> usize {
         self.slots.len()
+    }
+
+    /// How many seqs a window of `window_bytes` can hold.
+    pub fn seq_capacity_for(window_bytes: u64) -> usize {
+        (window_bytes / RECORD_OVERHEAD_BYTES + 1) as usize
     }
 
     pub fn applied(&self) -> DataSetId {
@@ -233,17 +241,29 @@ impl Staging {
     /// taken in seq order, checked to follow one another (the cursor), journaled in that
     /// order and committed as a prefix, so every write before a durable sync is durable.
     pub fn next_complete(&self) -> Option<CompleteDataSet> {
-        let id = self.applied.next();
+        let next = self.complete(self.applied.next());
+        debug_assert!(next.is_none_or(|d| d.first_seq == self.applied_seq.next()));
+        next
+    }
+
+    /// Data set `id` (past the applied one), if it is complete. A resync's data sets are
+    /// applied one after another as a unit before the watermark moves past any of them.
+    pub fn complete(&self, id: DataSetId) -> Option<CompleteDataSet> {
+        assert!(id > self.applied, "{id} is applied already");
         let entry = &self.data_sets[self.data_set_index(id)];
         if entry.id != id || !entry.sync_durable {
             return None;
         }
         let sync_seq = entry.sync_seq.expect("a durable sync was recorded");
         let sync = *self.slot(sync_seq).expect("sync held");
-        let RecordKind::Sync { first_seq, .. } = sync.kind else {
+        let RecordKind::Sync {
+            first_seq,
+            ends_resync,
+            ..
+        } = sync.kind
+        else {
             unreachable!("the data set's sync slot holds its sync");
         };
-        debug_assert_eq!(first_seq, self.applied_seq.next());
         debug_assert!((first_seq.0..sync_seq.0).all(|seq| self
             .slot(Seq(seq))
             .is_some_and(|slot| slot.data_set == id && slot.state == SlotState::Durable)));
@@ -252,6 +272,7 @@ impl Staging {
             first_seq,
             sync_seq,
             stream_end: sync.stream_end(),
+            ends_resync,
         })
     }
 

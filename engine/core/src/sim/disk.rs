@@ -96,6 +96,14 @@ impl SimDisk {
         &self.visible
     }
 
+    /// Makes `data` the disk's durable contents, as if written long before (a volume that
+    /// held data before ordo ran). Nothing may be in flight.
+    pub fn preset(&mut self, data: &[u8]) {
+        assert!(self.in_flight.is_empty() && self.unflushed.is_empty());
+        self.durable.copy_from_slice(data);
+        self.visible.copy_from_slice(data);
+    }
+
     /// Power loss: requests in flight are lost; each write not known durable survives
     /// whole, not at all, or as a random subset of its blocks.
     pub fn crash(&mut self) {

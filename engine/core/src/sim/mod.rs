@@ -13,7 +13,7 @@ mod world;
 use std::fmt;
 
 pub use disk::SimDisk;
-pub use swarm::SwarmConfig;
+pub use swarm::{Lifecycle, Origin, SwarmConfig};
 pub use world::World;
 
 use crate::secondary::InjectedBug;
@@ -52,6 +52,18 @@ pub struct SimStats {
     /// I/O errors injected into the secondary's disks, and the failures they caused.
     pub io_errors: u64,
     pub io_failures: u64,
+    /// Primary crashes (and restarts on a new generation), streams cut for a full window
+    /// (`WindowFull::Track`), secondaries started on a new journal over their replicas,
+    /// re-bases, resyncs that reached their end point, bytes a resync compared and sent,
+    /// and held resyncs the operator let go on inconsistent.
+    pub primary_crashes: u64,
+    pub stream_cuts: u64,
+    pub states_lost: u64,
+    pub rebases: u64,
+    pub resyncs_done: u64,
+    pub resync_compared: u64,
+    pub resync_sent: u64,
+    pub consents: u64,
 }
 
 impl SimStats {
@@ -81,6 +93,14 @@ impl SimStats {
         self.recovery_checks += other.recovery_checks;
         self.io_errors += other.io_errors;
         self.io_failures += other.io_failures;
+        self.primary_crashes += other.primary_crashes;
+        self.stream_cuts += other.stream_cuts;
+        self.states_lost += other.states_lost;
+        self.rebases += other.rebases;
+        self.resyncs_done += other.resyncs_done;
+        self.resync_compared += other.resync_compared;
+        self.resync_sent += other.resync_sent;
+        self.consents += other.consents;
     }
 }
 
@@ -88,7 +108,7 @@ impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "steps {} writes {} (partial blocks {}, retried for a full queue {}) zeroings {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {})",
+            "steps {} writes {} (partial blocks {}, retried for a full queue {}) zeroings {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {}) | primary crashes {} stream cuts {} states lost {} re-bases {} resyncs done {} (compared {} B, sent {} B) consents {}",
             self.steps,
             self.writes,
             self.partial_writes,
@@ -112,7 +132,15 @@ impl fmt::Display for SimStats {
             self.recovered_records,
             self.recovery_checks,
             self.io_errors,
-            self.io_failures
+            self.io_failures,
+            self.primary_crashes,
+            self.stream_cuts,
+            self.states_lost,
+            self.rebases,
+            self.resyncs_done,
+            self.resync_compared,
+            self.resync_sent,
+            self.consents
         )
     }
 }
@@ -142,5 +170,6 @@ pub fn run_seed(seed: u64, bug: Option<InjectedBug>) -> (SimStats, Result<(), Vi
     let mut stats = world.stats;
     stats.seeds = 1;
     world.add_link_stats(&mut stats);
+    stats.stream_cuts = world.stats.stream_cuts;
     (stats, result)
 }

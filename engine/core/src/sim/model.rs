@@ -1,18 +1,23 @@
 //! The checker's independent model of the primary: a plain image per volume, updated in
-//! seq order as writes are accepted, and a digest of the whole group's image at the end of
-//! every closed data set. It shares no code with the engine.
+//! seq order as writes are accepted, and for every history (generation) the digest of
+//! the whole group's image at its start and at the end of each of its closed data sets.
+//! A new generation (the primary restarted after a crash, or cut its stream) starts from
+//! the primary's volumes as they stand. It shares no code with the engine.
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hasher};
 
-use crate::protocol::{DataSetId, Seq};
+use crate::protocol::{DataSetId, GenerationId, Seq};
 
 #[derive(Debug)]
 pub struct Model {
     volumes: Vec<Vec<u8>>,
     last_write: Seq,
-    /// Digest of the image at the end of data set `i + 1`.
-    closed: Vec<u64>,
-    empty_digest: u64,
+    current: GenerationId,
+    /// Per generation: its parent, and the digests of its image at its start (index 0)
+    /// and at the end of data set `i` (index `i`).
+    histories: BTreeMap<GenerationId, (GenerationId, Vec<u64>)>,
+    zero_digest: u64,
 }
 
 /// Digest of a group image (all volumes in order).
@@ -26,15 +31,56 @@ pub fn digest<'a>(volumes: impl IntoIterator<Item = &'a [u8]>) -> u64 {
 }
 
 impl Model {
-    pub fn new(volume_sizes: &[usize]) -> Model {
-        let volumes: Vec<Vec<u8>> = volume_sizes.iter().map(|&n| vec![0; n]).collect();
-        let empty_digest = digest(volumes.iter().map(Vec::as_slice));
-        Model {
-            volumes,
+    /// A primary whose history `generation` begins with `image`.
+    pub fn new(generation: GenerationId, image: Vec<Vec<u8>>) -> Model {
+        let zero: Vec<Vec<u8>> = image.iter().map(|v| vec![0; v.len()]).collect();
+        let zero_digest = digest(zero.iter().map(Vec::as_slice));
+        let mut model = Model {
+            volumes: image,
             last_write: Seq::NONE,
-            closed: Vec::new(),
-            empty_digest,
+            current: GenerationId::NONE,
+            histories: BTreeMap::new(),
+            zero_digest,
+        };
+        model.begin(generation, None);
+        model
+    }
+
+    /// A new generation begins, descending from the current one, with the primary's
+    /// volumes as `image` (after a crash: what its disks kept) or as the model has them.
+    pub fn begin(&mut self, generation: GenerationId, image: Option<Vec<Vec<u8>>>) {
+        assert!(
+            !self.histories.contains_key(&generation),
+            "{generation} began twice"
+        );
+        if let Some(image) = image {
+            self.volumes = image;
         }
+        self.last_write = Seq::NONE;
+        let start = digest(self.volumes.iter().map(Vec::as_slice));
+        self.histories
+            .insert(generation, (self.current, vec![start]));
+        self.current = generation;
+    }
+
+    /// The primary started again on `generation` at `data_set` (a clean stop before the
+    /// crash, which left nothing written or sent past it): what it closed after that is
+    /// gone, and its volumes are `image`.
+    pub fn resume(&mut self, generation: GenerationId, data_set: DataSetId, image: Vec<Vec<u8>>) {
+        assert_eq!(generation, self.current, "only the current history resumes");
+        let closed = &mut self.histories.get_mut(&generation).expect("current").1;
+        closed.truncate(data_set.0 as usize + 1);
+        assert_eq!(
+            closed.last().copied(),
+            Some(digest(image.iter().map(Vec::as_slice))),
+            "a resumed history's volumes are its image at the data set it resumes at"
+        );
+        self.volumes = image;
+        self.last_write = crate::protocol::Seq::NONE;
+    }
+
+    pub fn current(&self) -> GenerationId {
+        self.current
     }
 
     pub fn write(
@@ -64,35 +110,55 @@ impl Model {
         Ok(())
     }
 
-    /// The primary closed `data_set` with its sync at `sync_seq`: every write accepted so
-    /// far must belong to it or an earlier one, and none may be missing.
+    /// The primary closed `data_set` of the current generation with its sync at
+    /// `sync_seq`: data sets close in order, after every write accepted so far (a resync's
+    /// records, which change nothing, may sit between).
     pub fn close(&mut self, data_set: DataSetId, sync_seq: Seq) -> Result<(), String> {
-        if data_set.0 != self.closed.len() as u64 + 1 {
+        let image = digest(self.volumes.iter().map(Vec::as_slice));
+        let closed = &mut self.histories.get_mut(&self.current).expect("current").1;
+        if data_set.0 != closed.len() as u64 {
             return Err(format!(
                 "closed {data_set} after {} data sets",
-                self.closed.len()
+                closed.len() - 1
             ));
         }
-        if sync_seq.0 != self.last_write.0 + 1 {
+        if sync_seq <= self.last_write {
             return Err(format!(
                 "{data_set} closed at {sync_seq} but the last write is {}",
                 self.last_write
             ));
         }
-        self.closed
-            .push(digest(self.volumes.iter().map(Vec::as_slice)));
+        closed.push(image);
         Ok(())
     }
 
+    /// The last closed data set of the current generation.
     pub fn last_closed(&self) -> DataSetId {
-        DataSetId(self.closed.len() as u64)
+        DataSetId(self.histories[&self.current].1.len() as u64 - 1)
     }
 
-    /// Digest of the image at the end of `data_set` (0: the empty image).
-    pub fn digest_at(&self, data_set: DataSetId) -> Option<u64> {
-        match data_set.0 {
-            0 => Some(self.empty_digest),
-            n => self.closed.get(n as usize - 1).copied(),
+    /// Digest of the image at the end of `data_set` of `generation` (data set 0: its
+    /// start; `(NONE, 0)`: the all-zero image).
+    pub fn digest_at(&self, generation: GenerationId, data_set: DataSetId) -> Option<u64> {
+        if generation == GenerationId::NONE {
+            return (data_set == DataSetId::NONE).then_some(self.zero_digest);
+        }
+        let (_, closed) = self.histories.get(&generation)?;
+        closed.get(usize::try_from(data_set.0).ok()?).copied()
+    }
+
+    /// Whether `later` is `earlier` or descends from it (`NONE`, the zero image, comes
+    /// before every history).
+    pub fn descends(&self, later: GenerationId, earlier: GenerationId) -> bool {
+        let mut at = later;
+        loop {
+            if at == earlier || earlier == GenerationId::NONE {
+                return true;
+            }
+            match self.histories.get(&at) {
+                Some(&(parent, _)) if parent != GenerationId::NONE => at = parent,
+                _ => return false,
+            }
         }
     }
 

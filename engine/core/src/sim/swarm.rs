@@ -6,11 +6,39 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::net::NetFaults;
-use crate::primary::{DataSetPolicy, PrimaryConfig, Replication};
+use crate::primary::{DataSetPolicy, PrimaryConfig, Replication, WindowFull};
 use crate::protocol::GroupId;
 use crate::secondary::journal::required_bytes;
 use crate::secondary::{InjectedBug, SecondaryConfig};
 use crate::storage::Geometry;
+
+/// What the volumes hold when the world starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// All zeros on both sides (volumes ordo created): no initial sync.
+    Zero,
+    /// The primary's volumes hold data and the replicas were seeded with a copy (`dd`):
+    /// an initial sync that finds nothing to send.
+    Seeded,
+    /// The primary's volumes hold data and the replicas hold other data (a replaced
+    /// disk): an initial sync.
+    Fresh,
+}
+
+/// The lifecycle a seed lives through, drawn apart from the rest of its configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Lifecycle {
+    pub origin: Origin,
+    /// Primary crashes (its disks keep, drop or tear what was not flushed), per 10,000
+    /// steps.
+    pub primary_crash: u32,
+    /// Secondaries started again on a new journal over their old replicas, per 10,000
+    /// steps.
+    pub state_lost: u32,
+    /// How long the operator leaves a held resync before letting it go on without a
+    /// consistent image (`allow_inconsistent`).
+    pub consent_after_us: u64,
+}
 
 #[derive(Clone, Debug)]
 pub struct SwarmConfig {
@@ -34,6 +62,7 @@ pub struct SwarmConfig {
     /// Per 1,000 steps.
     pub flush_per_mille: u32,
     pub writes: u64,
+    pub lifecycle: Lifecycle,
 }
 
 impl SwarmConfig {
@@ -85,6 +114,9 @@ impl SwarmConfig {
         } else {
             Replication::Pipelined
         };
+        let mut lives = rng.clone();
+        lives.set_stream(2);
+        let (lifecycle, on_window_full, resync_rate_bytes) = draw_lifecycle(&mut lives, faulty);
         let rate =
             |rng: &mut ChaCha8Rng, max: u32| if faulty { rng.random_range(0..=max) } else { 0 };
         SwarmConfig {
@@ -98,6 +130,8 @@ impl SwarmConfig {
                 retransmit_ms: rng.random_range(5..=60),
                 max_pending_flushes: 8,
                 replication,
+                on_window_full,
+                resync_rate_bytes,
             },
             secondary: SecondaryConfig {
                 group,
@@ -130,6 +164,41 @@ impl SwarmConfig {
             write_percent: rng.random_range(5..=60),
             flush_per_mille: rng.random_range(0..=30),
             writes: rng.random_range(50..=400),
+            lifecycle,
         }
     }
+}
+
+fn draw_lifecycle(rng: &mut ChaCha8Rng, faulty: bool) -> (Lifecycle, WindowFull, u64) {
+    let origin = match rng.random_range(0..10) {
+        0 | 1 => Origin::Seeded,
+        2 | 3 => Origin::Fresh,
+        _ => Origin::Zero,
+    };
+    let rate = |rng: &mut ChaCha8Rng, max: u32| {
+        if faulty && rng.random_bool(0.5) {
+            rng.random_range(1..=max)
+        } else {
+            0
+        }
+    };
+    let lifecycle = Lifecycle {
+        origin,
+        primary_crash: rate(rng, 8),
+        state_lost: if rng.random_bool(0.2) { rate(rng, 2) } else { 0 },
+        consent_after_us: rng.random_range(200_000..=3_000_000),
+    };
+    let on_window_full = if rng.random_bool(0.5) {
+        WindowFull::Track {
+            timeout_ms: rng.random_range(1..=40),
+        }
+    } else {
+        WindowFull::Block
+    };
+    let resync_rate_bytes = if rng.random_bool(0.5) {
+        0
+    } else {
+        rng.random_range(256 << 10..=4 << 20)
+    };
+    (lifecycle, on_window_full, resync_rate_bytes)
 }

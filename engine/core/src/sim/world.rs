@@ -8,16 +8,17 @@ use rand_chacha::ChaCha8Rng;
 use std::cell::Cell;
 use std::rc::Rc;
 
+mod lifecycle;
 mod workload;
 
 use super::disk::{SimDisk, INJECTED_ERROR};
-use super::model::{digest, Model};
+use super::model::Model;
 use super::net::{Direction, Network};
 use super::swarm::SwarmConfig;
 use super::{SimStats, Violation};
 use crate::primary::{Primary, PrimaryEvent};
-use crate::protocol::{decode, frame_len, DataSetId};
-use crate::secondary::{InjectedBug, Secondary};
+use crate::protocol::{decode, frame_len, DataSetId, GenerationId};
+use crate::secondary::{InjectedBug, ReplicaState, Secondary};
 use crate::storage::Storage;
 
 /// Simulated time allowed after the workload ends for the secondary to reach the last
@@ -47,9 +48,20 @@ pub struct World {
     io_errors: Rc<Cell<u32>>,
     errors_seen: u64,
     model: Model,
-    /// Highest watermark the secondary has shown; it must never go below it.
-    reported_applied: DataSetId,
-    checked_applied: Option<DataSetId>,
+    /// The newest image the secondary's replica has shown (a history and a data set of
+    /// it); it must never go back to an older one.
+    reported: Option<(GenerationId, DataSetId)>,
+    checked: Option<(GenerationId, DataSetId)>,
+    /// The replica may be inconsistent now (an initial sync, or a resync the operator let
+    /// go on without a consistent image), until it is consistent again.
+    inconsistency_allowed: bool,
+    /// Since when the secondary's resync has been held (for the operator's consent).
+    held_since_us: Option<u64>,
+    /// The lifecycle's own draws (primary crashes, lost states, consents), apart from the
+    /// rest so that seeds without them run as before.
+    life_rng: ChaCha8Rng,
+    /// Seeds for the primary's generation ids, one per start.
+    primary_seed: u64,
     writes_left: u64,
     /// Application reads on the primary, drawn apart from everything else so that every
     /// seed's other draws stay as they were before reads existed: how often, and where.
@@ -76,12 +88,14 @@ impl World {
         let disk = |rng: &mut ChaCha8Rng, geometry| {
             SimDisk::new(geometry, config.disk_complete_percent, rng.next_u64())
         };
-        let primary_disks = config.volumes.iter().map(|&g| disk(&mut rng, g)).collect();
-        let replicas = config.volumes.iter().map(|&g| disk(&mut rng, g)).collect();
+        let primary_disks: Vec<SimDisk> =
+            config.volumes.iter().map(|&g| disk(&mut rng, g)).collect();
+        let replicas: Vec<SimDisk> = config.volumes.iter().map(|&g| disk(&mut rng, g)).collect();
         let journal = disk(&mut rng, config.journal);
-        let primary = Primary::new(config.primary.clone(), primary_disks)
-            .expect("swarm draws a valid primary config");
         let journal_id = rng.next_u64();
+        let mut life_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x11FE_C7C1);
+        let (primary, replicas, model) =
+            lifecycle::origin(&config, &mut life_rng, primary_disks, replicas);
         // The secondary's disks fail at a rate drawn apart from the swarm config, so seeds
         // without I/O errors (half of them) run exactly as before errors could be
         // injected; and only once the journal is formatted.
@@ -89,18 +103,21 @@ impl World {
         let (mut journal, mut replicas): (SimDisk, Vec<SimDisk>) = (journal, replicas);
         journal.fail_at(&io_errors);
         replicas.iter_mut().for_each(|r| r.fail_at(&io_errors));
-        let secondary = Secondary::create(config.secondary.clone(), journal_id, journal, replicas)
-            .expect("swarm draws a valid secondary");
+        let zeroed = config.lifecycle.origin == super::Origin::Zero;
+        let secondary = Secondary::create(
+            config.secondary.clone(),
+            journal_id,
+            journal,
+            replicas,
+            zeroed,
+        )
+        .expect("swarm draws a valid secondary");
         let mut errors_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x10E_0E44);
         if errors_rng.random_bool(0.5) {
             io_errors.set(errors_rng.random_range(1..=30));
         }
         let lanes = config.primary.lanes;
-        let sizes: Vec<usize> = config
-            .volumes
-            .iter()
-            .map(|g| g.size_bytes as usize)
-            .collect();
+        let inconsistency_allowed = config.lifecycle.origin != super::Origin::Zero;
         let mut reads_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EAD_5EAD);
         let read_percent = if reads_rng.random_bool(0.5) {
             reads_rng.random_range(1..=30)
@@ -129,7 +146,13 @@ impl World {
             zero_percent,
             net: Network::new(lanes, config.latency_us_max, config.net_faults),
             writes_left: config.writes,
-            model: Model::new(&sizes),
+            model,
+            reported: None,
+            checked: None,
+            inconsistency_allowed,
+            held_since_us: None,
+            primary_seed: life_rng.next_u64(),
+            life_rng,
             rng,
             config,
             now_us: 0,
@@ -143,8 +166,6 @@ impl World {
             faults_on: true,
             io_errors,
             errors_seen: 0,
-            reported_applied: DataSetId::NONE,
-            checked_applied: None,
             next_token: 0,
             buf: Vec::with_capacity(TRANSMIT_BUDGET_BYTES * 2),
             stats: SimStats::default(),
@@ -152,7 +173,11 @@ impl World {
     }
 
     /// Adds what the network and the primary counted to `stats`.
-    pub fn add_link_stats(&self, stats: &mut SimStats) {
+    pub fn add_link_stats(&mut self, stats: &mut SimStats) {
+        self.add_resync_stats();
+        stats.resync_compared = self.stats.resync_compared;
+        stats.resync_sent = self.stats.resync_sent;
+        stats.resyncs_done = self.stats.resyncs_done;
         let net = self.net.stats;
         stats.packets += net.packets;
         stats.dropped += net.dropped;
@@ -197,16 +222,19 @@ impl World {
         let deadline_us = self.now_us + LIVENESS_US;
         loop {
             self.step()?;
-            let target = self.model.last_closed();
+            let target = (self.model.current(), self.model.last_closed());
             if let Some(secondary) = &self.secondary {
-                if secondary.applied() == target && secondary.is_between_data_sets() {
+                if secondary.replica_point() == Some(target) && secondary.is_between_data_sets()
+                {
                     break;
                 }
             }
             if self.now_us >= deadline_us {
                 return Err(self.violation(format!(
-                    "liveness: {} s after the workload the secondary has not reached {target}: {}",
+                    "liveness: {} s after the workload the secondary has not reached {} of {}: {}",
                     LIVENESS_US / 1_000_000,
+                    target.1,
+                    target.0,
                     self.describe()
                 )));
             }
@@ -215,27 +243,38 @@ impl World {
     }
 
     /// The state of both sides, for a violation report.
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let primary = format!(
-            "primary: last closed {}, peer applied {}, retention {} bytes, {:?}, stalled {:?}",
+            "primary: {} intent {:?} last closed {}, peer applied {}, retention {} bytes from {:?}, {:?}, resync {:?}, stalled {:?}",
+            self.primary.generation(),
+            self.primary.intent_state(),
             self.primary.last_closed(),
             self.primary.peer_applied(),
             self.primary.retention_bytes(),
+            self.primary.retention_front(),
             self.primary.stats(),
+            self.primary.resync_stats(),
             self.primary.stalled()
         );
         let secondary = match &self.secondary {
             Some(s) => format!(
-                "secondary: applied {}, between data sets {}, journal use {:?}, {:?}",
+                "secondary: follows {} applied {}, replica {:?} at {:?}, between data sets {}, rebasing {}, journal use {:?}, {:?}",
+                s.history(),
                 s.applied(),
+                s.replica_state(),
+                s.replica_point(),
                 s.is_between_data_sets(),
+                s.rebasing(),
                 s.journal_use(),
                 s.stats()
             ),
             None => "secondary: crashed".to_string(),
         };
         let lanes: Vec<bool> = (0..self.net.lanes()).map(|l| self.net.is_up(l)).collect();
-        format!("{primary}; {secondary}; lanes up {lanes:?}")
+        format!(
+            "{primary}; {secondary}; lanes up {lanes:?}; world: {:?} {}",
+            self.config.lifecycle, self.stats
+        )
     }
 
     fn step(&mut self) -> Result<(), Violation> {
@@ -249,13 +288,17 @@ impl World {
         self.drain_primary_events()?;
         self.transmit();
         self.deliver()?;
+        // A frame may have made the primary begin a new generation.
+        self.drain_primary_events()?;
         if let Some(secondary) = &mut self.secondary {
             secondary.tick(now_ms);
             secondary.poll_storage();
         }
         if self.faults_on {
             self.inject_faults();
+            self.lifecycle_faults()?;
         }
+        self.operator();
         self.reconnect()?;
         self.check()
     }
@@ -274,6 +317,10 @@ impl World {
                 PrimaryEvent::WriteDone { result: Err(e), .. }
                 | PrimaryEvent::FlushDone { result: Err(e), .. } => {
                     return Err(self.violation(format!("primary I/O failed: {e}")));
+                }
+                PrimaryEvent::HistoryBegan { generation } => {
+                    self.stats.stream_cuts += 1;
+                    self.model.begin(generation, None);
                 }
                 PrimaryEvent::WriteDone { .. } | PrimaryEvent::FlushDone { .. } => {}
             }
@@ -332,6 +379,11 @@ impl World {
             result.map_err(|e| {
                 self.violation(format!("peer error on lane {lane} ({direction:?}): {e}"))
             })?;
+            if self.secondary.as_ref().is_some_and(Secondary::rebasing) {
+                // It takes no lane until the re-base is durable; the primary reconnects.
+                (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
+                break;
+            }
         }
         Ok(())
     }
@@ -401,10 +453,11 @@ impl World {
                     + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
                 self.stats.recovered_records += restarted.stats().recovered_records;
                 self.secondary = Some(restarted);
-                self.checked_applied = None;
+                self.checked = None;
             }
         }
-        if self.secondary.is_none() || self.now_us < self.partition_until_us {
+        let rebasing = self.secondary.as_ref().is_some_and(Secondary::rebasing);
+        if self.secondary.is_none() || self.now_us < self.partition_until_us || rebasing {
             return Ok(());
         }
         for lane in 0..self.net.lanes() {
@@ -448,21 +501,23 @@ impl World {
             self.crash_secondary(true);
             return Ok(());
         }
-        let applied = secondary.applied();
-        if applied < self.reported_applied {
-            return Err(self.violation(format!(
-                "watermark went back from {} to {applied}",
-                self.reported_applied
-            )));
+        let point = secondary.replica_point();
+        if std::env::var("ORDO_SIM_TRACE").is_ok() && (point != self.reported || point.is_none()) {
+            eprintln!("TRACE step {} point {:?} state {:?} history {} allowed {}", self.step, point, secondary.replica_state(), secondary.history(), self.inconsistency_allowed);
         }
-        if applied > self.model.last_closed() {
-            return Err(self.violation(format!("applied {applied} was never closed")));
-        }
-        self.reported_applied = applied;
-        if secondary.is_between_data_sets() && self.checked_applied != Some(applied) {
-            let replicas = secondary.replicas().iter().map(|r| r.contents());
-            self.compare(applied, digest(replicas), "replica")?;
-            self.checked_applied = Some(applied);
+        let between = secondary.is_between_data_sets();
+        let digest = (between && point.is_some() && self.checked != point)
+            .then(|| World::replica_digest(secondary.replicas()));
+        self.check_point(point, digest, "replica")?;
+        if point.is_some() {
+            self.reported = point;
+            // Consistent again, with no consent waiting to be written.
+            if secondary.replica_state() == ReplicaState::Consistent && !secondary.edit_pending() {
+                self.inconsistency_allowed = false;
+            }
+            if digest.is_some() {
+                self.checked = point;
+            }
         }
         // Crashing mid-apply is where an applier can go wrong: check those instants ten
         // times as often.
@@ -473,16 +528,6 @@ impl World {
         };
         if self.rng.random_ratio(rate, 10_000) {
             self.check_recovery_now()?;
-        }
-        Ok(())
-    }
-
-    fn compare(&self, applied: DataSetId, actual: u64, what: &str) -> Result<(), Violation> {
-        let expected = self.model.digest_at(applied).expect("applied was closed");
-        if actual != expected {
-            return Err(self.violation(format!(
-                "{what} at {applied} differs from the primary's image of {applied} (digest {actual:#x}, expected {expected:#x})"
-            )));
         }
         Ok(())
     }
@@ -513,15 +558,8 @@ impl World {
         if let Some(why) = copy.failure() {
             return Err(self.violation(format!("recovered copy stopped: {why}")));
         }
-        let applied = copy.applied();
-        if applied < self.reported_applied {
-            return Err(self.violation(format!(
-                "a crash now recovers to {applied}, older than {} reported",
-                self.reported_applied
-            )));
-        }
-        let replicas = copy.replicas().iter().map(|r| r.contents());
-        self.compare(applied, digest(replicas), "recovered replica")
+        let digest = World::replica_digest(copy.replicas());
+        self.check_point(copy.replica_point(), Some(digest), "replica recovered from a crash now")
     }
 
     fn check_final_image(&self) -> Result<(), Violation> {
