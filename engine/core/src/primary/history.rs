@@ -162,6 +162,19 @@ impl<S: Storage> Primary<S> {
         if now_ms < since + timeout_ms || self.config.replication == Replication::Off {
             return;
         }
+        if !self.link.has_peer() {
+            // No secondary follows this generation: nothing to cut. What the window holds
+            // is dropped (its extents stay marked); a secondary that comes later re-bases
+            // and gets a new generation then (`secondary_rebases`), rather than one per
+            // full window while it is away, which would outgrow the ancestors it is known by.
+            self.retention.ack_range(Seq::NONE, Seq(u64::MAX));
+            self.link.dropped_below(self.next_seq);
+            self.history.released_any = true;
+            self.window_full_since_ms = None;
+            self.release();
+            self.refresh_hello();
+            return;
+        }
         tracing::warn!(
             generation = %self.history.generation,
             timeout_ms,

@@ -51,6 +51,8 @@ pub struct Link {
     /// A secondary's Hello said it re-bases onto our history (it will follow our stream
     /// from seq 1); the primary takes it (`take_rebase_seen`).
     rebase_seen: bool,
+    /// Records below this seq were dropped from the window with no secondary following.
+    dropped_below: Seq,
 }
 
 impl Link {
@@ -78,6 +80,7 @@ impl Link {
             next_timeout_scan_ms: 0,
             stalled: None,
             rebase_seen: false,
+            dropped_below: Seq::NONE,
         }
     }
 
@@ -93,6 +96,17 @@ impl Link {
         self.hello.flags = history.flags;
     }
 
+    /// Every record below `seq` was dropped, staged by no one: a secondary that joins this
+    /// stream must hold them already.
+    pub fn dropped_below(&mut self, seq: Seq) {
+        self.dropped_below = self.dropped_below.max(seq);
+    }
+
+    /// A secondary has answered on this generation (it follows our stream).
+    pub fn has_peer(&self) -> bool {
+        self.peer.is_some()
+    }
+
     pub fn take_rebase_seen(&mut self) -> bool {
         std::mem::take(&mut self.rebase_seen)
     }
@@ -105,6 +119,7 @@ impl Link {
     pub fn resume_at(&mut self, next: Seq) {
         self.next_unsent = next;
         self.resend.clear();
+        self.dropped_below = Seq::NONE;
     }
 
     /// The stream is cut: the secondary's state belongs to the old generation, and every
@@ -244,25 +259,29 @@ impl Link {
         let resume = &hello.resume;
         // Lanes reorder: a Hello built before an Applied frame we already have is stale,
         // and the secondary's watermark is durable, so the newer state stands.
-        if let Some(peer) = self.peer {
-            if peer.journal_id != resume.journal_id {
-                // Another journal follows this history (the secondary re-based onto it
-                // anew). It can go on only if we still hold every record past what it
-                // applied; otherwise what the one before acknowledged is gone from here.
-                let stream_from = retention.front_seq().unwrap_or(self.next_unsent);
-                if resume.applied_seq.next() < stream_from {
-                    // It needs records no longer held: a new generation (whose stream is
-                    // whole) begins, and it re-bases onto that.
-                    tracing::info!(
-                        known = peer.journal_id,
-                        now = resume.journal_id,
-                        "another secondary journal follows this history from a point no longer held here"
-                    );
-                    self.rebase_seen = true;
-                    return Ok(());
-                }
-                self.peer = None;
-            }
+        let same_journal = self
+            .peer
+            .is_some_and(|p| p.journal_id == resume.journal_id);
+        // What we freed, the journal we streamed to staged. Another journal (or one we
+        // do not know, after our restart) can go on only if it holds, staged or applied,
+        // every record we no longer hold.
+        let stream_from = retention
+            .front_seq()
+            .unwrap_or(self.next_unsent)
+            .max(self.dropped_below);
+        if !same_journal && !holds_up_to(resume, stream_from) {
+            // It needs records no longer held: a new generation (whose stream is whole)
+            // begins, and it re-bases onto that.
+            tracing::info!(
+                journal = resume.journal_id,
+                applied = %resume.applied_seq,
+                "a secondary follows this history from a point no longer held here"
+            );
+            self.rebase_seen = true;
+            return Ok(());
+        }
+        if !same_journal {
+            self.peer = None;
         }
         let stale = self
             .peer
@@ -449,4 +468,20 @@ fn send<S: FrameSink + ?Sized>(
         lane,
         at_ms: now_ms,
     });
+}
+
+/// Whether a secondary that says `resume` holds every seq before `from` (applied, or staged
+/// in the ranges it lists).
+fn holds_up_to(resume: &ResumeState, from: Seq) -> bool {
+    let mut next = resume.applied_seq.next();
+    for range in &resume.staged {
+        if next >= from {
+            break;
+        }
+        if range.first > next {
+            return false;
+        }
+        next = next.max(range.last.next());
+    }
+    next >= from
 }

@@ -213,6 +213,17 @@ impl<S: Storage> Secondary<S> {
         self.applier.is_between_data_sets()
     }
 
+    /// Where taking records in order stands: the next seq the cursor takes, and the
+    /// reorder buffer's (a report of a stuck secondary).
+    pub fn cursor_state(&self) -> (Seq, u64, u32, usize) {
+        (
+            self.cursor.next_seq,
+            self.records.next(),
+            self.journal.storage().in_flight(),
+            self.appended.len(),
+        )
+    }
+
     /// The history whose stream this secondary follows (`NONE`: none yet).
     pub fn history(&self) -> GenerationId {
         self.journal.superblock().history

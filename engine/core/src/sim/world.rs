@@ -258,8 +258,9 @@ impl World {
         );
         let secondary = match &self.secondary {
             Some(s) => format!(
-                "secondary: follows {} applied {}, replica {:?} at {:?}, between data sets {}, rebasing {}, journal use {:?}, {:?}",
+                "secondary: follows {} cursor {:?} applied {}, replica {:?} at {:?}, between data sets {}, rebasing {}, journal use {:?}, {:?}",
                 s.history(),
+                s.cursor_state(),
                 s.applied(),
                 s.replica_state(),
                 s.replica_point(),
@@ -502,9 +503,6 @@ impl World {
             return Ok(());
         }
         let point = secondary.replica_point();
-        if std::env::var("ORDO_SIM_TRACE").is_ok() && (point != self.reported || point.is_none()) {
-            eprintln!("TRACE step {} point {:?} state {:?} history {} allowed {}", self.step, point, secondary.replica_state(), secondary.history(), self.inconsistency_allowed);
-        }
         let between = secondary.is_between_data_sets();
         let digest = (between && point.is_some() && self.checked != point)
             .then(|| World::replica_digest(secondary.replicas()));
