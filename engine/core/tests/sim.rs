@@ -79,6 +79,16 @@ fn seeds_replay_identically() {
 }
 
 #[test]
+fn the_checker_catches_a_resync_applied_before_its_end_point() {
+    let (stats, violations) = run(0..300, Some(InjectedBug::EagerResync));
+    assert!(
+        violations.len() >= 10,
+        "a secondary that applies a held resync before its end point was caught only {} times in 300 seeds ({stats})",
+        violations.len()
+    );
+}
+
+#[test]
 fn the_checker_catches_a_broken_applier() {
     let (stats, violations) = run(0..300, Some(InjectedBug::UnflushedWatermark));
     assert!(

@@ -13,6 +13,9 @@ pub enum InjectedBug {
     /// Persist the applied watermark without flushing the replicas first, so a power
     /// loss can leave a replica older than the watermark says.
     UnflushedWatermark,
+    /// Apply a held resync's data sets as they complete, before its end point is
+    /// durable, so the replica stops being the image it claims (its base) mid-resync.
+    EagerResync,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -486,6 +486,7 @@ impl<S: Storage> Secondary<S> {
             return Gate::Closed;
         }
         match self.journal.superblock().replica {
+            ReplicaState::Held if self.config.bug == Some(InjectedBug::EagerResync) => Gate::Open,
             ReplicaState::Held => Gate::Held {
                 end: self.epoch_end,
             },
