@@ -6,7 +6,7 @@
 mod sim;
 
 use clap::{Parser, Subcommand};
-use ordo_daemon::{config, demo, inspect};
+use ordo_daemon::{config, demo, inspect, operate};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,9 @@ enum Command {
     Status(inspect::StatusArgs),
     /// Compare a quiet primary's volumes with the secondary's replicas.
     Verify(inspect::VerifyArgs),
+    /// Decide about a secondary's replica: let a resync that does not fit go on
+    /// inconsistent, or let the next primary overwrite an unrelated history.
+    Resync(operate::ResyncArgs),
     /// Benchmark the write path: ack latency, replication lag, throughput, memory.
     Bench(ordo_bench::BenchCommand),
     /// The secondary process `ordo bench` starts (not for direct use).
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Secondary(options) => ordo_daemon::secondary::run(options),
         Command::Status(args) => inspect::status(&args),
         Command::Verify(args) => inspect::verify(&args),
+        Command::Resync(args) => operate::resync(&args),
         Command::Bench(command) => ordo_bench::run(&command),
         Command::BenchSecondary(args) => ordo_bench::peer::serve(&args),
     };

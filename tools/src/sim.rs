@@ -22,8 +22,12 @@ pub struct SimArgs {
     seed: Option<u64>,
     /// Run with a deliberately broken applier (persists its watermark before the
     /// replicas are durable), to see the checker catch it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "broken_resync")]
     broken_applier: bool,
+    /// Run with a deliberately broken resync (a secondary that applies a held resync's
+    /// data sets before its end point is durable), to see the checker catch it.
+    #[arg(long)]
+    broken_resync: bool,
     /// Print every seed's result, not only failures.
     #[arg(long)]
     verbose: bool,
@@ -40,18 +44,23 @@ pub fn run(args: &SimArgs) -> Result<ExitCode> {
         }
         None => (args.first.parse()?, args.seeds),
     };
-    let bug = args
-        .broken_applier
-        .then_some(InjectedBug::UnflushedWatermark);
+    let bug = if args.broken_applier {
+        Some(InjectedBug::UnflushedWatermark)
+    } else if args.broken_resync {
+        Some(InjectedBug::EagerResync)
+    } else {
+        None
+    };
     let started = Instant::now();
     let mut total = SimStats::default();
     let mut violations = 0u64;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "sim: seeds {first}..{} (broken applier: {})",
+        "sim: seeds {first}..{} (broken applier: {}, broken resync: {})",
         first.wrapping_add(count),
-        args.broken_applier
+        args.broken_applier,
+        args.broken_resync
     )?;
     for seed in (0..count).map(|i| first.wrapping_add(i)) {
         let (stats, result) = run_seed(seed, bug);

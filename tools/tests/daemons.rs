@@ -203,7 +203,7 @@ fn a_full_retention_window_makes_writes_wait_visibly() {
 /// primary meets a secondary holding its earlier history and refuses to stream on top,
 /// naming why, while it keeps serving its own writes.
 #[test]
-fn sigterm_drains_every_write_and_a_restarted_primary_refuses_the_old_history() {
+fn sigterm_drains_every_write_and_a_primary_without_state_is_refused_as_unrelated() {
     let dir = tempfile::tempdir().unwrap();
     let mut pair = Pair::start(dir.path(), "4M", &[]);
     let written = Arc::new(AtomicUsize::new(0));
@@ -248,6 +248,8 @@ fn sigterm_drains_every_write_and_a_restarted_primary_refuses_the_old_history() 
         written.load(Ordering::Relaxed)
     );
 
+    // Without --state-dir the restarted primary begins a history of its own: the
+    // secondary's is not one it descends from, so both refuse, overwriting nothing.
     pair.primary.restart();
     wait_until(
         "the restarted primary names the other history",
@@ -255,8 +257,13 @@ fn sigterm_drains_every_write_and_a_restarted_primary_refuses_the_old_history() 
         || {
             pair.primary.status()["link"]["stalled"]
                 .as_str()
-                .is_some_and(|s| s.contains("history this primary did not write"))
+                .is_some_and(|s| s.contains("not this primary's") && s.contains("nor one it descends from"))
         },
+    );
+    wait_until(
+        "the secondary names it too",
+        Duration::from_secs(10),
+        || pair.secondary.log().contains("nor one it descends from"),
     );
     let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
     assert_eq!(

@@ -17,7 +17,8 @@ use common::{
     write_data, Daemon, Pair, BLOCK, CATCH_UP,
 };
 use ordo_core::protocol::{
-    encode, Frame, GroupId, Hello, ResumeState, Role, VolumeInfo, HEADER_BYTES,
+    encode, Frame, GenerationId, GroupId, Hello, HistoryFlags, ResumeState, Role, VolumeInfo,
+    HEADER_BYTES,
 };
 
 /// SIGKILL the secondary ten times while a client writes at queue depth 1 with periodic
@@ -101,6 +102,9 @@ fn hello_frame(group: u64) -> Vec<u8> {
             size_bytes: 8 << 20,
             block_size: 4096,
         }],
+        generation: GenerationId(0x0dd),
+        ancestors: Vec::new(),
+        flags: HistoryFlags::default(),
         resume: ResumeState::default(),
     };
     let mut frame = Vec::new();

@@ -230,6 +230,15 @@ pub struct PrimaryStatus {
     pub window_full: bool,
     pub primary: ordo_core::primary::PrimaryStats,
     pub service: ServiceStats,
+    /// The history written, what it descends from, and how this primary started.
+    pub generation: ordo_core::protocol::GenerationId,
+    pub ancestors: Vec<ordo_core::protocol::GenerationId>,
+    pub start: ordo_core::primary::Start,
+    pub resync: ordo_core::primary::ResyncStats,
+    /// Extents (1 MiB) the write-intent record marks as possibly differing.
+    pub out_of_sync_extents: u64,
+    /// Since when writes have found the window full, if they do now.
+    pub window_full_since_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -516,6 +525,14 @@ impl<S: Storage> PrimaryService<S> {
                     self.stats.lag_queue_full += 1;
                 }
             }
+            PrimaryEvent::HistoryBegan { generation } => {
+                tracing::warn!(
+                    %generation,
+                    "a new generation begins (the stream was cut); the secondary is resynchronised from the write-intent record when it follows again"
+                );
+                // Data sets count anew in it.
+                self.closed.clear();
+            }
         }
     }
 
@@ -594,6 +611,12 @@ impl<S: Storage> PrimaryService<S> {
             window_full: waiting.is_some(),
             primary: primary.stats(),
             service: self.stats,
+            generation: primary.generation(),
+            ancestors: primary.ancestors().to_vec(),
+            start: primary.start(),
+            resync: primary.resync_stats(),
+            out_of_sync_extents: primary.out_of_sync_extents(),
+            window_full_since_ms: waiting,
         }
     }
 }

@@ -21,7 +21,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::idle::IdlePolicy;
 
 use crate::lane::{FrameReader, Lane, LaneError};
-use ordo_core::protocol::{PeerError, MAX_CONTROL_FRAME_BYTES, RECORD_FRAME_OVERHEAD_BYTES};
+use ordo_core::protocol::{
+    PeerError, PrimaryHistory, MAX_CONTROL_FRAME_BYTES, RECORD_FRAME_OVERHEAD_BYTES,
+};
 use ordo_core::secondary::{Delivered, Inbox, Received, Secondary};
 use ordo_core::storage::Storage;
 
@@ -65,8 +67,13 @@ enum Event {
     Refused { peer: String },
     /// Accepting failed (the listener broke); the node keeps its lanes.
     AcceptError(String),
-    /// The primary's Hello on a lane passed the checks.
-    Hello { index: usize, generation: u64 },
+    /// The primary's Hello on a lane passed the group and volume checks; its history is
+    /// the poller's to decide on.
+    Hello {
+        index: usize,
+        generation: u64,
+        history: PrimaryHistory,
+    },
     /// A lane ended: the peer closed it, sent something wrong, or the poller shut it.
     Ended {
         index: usize,
@@ -123,6 +130,10 @@ pub struct SecondaryNode<S: Storage> {
     acceptor: Acceptor,
     /// When each lane was accepted (for the handshake deadline).
     accepted_ms: Vec<u64>,
+    /// The inbox new receivers are handed (a re-base replaces the secondary's), and the
+    /// version of it the acceptor has. Locked only when a lane starts or the inbox changes.
+    inbox: Arc<Mutex<Arc<Inbox>>>,
+    inbox_version: u64,
     last_error: Option<String>,
     stats: NodeStats,
 }
@@ -153,13 +164,15 @@ impl<S: Storage> SecondaryNode<S> {
         let (freed, freed_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let poller = Arc::new(OnceLock::new());
+        let inbox = Arc::new(Mutex::new(Arc::clone(secondary.inbox())));
+        let inbox_version = secondary.inbox_version();
         let accepting = Accepting {
             listener,
             occupied: vec![false; lanes],
             generations: 0,
             max_frame_bytes: (RECORD_FRAME_OVERHEAD_BYTES + max_write_bytes as usize)
                 .max(MAX_CONTROL_FRAME_BYTES),
-            inbox: Arc::clone(secondary.inbox()),
+            inbox: Arc::clone(&inbox),
             events: events_tx,
             freed: freed_rx,
             stop: Arc::clone(&stop),
@@ -181,6 +194,8 @@ impl<S: Storage> SecondaryNode<S> {
                 thread: Some(thread),
             },
             accepted_ms: vec![0; lanes],
+            inbox,
+            inbox_version,
             last_error: None,
             stats: NodeStats::default(),
         })
@@ -243,6 +258,15 @@ impl<S: Storage> SecondaryNode<S> {
     pub fn poll(&mut self, now_ms: u64) -> bool {
         self.poller.get_or_init(std::thread::current);
         let mut work = self.events(now_ms);
+        if self.secondary.rebasing() {
+            // No lane until the re-base is durable; the primary reconnects.
+            for index in 0..self.lanes.len() {
+                if self.lanes[index].is_some() {
+                    self.drop_lane(index, &LaneError::Rebasing);
+                    work = true;
+                }
+            }
+        }
         for index in 0..self.lanes.len() {
             let Some(slot) = &mut self.lanes[index] else {
                 continue;
@@ -261,6 +285,12 @@ impl<S: Storage> SecondaryNode<S> {
         }
         self.secondary.tick(now_ms);
         work |= self.secondary.poll_storage() > 0;
+        if self.secondary.inbox_version() != self.inbox_version {
+            // Re-based: receivers of lanes accepted from now on fill the new inbox.
+            let mut shared = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            *shared = Arc::clone(self.secondary.inbox());
+            self.inbox_version = self.secondary.inbox_version();
+        }
         work
     }
 
@@ -286,9 +316,17 @@ impl<S: Storage> SecondaryNode<S> {
                     );
                 }
                 Event::AcceptError(error) => self.last_error = Some(error),
-                Event::Hello { index, generation } => {
-                    if self.is_current(index, generation) {
-                        self.secondary.lane_hello(index);
+                Event::Hello {
+                    index,
+                    generation,
+                    history,
+                } => {
+                    if !self.is_current(index, generation) {
+                        continue;
+                    }
+                    if let Err(error) = self.secondary.lane_hello(index, &history) {
+                        tracing::error!("lane {index}: {error}");
+                        self.tell_and_drop(index, &LaneError::Peer(error));
                     }
                 }
                 Event::Ended {
@@ -300,18 +338,24 @@ impl<S: Storage> SecondaryNode<S> {
                         continue; // dropped already
                     }
                     if let LaneError::Peer(PeerError::Mismatch { .. }) = error {
-                        // Tell the primary who we are, so that it names the mismatch too;
-                        // best effort, the lane is dropped either way.
-                        let slot = self.lanes[index].as_mut().expect("current");
-                        let (tx, _) = slot.lane.tx_room();
-                        self.secondary.encode_hello(tx);
-                        let _ = slot.lane.send();
+                        self.tell_and_drop(index, &error);
+                    } else {
+                        self.drop_lane(index, &error);
                     }
-                    self.drop_lane(index, &error);
                 }
             }
         }
         work
+    }
+
+    /// Tells the primary who we are (so that it names the mismatch or the unrelated
+    /// history too; best effort), then drops the lane.
+    fn tell_and_drop(&mut self, index: usize, error: &LaneError) {
+        let slot = self.lanes[index].as_mut().expect("current");
+        let (tx, _) = slot.lane.tx_room();
+        self.secondary.encode_hello(tx);
+        let _ = slot.lane.send();
+        self.drop_lane(index, error);
     }
 
     fn is_current(&self, index: usize, generation: u64) -> bool {
@@ -345,7 +389,7 @@ struct Accepting {
     occupied: Vec<bool>,
     generations: u64,
     max_frame_bytes: usize,
-    inbox: Arc<Inbox>,
+    inbox: Arc<Mutex<Arc<Inbox>>>,
     events: Sender<Event>,
     freed: Receiver<usize>,
     stop: Arc<AtomicBool>,
@@ -394,9 +438,10 @@ impl Accepting {
         // The receiver starts reading only once the poller has been told of its lane, so
         // its events always come after `Connected`.
         let (go, started) = crossbeam_channel::bounded::<()>(1);
+        let inbox = Arc::clone(&self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         let receiving = Receiving {
             reader,
-            inbox: Arc::clone(&self.inbox),
+            inbox,
             events: self.events.clone(),
             poller: Arc::clone(&self.poller),
             index,
@@ -458,25 +503,32 @@ impl Receiving {
         let inbox = &*self.inbox;
         let mut ready = false;
         let error = loop {
-            let mut hello = false;
+            let mut hello = None;
             let mut staged = false;
             let result = self.reader.read_frames(|frame| {
                 match inbox.deliver(frame, ready)? {
-                    Delivered::Hello => {
-                        hello |= !ready;
+                    Delivered::Hello(history) => {
+                        if !ready {
+                            hello = Some(history);
+                        }
                         ready = true;
                     }
                     Delivered::BeforeHello | Delivered::Record(Received::OutOfWindow) => {}
-                    Delivered::Record(_) => staged = true,
+                    Delivered::DigestRequest | Delivered::Record(_) => staged = true,
                 }
                 Ok(())
             });
-            if hello {
+            let woke = hello.is_some() || staged;
+            if let Some(history) = hello {
                 let (index, generation) = (self.index, self.generation);
                 // Unbounded, and at most one Hello and one end per connection.
-                let _ = self.events.send(Event::Hello { index, generation });
+                let _ = self.events.send(Event::Hello {
+                    index,
+                    generation,
+                    history,
+                });
             }
-            if hello || staged {
+            if woke {
                 self.wake();
             }
             if let Err(error) = result {

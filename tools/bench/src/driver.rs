@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use ordo_core::primary::{Primary, PrimaryEvent, SubmitError};
-use ordo_core::protocol::VolumeId;
+use ordo_core::primary::{format_record, record_geometry, Primary, PrimaryEvent, SubmitError};
+use ordo_core::protocol::{GenerationId, VolumeId};
 use ordo_core::storage::{Geometry, MemStorage, Storage, StorageError};
 use ordo_runtime::idle::IdlePolicy;
 use ordo_runtime::primary_node::PrimaryNode;
@@ -121,7 +121,7 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
         }
     };
     let volume_bytes = volume.geometry().size_bytes;
-    let primary = Primary::new(args.engine_config(), vec![volume])?;
+    let primary = new_primary(args, volume)?;
     if args.mode == Mode::LocalOnly {
         return Ok(Pair {
             engine: Engine::Local(Box::new(primary)),
@@ -165,6 +165,17 @@ fn start_pair(args: &BenchArgs) -> Result<Pair> {
     };
     wait_for_lanes(&mut pair, args.lanes)?;
     Ok(pair)
+}
+
+/// The bench's primary on `volume` (new for the run, all zeros) with a write-intent record
+/// in memory: a new history the bench's secondary follows from its start.
+fn new_primary(args: &BenchArgs, volume: Volume) -> Result<Primary<Volume>> {
+    let config = args.engine_config();
+    let infos = ordo_core::storage::describe(&config.volume_names, std::slice::from_ref(&volume));
+    let record = Volume::Mem(MemStorage::new(record_geometry(&infos))?);
+    let generation = GenerationId(u64::from(u32::MAX) + args.seed);
+    let record = format_record(record, &infos, generation, true)?;
+    Ok(Primary::new(config, vec![volume], record, args.seed)?)
 }
 
 /// Set by SIGINT or SIGTERM (handlers installed once, when the first pair starts): every
@@ -518,6 +529,9 @@ impl Run {
                     if let Some(lag) = &mut self.lag {
                         lag.closed(data_set, sync_seq);
                     }
+                }
+                PrimaryEvent::HistoryBegan { .. } => {
+                    bail!("the stream was cut (the window stayed full): the run's lag is not one history's")
                 }
             }
         }

@@ -100,7 +100,9 @@ pub fn serve(args: &PeerArgs) -> Result<ExitCode> {
             (journal, replica)
         }
     };
-    let secondary = Secondary::create(config, 1, journal, vec![replica])?;
+    // The replica is new for the run (memory, or a file the bench created): all zeros, as
+    // the primary's volume, so the pair starts with no initial sync.
+    let secondary = Secondary::create(config, 1, journal, vec![replica], true)?;
     let listener = TcpListener::bind("127.0.0.1:0").context("listening on loopback")?;
     let addr = listener.local_addr()?;
     let mut node = SecondaryNode::new(secondary, listener, args.lanes, args.max_write_bytes)?;

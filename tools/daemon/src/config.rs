@@ -9,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use ordo_core::protocol::MAX_LANES;
 use serde::{Deserialize, Serialize};
 
@@ -86,9 +86,36 @@ pub struct PrimaryOptions {
     /// On SIGTERM, wait this long for the secondary to apply what was written.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
+    /// Directory for the primary's state (its write-intent record and history), so a
+    /// restart resumes replication: after a clean stop with nothing resent, after a crash by
+    /// resynchronising only what may differ. Without it a restart cannot resume.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// When the retention window is full (the secondary is behind or away): `block` makes
+    /// writes wait as long as it takes; `track` makes them wait at most
+    /// --window-full-timeout-ms, then frees the window and records the regions written in
+    /// the write-intent record, resynchronised once the secondary can take them.
+    #[arg(long, value_enum, default_value_t = OnWindowFull::Track)]
+    pub on_window_full: OnWindowFull,
+    /// With --on-window-full track: how long a write may wait for a full window.
+    #[arg(long, default_value_t = 2000)]
+    pub window_full_timeout_ms: u64,
+    /// Bytes per second a resync compares at most (0: no limit).
+    #[arg(long, default_value = "200M")]
+    pub resync_rate: ByteSize,
     #[command(flatten)]
     #[serde(skip)]
     pub spdk: SpdkArgs,
+}
+
+/// What writes do when the primary's retention window is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnWindowFull {
+    /// Wait until the secondary frees room.
+    Block,
+    /// Wait at most the timeout, then track the regions written and resync them later.
+    Track,
 }
 
 /// `ordo secondary`'s flags, also the keys of its `--config` file (a key the file lacks
@@ -244,6 +271,10 @@ pub struct PrimarySettings {
     pub idle: Idle,
     pub max_requests: usize,
     pub drain_timeout_s: u64,
+    pub state_dir: Option<PathBuf>,
+    pub on_window_full: OnWindowFull,
+    pub window_full_timeout_ms: u64,
+    pub resync_rate: ByteSize,
     #[serde(skip)]
     pub pin: Option<usize>,
 }
@@ -281,6 +312,14 @@ impl PrimaryOptions {
             idle: o.idle,
             max_requests: o.max_requests,
             drain_timeout_s: bounded("--drain-timeout-s", o.drain_timeout_s, 86_400)?,
+            state_dir: o.state_dir,
+            on_window_full: o.on_window_full,
+            window_full_timeout_ms: bounded(
+                "--window-full-timeout-ms",
+                o.window_full_timeout_ms,
+                86_400_000,
+            )?,
+            resync_rate: o.resync_rate,
         })
     }
 }

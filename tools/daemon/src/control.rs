@@ -44,6 +44,12 @@ const _: () = assert!(11 * MAX_DIGEST_CHUNKS + (1 << 20) <= MAX_REPLY_BYTES);
 pub enum ControlRequest {
     Status,
     Digest(DigestRequest),
+    /// Secondary: let a held resync go on without a consistent image (for one that does
+    /// not fit the journal window); the replica is inconsistent until its end point.
+    AllowInconsistent,
+    /// Secondary: let the next primary overwrite this replica whatever its history (DRBD's
+    /// `--discard-my-data`); the replica is inconsistent until that resync's end point.
+    DiscardMyData,
 }
 
 /// Per-chunk crc32c checksums of the volumes at the current data set.
@@ -66,12 +72,16 @@ pub struct DigestRange {
 
 /// A reply, tagged `"reply"`: a status or digest (their fields beside the tag, so
 /// `.data_sets.applied` reads as it does in `ordo status --json`), or an error.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum ControlReply {
     /// Boxed: a status is ten times the size of the other replies.
     Status(Box<Status>),
     Digest(Digest),
+    /// An operator's command was taken; what it does, in words.
+    Done {
+        message: String,
+    },
     Error {
         message: String,
     },
@@ -88,6 +98,7 @@ impl ControlReply {
         match self {
             ControlReply::Status(_) => "a status",
             ControlReply::Digest(_) => "a digest",
+            ControlReply::Done { .. } => "a confirmation",
             ControlReply::Error { .. } => "an error",
         }
     }

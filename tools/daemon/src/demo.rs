@@ -12,11 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use ordo_core::primary::{DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent, SubmitError};
-use ordo_core::protocol::{DataSetId, GroupId, VolumeId, MAX_LANES};
+use ordo_core::primary::{
+    format_record, record_geometry, DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent, SubmitError,
+};
+use ordo_core::protocol::{DataSetId, GenerationId, GroupId, VolumeId, MAX_LANES};
 use ordo_core::secondary::journal::required_bytes;
 use ordo_core::secondary::{Secondary, SecondaryConfig};
-use ordo_core::storage::{Geometry, MemStorage, Storage};
+use ordo_core::storage::{describe, Geometry, MemStorage, Storage};
+
+use crate::primary_state::random_u64;
 use ordo_runtime::idle::IdlePolicy;
 use ordo_runtime::primary_node::PrimaryNode;
 use ordo_runtime::secondary_node::{SecondaryNode, SecondaryThread};
@@ -163,7 +167,11 @@ fn new_primary(lanes: usize, geometry: Geometry) -> Result<Primary<MemStorage>> 
         lanes,
         ..PrimaryConfig::default()
     };
-    Ok(Primary::new(config, vec![mem(geometry)?, mem(geometry)?])?)
+    let volumes = vec![mem(geometry)?, mem(geometry)?];
+    let infos = describe(&config.volume_names, &volumes);
+    let record = mem(record_geometry(&infos))?;
+    let record = format_record(record, &infos, GenerationId(random_u64()), true)?;
+    Ok(Primary::new(config, volumes, record, random_u64())?)
 }
 
 fn new_secondary(config: &SecondaryConfig, geometry: Geometry) -> Result<Secondary<MemStorage>> {
@@ -178,6 +186,7 @@ fn new_secondary(config: &SecondaryConfig, geometry: Geometry) -> Result<Seconda
         journal_id,
         journal,
         vec![mem(geometry)?, mem(geometry)?],
+        true,
     )?)
 }
 
@@ -253,7 +262,7 @@ fn turn(node: &mut PrimaryNode<MemStorage>, counts: &mut Counts, clock: Instant)
                 result.context("primary volume flush")?;
                 counts.flushes_done += 1;
             }
-            PrimaryEvent::DataSetClosed { .. } => {}
+            PrimaryEvent::DataSetClosed { .. } | PrimaryEvent::HistoryBegan { .. } => {}
         }
     }
     if let Some(stalled) = node.primary().stalled() {

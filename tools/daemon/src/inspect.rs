@@ -79,6 +79,40 @@ fn write_primary(out: &mut impl Write, p: &PrimaryReport) -> Result<()> {
     if let Some(why) = &p.link.stalled {
         writeln!(out, "STALLED     {why}")?;
     }
+    let h = &p.history;
+    writeln!(
+        out,
+        "history     {} ({}, {} ancestors), {} bytes may differ from the secondary",
+        h.generation,
+        h.started.replace('_', " "),
+        h.ancestors.len(),
+        h.out_of_sync_bytes
+    )?;
+    let r = &p.resync;
+    if r.state != "idle" {
+        let eta = r.eta_s.map_or_else(String::new, |s| format!(", ETA {s} s"));
+        let end = r
+            .end_data_set
+            .map_or_else(String::new, |d| format!(", ends at data set {d}"));
+        writeln!(
+            out,
+            "resync      {}: {:.1}% compared ({} of {} bytes, {} to go) at {} bytes/s{eta}, {} bytes sent{end}",
+            r.state, r.percent, r.bytes_compared, r.bytes_total, r.bytes_to_go, r.rate_bytes_per_s, r.bytes_sent
+        )?;
+    }
+    let w = &p.window_full;
+    writeln!(
+        out,
+        "window full {} (timeout {} ms), {} stream cuts{}",
+        w.mode,
+        w.timeout_ms,
+        w.stream_cuts,
+        if w.full_for_ms > 0 {
+            format!("; FULL for {} ms", w.full_for_ms)
+        } else {
+            String::new()
+        }
+    )?;
     let d = &p.data_sets;
     writeln!(
         out,
@@ -112,6 +146,30 @@ fn write_secondary(out: &mut impl Write, r: &SecondaryReport) -> Result<()> {
     if let Some(failure) = &r.failure {
         writeln!(out, "FAILED      {failure}")?;
     }
+    let replica = &r.replica;
+    let image = replica.image.as_ref().map_or_else(String::new, |i| {
+        if i.generation.is_empty() {
+            " (the all-zero image)".to_string()
+        } else {
+            format!(" (the image of data set {} of {})", i.data_set, i.generation)
+        }
+    });
+    writeln!(
+        out,
+        "replica     {}{image}, follows {}{}{}",
+        replica.state.to_uppercase(),
+        if replica.follows.is_empty() {
+            "no history yet"
+        } else {
+            &replica.follows
+        },
+        if replica.rebasing { "; RE-BASING" } else { "" },
+        if replica.discard_pending {
+            "; the next primary may overwrite it (discard-my-data)"
+        } else {
+            ""
+        }
+    )?;
     let d = &r.data_sets;
     writeln!(out, "data sets   staged {} applied {}", d.staged, d.applied)?;
     writeln!(out, "lag         {} data sets", d.lag_data_sets)?;
@@ -181,10 +239,47 @@ fn first_difference(primary: &Digest, replica: &Digest) -> Result<Option<(String
     Ok(None)
 }
 
+/// A replica verify can compare: consistent, and on the primary's history. Anything else
+/// is said as it is (an initial sync, a held resync) rather than found as a difference.
+fn check_comparable(primary: &Status, secondary: &Status) -> Result<()> {
+    let (Some(p), RoleStatus::Secondary(s)) = (primary.primary(), &secondary.role) else {
+        bail!("--primary must be a primary's control socket and --secondary a secondary's");
+    };
+    let r = &s.replica;
+    match r.state.as_str() {
+        "consistent" => {}
+        "inconsistent" => bail!(
+            "the replica is INCONSISTENT: a resync (an initial sync, or one the operator allowed) is under way and its end point is not applied yet; `ordo status` on the primary shows its progress. Verify once it is done."
+        ),
+        "held" => {
+            let image = r.image.as_ref().map_or_else(String::new, |i| {
+                format!(" (it is still the image of data set {} of {})", i.data_set, i.generation)
+            });
+            bail!(
+                "a resync of the primary's history is held on the secondary{image}: the replica moves to the primary's image once the resync's end point is applied; `ordo status` on the primary shows its progress. Verify once it is done."
+            )
+        }
+        other => bail!(
+            "the secondary's replica is {other}: it has not joined the primary's history yet (is it connected?)"
+        ),
+    }
+    if r.follows != p.history.generation {
+        bail!(
+            "the secondary follows history {} but the primary writes {}: it has not re-based yet (is it connected?)",
+            r.follows,
+            p.history.generation
+        );
+    }
+    Ok(())
+}
+
 pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let status =
         control::status(&args.primary, STATUS_TIMEOUT).context("the status of the primary")?;
+    let secondary = control::status(&args.secondary, STATUS_TIMEOUT)
+        .context("the status of the secondary")?;
+    check_comparable(&status, &secondary)?;
     let whole = DigestRequest {
         chunk_bytes: first_pass_chunk(&status)?,
         range: None,

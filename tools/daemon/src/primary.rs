@@ -10,7 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use ordo_core::primary::{DataSetPolicy, Primary, PrimaryConfig, Replication};
+use ordo_core::primary::resync::EXTENT_BYTES;
+use ordo_core::primary::{
+    DataSetPolicy, Primary, PrimaryConfig, Replication, ResyncPhase, ResyncStats, Start,
+    WindowFull,
+};
 use ordo_core::protocol::{GroupId, VolumeId};
 use ordo_core::storage::Storage;
 use ordo_runtime::primary_node::PrimaryNode;
@@ -18,11 +22,12 @@ use ordo_runtime::primary_service::{
     Frontend, Op, PrimaryService, PrimaryStatus, ReplyTo, Request,
 };
 
-use crate::config::{print_banner, PrimaryOptions, PrimarySettings};
+use crate::config::{print_banner, OnWindowFull, PrimaryOptions, PrimarySettings};
+use crate::primary_state::{self, created_now, random_u64};
 use crate::nbd_export::{Exports, NbdVolume};
 use crate::report::{
-    Digest, Link, PrimaryCounters, PrimaryDataSets, PrimaryLink, PrimaryReport, RoleStatus, Status,
-    Usage, VolumeReport, Writes,
+    Digest, Link, PrimaryCounters, PrimaryDataSets, PrimaryHistory, PrimaryLink, PrimaryReport,
+    ResyncReport, RoleStatus, Status, Usage, VolumeReport, WindowFullReport, Writes,
 };
 use ordo_runtime::idle::{IdlePolicy, Round};
 
@@ -76,6 +81,10 @@ struct Serving {
     next_watch: u64,
     /// Draining, until this time (ms).
     drain_deadline: Option<u64>,
+    /// Drained: the write-intent transaction that records the clean stop.
+    clean_stop: Option<u64>,
+    /// Holds the state directory while the primary runs.
+    _lock: Option<std::fs::File>,
     /// What the process exits with once the poller is done: 3 if the drain timed out.
     exit_code: ExitCode,
 }
@@ -87,6 +96,7 @@ impl Serving {
         sender_core: Option<usize>,
         terminate: Arc<AtomicBool>,
     ) -> Result<Serving> {
+        let created: Vec<bool> = settings.volume.iter().map(created_now).collect();
         let mut volumes = Vec::with_capacity(settings.volume.len());
         for spec in &settings.volume {
             let volume = Volume::open(spec, settings.block_size)
@@ -96,7 +106,27 @@ impl Serving {
         }
         let (reports, max_io) = describe_volumes(&settings.volume, &volumes);
         let config = primary_config(&settings);
-        let primary = Primary::new(config.clone(), volumes).context("primary configuration")?;
+        let infos = ordo_core::storage::describe(&config.volume_names, &volumes);
+        let state = primary_state::open_or_create(
+            settings.state_dir.as_deref(),
+            &settings.volume,
+            &created,
+            &infos,
+        )?;
+        let primary = Primary::new(config.clone(), volumes, state.record, random_u64())
+            .context("primary configuration")?;
+        match primary.start() {
+            Start::Resumed { data_set } => tracing::info!(
+                "resuming history {} after a clean stop at {data_set}: nothing to resend or resynchronise",
+                primary.generation()
+            ),
+            Start::NewGeneration { extents_to_resync } => tracing::info!(
+                "history {} begins (descending from {:?}); {} MiB may differ from the secondary and are compared when it follows",
+                primary.generation(),
+                primary.ancestors().first(),
+                extents_to_resync
+            ),
+        }
         let node =
             PrimaryNode::with_sender_core(primary, settings.connect, settings.lanes, sender_core)
                 .context("starting the lane connector and sender")?;
@@ -129,6 +159,8 @@ impl Serving {
             watch: Watch::default(),
             next_watch: 0,
             drain_deadline: None,
+            clean_stop: None,
+            _lock: state.lock,
             exit_code: ExitCode::SUCCESS,
         })
     }
@@ -166,14 +198,29 @@ impl Serving {
         did
     }
 
-    /// Draining: until the secondary applied the last data set, or the deadline.
+    /// Draining: until the secondary applied the last data set (then the clean stop is
+    /// recorded, so the next start resumes with nothing to resend), or the deadline.
     fn drain(&mut self, now: u64, deadline: u64) -> Round {
         let did = self.poll_io(now);
-        let applied = self.service.node().primary().peer_applied();
         let target = self.service.drained();
+        let primary = self.service.node().primary();
+        if let Some(txn) = self.clean_stop {
+            if primary.intent_durable(txn) {
+                tracing::info!("clean stop recorded; exiting");
+                return Round::Done;
+            }
+            return did.into();
+        }
+        let applied = primary.peer_applied();
         if target.is_some_and(|target| applied >= target) {
-            tracing::info!("drained: the secondary applied {applied}; exiting");
-            return Round::Done;
+            match primary.record_clean_stop() {
+                Ok(txn) => {
+                    tracing::info!("drained: the secondary applied {applied}; recording the clean stop");
+                    self.clean_stop = Some(txn);
+                    return Round::Busy;
+                }
+                Err(why) => tracing::debug!("not yet a clean stop: {why}"),
+            }
         }
         if now >= deadline {
             tracing::warn!(
@@ -256,6 +303,13 @@ fn primary_config(settings: &PrimarySettings) -> PrimaryConfig {
         retransmit_ms: settings.retransmit_ms,
         max_pending_flushes: settings.max_requests,
         replication: Replication::Pipelined,
+        on_window_full: match settings.on_window_full {
+            OnWindowFull::Block => WindowFull::Block,
+            OnWindowFull::Track => WindowFull::Track {
+                timeout_ms: settings.window_full_timeout_ms,
+            },
+        },
+        resync_rate_bytes: settings.resync_rate.0,
     }
 }
 
@@ -303,6 +357,27 @@ fn status_report(
             },
             stalled: s.stalled.clone(),
         },
+        history: PrimaryHistory {
+            generation: s.generation.to_string(),
+            ancestors: s.ancestors.iter().map(ToString::to_string).collect(),
+            started: match s.start {
+                Start::Resumed { .. } => "resumed".into(),
+                Start::NewGeneration { .. } => "new_generation".into(),
+            },
+            out_of_sync_bytes: s.out_of_sync_extents * EXTENT_BYTES,
+        },
+        window_full: WindowFullReport {
+            mode: match settings.on_window_full {
+                OnWindowFull::Block => "block".into(),
+                OnWindowFull::Track => "track".into(),
+            },
+            timeout_ms: settings.window_full_timeout_ms,
+            full_for_ms: s
+                .window_full_since_ms
+                .map_or(0, |since| now_ms.saturating_sub(since)),
+            stream_cuts: s.primary.stream_cuts,
+        },
+        resync: resync_report(&s.resync, now_ms),
         data_sets: PrimaryDataSets {
             last_closed: s.last_closed.0,
             last_sent: s.last_sent.0,
@@ -349,6 +424,35 @@ fn status_report(
     }
 }
 
+fn resync_report(r: &ResyncStats, now_ms: u64) -> ResyncReport {
+    let (state, end) = match r.phase {
+        ResyncPhase::Idle => ("idle", None),
+        ResyncPhase::Scanning => ("comparing", None),
+        ResyncPhase::Ending { end } => ("ending", Some(end.0)),
+        ResyncPhase::Done { end } => ("done", Some(end.0)),
+    };
+    let to_go = r.bytes_total.saturating_sub(r.bytes_compared);
+    let until = if r.ended_ms > 0 { r.ended_ms } else { now_ms };
+    let elapsed_ms = until.saturating_sub(r.started_ms).max(1);
+    let rate = r.bytes_compared.saturating_mul(1000) / elapsed_ms;
+    let comparing = r.phase == ResyncPhase::Scanning;
+    ResyncReport {
+        state: state.into(),
+        bytes_total: r.bytes_total,
+        bytes_compared: r.bytes_compared,
+        bytes_to_go: to_go,
+        bytes_sent: r.bytes_sent,
+        percent: if r.bytes_total == 0 {
+            100.0
+        } else {
+            100.0 * r.bytes_compared as f64 / r.bytes_total as f64
+        },
+        rate_bytes_per_s: rate,
+        eta_s: (comparing && rate > 0).then(|| to_go / rate),
+        end_data_set: end,
+    }
+}
+
 fn control_reply(
     request: ControlRequest,
     asks: &Sender<StatusAsk>,
@@ -358,6 +462,9 @@ fn control_reply(
 ) -> ControlReply {
     match request {
         ControlRequest::Status => status_reply(asks),
+        ControlRequest::AllowInconsistent | ControlRequest::DiscardMyData => ControlReply::error(
+            "that is a command for the secondary (its replica): send it to the secondary's control socket",
+        ),
         ControlRequest::Digest(request) => {
             match primary_digest(&request, asks, frontend, volumes, max_io) {
                 Ok(digest) => ControlReply::Digest(digest),

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A daemon's status: its role's part (tagged `"role"`), then what both roles say.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     #[serde(flatten)]
     pub role: RoleStatus,
@@ -16,7 +16,7 @@ pub struct Status {
     pub volumes: Vec<VolumeReport>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "role", rename_all = "snake_case")]
 pub enum RoleStatus {
     Primary(PrimaryReport),
@@ -41,26 +41,107 @@ impl Status {
 }
 
 /// What a primary says of itself.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PrimaryReport {
     pub link: PrimaryLink,
+    pub history: PrimaryHistory,
     pub data_sets: PrimaryDataSets,
     /// The retention window: stream bytes held for the secondary.
     pub retention: Usage,
+    pub window_full: WindowFullReport,
+    pub resync: ResyncReport,
     pub writes: Writes,
     pub counters: PrimaryCounters,
+}
+
+/// The history a primary writes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrimaryHistory {
+    /// Its generation id (16 hex digits), and those it descends from, newest first.
+    pub generation: String,
+    pub ancestors: Vec<String>,
+    /// How this primary started: `resumed` (a clean stop before: the same history goes
+    /// on) or `new_generation` (a crash or an undrained stop before: what may differ is
+    /// resynchronised).
+    pub started: String,
+    /// Bytes the write-intent record marks as possibly differing from the secondary (1 MiB
+    /// extents).
+    pub out_of_sync_bytes: u64,
+}
+
+/// What writes do when the retention window is full, and whether they do now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WindowFullReport {
+    /// `block` or `track`.
+    pub mode: String,
+    /// With `track`: how long a write may wait before the stream is cut.
+    pub timeout_ms: u64,
+    /// How long writes have found the window full now (0: not full).
+    pub full_for_ms: u64,
+    /// Times the stream was cut (each began a new generation, resynchronised later).
+    pub stream_cuts: u64,
+}
+
+/// Where the resync of the current history stands (see `ordo-core`'s `primary::resync`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResyncReport {
+    /// `idle` (none needed, or no secondary re-based yet), `comparing`, `ending` (every
+    /// extent compared; the secondary applies up to `end_data_set`), or `done`.
+    pub state: String,
+    /// Bytes that may differ when it began, compared so far, still to compare, and sent
+    /// because they differed.
+    pub bytes_total: u64,
+    pub bytes_compared: u64,
+    pub bytes_to_go: u64,
+    pub bytes_sent: u64,
+    pub percent: f64,
+    /// Bytes compared per second since it began, and the time left at that rate.
+    pub rate_bytes_per_s: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eta_s: Option<u64>,
+    /// The data set that ends it: once the secondary applied it, its replica is the
+    /// primary's image again.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub end_data_set: Option<u64>,
 }
 
 /// What a secondary says of itself.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SecondaryReport {
     pub link: Link,
+    pub replica: ReplicaReport,
     pub data_sets: SecondaryDataSets,
     pub journal: Usage,
     /// Why the secondary stopped making progress (a failed replica or journal).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub failure: Option<String>,
     pub counters: SecondaryCounters,
+}
+
+/// What the secondary's replica holds, and the history it follows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaReport {
+    /// `consistent` (the image of `image`), `held` (a resync is staged and held back: the
+    /// replica stays the image of `image` until its end point is complete), `inconsistent`
+    /// (the image of no data set until the resync's end point: an initial sync, or one the
+    /// operator allowed), or `fresh` (no history yet).
+    pub state: String,
+    /// The history and data set the replica is the image of, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image: Option<ReplicaImage>,
+    /// The history whose stream it follows (16 hex digits; empty when fresh).
+    pub follows: String,
+    /// A re-base onto the primary's history is under way (lanes wait for it).
+    pub rebasing: bool,
+    /// The operator allowed any history to overwrite it at the next handshake.
+    pub discard_pending: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaImage {
+    /// The history (16 hex digits, or empty for the all-zero image) and its data set.
+    pub generation: String,
+    pub data_set: u64,
 }
 
 /// The lanes between the two daemons.

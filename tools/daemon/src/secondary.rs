@@ -6,7 +6,6 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,15 +13,15 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use ordo_core::protocol::{GroupId, VolumeId};
+use ordo_core::protocol::{GenerationId, GroupId, VolumeId};
 use ordo_core::secondary::journal::{record_bytes, required_bytes};
-use ordo_core::secondary::{Secondary, SecondaryConfig};
+use ordo_core::secondary::{ReplicaState, Secondary, SecondaryConfig};
 use ordo_core::storage::{read_blocking, Storage};
 use ordo_runtime::secondary_node::SecondaryNode;
 
 use crate::config::{print_banner, SecondaryOptions, SecondarySettings};
 use crate::report::{
-    Digest, Link, RoleStatus, SecondaryCounters, SecondaryDataSets, SecondaryReport, Status, Usage,
+    Digest, Link, ReplicaImage, ReplicaReport, RoleStatus, SecondaryCounters, SecondaryDataSets, SecondaryReport, Status, Usage,
     VolumeReport,
 };
 use ordo_runtime::idle::Round;
@@ -31,8 +30,9 @@ use crate::control::{self, ControlReply, ControlRequest, DigestRequest};
 use crate::runner::{self, Rounds, Runtime};
 use crate::shared::{
     describe_volumes, digest, digest_plan, init_logging, status_channel, status_reply,
-    termination_flag, StatusAsk,
+    termination_flag, StatusAsk, lock_state_dir, sync_dir,
 };
+use crate::primary_state::created_now;
 use crate::volume::{Backend, Volume};
 
 /// How often the poller looks for a failure to log.
@@ -54,7 +54,7 @@ pub fn run(options: SecondaryOptions) -> Result<ExitCode> {
     // than failing on SPDK's core locks or a device the first one holds.
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
-    let lock = lock_state_dir(&settings.state_dir)?;
+    let lock = lock_state_dir(&settings.state_dir, "secondary")?;
     let runtime = Runtime::start(
         &spdk,
         "ordo_secondary",
@@ -178,6 +178,8 @@ impl Rounds for Receiving {
 struct Control {
     asks: Receiver<StatusAsk>,
     jobs: Receiver<DigestJob>,
+    /// The operator's commands (`ordo resync`), answered by the poller.
+    commands: Receiver<(ControlRequest, Sender<ControlReply>)>,
     /// The digest being taken, and since when (it waits for a pause between data sets).
     digest: Option<(DigestJob, u64)>,
     volumes: Vec<VolumeReport>,
@@ -190,6 +192,7 @@ impl Control {
     fn close(&mut self) {
         self.asks = crossbeam_channel::never();
         self.jobs = crossbeam_channel::never();
+        self.commands = crossbeam_channel::never();
         self.digest = None;
     }
 
@@ -198,8 +201,18 @@ impl Control {
         let (volumes, max_io) = describe_volumes(&settings.volume, secondary.replicas());
         let (ask_sender, asks) = status_channel();
         let (job_sender, jobs) = crossbeam_channel::bounded::<DigestJob>(4);
+        let (command_sender, commands) = crossbeam_channel::bounded(4);
         let handler = move |request| match request {
             ControlRequest::Status => status_reply(&ask_sender),
+            command @ (ControlRequest::AllowInconsistent | ControlRequest::DiscardMyData) => {
+                let (reply, answer) = crossbeam_channel::bounded(1);
+                match command_sender.try_send((command, reply)) {
+                    Ok(()) => answer
+                        .recv()
+                        .unwrap_or_else(|_| ControlReply::error("the secondary is shutting down")),
+                    Err(_) => ControlReply::error("too many commands at once, or shutting down"),
+                }
+            }
             ControlRequest::Digest(request) => {
                 let (reply, answer) = crossbeam_channel::bounded(1);
                 let shutting_down = || ControlReply::error("the secondary is shutting down");
@@ -214,6 +227,7 @@ impl Control {
         Ok(Control {
             asks,
             jobs,
+            commands,
             digest: None,
             volumes,
             max_io,
@@ -245,7 +259,36 @@ impl Control {
             let _ = reply.try_send(status_report(node, now, settings, &self.volumes));
             did = true;
         }
+        while let Ok((command, reply)) = self.commands.try_recv() {
+            let _ = reply.try_send(operator_command(node.secondary_mut(), &command));
+            did = true;
+        }
         did
+    }
+}
+
+/// What `ordo resync` asks of the secondary.
+fn operator_command(secondary: &mut Secondary<Volume>, command: &ControlRequest) -> ControlReply {
+    match command {
+        ControlRequest::AllowInconsistent => match secondary.allow_inconsistent() {
+            Ok(()) => {
+                tracing::warn!("the operator lets the held resync go on without a consistent image: the replica is INCONSISTENT until its end point");
+                ControlReply::Done {
+                    message: "the held resync goes on without a consistent image: the replica is inconsistent until its end point is applied".into(),
+                }
+            }
+            Err(why) => ControlReply::error(why),
+        },
+        ControlRequest::DiscardMyData => {
+            secondary.discard_history();
+            tracing::warn!("the operator lets the next primary overwrite this replica whatever its history");
+            ControlReply::Done {
+                message: "the next primary to connect overwrites this replica whatever its history (a full resync; the replica is inconsistent until it ends)".into(),
+            }
+        }
+        ControlRequest::Status | ControlRequest::Digest(_) => {
+            unreachable!("status and digests are not commands")
+        }
     }
 }
 
@@ -277,6 +320,7 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
     if existing {
         check_replicas_survived(settings)?;
     }
+    let zeroed = settings.volume.iter().all(created_now);
     let replicas = open_replicas(settings)?;
     if existing {
         let journal = Volume::open_file(&path, None, settings.block_size, record_io)
@@ -304,7 +348,7 @@ fn open_or_create(settings: &SecondarySettings) -> Result<Secondary<Volume>> {
     let journal = Volume::open_file(&fresh, Some(size), settings.block_size, record_io)
         .with_context(|| format!("creating journal {}", fresh.display()))?;
     let journal_id = RandomState::new().build_hasher().finish() | 1;
-    let secondary = Secondary::create(config, journal_id, journal, replicas)
+    let secondary = Secondary::create(config, journal_id, journal, replicas, zeroed)
         .context("formatting the journal")?;
     std::fs::rename(&fresh, &path).context("naming the new journal")?;
     sync_dir(&settings.state_dir)?;
@@ -368,9 +412,10 @@ fn open_or_create_on_bdev(
         "journal bdev {bdev} has {size} bytes, fewer than the {needed} a {}-byte window needs",
         config.window_bytes
     );
+    let zeroed = settings.volume.iter().all(created_now);
     let replicas = open_replicas(settings)?;
     let journal_id = RandomState::new().build_hasher().finish() | 1;
-    let secondary = Secondary::create(config, journal_id, journal, replicas)
+    let secondary = Secondary::create(config, journal_id, journal, replicas, zeroed)
         .with_context(|| format!("formatting journal bdev {bdev}"))?;
     tracing::info!("formatted journal bdev {bdev} ({size} bytes, id {journal_id:#x})");
     Ok(secondary)
@@ -401,33 +446,6 @@ fn check_replicas_survived(settings: &SecondarySettings) -> Result<()> {
     Ok(())
 }
 
-/// Locks the state directory for this process (released when the returned file is
-/// dropped, or the process dies): two secondaries on one journal would corrupt it.
-fn lock_state_dir(dir: &Path) -> Result<std::fs::File> {
-    let path = dir.join("lock");
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "another ordo secondary is running on state directory {}",
-            dir.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
-        }
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
 
 /// Digests the replicas if the secondary is between data sets with nothing in flight on
 /// them; `None` to try again on a later round.
@@ -471,6 +489,37 @@ fn try_digest(
     Some(result)
 }
 
+fn replica_report(secondary: &Secondary<Volume>) -> ReplicaReport {
+    let fresh = secondary.history() == GenerationId::NONE;
+    let state = match secondary.replica_state() {
+        _ if fresh => "fresh",
+        ReplicaState::Consistent => "consistent",
+        ReplicaState::Held => "held",
+        ReplicaState::Inconsistent => "inconsistent",
+    };
+    let image = secondary
+        .replica_point()
+        .map(|(generation, data_set)| ReplicaImage {
+            generation: if generation == GenerationId::NONE {
+                String::new()
+            } else {
+                generation.to_string()
+            },
+            data_set: data_set.0,
+        });
+    ReplicaReport {
+        state: state.into(),
+        image,
+        follows: if fresh {
+            String::new()
+        } else {
+            secondary.history().to_string()
+        },
+        rebasing: secondary.rebasing(),
+        discard_pending: secondary.discard_pending(),
+    }
+}
+
 fn status_report(
     node: &SecondaryNode<Volume>,
     now_ms: u64,
@@ -490,6 +539,7 @@ fn status_report(
             lanes_dropped: node_stats.lanes_dropped,
             last_error: node.last_error().map(str::to_string),
         },
+        replica: replica_report(secondary),
         data_sets: SecondaryDataSets {
             staged,
             applied,

@@ -5,7 +5,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::control::{ControlReply, DigestRange, DigestRequest, MAX_DIGEST_CHUNKS};
@@ -191,4 +193,32 @@ pub fn digest(
         chunk_bytes,
         volumes: digests,
     })
+}
+
+/// Locks the state directory for this process (released when the returned file is
+/// dropped, or the process dies): two secondaries on one journal would corrupt it.
+pub fn lock_state_dir(dir: &Path, role: &str) -> Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another ordo {role} is running on state directory {}",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }

@@ -38,6 +38,15 @@ pub enum Start {
     NewGeneration { extents_to_resync: u64 },
 }
 
+impl Default for Start {
+    /// A new history with nothing to resynchronise (a fresh record).
+    fn default() -> Self {
+        Start::NewGeneration {
+            extents_to_resync: 0,
+        }
+    }
+}
+
 impl<S: Storage> Primary<S> {
     /// Where the history stands as `intent` recorded it: resumes a clean stop, or begins a
     /// new generation (descending from the one there) after a crash. Marks the record
@@ -277,6 +286,11 @@ impl<S: Storage> Primary<S> {
         self.history.generation
     }
 
+    /// The generations this one descends from, newest first.
+    pub fn ancestors(&self) -> &[GenerationId] {
+        &self.history.ancestors
+    }
+
     /// The volumes and the write-intent record's storage, as they stand (what a crash
     /// leaves, in the simulator).
     pub fn into_storages(self) -> (Vec<S>, S) {
@@ -401,6 +415,12 @@ impl<S: Storage> Primary<S> {
             }
         }
     }
+}
+
+/// The geometry of a storage that holds a write-intent record for `volumes` (4 KiB blocks).
+pub fn record_geometry(volumes: &[VolumeInfo]) -> crate::storage::Geometry {
+    let size = super::intent::required_bytes(volumes).next_multiple_of(4096);
+    crate::storage::Geometry::new(size, 4096).expect("a record's size is whole 4 KiB blocks")
 }
 
 /// Formats a write-intent record for a new history `generation` on `storage`: nothing

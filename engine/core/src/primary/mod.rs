@@ -23,7 +23,7 @@ use thiserror::Error;
 pub use crate::protocol::PeerError;
 pub use config::{ConfigError, DataSetPolicy, PrimaryConfig, Replication, WindowFull};
 use history::History;
-pub use history::{format_record, Start};
+pub use history::{format_record, record_geometry, Start};
 use intent::WriteIntent;
 use link::Link;
 use resync::Resync;

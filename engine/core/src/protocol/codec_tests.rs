@@ -24,6 +24,22 @@ fn reseal(buf: &mut [u8]) {
     buf[CRC_OFFSET..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Flags from their bits, one per field in declaration order (independent of the codec's
+/// own constants: the wire layout is checked against these by the round trips).
+fn flags(bits: u8) -> HistoryFlags {
+    let bit = |n: u8| bits & (1 << n) != 0;
+    HistoryFlags {
+        genesis_stream: bit(0),
+        genesis_bits: bit(1),
+        replica_zeroed: bit(2),
+        discard: bit(3),
+        inconsistent: bit(4),
+        held: bit(5),
+        resync_all: bit(6),
+        resync_from_zero: bit(7),
+    }
+}
+
 fn samples() -> Vec<Frame<'static>> {
     let volume = |name: &str| VolumeInfo {
         name: name.into(),
@@ -53,6 +69,7 @@ fn samples() -> Vec<Frame<'static>> {
         first_seq: seq,
         write_count: 5,
         stream_offset,
+        ends_resync: false,
     };
     vec![
         Frame::Hello(Hello {
@@ -60,6 +77,13 @@ fn samples() -> Vec<Frame<'static>> {
             group: GroupId(7),
             max_write_bytes: 1 << 20,
             volumes,
+            generation: GenerationId(0x0123_4567_89AB_CDEF),
+            ancestors: vec![],
+            flags: HistoryFlags {
+                held: true,
+                resync_from_zero: true,
+                ..HistoryFlags::default()
+            },
             resume,
         }),
         Frame::Hello(Hello {
@@ -67,6 +91,9 @@ fn samples() -> Vec<Frame<'static>> {
             group: GroupId(7),
             max_write_bytes: 4096,
             volumes: vec![],
+            generation: GenerationId(9),
+            ancestors: vec![],
+            flags: HistoryFlags::default(),
             resume: Default::default(),
         }),
         Frame::Write(write),
@@ -102,7 +129,68 @@ fn samples() -> Vec<Frame<'static>> {
             unmap: false,
             stream_offset: stream_offset + 4096,
         }),
+        // From here on, the frames of histories (protocol version 3).
+        Frame::Hello(Hello {
+            role: Role::Primary,
+            group: GroupId(7),
+            max_write_bytes: 1 << 20,
+            volumes: vec![volume("vol-a")],
+            generation: GenerationId(u64::MAX),
+            ancestors: (1..=MAX_ANCESTORS as u64).map(GenerationId).collect(),
+            flags: flags(u8::MAX),
+            resume: Default::default(),
+        }),
+        // The end point of a resync that sent nothing: an empty data set.
+        Frame::Sync(SyncFrame {
+            seq: Seq(47),
+            data_set: DataSetId(5),
+            first_seq: Seq(47),
+            write_count: 0,
+            stream_offset: stream_offset + 8192,
+            ends_resync: true,
+        }),
+        Frame::DigestRequest(DigestRequestFrame {
+            id: 11,
+            volume: VolumeId(1),
+            offset: 1 << 20,
+            len: 1 << 20,
+        }),
+        Frame::Digests(DigestsFrame {
+            id: 11,
+            volume: VolumeId(1),
+            offset: 1 << 20,
+            len: 3 * 4096,
+            digests: vec![0, u64::MAX, 0x5EED],
+        }),
+        Frame::Digests(DigestsFrame {
+            id: u64::MAX,
+            volume: VolumeId(u16::MAX),
+            offset: 0,
+            len: 0,
+            digests: vec![],
+        }),
     ]
+}
+
+#[test]
+fn every_flag_is_its_own_bit_on_the_wire() {
+    for n in 0..8 {
+        let frame = Frame::Hello(Hello {
+            role: Role::Secondary,
+            group: GroupId(1),
+            max_write_bytes: 4096,
+            volumes: vec![],
+            generation: GenerationId(1),
+            ancestors: vec![],
+            flags: flags(1 << n),
+            resume: Default::default(),
+        });
+        let buf = encoded(&frame);
+        // The flags field: the fourth u16 after role, padding, largest write and group.
+        let at = HEADER_BYTES + 16 + 6;
+        assert_eq!(buf[at..at + 2], (1u16 << n).to_le_bytes(), "flag {n}");
+        check_round_trip(&frame);
+    }
 }
 
 fn check_round_trip(frame: &Frame<'_>) {
@@ -192,11 +280,14 @@ fn corrupt_body_is_a_crc_mismatch() {
 fn bad_fields_give_typed_errors() {
     let samples = samples();
     let [hello, write, sync, ack, applied, zero] = [0, 2, 4, 5, 7, 8].map(|i| encoded(&samples[i]));
+    let [primary_hello, ends_resync, request, digests] = [10, 11, 12, 13].map(|i| encoded(&samples[i]));
     let name_at = HEADER_BYTES + HELLO_FIXED_BYTES + 16;
     let cases: &[(&[u8], usize, &[u8], &str)] = &[
         (&applied, 0, &[0; 4], "bad magic 0x00000000"),
         (&applied, 4, &[1], "unsupported protocol version 1"),
-        (&applied, 4, &[3], "unsupported protocol version 3"),
+        (&applied, 4, &[2], "unsupported protocol version 2"),
+        (&applied, 4, &[4], "unsupported protocol version 4"),
+        (&applied, 5, &[10], "unknown frame kind 10"),
         (&applied, 5, &[0], "unknown frame kind 0"),
         (&applied, 6, &[1], "non-zero reserved header field"),
         (&sync, 8, &[41], "body length 41 invalid for frame kind 3"),
@@ -204,7 +295,29 @@ fn bad_fields_give_typed_errors() {
         (&hello, 16, &[3], "unknown role in hello"),
         (&hello, 17, &[1], "non-zero padding in hello"),
         (&hello, 32, &[65], "too many volumes in hello"),
-        (&hello, 32, &[1], "body length 192 invalid for frame kind 1"),
+        (&hello, 32, &[1], "body length 200 invalid for frame kind 1"),
+        // Counts of ranges and ancestors, then the flags.
+        (&hello, 34, &[129], "too many seq ranges in hello"),
+        (&hello, 36, &[17], "too many ancestors in hello"),
+        (&hello, 36, &[1], "body length 200 invalid for frame kind 1"),
+        (&primary_hello, 36, &[15], "body length 248 invalid for frame kind 1"),
+        (&hello, 38, &[0, 1], "unknown flags in hello"),
+        (&primary_hello, 39, &[0x80], "unknown flags in hello"),
+        (&ends_resync, 8, &[41], "body length 41 invalid for frame kind 7"),
+        (
+            &ends_resync,
+            16,
+            &[48],
+            "sync seq is not first_seq + write_count",
+        ),
+        (&request, 8, &[25], "body length 25 invalid for frame kind 8"),
+        (&request, 8, &[23], "body length 23 invalid for frame kind 8"),
+        (&request, 18, &[1], "non-zero padding in digest request"),
+        (&digests, 18, &[1, 1], "too many digests"),
+        (&digests, 18, &[2], "body length 48 invalid for frame kind 9"),
+        (&digests, 18, &[4], "body length 48 invalid for frame kind 9"),
+        (&digests, 8, &[0x19, 8], "body length 2073 invalid for frame kind 9"),
+        (&digests, 8, &[23], "body length 23 invalid for frame kind 9"),
         (
             &hello,
             name_at - 4,
@@ -266,8 +379,15 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
     });
     let resume = (any::<[u64; 5]>(), vec(arb_range(), 0..=MAX_ACK_RANGES));
     let ids = (any::<u64>(), any::<u32>());
-    (role, ids, volumes, resume).prop_map(|(role, (group, max_write_bytes), volumes, resume)| {
+    let history = (
+        any::<u64>(),
+        vec(any::<u64>(), 0..=MAX_ANCESTORS),
+        any::<u8>(),
+    );
+    let parts = (role, ids, volumes, resume, history);
+    parts.prop_map(|(role, (group, max_write_bytes), volumes, resume, history)| {
         let ([data_set, seq, stream_end, window_bytes, journal_id], staged) = resume;
+        let (generation, ancestors, bits) = history;
         let resume = ResumeState {
             applied_data_set: DataSetId(data_set),
             applied_seq: Seq(seq),
@@ -281,6 +401,9 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
             group: GroupId(group),
             max_write_bytes,
             volumes,
+            generation: GenerationId(generation),
+            ancestors: ancestors.into_iter().map(GenerationId).collect(),
+            flags: flags(bits),
             resume,
         }
     })
@@ -289,14 +412,38 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
 /// Frames that own their contents: every kind but `Write`.
 fn arb_owned_frame() -> impl Strategy<Value = Frame<'static>> {
     let first_and_count = any::<u64>().prop_flat_map(|first| (Just(first), 0..=u64::MAX - first));
-    let sync =
-        (first_and_count, any::<[u64; 2]>()).prop_map(|((first, count), [data_set, end])| {
+    let sync = (first_and_count, any::<[u64; 2]>(), any::<bool>()).prop_map(
+        |((first, count), [data_set, end], ends_resync)| {
             Frame::Sync(SyncFrame {
                 seq: Seq(first + count),
                 data_set: DataSetId(data_set),
                 first_seq: Seq(first),
                 write_count: count,
                 stream_offset: end,
+                ends_resync,
+            })
+        },
+    );
+    let request = (any::<(u64, u16, u32)>(), any::<u64>()).prop_map(|((id, volume, len), offset)| {
+        Frame::DigestRequest(DigestRequestFrame {
+            id,
+            volume: VolumeId(volume),
+            offset,
+            len,
+        })
+    });
+    let digests = (
+        any::<(u64, u16, u32)>(),
+        any::<u64>(),
+        vec(any::<u64>(), 0..=MAX_DIGESTS),
+    )
+        .prop_map(|((id, volume, len), offset, digests)| {
+            Frame::Digests(DigestsFrame {
+                id,
+                volume: VolumeId(volume),
+                offset,
+                len,
+                digests,
             })
         });
     let ack =
@@ -321,7 +468,15 @@ fn arb_owned_frame() -> impl Strategy<Value = Frame<'static>> {
             })
         },
     );
-    prop_oneof![arb_hello().prop_map(Frame::Hello), sync, ack, applied, zero]
+    prop_oneof![
+        arb_hello().prop_map(Frame::Hello),
+        sync,
+        ack,
+        applied,
+        zero,
+        request,
+        digests
+    ]
 }
 
 /// A `Write` borrows its payload, so strategies produce its fields and tests build it.
@@ -368,7 +523,7 @@ proptest! {
 
     #[test]
     fn arbitrary_body_behind_sealed_header_never_panics(
-        kind in 0u8..=6,
+        kind in 0u8..=10,
         body in vec(any::<u8>(), 0..4096),
     ) {
         let mut buf = MAGIC.to_le_bytes().to_vec();

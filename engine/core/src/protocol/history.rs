@@ -103,7 +103,7 @@ mod tests {
         (hello.generation, hello.flags)
     }
 
-    fn decide(primary: &PrimaryHistory, (theirs, flags): (GenerationId, HistoryFlags)) -> Decision {
+    fn decide(primary: &PrimaryHistory, &(theirs, flags): &(GenerationId, HistoryFlags)) -> Decision {
         super::decide(primary, theirs, flags)
     }
 

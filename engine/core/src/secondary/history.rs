@@ -317,6 +317,12 @@ impl<S: Storage> Secondary<S> {
         self.edit.get_or_insert(Edit::Pending(EditKind::Discard));
     }
 
+    /// The operator allowed any history to overwrite the replica (written, or waiting).
+    pub fn discard_pending(&self) -> bool {
+        self.journal.superblock().discard
+            || matches!(self.edit, Some(Edit::Pending(EditKind::Discard)))
+    }
+
     /// An operator's change waits or is being written.
     pub fn edit_pending(&self) -> bool {
         self.edit.is_some()
