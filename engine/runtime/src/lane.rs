@@ -324,6 +324,7 @@ mod tests {
             first_seq: Seq(1),
             write_count: seq - 1,
             stream_offset: 0,
+            ends_resync: false,
         })
     }
 

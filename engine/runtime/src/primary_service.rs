@@ -672,7 +672,11 @@ mod tests {
             lanes: 1,
             ..PrimaryConfig::default()
         };
-        let primary = Primary::new(config, vec![volume]).unwrap();
+        let infos = ordo_core::storage::describe(&config.volume_names, std::slice::from_ref(&volume));
+        let record = MemStorage::new(ordo_core::primary::record_geometry(&infos)).unwrap();
+        let generation = ordo_core::protocol::GenerationId(7);
+        let record = ordo_core::primary::format_record(record, &infos, generation, true).unwrap();
+        let primary = Primary::new(config, vec![volume], record, 1).unwrap();
         let node = PrimaryNode::new(primary, nobody.local_addr().unwrap(), 1).unwrap();
         let mut service = PrimaryService::new(node, 4, 1 << 20);
         let write = Op::Write {

@@ -5,11 +5,13 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use ordo_core::primary::{DataSetPolicy, Primary, PrimaryConfig, SubmitError};
-use ordo_core::protocol::{GroupId, VolumeId};
+use ordo_core::primary::{
+    format_record, record_geometry, DataSetPolicy, Primary, PrimaryConfig, SubmitError,
+};
+use ordo_core::protocol::{GenerationId, GroupId, VolumeId};
 use ordo_core::secondary::journal::required_bytes;
 use ordo_core::secondary::{Secondary, SecondaryConfig};
-use ordo_core::storage::{Geometry, MemStorage};
+use ordo_core::storage::{describe, Geometry, MemStorage};
 use ordo_runtime::idle::IdlePolicy;
 use ordo_runtime::primary_node::PrimaryNode;
 use ordo_runtime::secondary_node::{SecondaryNode, SecondaryThread};
@@ -60,7 +62,11 @@ fn primary() -> Primary<MemStorage> {
         max_pending_flushes: 8,
         ..PrimaryConfig::default()
     };
-    Primary::new(config, vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)]).unwrap()
+    let volumes = vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)];
+    let infos = describe(&config.volume_names, &volumes);
+    let record = MemStorage::new(record_geometry(&infos)).unwrap();
+    let record = format_record(record, &infos, GenerationId(0x7c9), true).unwrap();
+    Primary::new(config, volumes, record, 1).unwrap()
 }
 
 /// A secondary node polling on its own thread until stopped.
@@ -171,6 +177,7 @@ fn fresh_secondary() -> Secondary<MemStorage> {
         0xabc,
         journal,
         vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)],
+        true,
     )
     .unwrap()
 }
