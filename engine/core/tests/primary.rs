@@ -236,7 +236,7 @@ fn invalid_configs_are_rejected() {
         let error = with(change);
         assert!(matches!(error, Err(ConfigError::Invalid(_))), "{what}");
     }
-    let two_volumes = Primary::new(good, vec![volume(), volume()]);
+    let two_volumes = Primary::new(good, vec![volume(), volume()], record(), 1);
     assert!(matches!(two_volumes, Err(ConfigError::Invalid(_))));
 }
 
@@ -280,7 +280,8 @@ fn a_full_window_refuses_writes_closes_the_data_set_and_drains_after_acks() {
     // Staged on the secondary is not enough: a record also waits for the local write.
     ack(&mut p, 0, 1, 3);
     assert_eq!(p.retention_bytes(), fit * write_cost + sync_cost);
-    p.poll_storage();
+    // The local writes (after their extent's write-intent bit is durable) complete.
+    poll_until_quiet(&mut p);
     assert_eq!(p.retention_bytes(), (fit - 3) * write_cost + sync_cost);
     ack(&mut p, 0, 4, fit + 1);
     assert_eq!(p.retention_bytes(), 0);

@@ -174,9 +174,9 @@ fn unacked_writes_are_resent_after_a_lane_loss_and_a_timeout_acked_ones_are_not(
     assert_eq!(p.stats().retransmits, 2);
 }
 
-/// A primary restarted (it keeps no state) meets a secondary that applied data sets of
-/// its earlier run: their seqs collide with the new run's, so it must not stream on top,
-/// and says why. The same secondary at applied 0 is fine.
+/// A secondary that applied data sets of a history this primary neither writes nor
+/// descends from (another primary's replica): their seqs collide with this history's, so
+/// the primary must not stream on top, and says why. A secondary of this history is fine.
 #[test]
 fn a_secondary_with_another_history_stalls_replication() {
     let window = open_ended().max_stream_bytes(MAX_WRITE);
@@ -184,18 +184,31 @@ fn a_secondary_with_another_history_stalls_replication() {
     write_block(&mut p, 0, 0, 1);
     p.flush(0).unwrap();
     p.lane_up(0);
-    let earlier_run = ResumeState {
-        applied_data_set: DataSetId(5),
-        applied_seq: Seq(40),
-        applied_stream_end: 40 * 8192,
-        ..resume(window)
+    let other = GenerationId(0x0BAD_0BAD);
+    let other_run = Hello {
+        generation: other,
+        ..secondary_hello(ResumeState {
+            applied_data_set: DataSetId(5),
+            applied_seq: Seq(40),
+            applied_stream_end: 40 * 8192,
+            ..resume(window)
+        })
     };
-    let error = deliver(&mut p, 0, &Frame::Hello(secondary_hello(earlier_run))).unwrap_err();
-    assert_eq!(error, PeerError::ForeignHistory { applied: 5 });
+    let error = deliver(&mut p, 0, &Frame::Hello(other_run)).unwrap_err();
+    let unrelated = PeerError::UnrelatedHistory {
+        primary: GENERATION,
+        secondary: other,
+    };
+    assert_eq!(error, unrelated);
     assert_eq!(p.stalled(), Some(&error));
     let sent = transmit(&mut p, 0, 0);
     assert!(sent.iter().all(is_hello), "nothing but Hellos: {sent:?}");
-    // A fresh secondary is a history this primary can write.
+    assert_eq!(
+        p.generation(),
+        GENERATION,
+        "a refused secondary changes no history"
+    );
+    // A secondary of this history is one this primary can write.
     connect(&mut p, 0, window);
     assert_eq!(p.stalled(), None);
     assert_eq!(record_seqs(&transmit(&mut p, 1, 0)), [1, 2]);

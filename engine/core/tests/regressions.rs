@@ -2,14 +2,21 @@
 //! where the fix added to the API) before its fix. Secondaries are fed hand-built primary
 //! frames through the wire codec; primaries talk to real secondaries where they can.
 
-use ordo_core::primary::{ConfigError, DataSetPolicy, PeerError, Primary, PrimaryConfig};
+mod pair_support;
+
+use ordo_core::primary::intent::{required_bytes as record_bytes, WriteIntent};
+use ordo_core::primary::{
+    format_record, ConfigError, DataSetPolicy, PeerError, Primary, PrimaryConfig, Start,
+};
 use ordo_core::protocol::{
-    decode, encode, stream_cost, DataSetId, Frame, GroupId, Hello, ResumeState, Role, Seq,
-    SyncFrame, VolumeId, VolumeInfo, WriteFrame,
+    decode, encode, stream_cost, DataSetId, Frame, GenerationId, GroupId, Hello, HistoryFlags,
+    ResumeState, Role, Seq, SyncFrame, VolumeId, VolumeInfo, WriteFrame,
 };
 use ordo_core::secondary::journal::{required_bytes, Journal, LOG_START};
+use ordo_core::secondary::ReplicaState;
 use ordo_core::secondary::{Secondary, SecondaryConfig, SecondaryError};
 use ordo_core::storage::{drain, Geometry, MemStorage, Storage};
+use pair_support::Pair;
 
 const GROUP: GroupId = GroupId(7);
 const BLOCK: u32 = 4096;
@@ -18,6 +25,8 @@ const NAMES: [&str; 2] = ["data", "log"];
 const WINDOW: u64 = 256 << 10;
 /// One block: a write record takes 8192 bytes of journal, a sync 4096.
 const MAX_WRITE: u32 = BLOCK;
+/// The history a fresh primary's write-intent record is formatted with.
+const GENERATION: GenerationId = GenerationId(0x4E61);
 
 fn config() -> SecondaryConfig {
     SecondaryConfig {
@@ -54,7 +63,7 @@ fn start(mut s: Secondary<MemStorage>) -> Secondary<MemStorage> {
 
 fn create(config: SecondaryConfig, journal_id: u64) -> Secondary<MemStorage> {
     let journal = journal_device(&config, 256);
-    start(Secondary::create(config, journal_id, journal, replicas()).unwrap())
+    start(Secondary::create(config, journal_id, journal, replicas(), true).unwrap())
 }
 
 /// The frames in `wire`, decoded as the peer would.
@@ -75,7 +84,8 @@ fn receive(s: &mut Secondary<MemStorage>, wire: &[u8]) {
         .for_each(|frame| s.handle_frame(0, frame).unwrap());
 }
 
-/// A Hello as `role` would send it, hand-built.
+/// A Hello as `role` would send it, hand-built: a primary of `GENERATION` that began as
+/// zeros and holds its whole stream, or a secondary that follows it.
 fn hello_frame(role: Role, max_write_bytes: u32, resume: ResumeState) -> Frame<'static> {
     let volumes = NAMES.iter().map(|name| VolumeInfo {
         name: name.to_string(),
@@ -83,11 +93,19 @@ fn hello_frame(role: Role, max_write_bytes: u32, resume: ResumeState) -> Frame<'
         block_size: BLOCK,
     });
     let (group, volumes) = (GROUP, volumes.collect());
+    let flags = HistoryFlags {
+        genesis_stream: role == Role::Primary,
+        genesis_bits: role == Role::Primary,
+        ..HistoryFlags::default()
+    };
     Frame::Hello(Hello {
         role,
         group,
         max_write_bytes,
         volumes,
+        generation: GENERATION,
+        ancestors: vec![],
+        flags,
         resume,
     })
 }
@@ -155,6 +173,7 @@ impl Stream {
             first_seq,
             write_count: writes.len() as u64,
             stream_offset: self.stream_end,
+            ends_resync: false,
         });
         records.push(self.record(&sync, 0));
         records
@@ -169,16 +188,22 @@ impl Stream {
     }
 }
 
-/// The replicas hold exactly `writes` (in order) over zeros.
-fn assert_replicas(s: &Secondary<MemStorage>, writes: &[Block]) {
+/// Whether the replicas hold exactly `writes` (in order) over zeros.
+fn replicas_hold(s: &Secondary<MemStorage>, writes: &[Block]) -> bool {
     let mut images = vec![vec![0u8; VOLUME_BYTES as usize]; NAMES.len()];
     for &(volume, block, fill) in writes {
         let at = (block * u64::from(BLOCK)) as usize;
         images[usize::from(volume)][at..at + BLOCK as usize].fill(fill);
     }
-    for (replica, image) in s.replicas().iter().zip(&images) {
-        assert!(replica.contents() == &image[..], "replica differs");
-    }
+    s.replicas()
+        .iter()
+        .zip(&images)
+        .all(|(replica, image)| replica.contents() == &image[..])
+}
+
+/// The replicas hold exactly `writes` (in order) over zeros.
+fn assert_replicas(s: &Secondary<MemStorage>, writes: &[Block]) {
+    assert!(replicas_hold(s, writes), "replica differs");
 }
 
 fn overwrite(storage: &mut MemStorage, offset: u64, data: &[u8]) {
@@ -186,8 +211,8 @@ fn overwrite(storage: &mut MemStorage, offset: u64, data: &[u8]) {
     drain(storage);
 }
 
-fn primary(max_write_bytes: u32) -> Primary<MemStorage> {
-    let config = PrimaryConfig {
+fn primary_config(max_write_bytes: u32) -> PrimaryConfig {
+    PrimaryConfig {
         group: GROUP,
         volume_names: NAMES.iter().map(|n| n.to_string()).collect(),
         policy: DataSetPolicy {
@@ -201,8 +226,50 @@ fn primary(max_write_bytes: u32) -> Primary<MemStorage> {
         retransmit_ms: 100,
         max_pending_flushes: 4,
         ..PrimaryConfig::default()
+    }
+}
+
+fn volume_infos() -> Vec<VolumeInfo> {
+    let info = |name: &&str| VolumeInfo {
+        name: name.to_string(),
+        size_bytes: VOLUME_BYTES,
+        block_size: BLOCK,
     };
-    Primary::new(config, vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)]).unwrap()
+    NAMES.iter().map(info).collect()
+}
+
+/// A fresh primary on zeroed volumes and a new write-intent record for `generation`,
+/// once the record says it runs (it sends nothing before).
+fn primary_of(generation: GenerationId, max_write_bytes: u32) -> Primary<MemStorage> {
+    let infos = volume_infos();
+    let device = mem(record_bytes(&infos).next_multiple_of(4096));
+    let record = format_record(device, &infos, generation, true).unwrap();
+    let volumes = vec![mem(VOLUME_BYTES), mem(VOLUME_BYTES)];
+    let mut p = Primary::new(primary_config(max_write_bytes), volumes, record, 1).unwrap();
+    while p.poll_storage() > 0 {}
+    p
+}
+
+fn primary(max_write_bytes: u32) -> Primary<MemStorage> {
+    primary_of(GENERATION, max_write_bytes)
+}
+
+/// The primary dies (its volumes and record keep every write it submitted) and starts
+/// again on them: with no clean stop recorded, a new generation.
+fn crash_and_restart(p: Primary<MemStorage>) -> Primary<MemStorage> {
+    let (mut volumes, mut record) = p.into_storages();
+    // A process crash: every write submitted is on the devices, whatever its completion.
+    volumes.iter_mut().for_each(drain);
+    drain(&mut record);
+    let record = WriteIntent::open(record, &volume_infos()).unwrap();
+    let mut p = Primary::new(primary_config(MAX_WRITE), volumes, record, 2).unwrap();
+    assert!(
+        matches!(p.start(), Start::NewGeneration { .. }),
+        "{:?}",
+        p.start()
+    );
+    while p.poll_storage() > 0 {}
+    p
 }
 
 /// Round trips on lane 0: what the primary sends goes to the secondary (whose storage
@@ -265,7 +332,7 @@ fn a_reformatted_journal_never_resurrects_the_one_before() {
         assert_eq!(s.applied(), DataSetId(1));
         let (mut journal, _) = s.into_storages();
         let before = journal.contents()[..LOG_START as usize].to_vec();
-        let s = Secondary::create(config(), 0xB, journal, replicas()).unwrap();
+        let s = Secondary::create(config(), 0xB, journal, replicas(), true).unwrap();
         (journal, _) = s.into_storages();
         if let Some(at) = lost {
             overwrite(&mut journal, at, &before[at as usize..][..BLOCK as usize]);
@@ -369,7 +436,8 @@ fn the_handshake_compares_the_largest_write() {
 #[test]
 fn a_journal_device_with_too_short_a_queue_is_refused() {
     for depth in [1, 2, 3] {
-        let created = Secondary::create(config(), 1, journal_device(&config(), depth), replicas());
+        let device = journal_device(&config(), depth);
+        let created = Secondary::create(config(), 1, device, replicas(), true);
         let device = journal_device(&config(), depth);
         let journal = Journal::format(device, GROUP, 1, WINDOW, MAX_WRITE, 0, false).unwrap();
         let opened = Secondary::open(config(), journal.into_storage(), replicas());
@@ -381,7 +449,7 @@ fn a_journal_device_with_too_short_a_queue_is_refused() {
     }
     // The shortest queue accepted journals and applies.
     let journal = journal_device(&config(), 4);
-    let mut s = start(Secondary::create(config(), 1, journal, replicas()).unwrap());
+    let mut s = start(Secondary::create(config(), 1, journal, replicas(), true).unwrap());
     hello(&mut s);
     let writes = [(0, 0, 1), (1, 0, 2), (0, 1, 3)];
     feed(&mut s, &Stream::default().data_set(&writes));
@@ -411,9 +479,13 @@ fn a_huge_window_from_the_peer_does_not_overflow_the_credit() {
 }
 
 /// A secondary re-created with a new journal (it lost what it had acknowledged) must not
-/// be taken for the one the primary knew, answering late.
+/// be taken for the one the primary knew, answering late. Old: the primary stalled on it
+/// (`StateLost`). Now the new journal holds no history and needs records the primary
+/// freed once the first one applied them: the primary begins a new generation descending
+/// from its own, and the new secondary re-bases onto it and is resynchronised to the
+/// primary's image, write included.
 #[test]
-fn a_secondary_with_another_journal_stalls_the_primary() {
+fn a_secondary_with_another_journal_is_resynchronised_on_a_new_generation() {
     let mut p = primary(MAX_WRITE);
     let (known, now) = (0xA, 0xB);
     let mut a = create(config(), known);
@@ -421,12 +493,35 @@ fn a_secondary_with_another_journal_stalls_the_primary() {
     one_write(&mut p, BLOCK as usize);
     exchange(&mut p, &mut a, 3).unwrap();
     assert_eq!(p.peer_applied(), DataSetId(1));
+    while p.poll_storage() > 0 {}
+    assert_eq!(
+        p.retention_bytes(),
+        0,
+        "what the first secondary applied is freed"
+    );
 
-    p.lane_down(0);
-    let mut b = create(config(), now);
-    let error = connect(&mut p, &mut b).unwrap_err();
-    assert_eq!(error, PeerError::StateLost { known, now });
-    assert_eq!(p.stalled(), Some(&error));
+    let mut pair = Pair::new(p, create(config(), now), 1, 0);
+    pair.run_until(
+        "the new secondary holds the primary's image",
+        20_000,
+        |pair| {
+            let target = (pair.p.generation(), pair.p.last_closed());
+            pair.s.replica_point() == Some(target) && pair.s.is_between_data_sets()
+        },
+    );
+    assert_ne!(pair.p.generation(), GENERATION, "a new generation for it");
+    let last_hello = pair.primary_hellos.last().expect("the primary greeted it");
+    assert_eq!(last_hello.generation, pair.p.generation());
+    assert_eq!(last_hello.ancestors.first(), Some(&GENERATION));
+    assert_eq!(pair.s.history(), pair.p.generation());
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert!(pair.primary_errors.is_empty(), "{:?}", pair.primary_errors);
+    assert!(
+        pair.secondary_errors.is_empty(),
+        "{:?}",
+        pair.secondary_errors
+    );
+    assert_replicas(&pair.s, &[(0, 0, 7)]);
 }
 
 /// Records restaged at `open` must fit the replicas it is given: a write to a volume that
@@ -468,7 +563,7 @@ fn a_journal_that_does_not_fit_the_replicas_fails_open() {
 #[test]
 fn a_journal_is_never_replayed_onto_other_replicas() {
     let journal = journal_device(&config(), 8);
-    let (journal, _) = Secondary::create(config(), 1, journal, replicas())
+    let (journal, _) = Secondary::create(config(), 1, journal, replicas(), true)
         .unwrap()
         .into_storages();
     // A copy of the device for each attempt (open consumes it).
@@ -507,8 +602,11 @@ fn a_journal_is_never_replayed_onto_other_replicas() {
 /// Review finding. Old: a restarted primary (it keeps no state) met a secondary that had
 /// applied nothing but held staged records of the earlier run; it took them for its own
 /// records with the same seqs, and its new sync completed data set 1 over the old
-/// payloads: the primary held B, the replica A, and nothing said so. Now any staged or
-/// applied state at first contact is another history, and replication stalls.
+/// payloads: the primary held B, the replica A, and nothing said so. Now a primary of
+/// another history is refused on both sides and nothing is applied; the same primary
+/// restarted without a clean stop begins a new generation, the secondary re-bases onto it
+/// (dropping the earlier run's incomplete data set) and is resynchronised to B, its replica
+/// never holding any of A.
 #[test]
 fn a_restarted_primary_never_completes_an_earlier_runs_staged_records() {
     let mut s = create(config(), 0xA);
@@ -523,24 +621,64 @@ fn a_restarted_primary_never_completes_an_earlier_runs_staged_records() {
         .unwrap();
     exchange(&mut earlier, &mut s, 3).unwrap();
     assert_eq!(s.applied(), DataSetId::NONE, "data set 1 is still open");
-    drop(earlier);
     s.lane_down(0);
 
-    let mut restarted = primary(MAX_WRITE);
-    restarted
-        .submit_write(0, VolumeId(0), 0, &block(0xB1), 1)
-        .unwrap();
-    restarted
-        .submit_write(0, VolumeId(0), 4096, &block(0xB2), 2)
-        .unwrap();
-    restarted.flush(3).unwrap();
-    let error = connect(&mut restarted, &mut s).unwrap_err();
-    assert_eq!(error, PeerError::ForeignHistory { applied: 0 });
-    assert_eq!(restarted.stalled(), Some(&error));
-    let _ = exchange(&mut restarted, &mut s, 5);
-    assert_eq!(
-        s.applied(),
-        DataSetId::NONE,
-        "nothing of either run was applied"
+    let b_writes = |p: &mut Primary<MemStorage>| {
+        p.submit_write(0, VolumeId(0), 0, &block(0xB1), 1).unwrap();
+        p.submit_write(0, VolumeId(0), 4096, &block(0xB2), 2)
+            .unwrap();
+        p.flush(3).unwrap();
+    };
+    let other_history = GenerationId(0x07E4);
+    let mut other = primary_of(other_history, MAX_WRITE);
+    b_writes(&mut other);
+    let mut pair = Pair::new(other, s, 1, 0);
+    pair.run(100);
+    let unrelated = PeerError::UnrelatedHistory {
+        primary: other_history,
+        secondary: GENERATION,
+    };
+    assert!(!pair.secondary_errors.is_empty());
+    assert!(
+        pair.secondary_errors.iter().all(|e| *e == unrelated),
+        "{:?}",
+        pair.secondary_errors
     );
+    assert!(!pair.primary_errors.is_empty());
+    assert!(
+        pair.primary_errors.iter().all(|e| *e == unrelated),
+        "{:?}",
+        pair.primary_errors
+    );
+    assert_eq!(pair.p.stalled(), Some(&unrelated));
+    assert_eq!(pair.s.applied(), DataSetId::NONE);
+    assert_replicas(&pair.s, &[]);
+    let (_, s, now_ms) = pair.into_parts();
+
+    let mut restarted = crash_and_restart(earlier);
+    b_writes(&mut restarted);
+    let mut pair = Pair::new(restarted, s, 1, now_ms);
+    let b = [(0, 0, 0xB1), (0, 1, 0xB2)];
+    for _ in 0..20_000 {
+        assert!(
+            replicas_hold(&pair.s, &[]) || replicas_hold(&pair.s, &b),
+            "the replica is neither the zero image nor B: {}",
+            pair.describe()
+        );
+        let target = (pair.p.generation(), pair.p.last_closed());
+        if pair.s.replica_point() == Some(target) && pair.s.is_between_data_sets() {
+            break;
+        }
+        pair.step();
+    }
+    assert_eq!(
+        pair.s.replica_point(),
+        Some((pair.p.generation(), pair.p.last_closed())),
+        "{}",
+        pair.describe()
+    );
+    assert_ne!(pair.p.generation(), GENERATION);
+    assert_eq!(pair.s.history(), pair.p.generation());
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+    assert_replicas(&pair.s, &b);
 }

@@ -169,7 +169,7 @@ fn opening_a_journal_that_is_not_formatted_or_not_ours_fails() {
 
     let (journal, replicas) = blank_storages();
     let small = mem(journal.geometry().size_bytes - u64::from(BLOCK));
-    let error = journal_error(Secondary::create(config(), 0x5eed, small, replicas));
+    let error = journal_error(Secondary::create(config(), 0x5eed, small, replicas, true));
     assert!(matches!(error, JournalError::TooSmall { .. }), "{error}");
 }
 
@@ -182,7 +182,7 @@ fn a_window_that_is_not_a_multiple_of_512_is_refused() {
         window_bytes: WINDOW + 100,
         ..config()
     };
-    let error = Secondary::create(config, 1, journal, replicas).unwrap_err();
+    let error = Secondary::create(config, 1, journal, replicas, true).unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, SecondaryError::Config(_)), "{message}");
     assert!(message.contains("multiple of 512"), "{message}");

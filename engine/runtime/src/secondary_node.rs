@@ -82,12 +82,17 @@ enum Event {
     },
 }
 
+/// The inbox receivers are handed, and its version (`Secondary::inbox_version`).
+type SharedInbox = Arc<Mutex<(Arc<Inbox>, u64)>>;
+
 /// A lane's sending half and the receiver thread reading its other half.
 #[derive(Debug)]
 struct LaneSlot {
     lane: Lane,
     /// Tells this connection's events from those of an earlier one in the same slot.
     generation: u64,
+    /// The version of the inbox its receiver fills.
+    inbox_version: u64,
     receiver: Option<JoinHandle<()>>,
 }
 
@@ -130,10 +135,9 @@ pub struct SecondaryNode<S: Storage> {
     acceptor: Acceptor,
     /// When each lane was accepted (for the handshake deadline).
     accepted_ms: Vec<u64>,
-    /// The inbox new receivers are handed (a re-base replaces the secondary's), and the
-    /// version of it the acceptor has. Locked only when a lane starts or the inbox changes.
-    inbox: Arc<Mutex<Arc<Inbox>>>,
-    inbox_version: u64,
+    /// The inbox new receivers are handed (a re-base replaces the secondary's) with its
+    /// version. Locked only when a lane starts or the inbox changes.
+    inbox: SharedInbox,
     last_error: Option<String>,
     stats: NodeStats,
 }
@@ -164,8 +168,10 @@ impl<S: Storage> SecondaryNode<S> {
         let (freed, freed_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let poller = Arc::new(OnceLock::new());
-        let inbox = Arc::new(Mutex::new(Arc::clone(secondary.inbox())));
-        let inbox_version = secondary.inbox_version();
+        let inbox = Arc::new(Mutex::new((
+            Arc::clone(secondary.inbox()),
+            secondary.inbox_version(),
+        )));
         let accepting = Accepting {
             listener,
             occupied: vec![false; lanes],
@@ -195,7 +201,6 @@ impl<S: Storage> SecondaryNode<S> {
             },
             accepted_ms: vec![0; lanes],
             inbox,
-            inbox_version,
             last_error: None,
             stats: NodeStats::default(),
         })
@@ -285,11 +290,11 @@ impl<S: Storage> SecondaryNode<S> {
         }
         self.secondary.tick(now_ms);
         work |= self.secondary.poll_storage() > 0;
-        if self.secondary.inbox_version() != self.inbox_version {
+        let version = self.secondary.inbox_version();
+        let mut shared = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.1 != version {
             // Re-based: receivers of lanes accepted from now on fill the new inbox.
-            let mut shared = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-            *shared = Arc::clone(self.secondary.inbox());
-            self.inbox_version = self.secondary.inbox_version();
+            *shared = (Arc::clone(self.secondary.inbox()), version);
         }
         work
     }
@@ -303,7 +308,14 @@ impl<S: Storage> SecondaryNode<S> {
                 Event::Connected { index, slot, peer } => {
                     tracing::info!("lane {index} connected from {peer}");
                     assert!(self.lanes[index].is_none(), "the acceptor gave a free slot");
+                    let stale = slot.inbox_version != self.secondary.inbox_version();
                     self.lanes[index] = Some(slot);
+                    if stale {
+                        // Accepted just before a re-base swapped the inbox: its receiver
+                        // fills the old one; the primary reconnects.
+                        self.drop_lane(index, &LaneError::Rebasing);
+                        continue;
+                    }
                     self.accepted_ms[index] = now_ms;
                     self.secondary.lane_up(index);
                     self.stats.lanes_accepted += 1;
@@ -389,7 +401,7 @@ struct Accepting {
     occupied: Vec<bool>,
     generations: u64,
     max_frame_bytes: usize,
-    inbox: Arc<Mutex<Arc<Inbox>>>,
+    inbox: SharedInbox,
     events: Sender<Event>,
     freed: Receiver<usize>,
     stop: Arc<AtomicBool>,
@@ -438,7 +450,10 @@ impl Accepting {
         // The receiver starts reading only once the poller has been told of its lane, so
         // its events always come after `Connected`.
         let (go, started) = crossbeam_channel::bounded::<()>(1);
-        let inbox = Arc::clone(&self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        let (inbox, inbox_version) = {
+            let shared = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            (Arc::clone(&shared.0), shared.1)
+        };
         let receiving = Receiving {
             reader,
             inbox,
@@ -465,6 +480,7 @@ impl Accepting {
                 let slot = LaneSlot {
                     lane,
                     generation: self.generations,
+                    inbox_version,
                     receiver: Some(receiver),
                 };
                 let _ = self.events.send(Event::Connected { index, slot, peer });

@@ -116,6 +116,9 @@ impl Serving {
         let primary = Primary::new(config.clone(), volumes, state.record, random_u64())
             .context("primary configuration")?;
         match primary.start() {
+            _ if state.created => {
+                tracing::info!("history {} begins", primary.generation());
+            }
             Start::Resumed { data_set } => tracing::info!(
                 "resuming history {} after a clean stop at {data_set}: nothing to resend or resynchronise",
                 primary.generation()
@@ -450,6 +453,8 @@ fn resync_report(r: &ResyncStats, now_ms: u64) -> ResyncReport {
         rate_bytes_per_s: rate,
         eta_s: (comparing && rate > 0).then(|| to_go / rate),
         end_data_set: end,
+        reads_deferred: r.deferred,
+        requests_resent: r.requests_resent,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct PrimaryState {
     pub record: WriteIntent<Volume>,
     /// Held while the primary runs (`None` without a state directory).
     pub lock: Option<std::fs::File>,
+    /// The record was made now (a new history).
+    pub created: bool,
 }
 
 /// Whether `spec` names a volume this start creates, all zeros: memory, or a file that
@@ -62,7 +64,11 @@ pub fn open_or_create(
         let memory = MemStorage::new(Geometry::new(size, RECORD_BLOCK_BYTES)?)?;
         let record = format_record(Volume::Mem(memory), infos, new_generation(), zero)
             .context("formatting the write-intent record in memory")?;
-        return Ok(PrimaryState { record, lock: None });
+        return Ok(PrimaryState {
+            record,
+            lock: None,
+            created: true,
+        });
     };
     for spec in specs {
         if let Backend::Mem { .. } = spec.backend {
@@ -89,6 +95,7 @@ pub fn open_or_create(
         return Ok(PrimaryState {
             record,
             lock: Some(lock),
+            created: false,
         });
     }
     // Formatted under another name and renamed once durable, so a crash mid-creation
@@ -115,6 +122,7 @@ pub fn open_or_create(
     Ok(PrimaryState {
         record,
         lock: Some(lock),
+        created: true,
     })
 }
 

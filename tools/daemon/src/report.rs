@@ -103,6 +103,10 @@ pub struct ResyncReport {
     /// primary's image again.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub end_data_set: Option<u64>,
+    /// Extents whose read was put off (a write to them in flight, or no room in the
+    /// window), and digest requests asked again (lost with a lane, or unanswered).
+    pub reads_deferred: u64,
+    pub requests_resent: u64,
 }
 
 /// What a secondary says of itself.
@@ -253,6 +257,9 @@ pub struct SecondaryCounters {
     pub data_sets_applied: u64,
     /// Records found in the journal at the last start.
     pub recovered_records: u64,
+    /// A resync's digest requests answered, and re-bases onto a primary's history.
+    pub digests_answered: u64,
+    pub rebases: u64,
     /// Lanes accepted, and connections refused because every lane slot was taken.
     pub lanes_accepted: u64,
     pub lanes_refused: u64,

@@ -561,6 +561,8 @@ fn status_report(
             acks_sent: stats.acks_sent,
             data_sets_applied: stats.data_sets_applied,
             recovered_records: stats.recovered_records,
+            digests_answered: stats.digests_answered,
+            rebases: stats.rebases,
             lanes_accepted: node_stats.lanes_accepted,
             lanes_refused: node_stats.lanes_refused,
         },

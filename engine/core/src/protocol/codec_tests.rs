@@ -280,7 +280,8 @@ fn corrupt_body_is_a_crc_mismatch() {
 fn bad_fields_give_typed_errors() {
     let samples = samples();
     let [hello, write, sync, ack, applied, zero] = [0, 2, 4, 5, 7, 8].map(|i| encoded(&samples[i]));
-    let [primary_hello, ends_resync, request, digests] = [10, 11, 12, 13].map(|i| encoded(&samples[i]));
+    let [primary_hello, ends_resync, request, digests] =
+        [10, 11, 12, 13].map(|i| encoded(&samples[i]));
     let name_at = HEADER_BYTES + HELLO_FIXED_BYTES + 16;
     let cases: &[(&[u8], usize, &[u8], &str)] = &[
         (&applied, 0, &[0; 4], "bad magic 0x00000000"),
@@ -300,24 +301,64 @@ fn bad_fields_give_typed_errors() {
         (&hello, 34, &[129], "too many seq ranges in hello"),
         (&hello, 36, &[17], "too many ancestors in hello"),
         (&hello, 36, &[1], "body length 200 invalid for frame kind 1"),
-        (&primary_hello, 36, &[15], "body length 248 invalid for frame kind 1"),
+        (
+            &primary_hello,
+            36,
+            &[15],
+            "body length 248 invalid for frame kind 1",
+        ),
         (&hello, 38, &[0, 1], "unknown flags in hello"),
         (&primary_hello, 39, &[0x80], "unknown flags in hello"),
-        (&ends_resync, 8, &[41], "body length 41 invalid for frame kind 7"),
+        (
+            &ends_resync,
+            8,
+            &[41],
+            "body length 41 invalid for frame kind 7",
+        ),
         (
             &ends_resync,
             16,
             &[48],
             "sync seq is not first_seq + write_count",
         ),
-        (&request, 8, &[25], "body length 25 invalid for frame kind 8"),
-        (&request, 8, &[23], "body length 23 invalid for frame kind 8"),
+        (
+            &request,
+            8,
+            &[25],
+            "body length 25 invalid for frame kind 8",
+        ),
+        (
+            &request,
+            8,
+            &[23],
+            "body length 23 invalid for frame kind 8",
+        ),
         (&request, 18, &[1], "non-zero padding in digest request"),
         (&digests, 18, &[1, 1], "too many digests"),
-        (&digests, 18, &[2], "body length 48 invalid for frame kind 9"),
-        (&digests, 18, &[4], "body length 48 invalid for frame kind 9"),
-        (&digests, 8, &[0x19, 8], "body length 2073 invalid for frame kind 9"),
-        (&digests, 8, &[23], "body length 23 invalid for frame kind 9"),
+        (
+            &digests,
+            18,
+            &[2],
+            "body length 48 invalid for frame kind 9",
+        ),
+        (
+            &digests,
+            18,
+            &[4],
+            "body length 48 invalid for frame kind 9",
+        ),
+        (
+            &digests,
+            8,
+            &[0x19, 8],
+            "body length 2073 invalid for frame kind 9",
+        ),
+        (
+            &digests,
+            8,
+            &[23],
+            "body length 23 invalid for frame kind 9",
+        ),
         (
             &hello,
             name_at - 4,
@@ -385,28 +426,30 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
         any::<u8>(),
     );
     let parts = (role, ids, volumes, resume, history);
-    parts.prop_map(|(role, (group, max_write_bytes), volumes, resume, history)| {
-        let ([data_set, seq, stream_end, window_bytes, journal_id], staged) = resume;
-        let (generation, ancestors, bits) = history;
-        let resume = ResumeState {
-            applied_data_set: DataSetId(data_set),
-            applied_seq: Seq(seq),
-            applied_stream_end: stream_end,
-            window_bytes,
-            journal_id,
-            staged,
-        };
-        Hello {
-            role,
-            group: GroupId(group),
-            max_write_bytes,
-            volumes,
-            generation: GenerationId(generation),
-            ancestors: ancestors.into_iter().map(GenerationId).collect(),
-            flags: flags(bits),
-            resume,
-        }
-    })
+    parts.prop_map(
+        |(role, (group, max_write_bytes), volumes, resume, history)| {
+            let ([data_set, seq, stream_end, window_bytes, journal_id], staged) = resume;
+            let (generation, ancestors, bits) = history;
+            let resume = ResumeState {
+                applied_data_set: DataSetId(data_set),
+                applied_seq: Seq(seq),
+                applied_stream_end: stream_end,
+                window_bytes,
+                journal_id,
+                staged,
+            };
+            Hello {
+                role,
+                group: GroupId(group),
+                max_write_bytes,
+                volumes,
+                generation: GenerationId(generation),
+                ancestors: ancestors.into_iter().map(GenerationId).collect(),
+                flags: flags(bits),
+                resume,
+            }
+        },
+    )
 }
 
 /// Frames that own their contents: every kind but `Write`.
@@ -424,14 +467,15 @@ fn arb_owned_frame() -> impl Strategy<Value = Frame<'static>> {
             })
         },
     );
-    let request = (any::<(u64, u16, u32)>(), any::<u64>()).prop_map(|((id, volume, len), offset)| {
-        Frame::DigestRequest(DigestRequestFrame {
-            id,
-            volume: VolumeId(volume),
-            offset,
-            len,
-        })
-    });
+    let request =
+        (any::<(u64, u16, u32)>(), any::<u64>()).prop_map(|((id, volume, len), offset)| {
+            Frame::DigestRequest(DigestRequestFrame {
+                id,
+                volume: VolumeId(volume),
+                offset,
+                len,
+            })
+        });
     let digests = (
         any::<(u64, u16, u32)>(),
         any::<u64>(),

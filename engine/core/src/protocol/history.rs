@@ -103,7 +103,10 @@ mod tests {
         (hello.generation, hello.flags)
     }
 
-    fn decide(primary: &PrimaryHistory, &(theirs, flags): &(GenerationId, HistoryFlags)) -> Decision {
+    fn decide(
+        primary: &PrimaryHistory,
+        &(theirs, flags): &(GenerationId, HistoryFlags),
+    ) -> Decision {
         super::decide(primary, theirs, flags)
     }
 
@@ -151,14 +154,23 @@ mod tests {
             genesis_bits: true,
             ..NONE
         };
-        assert_eq!(decide(&primary(7, &[], stream), &secondary(0, zeroed)), Decision::Adopt);
+        assert_eq!(
+            decide(&primary(7, &[], stream), &secondary(0, zeroed)),
+            Decision::Adopt
+        );
         assert_eq!(
             decide(&primary(7, &[5], bits), &secondary(0, zeroed)),
             Decision::Rebase { consistent: true }
         );
         let initial = Decision::Rebase { consistent: false };
-        assert_eq!(decide(&primary(7, &[], stream), &secondary(0, NONE)), initial);
-        assert_eq!(decide(&primary(7, &[], NONE), &secondary(0, zeroed)), initial);
+        assert_eq!(
+            decide(&primary(7, &[], stream), &secondary(0, NONE)),
+            initial
+        );
+        assert_eq!(
+            decide(&primary(7, &[], NONE), &secondary(0, zeroed)),
+            initial
+        );
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //! primary sent decoded off the wire. Each test crate uses part of it.
 #![allow(dead_code, unused_imports)]
 
+pub use ordo_core::primary::intent::{required_bytes, WriteIntent};
 pub use ordo_core::primary::{
-    ConfigError, DataSetPolicy, PeerError, Primary, PrimaryConfig, PrimaryEvent, Replication,
-    SubmitError,
+    format_record, ConfigError, DataSetPolicy, PeerError, Primary, PrimaryConfig, PrimaryEvent,
+    Replication, SubmitError,
 };
 pub use ordo_core::protocol::{
-    decode, encode, frame_len, stream_cost, AckFrame, AppliedFrame, DataSetId, Frame, GroupId,
-    Hello, ResumeState, Role, Seq, SeqRange, SyncFrame, VolumeId, VolumeInfo,
+    decode, encode, frame_len, stream_cost, AckFrame, AppliedFrame, DataSetId, Frame, GenerationId,
+    GroupId, Hello, HistoryFlags, ResumeState, Role, Seq, SeqRange, SyncFrame, VolumeId,
+    VolumeInfo,
 };
 pub use ordo_core::storage::{Geometry, MemStorage, StorageError};
 
@@ -20,6 +22,9 @@ pub const VOLUME_BYTES: u64 = 1 << 20;
 pub const MAX_WRITE: u32 = 64 << 10;
 pub const RETRANSMIT_MS: u64 = 100;
 pub const VOL: VolumeId = VolumeId(0);
+/// The history a fresh primary's write-intent record is formatted with: its first start
+/// resumes it at seq 1.
+pub const GENERATION: GenerationId = GenerationId(0x0001_D57A);
 
 pub fn policy(max_writes: u64, max_bytes: u64, interval_ms: u64) -> DataSetPolicy {
     DataSetPolicy {
@@ -52,8 +57,44 @@ pub fn volume() -> MemStorage {
     MemStorage::new(Geometry::new(VOLUME_BYTES, BLOCK).unwrap()).unwrap()
 }
 
+/// The one volume as a handshake describes it.
+pub fn volume_infos() -> Vec<VolumeInfo> {
+    vec![VolumeInfo {
+        name: "data".to_string(),
+        size_bytes: VOLUME_BYTES,
+        block_size: BLOCK,
+    }]
+}
+
+/// A write-intent record for a new history of all-zero volumes (`GENERATION`).
+pub fn record() -> WriteIntent<MemStorage> {
+    let infos = volume_infos();
+    let size = required_bytes(&infos).next_multiple_of(4096);
+    let storage = MemStorage::new(Geometry::new(size, BLOCK).unwrap()).unwrap();
+    format_record(storage, &infos, GENERATION, true).unwrap()
+}
+
+/// A primary on a zeroed volume and a fresh record, once the record says it runs (it
+/// sends nothing before).
 pub fn primary(config: PrimaryConfig) -> Primary<MemStorage> {
-    Primary::new(config, vec![volume()]).unwrap()
+    let mut p = Primary::new(config, vec![volume()], record(), 1).unwrap();
+    assert_eq!(
+        p.generation(),
+        GENERATION,
+        "a fresh record's history resumes"
+    );
+    poll_until_quiet(&mut p);
+    p
+}
+
+/// Polls storage (volumes and the write-intent record) until a poll finds nothing to do.
+pub fn poll_until_quiet(p: &mut Primary<MemStorage>) {
+    for _ in 0..1000 {
+        if p.poll_storage() == 0 {
+            return;
+        }
+    }
+    panic!("the primary's storage never went quiet");
 }
 
 /// `blocks` blocks of `fill`.
@@ -99,6 +140,9 @@ pub fn secondary_hello(resume: ResumeState) -> Hello {
             size_bytes: VOLUME_BYTES,
             block_size: BLOCK,
         }],
+        generation: GENERATION,
+        ancestors: vec![],
+        flags: HistoryFlags::default(),
         resume,
     }
 }

@@ -5,9 +5,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub use ordo_core::protocol::{
-    decode, encode, frame_len, stream_cost, AckFrame, AppliedFrame, DataSetId, Frame, GroupId,
-    Hello, PeerError, ResumeState, Role, Seq, SeqRange, SyncFrame, VolumeId, VolumeInfo,
-    WriteFrame,
+    decode, encode, frame_len, stream_cost, AckFrame, AppliedFrame, DataSetId, Frame, GenerationId,
+    GroupId, Hello, HistoryFlags, PeerError, ResumeState, Role, Seq, SeqRange, SyncFrame, VolumeId,
+    VolumeInfo, WriteFrame,
 };
 pub use ordo_core::secondary::journal::{required_bytes, JournalError};
 pub use ordo_core::secondary::{Received, Secondary, SecondaryConfig, SecondaryError};
@@ -19,6 +19,9 @@ pub const VOLUME_BYTES: u64 = 256 << 10;
 pub const NAMES: [&str; 2] = ["data", "log"];
 pub const WINDOW: u64 = 1 << 20;
 pub const MAX_WRITE: u32 = 64 << 10;
+/// The history of the hand-built primary: one that began as zeros and holds its whole
+/// stream, so a fresh, zeroed secondary follows it from seq 1 with no resync.
+pub const GENERATION: GenerationId = GenerationId(0x0AD0_97ED);
 
 pub fn config() -> SecondaryConfig {
     SecondaryConfig {
@@ -49,7 +52,7 @@ pub fn start(mut secondary: Secondary<MemStorage>) -> Secondary<MemStorage> {
 
 pub fn create() -> Secondary<MemStorage> {
     let (journal, replicas) = blank_storages();
-    start(Secondary::create(config(), 0x5eed, journal, replicas).unwrap())
+    start(Secondary::create(config(), 0x5eed, journal, replicas, true).unwrap())
 }
 
 pub fn restart(secondary: Secondary<MemStorage>) -> Secondary<MemStorage> {
@@ -71,6 +74,13 @@ pub fn primary_hello() -> Hello {
         group,
         max_write_bytes: MAX_WRITE,
         volumes,
+        generation: GENERATION,
+        ancestors: vec![],
+        flags: HistoryFlags {
+            genesis_stream: true,
+            genesis_bits: true,
+            ..HistoryFlags::default()
+        },
         resume,
     }
 }
@@ -150,6 +160,7 @@ impl Stream {
             first_seq,
             write_count: writes.len() as u64,
             stream_offset: self.stream_end,
+            ends_resync: false,
         });
         let sync = self.record(&sync, 0, None);
         let writes = records;

@@ -1,0 +1,645 @@
+//! Scenarios of replication histories, a real primary and a real secondary driven
+//! together (`pair_support`): a clean stop resumes the same generation with nothing
+//! resent; a crash begins a new generation, and the secondary re-bases onto it holding its
+//! old image until the resync's end point; a seeded replica's initial sync sends almost
+//! nothing; an unrelated history is refused until the operator discards it; the operator
+//! lets a held resync go on inconsistent. Expected images are plain byte vectors written
+//! here, never read back from the engine. The wire of histories is at the end.
+
+mod pair_support;
+
+use ordo_core::primary::intent::{required_bytes as record_bytes, WriteIntent};
+use ordo_core::primary::{
+    format_record, DataSetPolicy, PeerError, Primary, PrimaryConfig, ResyncPhase, Start,
+};
+use ordo_core::protocol::{
+    decode, encode, DataSetId, DecodeError, DigestRequestFrame, DigestsFrame, Frame, GenerationId,
+    GroupId, Hello, HistoryFlags, ResumeState, Role, Seq, SyncFrame, VolumeId, VolumeInfo,
+    HEADER_BYTES, MAX_ANCESTORS, MAX_DIGESTS,
+};
+use ordo_core::secondary::journal::required_bytes as journal_bytes;
+use ordo_core::secondary::{ReplicaState, Secondary, SecondaryConfig};
+use ordo_core::storage::{drain, Geometry, MemStorage, Storage};
+use pair_support::Pair;
+
+const GROUP: GroupId = GroupId(15);
+const BLOCK: u32 = 4096;
+/// Five 1 MiB extents of the write-intent record: four on the first volume, one on the
+/// second.
+const VOLUMES: [(&str, u64); 2] = [("data", 4 << 20), ("log", 1 << 20)];
+const MAX_WRITE: u32 = 64 << 10;
+const LANES: usize = 2;
+/// The history a fresh primary's record is formatted with.
+const GENERATION: GenerationId = GenerationId(0x6E4E_0001);
+/// Steps (simulated milliseconds) a scenario may take to get where it must.
+const PATIENCE: u64 = 20_000;
+
+/// One image per volume: what the primary's volumes hold, by the writes made here.
+#[derive(Clone, Debug, PartialEq)]
+struct Image(Vec<Vec<u8>>);
+
+impl Image {
+    fn zeros() -> Image {
+        Image(
+            VOLUMES
+                .iter()
+                .map(|&(_, size)| vec![0; size as usize])
+                .collect(),
+        )
+    }
+
+    /// Bytes no write here makes (a disk that held data before ordo), from `seed`.
+    fn seeded(seed: u64) -> Image {
+        let mut x = seed | 1;
+        let mut byte = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        };
+        Image(
+            VOLUMES
+                .iter()
+                .map(|&(_, size)| (0..size).map(|_| byte()).collect())
+                .collect(),
+        )
+    }
+
+    fn write(&mut self, volume: u16, offset: u64, data: &[u8]) {
+        let at = offset as usize;
+        self.0[usize::from(volume)][at..at + data.len()].copy_from_slice(data);
+    }
+
+    /// Volumes holding this image.
+    fn volumes(&self) -> Vec<MemStorage> {
+        self.0
+            .iter()
+            .map(|bytes| {
+                let mut volume = mem(bytes.len() as u64);
+                for (i, chunk) in bytes.chunks(1 << 20).enumerate() {
+                    volume.submit_write(0, (i << 20) as u64, chunk).unwrap();
+                    drain(&mut volume);
+                }
+                volume
+            })
+            .collect()
+    }
+}
+
+fn mem(size_bytes: u64) -> MemStorage {
+    MemStorage::new(Geometry::new(size_bytes, BLOCK).unwrap()).unwrap()
+}
+
+fn names() -> Vec<String> {
+    VOLUMES.iter().map(|&(name, _)| name.to_string()).collect()
+}
+
+fn infos() -> Vec<VolumeInfo> {
+    let info = |&(name, size_bytes): &(&str, u64)| VolumeInfo {
+        name: name.to_string(),
+        size_bytes,
+        block_size: BLOCK,
+    };
+    VOLUMES.iter().map(info).collect()
+}
+
+/// Data sets close on a flush, or at 8 writes; `resync_rate_bytes` 0 is no limit.
+fn primary_config(resync_rate_bytes: u64) -> PrimaryConfig {
+    PrimaryConfig {
+        group: GROUP,
+        volume_names: names(),
+        policy: DataSetPolicy {
+            interval_ms: 0,
+            max_writes: 8,
+            max_bytes: 256 << 10,
+        },
+        window_bytes: 4 << 20,
+        max_write_bytes: MAX_WRITE,
+        lanes: LANES,
+        retransmit_ms: 50,
+        max_pending_flushes: 8,
+        resync_rate_bytes,
+        ..PrimaryConfig::default()
+    }
+}
+
+fn secondary_config() -> SecondaryConfig {
+    SecondaryConfig {
+        group: GROUP,
+        volume_names: names(),
+        window_bytes: 2 << 20,
+        max_write_bytes: MAX_WRITE,
+        lanes: LANES,
+        applied_interval_ms: 20,
+        bug: None,
+    }
+}
+
+/// A primary on `volumes` and a new write-intent record of `generation` (`genesis_zero`:
+/// the volumes are all zeros, created for it).
+fn primary_on(
+    volumes: Vec<MemStorage>,
+    generation: GenerationId,
+    genesis_zero: bool,
+    resync_rate_bytes: u64,
+) -> Primary<MemStorage> {
+    let device = mem(record_bytes(&infos()).next_multiple_of(4096));
+    let record = format_record(device, &infos(), generation, genesis_zero).unwrap();
+    let config = primary_config(resync_rate_bytes);
+    let p = Primary::new(config, volumes, record, generation.0).unwrap();
+    assert_eq!(
+        p.generation(),
+        generation,
+        "a fresh record's history resumes"
+    );
+    p
+}
+
+/// A secondary on a new journal over `replicas` (`zeroed`: all zeros, created for it).
+fn secondary_on(replicas: Vec<MemStorage>, zeroed: bool, journal_id: u64) -> Secondary<MemStorage> {
+    let config = secondary_config();
+    let journal = mem(journal_bytes(config.window_bytes, MAX_WRITE, BLOCK).next_multiple_of(4096));
+    Secondary::create(config, journal_id, journal, replicas, zeroed).unwrap()
+}
+
+/// A fresh primary of `generation` and a fresh secondary, both on zeroed volumes.
+fn fresh_pair(generation: GenerationId, resync_rate_bytes: u64) -> (Pair, Image) {
+    let image = Image::zeros();
+    let p = primary_on(image.volumes(), generation, true, resync_rate_bytes);
+    let s = secondary_on(image.volumes(), true, 0x5EC0_0001);
+    (Pair::new(p, s, LANES, 0), image)
+}
+
+/// Writes `blocks` blocks at block `block` of `volume` on the primary, and in `image`.
+/// Each 512 bytes differ, so a misplaced or torn copy shows.
+fn write(
+    pair: &mut Pair,
+    image: &mut Image,
+    volume: u16,
+    block: u64,
+    blocks: usize,
+    fill: u8,
+) -> Seq {
+    let data: Vec<u8> = (0..blocks * BLOCK as usize)
+        .map(|i| fill.wrapping_add((i / 512) as u8))
+        .collect();
+    let offset = block * u64::from(BLOCK);
+    image.write(volume, offset, &data);
+    let now = pair.now_ms;
+    pair.p
+        .submit_write(now, VolumeId(volume), offset, &data, 0)
+        .unwrap()
+}
+
+fn flush(pair: &mut Pair) -> DataSetId {
+    pair.p.flush(0).unwrap()
+}
+
+/// Whether the secondary's replica is the image of the primary's last closed data set.
+fn caught_up(pair: &Pair) -> bool {
+    let target = (pair.p.generation(), pair.p.last_closed());
+    pair.s.replica_point() == Some(target) && pair.s.is_between_data_sets()
+}
+
+fn catch_up(pair: &mut Pair) {
+    pair.run_until(
+        "the replica reaches the last closed data set",
+        PATIENCE,
+        caught_up,
+    );
+}
+
+fn assert_replica(s: &Secondary<MemStorage>, image: &Image) {
+    for (index, expected) in image.0.iter().enumerate() {
+        let actual = s.replicas()[index].contents();
+        let at = actual.iter().zip(expected).position(|(a, b)| a != b);
+        assert_eq!(
+            at, None,
+            "replica {index} differs from the image at byte {at:?}"
+        );
+    }
+}
+
+fn replica_is(s: &Secondary<MemStorage>, image: &Image) -> bool {
+    image
+        .0
+        .iter()
+        .zip(s.replicas())
+        .all(|(expected, replica)| replica.contents() == &expected[..])
+}
+
+/// How the primary went down before it is started again on its volumes and record.
+enum Stop {
+    /// `record_clean_stop` is durable.
+    Clean,
+    /// The process died: every write it submitted is on the devices, and nothing else.
+    Crash,
+}
+
+/// Starts the primary again on its own volumes and write-intent record.
+fn restart_primary(pair: Pair, stop: Stop) -> Pair {
+    let rate = 0;
+    restart_primary_at_rate(pair, stop, rate)
+}
+
+fn restart_primary_at_rate(mut pair: Pair, stop: Stop, resync_rate_bytes: u64) -> Pair {
+    if let Stop::Clean = stop {
+        pair.run_until("everything is applied and freed", PATIENCE, |pair| {
+            pair.p.retention_bytes() == 0 && pair.p.peer_applied() == pair.p.last_closed()
+        });
+        let txn = pair.p.record_clean_stop().unwrap();
+        pair.run_until("the clean stop is durable", PATIENCE, |pair| {
+            pair.p.intent_durable(txn)
+        });
+    }
+    let (p, s, now_ms) = pair.into_parts();
+    let (mut volumes, mut record) = p.into_storages();
+    volumes.iter_mut().for_each(drain);
+    drain(&mut record);
+    let record = WriteIntent::open(record, &infos()).unwrap();
+    let config = primary_config(resync_rate_bytes);
+    let p = Primary::new(config, volumes, record, now_ms).unwrap();
+    Pair::new(p, s, LANES, now_ms)
+}
+
+/// The newest Hello the primary sent.
+fn last_hello(pair: &Pair) -> &Hello {
+    pair.primary_hellos
+        .last()
+        .expect("the primary greeted the secondary")
+}
+
+#[test]
+fn a_clean_stop_resumes_the_same_generation_at_the_next_seq_with_nothing_resent() {
+    let (mut pair, mut image) = fresh_pair(GENERATION, 0);
+    write(&mut pair, &mut image, 0, 3, 2, 0x31);
+    write(&mut pair, &mut image, 1, 7, 1, 0x32);
+    assert_eq!(flush(&mut pair), DataSetId(1));
+    catch_up(&mut pair);
+    assert_replica(&pair.s, &image);
+
+    // Two writes and a sync took seqs 1 to 3.
+    let mut pair = restart_primary(pair, Stop::Clean);
+    assert_eq!(
+        pair.p.start(),
+        Start::Resumed {
+            data_set: DataSetId(1)
+        }
+    );
+    assert_eq!(pair.p.generation(), GENERATION);
+    pair.run(10);
+    assert_eq!(write(&mut pair, &mut image, 0, 100, 1, 0x33), Seq(4));
+    assert_eq!(flush(&mut pair), DataSetId(2));
+    catch_up(&mut pair);
+
+    assert_eq!(pair.s.replica_point(), Some((GENERATION, DataSetId(2))));
+    assert_replica(&pair.s, &image);
+    let stats = pair.p.stats();
+    assert_eq!(
+        stats.frames_sent, 2,
+        "the new write and its sync, nothing from before"
+    );
+    assert_eq!(stats.retransmits, 0);
+    assert_eq!(pair.p.resync_stats().bytes_sent, 0);
+    assert_eq!(pair.p.resync_stats().phase, ResyncPhase::Idle);
+    assert_eq!(pair.s.stats().rebases, 0);
+    assert_eq!(last_hello(&pair).generation, GENERATION);
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+}
+
+#[test]
+fn a_crash_begins_a_new_generation_and_the_secondary_holds_its_image_until_the_end_point() {
+    let (mut pair, mut image) = fresh_pair(GENERATION, 0);
+    write(&mut pair, &mut image, 0, 0, 4, 0x21);
+    flush(&mut pair);
+    catch_up(&mut pair);
+    let (followed, image_1) = ((GENERATION, DataSetId(1)), image.clone());
+    assert!(pair.s.allow_inconsistent().is_err(), "nothing is held");
+
+    // The link goes down; the primary writes alone (three blocks the secondary lacks),
+    // then crashes and starts again on its disks.
+    pair.linked = false;
+    pair.break_lanes();
+    write(&mut pair, &mut image, 0, 300, 2, 0x22);
+    write(&mut pair, &mut image, 1, 5, 1, 0x23);
+    flush(&mut pair);
+    pair.run(20);
+    let mut pair = restart_primary(pair, Stop::Crash);
+    assert!(matches!(pair.p.start(), Start::NewGeneration { .. }));
+    let new = pair.p.generation();
+    assert_ne!(new, GENERATION);
+    // A data set of the new generation closes before the resync's end point.
+    write(&mut pair, &mut image, 0, 500, 1, 0x24);
+    assert_eq!(flush(&mut pair), DataSetId(1));
+
+    // A held replica is the image it had: untouched until the resync's end point is staged,
+    // then applied as one unit (and between data sets, that image or the new one).
+    let mut held_steps = 0;
+    for _ in 0..PATIENCE {
+        let end_staged = match pair.p.resync_stats().phase {
+            ResyncPhase::Ending { end } | ResyncPhase::Done { end } => {
+                pair.s.stats().last_staged >= end
+            }
+            ResyncPhase::Idle | ResyncPhase::Scanning => false,
+        };
+        let held = pair.s.replica_state() == ReplicaState::Held;
+        if held && (!end_staged || pair.s.is_between_data_sets()) {
+            held_steps += 1;
+            assert_eq!(pair.s.replica_point(), Some(followed));
+            assert!(
+                replica_is(&pair.s, &image_1),
+                "a held replica moved: {}",
+                pair.describe()
+            );
+        }
+        if caught_up(&pair) {
+            break;
+        }
+        pair.step();
+    }
+    assert!(caught_up(&pair), "{}", pair.describe());
+    assert!(held_steps > 0, "the secondary re-based held");
+    assert_eq!(last_hello(&pair).ancestors.first(), Some(&GENERATION));
+    assert_eq!(pair.s.history(), new);
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert_replica(&pair.s, &image);
+    let resync = pair.p.resync_stats();
+    assert!(
+        matches!(resync.phase, ResyncPhase::Done { .. }),
+        "{resync:?}"
+    );
+    // The three blocks written while the link was down, and the one written since (which
+    // a held replica does not apply before the end point).
+    assert_eq!(
+        resync.bytes_sent,
+        4 * u64::from(BLOCK),
+        "only the blocks that differ"
+    );
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+}
+
+#[test]
+fn a_replica_seeded_with_the_primarys_data_gets_an_initial_sync_that_sends_almost_nothing() {
+    let mut image = Image::seeded(0x5EED);
+    let p = primary_on(image.volumes(), GENERATION, false, 0);
+    let s = secondary_on(image.volumes(), false, 0x5EC0_0002);
+    let mut pair = Pair::new(p, s, LANES, 0);
+    // One block written after the copy was taken.
+    write(&mut pair, &mut image, 0, 9, 1, 0x77);
+    flush(&mut pair);
+
+    let mut inconsistent_steps = 0;
+    for _ in 0..PATIENCE {
+        if caught_up(&pair) {
+            break;
+        }
+        if pair.s.replica_state() == ReplicaState::Inconsistent {
+            inconsistent_steps += 1;
+            assert_eq!(pair.s.replica_point(), None);
+        }
+        pair.step();
+    }
+    assert!(caught_up(&pair), "{}", pair.describe());
+    assert!(inconsistent_steps > 0, "inconsistent until the end point");
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert_replica(&pair.s, &image);
+    let resync = pair.p.resync_stats();
+    let total: u64 = VOLUMES.iter().map(|&(_, size)| size).sum();
+    assert_eq!(
+        resync.bytes_compared, total,
+        "every extent compared: {resync:?}"
+    );
+    assert!(
+        resync.bytes_sent <= u64::from(BLOCK),
+        "at most the block written since: {resync:?}"
+    );
+}
+
+#[test]
+fn an_unrelated_history_is_refused_until_the_operator_discards_it() {
+    let (mut pair, mut image_a) = fresh_pair(GENERATION, 0);
+    write(&mut pair, &mut image_a, 0, 10, 3, 0xA1);
+    flush(&mut pair);
+    catch_up(&mut pair);
+    let (_, s, now_ms) = pair.into_parts();
+
+    let other = GenerationId(0x0B0B);
+    let mut image_b = Image::zeros();
+    let p = primary_on(image_b.volumes(), other, true, 0);
+    let mut pair = Pair::new(p, s, LANES, now_ms);
+    write(&mut pair, &mut image_b, 0, 11, 2, 0xB1);
+    flush(&mut pair);
+    pair.run(200);
+    let unrelated = PeerError::UnrelatedHistory {
+        primary: other,
+        secondary: GENERATION,
+    };
+    for errors in [&pair.secondary_errors, &pair.primary_errors] {
+        assert!(!errors.is_empty());
+        assert!(errors.iter().all(|e| *e == unrelated), "{errors:?}");
+    }
+    assert_eq!(pair.p.stalled(), Some(&unrelated));
+    assert_eq!(pair.p.stats().frames_sent, 0, "no record reached it");
+    assert_eq!(pair.s.replica_point(), Some((GENERATION, DataSetId(1))));
+    assert_replica(&pair.s, &image_a);
+
+    pair.s.discard_history();
+    let mut inconsistent_steps = 0;
+    for _ in 0..PATIENCE {
+        if caught_up(&pair) {
+            break;
+        }
+        inconsistent_steps += u64::from(pair.s.replica_state() == ReplicaState::Inconsistent);
+        pair.step();
+    }
+    assert!(caught_up(&pair), "{}", pair.describe());
+    assert!(
+        inconsistent_steps > 0,
+        "a discarded replica is inconsistent until the end point"
+    );
+    assert_eq!(pair.s.history(), other);
+    assert_eq!(pair.p.stalled(), None);
+    assert_replica(&pair.s, &image_b);
+}
+
+#[test]
+fn allow_inconsistent_lets_a_held_secondary_apply_data_sets_as_they_complete() {
+    // A slow resync (1 MiB a second, an extent at a time), so that it is still comparing
+    // when the operator decides.
+    let rate = 1 << 20;
+    let (mut pair, mut image) = fresh_pair(GENERATION, rate);
+    write(&mut pair, &mut image, 0, 0, 1, 0x41);
+    flush(&mut pair);
+    catch_up(&mut pair);
+    let (followed, image_1) = ((GENERATION, DataSetId(1)), image.clone());
+
+    pair.linked = false;
+    pair.break_lanes();
+    for extent in 0..4 {
+        write(
+            &mut pair,
+            &mut image,
+            0,
+            extent * 256 + 1,
+            1,
+            0x42 + extent as u8,
+        );
+    }
+    write(&mut pair, &mut image, 1, 9, 1, 0x4F);
+    flush(&mut pair);
+    pair.run(20);
+    let mut pair = restart_primary_at_rate(pair, Stop::Crash, rate);
+    pair.run_until("the secondary re-based, held", PATIENCE, |pair| {
+        pair.s.replica_state() == ReplicaState::Held && !pair.s.rebasing()
+    });
+
+    // Held: a data set of the new generation is staged, and not applied.
+    let applied_before = pair.s.stats().data_sets_applied;
+    write(&mut pair, &mut image, 0, 700, 1, 0x50);
+    let held_set = flush(&mut pair);
+    pair.run_until("the data set is staged", PATIENCE, |pair| {
+        pair.s.stats().last_staged >= held_set
+    });
+    pair.run(50);
+    assert_eq!(pair.p.resync_stats().phase, ResyncPhase::Scanning);
+    assert_eq!(pair.s.stats().data_sets_applied, applied_before);
+    assert_eq!(pair.s.replica_point(), Some(followed));
+    assert_replica(&pair.s, &image_1);
+
+    pair.s.allow_inconsistent().unwrap();
+    pair.run_until("data sets are applied as they complete", PATIENCE, |pair| {
+        pair.s.stats().data_sets_applied > applied_before
+    });
+    assert_eq!(
+        pair.p.resync_stats().phase,
+        ResyncPhase::Scanning,
+        "before the end point"
+    );
+    assert_eq!(pair.s.replica_state(), ReplicaState::Inconsistent);
+    assert_eq!(pair.s.replica_point(), None);
+
+    catch_up(&mut pair);
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert_replica(&pair.s, &image);
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+}
+
+/// Recomputes the crc of the frame filling `buf` (the header's last four bytes), so that
+/// an edited field reaches the decoder's checks.
+fn reseal(buf: &mut [u8]) {
+    buf[12..HEADER_BYTES].fill(0);
+    let crc = crc32c::crc32c(buf);
+    buf[12..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encoded(frame: &Frame<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(frame, &mut out);
+    out
+}
+
+#[test]
+fn the_frames_of_histories_round_trip_and_malformed_ones_are_typed_errors() {
+    let every_flag = HistoryFlags {
+        genesis_stream: true,
+        genesis_bits: true,
+        replica_zeroed: true,
+        discard: true,
+        inconsistent: true,
+        held: true,
+        resync_all: true,
+        resync_from_zero: true,
+    };
+    let hello = Frame::Hello(Hello {
+        role: Role::Primary,
+        group: GROUP,
+        max_write_bytes: MAX_WRITE,
+        volumes: infos(),
+        generation: GENERATION,
+        ancestors: (1..=MAX_ANCESTORS as u64).map(GenerationId).collect(),
+        flags: every_flag,
+        resume: ResumeState::default(),
+    });
+    let end_point = Frame::Sync(SyncFrame {
+        seq: Seq(9),
+        data_set: DataSetId(3),
+        first_seq: Seq(9),
+        write_count: 0,
+        stream_offset: 12 << 12,
+        ends_resync: true,
+    });
+    let request = Frame::DigestRequest(DigestRequestFrame {
+        id: 4,
+        volume: VolumeId(1),
+        offset: 1 << 20,
+        len: 1 << 20,
+    });
+    let digests = Frame::Digests(DigestsFrame {
+        id: 4,
+        volume: VolumeId(1),
+        offset: 1 << 20,
+        len: 1 << 20,
+        digests: (0..MAX_DIGESTS as u64).collect(),
+    });
+    for frame in [&hello, &end_point, &request, &digests] {
+        let buf = encoded(frame);
+        assert_eq!(decode(&buf), Ok((frame.clone(), buf.len())));
+    }
+    let plain = Frame::Sync(SyncFrame {
+        ends_resync: false,
+        ..match end_point {
+            Frame::Sync(sync) => sync,
+            _ => unreachable!(),
+        }
+    });
+    assert_ne!(
+        encoded(&plain),
+        encoded(&end_point),
+        "the end point is on the wire"
+    );
+
+    // Each edit is at a byte offset from the frame's start (a 16-byte header, then the
+    // body), resealed so the crc passes.
+    let hello_bytes = encoded(&hello);
+    let digests_bytes = encoded(&digests);
+    let request_bytes = encoded(&request);
+    let malformed = |buf: &[u8], at: usize, bytes: &[u8]| {
+        let mut buf = buf.to_vec();
+        buf[at..at + bytes.len()].copy_from_slice(bytes);
+        reseal(&mut buf);
+        decode(&buf).map(|_| ()).unwrap_err()
+    };
+    let too_many_ancestors = (MAX_ANCESTORS as u16 + 1).to_le_bytes();
+    assert_eq!(
+        malformed(&hello_bytes, HEADER_BYTES + 20, &too_many_ancestors),
+        DecodeError::Malformed("too many ancestors in hello")
+    );
+    assert_eq!(
+        malformed(&hello_bytes, HEADER_BYTES + 22, &0x0100u16.to_le_bytes()),
+        DecodeError::Malformed("unknown flags in hello")
+    );
+    assert!(matches!(
+        malformed(&hello_bytes, HEADER_BYTES + 20, &1u16.to_le_bytes()),
+        DecodeError::BadLength { kind: 1, .. }
+    ));
+    let too_many_digests = (MAX_DIGESTS as u16 + 1).to_le_bytes();
+    assert_eq!(
+        malformed(&digests_bytes, HEADER_BYTES + 2, &too_many_digests),
+        DecodeError::Malformed("too many digests")
+    );
+    assert!(matches!(
+        malformed(&digests_bytes, HEADER_BYTES + 2, &3u16.to_le_bytes()),
+        DecodeError::BadLength { kind: 9, .. }
+    ));
+    assert!(matches!(
+        malformed(&request_bytes, 8, &25u32.to_le_bytes()),
+        DecodeError::BadLength {
+            kind: 8,
+            body_len: 25
+        }
+    ));
+    assert_eq!(
+        malformed(&request_bytes, HEADER_BYTES + 2, &[1]),
+        DecodeError::Malformed("non-zero padding in digest request")
+    );
+}
