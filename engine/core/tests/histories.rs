@@ -262,6 +262,71 @@ fn restart_primary_at_rate(mut pair: Pair, stop: Stop, resync_rate_bytes: u64) -
     Pair::new(p, s, LANES, now_ms)
 }
 
+/// Steps until the replica is the image of the primary's last closed data set, checking
+/// at every step that a held replica is the image it had (`base`, at `point`): untouched
+/// until the resync's end point is staged, then applied as one unit (so between data sets
+/// it is that image or the new one). Returns the steps it was seen held.
+fn catch_up_holding(pair: &mut Pair, point: (GenerationId, DataSetId), base: &Image) -> u64 {
+    let mut held_steps = 0;
+    for _ in 0..PATIENCE {
+        let end_staged = match pair.p.resync_stats().phase {
+            ResyncPhase::Ending { end } | ResyncPhase::Done { end } => {
+                pair.s.stats().last_staged >= end
+            }
+            ResyncPhase::Idle | ResyncPhase::Scanning => false,
+        };
+        let held = pair.s.replica_state() == ReplicaState::Held;
+        if held && (!end_staged || pair.s.is_between_data_sets()) {
+            held_steps += 1;
+            assert_eq!(pair.s.replica_point(), Some(point));
+            let unmoved = replica_is(&pair.s, base);
+            assert!(unmoved, "a held replica moved: {}", pair.describe());
+        }
+        if caught_up(pair) {
+            return held_steps;
+        }
+        pair.step();
+    }
+    panic!("the replica never caught up: {}", pair.describe());
+}
+
+/// A fresh pair at `resync_rate_bytes` whose secondary applied one data set; then the link
+/// goes down, the primary writes a block in each extent alone, crashes and starts again on
+/// its disks, and the secondary re-bases held, with its resync under way. Returns the pair,
+/// the primary's image, and the point and image the secondary holds.
+fn held_mid_resync(resync_rate_bytes: u64) -> (Pair, Image, (GenerationId, DataSetId), Image) {
+    let (mut pair, mut image) = fresh_pair(GENERATION, resync_rate_bytes);
+    write(&mut pair, &mut image, 0, 0, 1, 0x41);
+    flush(&mut pair);
+    catch_up(&mut pair);
+    let (followed, image_1) = ((GENERATION, DataSetId(1)), image.clone());
+
+    pair.linked = false;
+    pair.break_lanes();
+    for extent in 0..4 {
+        write(
+            &mut pair,
+            &mut image,
+            0,
+            extent * 256 + 1,
+            1,
+            0x42 + extent as u8,
+        );
+    }
+    write(&mut pair, &mut image, 1, 9, 1, 0x4F);
+    flush(&mut pair);
+    pair.run(20);
+    let mut pair = restart_primary_at_rate(pair, Stop::Crash, resync_rate_bytes);
+    pair.run_until("the secondary re-based, held", PATIENCE, |pair| {
+        pair.s.replica_state() == ReplicaState::Held && !pair.s.rebasing()
+    });
+    pair.run_until("the resync compared something", PATIENCE, |pair| {
+        pair.p.resync_stats().bytes_compared > 0
+    });
+    assert_eq!(pair.p.resync_stats().phase, ResyncPhase::Scanning);
+    (pair, image, followed, image_1)
+}
+
 /// The newest Hello the primary sent.
 fn last_hello(pair: &Pair) -> &Hello {
     pair.primary_hellos
@@ -332,32 +397,7 @@ fn a_crash_begins_a_new_generation_and_the_secondary_holds_its_image_until_the_e
     write(&mut pair, &mut image, 0, 500, 1, 0x24);
     assert_eq!(flush(&mut pair), DataSetId(1));
 
-    // A held replica is the image it had: untouched until the resync's end point is staged,
-    // then applied as one unit (and between data sets, that image or the new one).
-    let mut held_steps = 0;
-    for _ in 0..PATIENCE {
-        let end_staged = match pair.p.resync_stats().phase {
-            ResyncPhase::Ending { end } | ResyncPhase::Done { end } => {
-                pair.s.stats().last_staged >= end
-            }
-            ResyncPhase::Idle | ResyncPhase::Scanning => false,
-        };
-        let held = pair.s.replica_state() == ReplicaState::Held;
-        if held && (!end_staged || pair.s.is_between_data_sets()) {
-            held_steps += 1;
-            assert_eq!(pair.s.replica_point(), Some(followed));
-            assert!(
-                replica_is(&pair.s, &image_1),
-                "a held replica moved: {}",
-                pair.describe()
-            );
-        }
-        if caught_up(&pair) {
-            break;
-        }
-        pair.step();
-    }
-    assert!(caught_up(&pair), "{}", pair.describe());
+    let held_steps = catch_up_holding(&mut pair, followed, &image_1);
     assert!(held_steps > 0, "the secondary re-based held");
     assert_eq!(last_hello(&pair).ancestors.first(), Some(&GENERATION));
     assert_eq!(pair.s.history(), new);
@@ -466,32 +506,7 @@ fn an_unrelated_history_is_refused_until_the_operator_discards_it() {
 fn allow_inconsistent_lets_a_held_secondary_apply_data_sets_as_they_complete() {
     // A slow resync (1 MiB a second, an extent at a time), so that it is still comparing
     // when the operator decides.
-    let rate = 1 << 20;
-    let (mut pair, mut image) = fresh_pair(GENERATION, rate);
-    write(&mut pair, &mut image, 0, 0, 1, 0x41);
-    flush(&mut pair);
-    catch_up(&mut pair);
-    let (followed, image_1) = ((GENERATION, DataSetId(1)), image.clone());
-
-    pair.linked = false;
-    pair.break_lanes();
-    for extent in 0..4 {
-        write(
-            &mut pair,
-            &mut image,
-            0,
-            extent * 256 + 1,
-            1,
-            0x42 + extent as u8,
-        );
-    }
-    write(&mut pair, &mut image, 1, 9, 1, 0x4F);
-    flush(&mut pair);
-    pair.run(20);
-    let mut pair = restart_primary_at_rate(pair, Stop::Crash, rate);
-    pair.run_until("the secondary re-based, held", PATIENCE, |pair| {
-        pair.s.replica_state() == ReplicaState::Held && !pair.s.rebasing()
-    });
+    let (mut pair, mut image, followed, image_1) = held_mid_resync(1 << 20);
 
     // Held: a data set of the new generation is staged, and not applied.
     let applied_before = pair.s.stats().data_sets_applied;
@@ -642,4 +657,43 @@ fn the_frames_of_histories_round_trip_and_malformed_ones_are_typed_errors() {
         malformed(&request_bytes, HEADER_BYTES + 2, &[1]),
         DecodeError::Malformed("non-zero padding in digest request")
     );
+}
+
+#[test]
+fn a_secondary_restarted_mid_resync_still_holds_its_image_and_converges() {
+    let (pair, image, followed, image_1) = held_mid_resync(1 << 20);
+    let (p, s, now_ms) = pair.into_parts();
+    let (journal, replicas) = s.into_storages();
+    let s = Secondary::open(secondary_config(), journal, replicas).unwrap();
+    let mut pair = Pair::new(p, s, LANES, now_ms);
+    assert_eq!(pair.s.replica_state(), ReplicaState::Held);
+    assert_eq!(pair.s.replica_point(), Some(followed));
+    assert_replica(&pair.s, &image_1);
+
+    catch_up_holding(&mut pair, followed, &image_1);
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert_replica(&pair.s, &image);
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+}
+
+#[test]
+fn a_second_crash_mid_resync_keeps_the_secondary_on_its_first_image_until_the_new_end_point() {
+    let (mut pair, mut image, followed, image_1) = held_mid_resync(1 << 20);
+    let second = pair.p.generation();
+    write(&mut pair, &mut image, 0, 600, 1, 0x60);
+    flush(&mut pair);
+    pair.run(10);
+
+    let mut pair = restart_primary_at_rate(pair, Stop::Crash, 1 << 20);
+    let third = pair.p.generation();
+    assert_ne!(third, second);
+    write(&mut pair, &mut image, 1, 200, 1, 0x61);
+    flush(&mut pair);
+    catch_up_holding(&mut pair, followed, &image_1);
+    let ancestors = &last_hello(&pair).ancestors;
+    assert_eq!(ancestors[..2], [second, GENERATION], "newest first");
+    assert_eq!(pair.s.history(), third);
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert_replica(&pair.s, &image);
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
 }

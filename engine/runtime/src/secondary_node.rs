@@ -524,9 +524,9 @@ impl Receiving {
             let result = self.reader.read_frames(|frame| {
                 match inbox.deliver(frame, ready)? {
                     Delivered::Hello(history) => {
-                        if !ready {
-                            hello = Some(history);
-                        }
+                        // Every one, not only the first: a primary that began a new
+                        // generation greets its lanes again, and the poller decides anew.
+                        hello = Some(history);
                         ready = true;
                     }
                     Delivered::BeforeHello | Delivered::Record(Received::OutOfWindow) => {}
@@ -537,7 +537,8 @@ impl Receiving {
             let woke = hello.is_some() || staged;
             if let Some(history) = hello {
                 let (index, generation) = (self.index, self.generation);
-                // Unbounded, and at most one Hello and one end per connection.
+                // Unbounded: a primary greets a lane again only when it is not answered
+                // or begins a new generation, and a connection ends once.
                 let _ = self.events.send(Event::Hello {
                     index,
                     generation,
