@@ -257,7 +257,9 @@ fn sigterm_drains_every_write_and_a_primary_without_state_is_refused_as_unrelate
         || {
             pair.primary.status()["link"]["stalled"]
                 .as_str()
-                .is_some_and(|s| s.contains("not this primary's") && s.contains("nor one it descends from"))
+                .is_some_and(|s| {
+                    s.contains("not this primary's") && s.contains("nor one it descends from")
+                })
         },
     );
     wait_until(

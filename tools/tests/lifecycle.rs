@@ -43,7 +43,10 @@ fn wait_resynced(pair: &Pair, limit: Duration) -> Value {
     loop {
         let s = pair.primary.status();
         let r = pair.secondary.status();
-        let state = s["resync"]["state"].as_str().unwrap_or_default().to_string();
+        let state = s["resync"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let caught_up =
             number(&s, &["data_sets", "applied"]) == number(&s, &["data_sets", "last_closed"]);
         let on_history = r["replica"]["state"] == "consistent"
@@ -72,7 +75,10 @@ fn a_cleanly_stopped_primary_resumes_its_history_with_nothing_resent() {
     let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
     let image = random_bytes(16 << 20, 21);
     for at in (0..8 << 20).step_by(1 << 20) {
-        assert_eq!(client.write(at as u64, &image[at..at + (1 << 20)]).unwrap(), 0);
+        assert_eq!(
+            client.write(at as u64, &image[at..at + (1 << 20)]).unwrap(),
+            0
+        );
     }
     assert_eq!(client.flush().unwrap(), 0);
     client.disconnect();
@@ -84,7 +90,10 @@ fn a_cleanly_stopped_primary_resumes_its_history_with_nothing_resent() {
     pair.primary.restart();
     let after = pair.primary.status();
     assert_eq!(after["history"]["started"], "resumed", "{after}");
-    assert_eq!(after["history"]["generation"], before["history"]["generation"]);
+    assert_eq!(
+        after["history"]["generation"],
+        before["history"]["generation"]
+    );
     assert_eq!(
         number(&after, &["data_sets", "last_closed"]),
         number(&before, &["data_sets", "last_closed"]),
@@ -95,15 +104,30 @@ fn a_cleanly_stopped_primary_resumes_its_history_with_nothing_resent() {
     });
     let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
     for at in (8 << 20..16 << 20).step_by(1 << 20) {
-        assert_eq!(client.write(at as u64, &image[at..at + (1 << 20)]).unwrap(), 0);
+        assert_eq!(
+            client.write(at as u64, &image[at..at + (1 << 20)]).unwrap(),
+            0
+        );
     }
     assert_eq!(client.flush().unwrap(), 0);
     client.disconnect();
     pair.wait_caught_up(CATCH_UP);
     let s = pair.primary.status();
-    assert_eq!(number(&s, &["counters", "retransmits"]), 0, "nothing resent: {s}");
-    assert_eq!(number(&s, &["resync", "bytes_compared"]), 0, "nothing compared: {s}");
-    assert_eq!(number(&s, &["resync", "bytes_sent"]), 0, "nothing resynchronised: {s}");
+    assert_eq!(
+        number(&s, &["counters", "retransmits"]),
+        0,
+        "nothing resent: {s}"
+    );
+    assert_eq!(
+        number(&s, &["resync", "bytes_compared"]),
+        0,
+        "nothing compared: {s}"
+    );
+    assert_eq!(
+        number(&s, &["resync", "bytes_sent"]),
+        0,
+        "nothing resynchronised: {s}"
+    );
     assert_eq!(s["resync"]["state"], "idle");
     assert_verifies(&pair);
     assert_file_equals(&pair.replica_image, &image);
@@ -129,7 +153,11 @@ fn resilient_writer(nbd: std::net::SocketAddr, writes: &Writes) {
     while !writes.stop.load(Ordering::Relaxed) {
         let block = rng.random_range(0..MODEL_BLOCKS);
         let data = write_data(index);
-        writes.log.lock().unwrap().push((block, crc32c::crc32c(&data)));
+        writes
+            .log
+            .lock()
+            .unwrap()
+            .push((block, crc32c::crc32c(&data)));
         loop {
             let c = match client.as_mut() {
                 Some(c) => c,
@@ -190,13 +218,18 @@ fn a_primary_killed_ten_times_resyncs_only_what_its_write_intent_record_names() 
     for round in 0..10 {
         let acked = writes.acked.load(Ordering::Relaxed);
         let more = rng.random_range(30..150);
-        wait_until("the client wrote some more", Duration::from_secs(60), || {
-            writes.acked.load(Ordering::Relaxed) >= acked + more
-        });
+        wait_until(
+            "the client wrote some more",
+            Duration::from_secs(60),
+            || writes.acked.load(Ordering::Relaxed) >= acked + more,
+        );
         pair.primary.kill9();
         pair.primary.restart();
         let s = pair.primary.status();
-        assert_eq!(s["history"]["started"], "new_generation", "round {round}: {s}");
+        assert_eq!(
+            s["history"]["started"], "new_generation",
+            "round {round}: {s}"
+        );
         let out_of_sync = number(&s, &["history", "out_of_sync_bytes"]);
         assert!(
             out_of_sync <= 4 << 20,
@@ -216,7 +249,10 @@ fn a_primary_killed_ten_times_resyncs_only_what_its_write_intent_record_names() 
         let prefix = matching_prefix(&crcs[..MODEL_BLOCKS], &log).unwrap_or_else(|| {
             panic!("round {round}: the replica at data set {data_set} is no prefix of the writes")
         });
-        assert!(prefix >= last_prefix, "round {round}: the replica went back");
+        assert!(
+            prefix >= last_prefix,
+            "round {round}: the replica went back"
+        );
         last_prefix = prefix;
     }
     writes.stop.store(true, Ordering::Relaxed);
@@ -311,7 +347,10 @@ fn an_initial_sync_of_a_volume_full_of_data_fresh_seeded_and_over_an_old_replica
         pair.secondary.status()["replica"]["state"] == "inconsistent"
     });
     let (ok, out) = pair.verify();
-    assert!(!ok && out.contains("INCONSISTENT"), "verify says why it cannot compare: {out}");
+    assert!(
+        !ok && out.contains("INCONSISTENT"),
+        "verify says why it cannot compare: {out}"
+    );
     let fio = run(
         "fio",
         &[
@@ -340,7 +379,10 @@ fn an_initial_sync_of_a_volume_full_of_data_fresh_seeded_and_over_an_old_replica
     pair.secondary.restart();
     let s = wait_resynced(&pair, Duration::from_secs(600));
     let sent = number(&s, &["resync", "bytes_sent"]);
-    assert!(sent < (1 << 30) / 100, "{sent} bytes sent to a replica that was equal: {s}");
+    assert!(
+        sent < (1 << 30) / 100,
+        "{sent} bytes sent to a replica that was equal: {s}"
+    );
     assert_verifies(&pair);
 
     // A replica seeded with dd, and a primary and secondary both new.
@@ -362,7 +404,10 @@ fn an_initial_sync_of_a_volume_full_of_data_fresh_seeded_and_over_an_old_replica
     let s = wait_resynced(&pair, Duration::from_secs(600));
     let sent = number(&s, &["resync", "bytes_sent"]);
     assert_eq!(number(&s, &["resync", "bytes_total"]), 1 << 30, "{s}");
-    assert!(sent < (1 << 30) / 100, "{sent} bytes sent to a seeded replica: {s}");
+    assert!(
+        sent < (1 << 30) / 100,
+        "{sent} bytes sent to a seeded replica: {s}"
+    );
     assert_verifies(&pair);
 }
 
@@ -405,7 +450,10 @@ fn a_secondary_away_longer_than_the_window_lasts_is_tracked_then_resynchronised(
         writes.acked.load(Ordering::Relaxed) > acked + 3000
     });
     let s = pair.primary.status();
-    assert!(number(&s, &["window_full", "stream_cuts"]) >= 1, "the stream was cut: {s}");
+    assert!(
+        number(&s, &["window_full", "drops"]) >= 1,
+        "the window was dropped: {s}"
+    );
     let slowest = slowest_us.load(Ordering::Relaxed);
     assert!(
         slowest < 2_000_000,
@@ -442,7 +490,11 @@ fn timed_writer(nbd: std::net::SocketAddr, writes: &Writes, slowest_us: &AtomicU
     while !writes.stop.load(Ordering::Relaxed) {
         let block = rng.random_range(0..MODEL_BLOCKS);
         let data = write_data(index);
-        writes.log.lock().unwrap().push((block, crc32c::crc32c(&data)));
+        writes
+            .log
+            .lock()
+            .unwrap()
+            .push((block, crc32c::crc32c(&data)));
         let started = Instant::now();
         assert_eq!(client.write((block * BLOCK) as u64, &data).unwrap(), 0);
         let waited = started.elapsed().as_micros() as u64;
@@ -465,7 +517,10 @@ fn an_unrelated_history_is_refused_until_the_operator_discards_the_replica() {
     let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
     let image = random_bytes(8 << 20, 4);
     for at in (0..8 << 20).step_by(1 << 20) {
-        assert_eq!(client.write(at as u64, &image[at..at + (1 << 20)]).unwrap(), 0);
+        assert_eq!(
+            client.write(at as u64, &image[at..at + (1 << 20)]).unwrap(),
+            0
+        );
     }
     assert_eq!(client.flush().unwrap(), 0);
     client.disconnect();
@@ -499,14 +554,20 @@ fn an_unrelated_history_is_refused_until_the_operator_discards_the_replica() {
     .map(ToString::to_string)
     .collect();
     let intruder = Daemon::start("intruder", &other, &args, &control);
-    wait_until("the intruder names the other history", Duration::from_secs(30), || {
-        intruder.status()["link"]["stalled"]
-            .as_str()
-            .is_some_and(|s| s.contains(&first) && s.contains("nor one it descends from"))
-    });
-    wait_until("the secondary names it too", Duration::from_secs(10), || {
-        pair.secondary.log().contains("nor one it descends from")
-    });
+    wait_until(
+        "the intruder names the other history",
+        Duration::from_secs(30),
+        || {
+            intruder.status()["link"]["stalled"]
+                .as_str()
+                .is_some_and(|s| s.contains(&first) && s.contains("nor one it descends from"))
+        },
+    );
+    wait_until(
+        "the secondary names it too",
+        Duration::from_secs(10),
+        || pair.secondary.log().contains("nor one it descends from"),
+    );
     assert_file_equals(&pair.replica_image, &image);
     assert_eq!(pair.secondary.status()["replica"]["state"], "consistent");
 
@@ -517,11 +578,15 @@ fn an_unrelated_history_is_refused_until_the_operator_discards_the_replica() {
         "--discard-my-data",
     ]);
     assert!(ok, "{out}");
-    wait_until("the intruder's history overwrites it", Duration::from_secs(120), || {
-        let s = pair.secondary.status();
-        s["replica"]["state"] == "consistent"
-            && s["replica"]["follows"] == intruder.status()["history"]["generation"]
-    });
+    wait_until(
+        "the intruder's history overwrites it",
+        Duration::from_secs(120),
+        || {
+            let s = pair.secondary.status();
+            s["replica"]["state"] == "consistent"
+                && s["replica"]["follows"] == intruder.status()["history"]["generation"]
+        },
+    );
     let (ok, out) = ordo(&[
         "verify",
         "--primary",

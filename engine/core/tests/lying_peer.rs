@@ -288,11 +288,6 @@ fn frame<'a>(lie: &Lie, payload: &'a mut Vec<u8>) -> Option<Frame<'a>> {
     Some(frame)
 }
 
-/// A primary's Hello that names no history (generation 0).
-fn nameless_primary(frame: &Frame<'_>) -> bool {
-    matches!(frame, Frame::Hello(h) if h.role == Role::Primary && h.generation == GenerationId::NONE)
-}
-
 fn secondary_config() -> SecondaryConfig {
     SecondaryConfig {
         group: GROUP,
@@ -312,11 +307,8 @@ fn fresh_secondary() -> Secondary<MemStorage> {
 
 /// A primary's Hello naming no history is input from outside like any other: a typed
 /// error, the lane not taken, the replica untouched, and the honest primary still gets in.
-/// Fails today: `Secondary::lane_hello` hands the generation off the wire to
-/// `protocol::decide`, which asserts it is not `NONE` (protocol/history.rs, "a primary
-/// always has a history"), so the secondary panics.
+/// (It once reached an assertion in `protocol::decide`.)
 #[test]
-#[ignore = "library bug: a primary Hello with generation 0 panics the secondary in protocol::decide"]
 fn a_primary_hello_that_names_no_history_is_refused_not_a_panic() {
     let mut secondary = fresh_secondary();
     secondary.lane_up(0);
@@ -384,12 +376,6 @@ proptest! {
         let mut out = Vec::new();
         for (lane, lie) in &lies {
             let Some(frame) = frame(lie, &mut payload) else { continue };
-            if nameless_primary(&frame) {
-                // Panics the secondary (a library bug, see
-                // `a_primary_hello_that_names_no_history_is_refused_not_a_panic`): kept out
-                // until that is fixed, so that every other lie is still tried.
-                continue;
-            }
             // An error drops the lane; the driver would reconnect it. (After a lie that
             // made it re-base onto another history, the honest Hello may be refused too:
             // a typed error, not a panic.)

@@ -36,8 +36,6 @@ pub enum LaneError {
     Peer(#[from] PeerError),
     #[error("no handshake within {0} ms of connecting")]
     NoHandshake(u64),
-    #[error("re-basing onto the primary's history: no lane until that is durable")]
-    Rebasing,
 }
 
 /// Idle this long, a connection is probed; unanswered probes, or data unacknowledged for

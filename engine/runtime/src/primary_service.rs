@@ -525,14 +525,6 @@ impl<S: Storage> PrimaryService<S> {
                     self.stats.lag_queue_full += 1;
                 }
             }
-            PrimaryEvent::HistoryBegan { generation } => {
-                tracing::warn!(
-                    %generation,
-                    "a new generation begins (the stream was cut); the secondary is resynchronised from the write-intent record when it follows again"
-                );
-                // Data sets count anew in it.
-                self.closed.clear();
-            }
         }
     }
 
@@ -672,7 +664,8 @@ mod tests {
             lanes: 1,
             ..PrimaryConfig::default()
         };
-        let infos = ordo_core::storage::describe(&config.volume_names, std::slice::from_ref(&volume));
+        let infos =
+            ordo_core::storage::describe(&config.volume_names, std::slice::from_ref(&volume));
         let record = MemStorage::new(ordo_core::primary::record_geometry(&infos)).unwrap();
         let generation = ordo_core::protocol::GenerationId(7);
         let record = ordo_core::primary::format_record(record, &infos, generation, true).unwrap();

@@ -20,7 +20,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -82,8 +82,40 @@ enum Event {
     },
 }
 
-/// The inbox receivers are handed, and its version (`Secondary::inbox_version`).
-type SharedInbox = Arc<Mutex<(Arc<Inbox>, u64)>>;
+/// The inbox receivers fill, and its version (`Secondary::inbox_version`): a re-base
+/// replaces it, and each receiver, checking the version (one atomic load) before each read,
+/// takes the new one (under the lock, once per re-base).
+#[derive(Debug)]
+struct SharedInbox {
+    current: Mutex<Arc<Inbox>>,
+    version: AtomicU64,
+}
+
+impl SharedInbox {
+    fn new(inbox: Arc<Inbox>, version: u64) -> SharedInbox {
+        SharedInbox {
+            current: Mutex::new(inbox),
+            version: AtomicU64::new(version),
+        }
+    }
+
+    fn version(&self) -> u64 {
+        // Acquire, pairing with the Release in `replace`: a receiver that sees the new
+        // version finds the new inbox under the lock.
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn replace(&self, inbox: Arc<Inbox>, version: u64) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = inbox;
+        self.version.store(version, Ordering::Release);
+    }
+
+    /// The inbox and the version it is (read together under the lock).
+    fn current(&self) -> (Arc<Inbox>, u64) {
+        let inbox = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        (Arc::clone(&inbox), self.version.load(Ordering::Acquire))
+    }
+}
 
 /// A lane's sending half and the receiver thread reading its other half.
 #[derive(Debug)]
@@ -91,8 +123,6 @@ struct LaneSlot {
     lane: Lane,
     /// Tells this connection's events from those of an earlier one in the same slot.
     generation: u64,
-    /// The version of the inbox its receiver fills.
-    inbox_version: u64,
     receiver: Option<JoinHandle<()>>,
 }
 
@@ -135,9 +165,8 @@ pub struct SecondaryNode<S: Storage> {
     acceptor: Acceptor,
     /// When each lane was accepted (for the handshake deadline).
     accepted_ms: Vec<u64>,
-    /// The inbox new receivers are handed (a re-base replaces the secondary's) with its
-    /// version. Locked only when a lane starts or the inbox changes.
-    inbox: SharedInbox,
+    /// The inbox receivers fill (a re-base replaces the secondary's).
+    inbox: Arc<SharedInbox>,
     last_error: Option<String>,
     stats: NodeStats,
 }
@@ -168,10 +197,10 @@ impl<S: Storage> SecondaryNode<S> {
         let (freed, freed_rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let poller = Arc::new(OnceLock::new());
-        let inbox = Arc::new(Mutex::new((
+        let inbox = Arc::new(SharedInbox::new(
             Arc::clone(secondary.inbox()),
             secondary.inbox_version(),
-        )));
+        ));
         let accepting = Accepting {
             listener,
             occupied: vec![false; lanes],
@@ -263,15 +292,6 @@ impl<S: Storage> SecondaryNode<S> {
     pub fn poll(&mut self, now_ms: u64) -> bool {
         self.poller.get_or_init(std::thread::current);
         let mut work = self.events(now_ms);
-        if self.secondary.rebasing() {
-            // No lane until the re-base is durable; the primary reconnects.
-            for index in 0..self.lanes.len() {
-                if self.lanes[index].is_some() {
-                    self.drop_lane(index, &LaneError::Rebasing);
-                    work = true;
-                }
-            }
-        }
         for index in 0..self.lanes.len() {
             let Some(slot) = &mut self.lanes[index] else {
                 continue;
@@ -291,10 +311,10 @@ impl<S: Storage> SecondaryNode<S> {
         self.secondary.tick(now_ms);
         work |= self.secondary.poll_storage() > 0;
         let version = self.secondary.inbox_version();
-        let mut shared = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        if shared.1 != version {
-            // Re-based: receivers of lanes accepted from now on fill the new inbox.
-            *shared = (Arc::clone(self.secondary.inbox()), version);
+        if self.inbox.version() != version {
+            // Re-based: every receiver fills the new inbox from its next read on.
+            self.inbox
+                .replace(Arc::clone(self.secondary.inbox()), version);
         }
         work
     }
@@ -308,14 +328,7 @@ impl<S: Storage> SecondaryNode<S> {
                 Event::Connected { index, slot, peer } => {
                     tracing::info!("lane {index} connected from {peer}");
                     assert!(self.lanes[index].is_none(), "the acceptor gave a free slot");
-                    let stale = slot.inbox_version != self.secondary.inbox_version();
                     self.lanes[index] = Some(slot);
-                    if stale {
-                        // Accepted just before a re-base swapped the inbox: its receiver
-                        // fills the old one; the primary reconnects.
-                        self.drop_lane(index, &LaneError::Rebasing);
-                        continue;
-                    }
                     self.accepted_ms[index] = now_ms;
                     self.secondary.lane_up(index);
                     self.stats.lanes_accepted += 1;
@@ -401,7 +414,7 @@ struct Accepting {
     occupied: Vec<bool>,
     generations: u64,
     max_frame_bytes: usize,
-    inbox: SharedInbox,
+    inbox: Arc<SharedInbox>,
     events: Sender<Event>,
     freed: Receiver<usize>,
     stop: Arc<AtomicBool>,
@@ -450,13 +463,9 @@ impl Accepting {
         // The receiver starts reading only once the poller has been told of its lane, so
         // its events always come after `Connected`.
         let (go, started) = crossbeam_channel::bounded::<()>(1);
-        let (inbox, inbox_version) = {
-            let shared = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-            (Arc::clone(&shared.0), shared.1)
-        };
         let receiving = Receiving {
             reader,
-            inbox,
+            inbox: Arc::clone(&self.inbox),
             events: self.events.clone(),
             poller: Arc::clone(&self.poller),
             index,
@@ -480,7 +489,6 @@ impl Accepting {
                 let slot = LaneSlot {
                     lane,
                     generation: self.generations,
-                    inbox_version,
                     receiver: Some(receiver),
                 };
                 let _ = self.events.send(Event::Connected { index, slot, peer });
@@ -506,7 +514,7 @@ impl Accepting {
 /// A receiver thread's state: one lane's reading half.
 struct Receiving {
     reader: FrameReader,
-    inbox: Arc<Inbox>,
+    inbox: Arc<SharedInbox>,
     events: Sender<Event>,
     poller: Arc<OnceLock<Thread>>,
     index: usize,
@@ -516,9 +524,15 @@ struct Receiving {
 impl Receiving {
     /// Reads frames until the lane ends, staging every record.
     fn run(mut self) {
-        let inbox = &*self.inbox;
+        let (mut inbox, mut version) = self.inbox.current();
         let mut ready = false;
         let error = loop {
+            if self.inbox.version() != version {
+                // The secondary re-based: what follows belongs to the new stream. The lane
+                // stays as ready as it was: the primary sends records on it only once the
+                // poller answered its Hello, which it does only after the re-base.
+                (inbox, version) = self.inbox.current();
+            }
             let mut hello = None;
             let mut staged = false;
             let result = self.reader.read_frames(|frame| {

@@ -530,9 +530,6 @@ impl Run {
                         lag.closed(data_set, sync_seq);
                     }
                 }
-                PrimaryEvent::HistoryBegan { .. } => {
-                    bail!("the stream was cut (the window stayed full): the run's lag is not one history's")
-                }
             }
         }
         let applied = primary.peer_applied();

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use ordo_core::primary::{
-    format_record, record_geometry, DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent, SubmitError,
+    format_record, record_geometry, DataSetPolicy, Primary, PrimaryConfig, PrimaryEvent,
+    SubmitError,
 };
 use ordo_core::protocol::{DataSetId, GenerationId, GroupId, VolumeId, MAX_LANES};
 use ordo_core::secondary::journal::required_bytes;
@@ -262,7 +263,7 @@ fn turn(node: &mut PrimaryNode<MemStorage>, counts: &mut Counts, clock: Instant)
                 result.context("primary volume flush")?;
                 counts.flushes_done += 1;
             }
-            PrimaryEvent::DataSetClosed { .. } | PrimaryEvent::HistoryBegan { .. } => {}
+            PrimaryEvent::DataSetClosed { .. } => {}
         }
     }
     if let Some(stalled) = node.primary().stalled() {

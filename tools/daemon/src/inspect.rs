@@ -103,10 +103,10 @@ fn write_primary(out: &mut impl Write, p: &PrimaryReport) -> Result<()> {
     let w = &p.window_full;
     writeln!(
         out,
-        "window full {} (timeout {} ms), {} stream cuts{}",
+        "window full {} (timeout {} ms), dropped {} times{}",
         w.mode,
         w.timeout_ms,
-        w.stream_cuts,
+        w.drops,
         if w.full_for_ms > 0 {
             format!("; FULL for {} ms", w.full_for_ms)
         } else {
@@ -151,7 +151,10 @@ fn write_secondary(out: &mut impl Write, r: &SecondaryReport) -> Result<()> {
         if i.generation.is_empty() {
             " (the all-zero image)".to_string()
         } else {
-            format!(" (the image of data set {} of {})", i.data_set, i.generation)
+            format!(
+                " (the image of data set {} of {})",
+                i.data_set, i.generation
+            )
         }
     });
     writeln!(
@@ -277,8 +280,8 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let status =
         control::status(&args.primary, STATUS_TIMEOUT).context("the status of the primary")?;
-    let secondary = control::status(&args.secondary, STATUS_TIMEOUT)
-        .context("the status of the secondary")?;
+    let secondary =
+        control::status(&args.secondary, STATUS_TIMEOUT).context("the status of the secondary")?;
     check_comparable(&status, &secondary)?;
     let whole = DigestRequest {
         chunk_bytes: first_pass_chunk(&status)?,

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ordo_core::primary::resync::EXTENT_BYTES;
 use ordo_core::primary::{
-    DataSetPolicy, Primary, PrimaryConfig, Replication, ResyncPhase, ResyncStats, Start,
-    WindowFull,
+    DataSetPolicy, Primary, PrimaryConfig, Replication, ResyncPhase, ResyncStats, Start, WindowFull,
 };
 use ordo_core::protocol::{GroupId, VolumeId};
 use ordo_core::storage::Storage;
@@ -23,8 +22,8 @@ use ordo_runtime::primary_service::{
 };
 
 use crate::config::{print_banner, OnWindowFull, PrimaryOptions, PrimarySettings};
-use crate::primary_state::{self, created_now, random_u64};
 use crate::nbd_export::{Exports, NbdVolume};
+use crate::primary_state::{self, created_now, random_u64};
 use crate::report::{
     Digest, Link, PrimaryCounters, PrimaryDataSets, PrimaryHistory, PrimaryLink, PrimaryReport,
     ResyncReport, RoleStatus, Status, Usage, VolumeReport, WindowFullReport, Writes,
@@ -218,7 +217,9 @@ impl Serving {
         if target.is_some_and(|target| applied >= target) {
             match primary.record_clean_stop() {
                 Ok(txn) => {
-                    tracing::info!("drained: the secondary applied {applied}; recording the clean stop");
+                    tracing::info!(
+                        "drained: the secondary applied {applied}; recording the clean stop"
+                    );
                     self.clean_stop = Some(txn);
                     return Round::Busy;
                 }
@@ -378,7 +379,7 @@ fn status_report(
             full_for_ms: s
                 .window_full_since_ms
                 .map_or(0, |since| now_ms.saturating_sub(since)),
-            stream_cuts: s.primary.stream_cuts,
+            drops: s.primary.window_drops,
         },
         resync: resync_report(&s.resync, now_ms),
         data_sets: PrimaryDataSets {

@@ -87,9 +87,8 @@ pub fn open_or_create(
                 dir.display()
             );
         }
-        let storage =
-            Volume::open_file(&path, None, RECORD_BLOCK_BYTES, RECORD_IO_BYTES)
-                .with_context(|| format!("opening {}", path.display()))?;
+        let storage = Volume::open_file(&path, None, RECORD_BLOCK_BYTES, RECORD_IO_BYTES)
+            .with_context(|| format!("opening {}", path.display()))?;
         let record = WriteIntent::open(storage, infos)
             .with_context(|| format!("reading the write-intent record {}", path.display()))?;
         return Ok(PrimaryState {

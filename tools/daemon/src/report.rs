@@ -74,12 +74,13 @@ pub struct PrimaryHistory {
 pub struct WindowFullReport {
     /// `block` or `track`.
     pub mode: String,
-    /// With `track`: how long a write may wait before the stream is cut.
+    /// With `track`: how long a write may wait before the window is dropped.
     pub timeout_ms: u64,
     /// How long writes have found the window full now (0: not full).
     pub full_for_ms: u64,
-    /// Times the stream was cut (each began a new generation, resynchronised later).
-    pub stream_cuts: u64,
+    /// Times the window was dropped (what it held is resynchronised from the write-intent
+    /// record once the secondary can take it).
+    pub drops: u64,
 }
 
 /// Where the resync of the current history stands (see `ordo-core`'s `primary::resync`).

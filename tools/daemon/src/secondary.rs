@@ -21,18 +21,18 @@ use ordo_runtime::secondary_node::SecondaryNode;
 
 use crate::config::{print_banner, SecondaryOptions, SecondarySettings};
 use crate::report::{
-    Digest, Link, ReplicaImage, ReplicaReport, RoleStatus, SecondaryCounters, SecondaryDataSets, SecondaryReport, Status, Usage,
-    VolumeReport,
+    Digest, Link, ReplicaImage, ReplicaReport, RoleStatus, SecondaryCounters, SecondaryDataSets,
+    SecondaryReport, Status, Usage, VolumeReport,
 };
 use ordo_runtime::idle::Round;
 
 use crate::control::{self, ControlReply, ControlRequest, DigestRequest};
+use crate::primary_state::created_now;
 use crate::runner::{self, Rounds, Runtime};
 use crate::shared::{
-    describe_volumes, digest, digest_plan, init_logging, status_channel, status_reply,
-    termination_flag, StatusAsk, lock_state_dir, sync_dir,
+    describe_volumes, digest, digest_plan, init_logging, lock_state_dir, status_channel,
+    status_reply, sync_dir, termination_flag, StatusAsk,
 };
-use crate::primary_state::created_now;
 use crate::volume::{Backend, Volume};
 
 /// How often the poller looks for a failure to log.
@@ -281,7 +281,9 @@ fn operator_command(secondary: &mut Secondary<Volume>, command: &ControlRequest)
         },
         ControlRequest::DiscardMyData => {
             secondary.discard_history();
-            tracing::warn!("the operator lets the next primary overwrite this replica whatever its history");
+            tracing::warn!(
+                "the operator lets the next primary overwrite this replica whatever its history"
+            );
             ControlReply::Done {
                 message: "the next primary to connect overwrites this replica whatever its history (a full resync; the replica is inconsistent until it ends)".into(),
             }
@@ -445,7 +447,6 @@ fn check_replicas_survived(settings: &SecondarySettings) -> Result<()> {
     }
     Ok(())
 }
-
 
 /// Digests the replicas if the secondary is between data sets with nothing in flight on
 /// them; `None` to try again on a later round.

@@ -2,16 +2,16 @@
 //! (resumed after a clean stop, new after a crash or a cut stream, descending from the one
 //! before), the write-intent record (an extent's bit is durable before any write to it
 //! starts; cleared once the secondary applied every write to it), what a handshake
-//! decides from both histories, and cutting the stream when the window stays full
+//! decides from both histories, and dropping the window when it stays full
 //! (`WindowFull::Track`).
 
 use rand::RngCore;
 
 use super::intent::{Shutdown, WriteIntent};
-use super::resync::{ResyncPhase, EXTENT_BYTES};
 use super::resync::Resync;
+use super::resync::{ResyncPhase, EXTENT_BYTES};
 use super::*;
-use crate::protocol::{GenerationId, HistoryFlags, PrimaryHistory, MAX_ANCESTORS};
+use crate::protocol::{GenerationId, HistoryFlags, PrimaryHistory, StreamStart, MAX_ANCESTORS};
 
 /// How often set bits are checked for clearing (and written, lazily).
 const CLEAR_INTERVAL_MS: u64 = 200;
@@ -23,6 +23,9 @@ pub(super) struct History {
     pub(super) ancestors: Vec<GenerationId>,
     /// The stream of this generation began at seq 1 (not resumed at a later seq).
     began_at_genesis_position: bool,
+    /// Where the stream starts (a secondary re-basing onto this history starts there):
+    /// where this generation began or resumed, or after the window was last dropped.
+    pub(super) start: StreamStart,
     /// A record of this generation was released (a secondary staged it): the stream from
     /// seq 1 is no longer whole.
     pub(super) released_any: bool,
@@ -68,6 +71,11 @@ impl<S: Storage> Primary<S> {
                     ancestors: sb.ancestors.clone(),
                     began_at_genesis_position: last_seq == Seq::NONE,
                     released_any: false,
+                    start: StreamStart {
+                        data_set: last_data_set,
+                        seq: last_seq,
+                        stream_offset: stream_end,
+                    },
                 },
                 Start::Resumed {
                     data_set: last_data_set,
@@ -83,6 +91,7 @@ impl<S: Storage> Primary<S> {
                     ancestors,
                     began_at_genesis_position: true,
                     released_any: false,
+                    start: StreamStart::default(),
                 };
                 let start = Start::NewGeneration {
                     extents_to_resync: intent.set_count(),
@@ -115,6 +124,7 @@ impl<S: Storage> Primary<S> {
             generation: self.history.generation,
             ancestors: self.history.ancestors.clone(),
             flags: self.history_flags(),
+            start: self.history.start,
         }
     }
 
@@ -137,31 +147,11 @@ impl<S: Storage> Primary<S> {
         }
     }
 
-    /// A secondary re-bases onto this history and will follow its stream from seq 1: if
-    /// that is no longer whole here (records were freed, or the history was resumed past
-    /// its start), a new generation begins whose stream is, and the secondary re-bases
-    /// onto that one instead.
-    pub(super) fn secondary_rebases(&mut self) {
-        let whole = self.history.began_at_genesis_position && !self.history.released_any;
-        if whole || self.cutting || self.config.replication == Replication::Off {
-            return;
-        }
-        tracing::info!(
-            generation = %self.history.generation,
-            "a secondary re-bases onto a stream this primary no longer holds from its start: beginning a new generation for it"
-        );
-        self.cut_stream();
-    }
-
     /// In `WindowFull::Track`, once writes have found the window full for the timeout,
-    /// cut the stream: what the window holds is dropped (its extents' bits stay set, so
-    /// they are resynchronised) and a new generation begins, descending from this one. The
-    /// secondary keeps the image of its last complete data set until that resync's end.
+    /// drop what it holds (`drop_window`): the application's writes go on, and the
+    /// secondary re-bases onto the stream's new start and is resynchronised from the
+    /// write-intent record, keeping the image of its last complete data set meanwhile.
     pub(super) fn check_window_full(&mut self, now_ms: u64) {
-        if self.cutting {
-            self.finish_cut();
-            return;
-        }
         let WindowFull::Track { timeout_ms } = self.config.on_window_full else {
             return;
         };
@@ -171,88 +161,35 @@ impl<S: Storage> Primary<S> {
         if now_ms < since + timeout_ms || self.config.replication == Replication::Off {
             return;
         }
-        if !self.link.has_peer() {
-            // No secondary follows this generation: nothing to cut. What the window holds
-            // is dropped (its extents stay marked); a secondary that comes later re-bases
-            // and gets a new generation then (`secondary_rebases`), rather than one per
-            // full window while it is away, which would outgrow the ancestors it is known by.
-            self.retention.ack_range(Seq::NONE, Seq(u64::MAX));
-            self.link.dropped_below(self.next_seq);
-            self.history.released_any = true;
-            self.window_full_since_ms = None;
-            self.release();
-            self.refresh_hello();
-            return;
-        }
         tracing::warn!(
             generation = %self.history.generation,
             timeout_ms,
-            "the retention window stayed full: cutting the stream; the secondary will be resynchronised from the write-intent record"
+            "the retention window stayed full: dropping it; the secondary is resynchronised from the write-intent record when it can take it"
         );
-        self.cut_stream();
+        self.drop_window();
     }
 
-    /// Ends this generation's stream: what the window holds is dropped once written
-    /// locally (its extents' bits stay set) and a new generation begins at seq 1.
-    fn cut_stream(&mut self) {
+    /// Drops what the retention window holds: the open data set is closed, every record is
+    /// freed once it is on the local volume (its extents' bits stay set until a resync
+    /// compares them), and the stream starts anew after it. A secondary that held less
+    /// re-bases onto the new start (every lane greets it again), and the resync compares
+    /// every extent marked, a new one begun for it.
+    pub(super) fn drop_window(&mut self) {
         self.close_data_set();
         // Acknowledged by no one: released as soon as each is on the local volume.
         self.retention.ack_range(Seq::NONE, Seq(u64::MAX));
-        self.link.cut();
+        self.history.start = StreamStart {
+            data_set: self.last_closed,
+            seq: Seq(self.next_seq.0 - 1),
+            stream_offset: self.retention.stream_next(),
+        };
+        self.history.released_any = true;
+        self.link.dropped_below(self.next_seq);
+        self.link.greet_again();
         self.resync = Resync::new(&self.extent_counts(), self.config.resync_rate_bytes);
-        self.cutting = true;
-        self.stats.stream_cuts += 1;
-        self.finish_cut();
-    }
-
-    /// Once the old generation's records are all written locally and freed, begins the
-    /// new one at seq 1.
-    fn finish_cut(&mut self) {
-        self.release();
-        self.advance_flushes();
-        if !self.retention.is_empty() {
-            return;
-        }
-        assert!(
-            self.local_deferred.is_empty() && self.local_in_flight.min_tag().is_none(),
-            "nothing is written locally once the window is empty"
-        );
-        assert!(
-            self.flushes.iter().all(|f| !matches!(f.state, FlushState::WaitingLocal { .. })),
-            "every flush is past its local writes"
-        );
-        let mut ancestors = self.history.ancestors.clone();
-        ancestors.insert(0, self.history.generation);
-        ancestors.truncate(MAX_ANCESTORS);
-        let generation = new_generation(&mut self.rng);
-        self.history = History {
-            generation,
-            ancestors: ancestors.clone(),
-            began_at_genesis_position: true,
-            released_any: false,
-        };
-        let txn = self.intent.set_superblock(|sb| {
-            sb.generation = generation;
-            sb.ancestors = ancestors;
-        });
-        self.intent_waits.push_back((Seq::NONE, txn));
-        self.history_txn = txn;
-        self.next_seq = Seq(1);
-        self.open = OpenDataSet {
-            id: DataSetId(1),
-            first_seq: Seq(1),
-            writes: 0,
-            payload_bytes: 0,
-            opened_at_ms: 0,
-        };
-        self.last_closed = DataSetId::NONE;
-        self.retention.resume_at(0);
-        self.link.resume_at(Seq(1));
-        self.last_write.iter_mut().for_each(|v| v.fill(Seq::NONE));
         self.window_full_since_ms = None;
-        self.cutting = false;
-        self.events
-            .push_back(PrimaryEvent::HistoryBegan { generation });
+        self.stats.window_drops += 1;
+        self.release();
         self.refresh_hello();
     }
 

@@ -48,9 +48,8 @@ pub struct Link {
     resend: VecDeque<Seq>,
     next_timeout_scan_ms: u64,
     stalled: Option<PeerError>,
-    /// A secondary's Hello said it re-bases onto our history (it will follow our stream
-    /// from seq 1); the primary takes it (`take_rebase_seen`).
-    rebase_seen: bool,
+    /// See `take_unservable`.
+    unservable: bool,
     /// Records below this seq were dropped from the window with no secondary following.
     dropped_below: Seq,
 }
@@ -79,7 +78,7 @@ impl Link {
             resend: VecDeque::with_capacity(max_records),
             next_timeout_scan_ms: 0,
             stalled: None,
-            rebase_seen: false,
+            unservable: false,
             dropped_below: Seq::NONE,
         }
     }
@@ -89,11 +88,18 @@ impl Link {
         &self.hello.volumes
     }
 
-    /// Our Hello says `history` from now on.
+    /// Our Hello says `history` from now on (where the stream starts goes in the fields a
+    /// secondary's Hello uses for what it applied).
     pub fn set_history(&mut self, history: PrimaryHistory) {
         self.hello.generation = history.generation;
         self.hello.ancestors = history.ancestors;
         self.hello.flags = history.flags;
+        self.hello.resume = ResumeState {
+            applied_data_set: history.start.data_set,
+            applied_seq: history.start.seq,
+            applied_stream_end: history.start.stream_offset,
+            ..ResumeState::default()
+        };
     }
 
     /// Every record below `seq` was dropped, staged by no one: a secondary that joins this
@@ -102,13 +108,10 @@ impl Link {
         self.dropped_below = self.dropped_below.max(seq);
     }
 
-    /// A secondary has answered on this generation (it follows our stream).
-    pub fn has_peer(&self) -> bool {
-        self.peer.is_some()
-    }
-
-    pub fn take_rebase_seen(&mut self) -> bool {
-        std::mem::take(&mut self.rebase_seen)
+    /// A secondary holds this history from where our Hello says the stream starts, but
+    /// records we freed since then are missing from it: the stream must start anew.
+    pub fn take_unservable(&mut self) -> bool {
+        std::mem::take(&mut self.unservable)
     }
 
     pub fn history_flags(&self) -> HistoryFlags {
@@ -122,9 +125,10 @@ impl Link {
         self.dropped_below = Seq::NONE;
     }
 
-    /// The stream is cut: the secondary's state belongs to the old generation, and every
-    /// lane greets it again with the new one (which makes it re-base).
-    pub fn cut(&mut self) {
+    /// The stream starts anew (the window was dropped): what the secondary said it holds
+    /// is stale, and every lane greets it again with the new start (which makes it re-base
+    /// if it holds less).
+    pub fn greet_again(&mut self) {
         self.peer = None;
         self.resend.clear();
         for lane in &mut self.lanes {
@@ -237,7 +241,8 @@ impl Link {
             self.stalled = Some(error.clone());
             return result;
         }
-        match decide(&self.hello.history(), hello.generation, hello.flags) {
+        let holds = holds_through(&hello.resume);
+        match decide(&self.hello.history(), hello.generation, hello.flags, holds) {
             Decision::Resume => {}
             Decision::Refuse(error) => {
                 self.stalled = Some(error.clone());
@@ -248,10 +253,9 @@ impl Link {
                 tracing::info!(
                     secondary = %hello.generation,
                     primary = %self.hello.generation,
-                    "the secondary holds an earlier history (or none): it re-bases onto ours and is resynchronised"
+                    "the secondary holds an earlier history, none, or less than where our stream starts: it re-bases onto our stream and is resynchronised"
                 );
                 self.stalled = None;
-                self.rebase_seen = true;
                 return Ok(());
             }
         }
@@ -259,9 +263,7 @@ impl Link {
         let resume = &hello.resume;
         // Lanes reorder: a Hello built before an Applied frame we already have is stale,
         // and the secondary's watermark is durable, so the newer state stands.
-        let same_journal = self
-            .peer
-            .is_some_and(|p| p.journal_id == resume.journal_id);
+        let same_journal = self.peer.is_some_and(|p| p.journal_id == resume.journal_id);
         // What we freed, the journal we streamed to staged. Another journal (or one we
         // do not know, after our restart) can go on only if it holds, staged or applied,
         // every record we no longer hold.
@@ -269,15 +271,15 @@ impl Link {
             .front_seq()
             .unwrap_or(self.next_unsent)
             .max(self.dropped_below);
-        if !same_journal && !holds_up_to(resume, stream_from) {
-            // It needs records no longer held: a new generation (whose stream is whole)
-            // begins, and it re-bases onto that.
+        if !same_journal && holds.next() < stream_from {
+            // It needs records no longer held (freed once another journal staged them):
+            // the stream starts anew, and it re-bases onto the new start.
             tracing::info!(
                 journal = resume.journal_id,
-                applied = %resume.applied_seq,
+                holds = %holds,
                 "a secondary follows this history from a point no longer held here"
             );
-            self.rebase_seen = true;
+            self.unservable = true;
             return Ok(());
         }
         if !same_journal {
@@ -470,18 +472,15 @@ fn send<S: FrameSink + ?Sized>(
     });
 }
 
-/// Whether a secondary that says `resume` holds every seq before `from` (applied, or staged
-/// in the ranges it lists).
-fn holds_up_to(resume: &ResumeState, from: Seq) -> bool {
-    let mut next = resume.applied_seq.next();
+/// The last seq up to which a secondary that says `resume` holds every record (applied,
+/// or in the staged ranges it lists).
+fn holds_through(resume: &ResumeState) -> Seq {
+    let mut through = resume.applied_seq;
     for range in &resume.staged {
-        if next >= from {
+        if range.first > through.next() {
             break;
         }
-        if range.first > next {
-            return false;
-        }
-        next = next.max(range.last.next());
+        through = through.max(range.last);
     }
-    next >= from
+    through
 }

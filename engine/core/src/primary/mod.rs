@@ -32,7 +32,7 @@ use retention::{RecordKind, Retention};
 pub use stats::PrimaryStats;
 
 use crate::protocol::{
-    stream_cost, DataSetId, GenerationId, Hello, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES,
+    stream_cost, DataSetId, Hello, Seq, VolumeId, VolumeInfo, RECORD_OVERHEAD_BYTES,
 };
 use crate::storage::inflight::InFlightWrites;
 use crate::storage::{describe, Completion, Storage, StorageError};
@@ -61,9 +61,6 @@ pub enum PrimaryEvent {
         first_seq: Seq,
         sync_seq: Seq,
     },
-    /// The stream was cut (`WindowFull::Track`): a new generation begins at seq 1 and data
-    /// set 1, its image the volumes as they stand.
-    HistoryBegan { generation: GenerationId },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -127,14 +124,10 @@ pub struct Primary<S: Storage> {
     resync: Resync,
     /// Since when writes have found the retention window full (`WindowFull::Track`).
     window_full_since_ms: Option<u64>,
-    /// The stream is being cut: new writes wait until what the window held is gone.
-    cutting: bool,
     /// The write-intent transaction that records the generation this primary writes:
     /// nothing of it is sent before that is durable, so no secondary ever holds a history
     /// (or records of one) that a restart would not know.
     history_txn: u64,
-    /// Where new generation ids come from.
-    rng: ChaCha8Rng,
     /// The clock of the last `tick`.
     now_ms: u64,
     retention: Retention,
@@ -193,8 +186,7 @@ impl<S: Storage> Primary<S> {
             }
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let (history, start, position, running_txn) =
-            Self::begin_history(&mut intent, &mut rng);
+        let (history, start, position, running_txn) = Self::begin_history(&mut intent, &mut rng);
         let (last_closed, last_seq, stream_end) =
             position.unwrap_or((DataSetId::NONE, Seq::NONE, 0));
         let mut retention =
@@ -216,14 +208,15 @@ impl<S: Storage> Primary<S> {
                 opened_at_ms: 0,
             },
             last_closed,
-            last_write: extents.iter().map(|&n| vec![Seq::NONE; n as usize]).collect(),
+            last_write: extents
+                .iter()
+                .map(|&n| vec![Seq::NONE; n as usize])
+                .collect(),
             intent_waits,
             next_clear_ms: 0,
             resync: Resync::new(&extents, config.resync_rate_bytes),
             window_full_since_ms: None,
-            cutting: false,
             history_txn: running_txn,
-            rng,
             now_ms: 0,
             history,
             start,
@@ -267,21 +260,12 @@ impl<S: Storage> Primary<S> {
         self.link.peer_applied()
     }
 
-    /// Where the write-intent record stands: its durable transaction, the oldest wait for
-    /// one, and its storage's requests in flight (a report of a stuck primary).
-    pub fn intent_state(&self) -> (u64, Option<(Seq, u64)>, u32, Option<Seq>, Option<u64>) {
-        (
-            self.intent.durable_txn(),
-            self.intent_waits.front().copied(),
-            self.intent.storage().in_flight(),
-            self.local_deferred.front().copied(),
-            self.local_in_flight.min_tag(),
-        )
-    }
-
     /// The oldest record retained, for a report of where the stream stands.
     pub fn retention_front(&self) -> Option<retention::Record> {
-        self.retention.front_seq().and_then(|seq| self.retention.get(seq)).copied()
+        self.retention
+            .front_seq()
+            .and_then(|seq| self.retention.get(seq))
+            .copied()
     }
 
     /// Stream bytes held in the retention window.
@@ -390,7 +374,7 @@ impl<S: Storage> Primary<S> {
     /// consistency point, so what is retained can complete) and the wait is timed for
     /// `WindowFull::Track`; a stream being cut takes nothing until the new one begins.
     fn admit(&mut self, now_ms: u64, cost: u64) -> Result<(), SubmitError> {
-        if !self.cutting && self.retention.fits(cost, RECORD_OVERHEAD_BYTES) {
+        if self.retention.fits(cost, RECORD_OVERHEAD_BYTES) {
             return Ok(());
         }
         self.close_data_set();
@@ -442,10 +426,7 @@ impl<S: Storage> Primary<S> {
             self.open.opened_at_ms = self.now_ms;
         }
         self.retention.push(seq, self.open.id, kind, payload, 0);
-        self.retention
-            .get_mut(seq)
-            .expect("just pushed")
-            .local_done = true;
+        self.retention.get_mut(seq).expect("just pushed").local_done = true;
         self.open.writes += 1;
         self.open.payload_bytes += u64::from(kind.payload_len());
         self.close_by_policy();
@@ -772,8 +753,9 @@ impl<S: Storage> Primary<S> {
     ) -> Result<(), PeerError> {
         use crate::protocol::Frame;
         let result = self.link.handle_frame(lane, frame, &mut self.retention);
-        if self.link.take_rebase_seen() {
-            self.secondary_rebases();
+        if self.link.take_unservable() {
+            // It holds what we hold from, but not what we freed since: start afresh.
+            self.drop_window();
         }
         match frame {
             Frame::Hello(hello) if result.is_ok() && self.link.lane_ready(lane) => {

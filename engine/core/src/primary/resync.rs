@@ -75,7 +75,9 @@ pub struct ResyncStats {
 enum SlotState {
     Free,
     /// Asked (or to be asked when `sent_ms` is `None`).
-    Requested { sent_ms: Option<u64> },
+    Requested {
+        sent_ms: Option<u64>,
+    },
     /// The digests are in; to be read and compared.
     Answered,
 }
@@ -242,9 +244,11 @@ impl Resync {
     /// Takes the secondary's digests for the request they answer (a late answer to a
     /// request asked again, or to one the resync no longer waits for, is dropped).
     pub(super) fn on_digests(&mut self, digests: &DigestsFrame) -> Result<(), PeerError> {
-        let Some(slot) = self.slots.iter_mut().find(|s| {
-            matches!(s.state, SlotState::Requested { .. }) && s.id == digests.id
-        }) else {
+        let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| matches!(s.state, SlotState::Requested { .. }) && s.id == digests.id)
+        else {
             return Ok(());
         };
         if (digests.volume, digests.offset, digests.len) != (slot.volume, slot.offset, slot.len) {
@@ -307,8 +311,8 @@ impl<S: Storage> Primary<S> {
         let elapsed = now_ms.saturating_sub(resync.budget_ms);
         // At most a second's worth saved up, so a pause does not become a burst.
         let cap = i64::try_from(resync.rate_bytes).unwrap_or(i64::MAX);
-        let refill = i64::try_from(resync.rate_bytes.saturating_mul(elapsed) / 1000)
-            .unwrap_or(i64::MAX);
+        let refill =
+            i64::try_from(resync.rate_bytes.saturating_mul(elapsed) / 1000).unwrap_or(i64::MAX);
         resync.budget_bytes = resync.budget_bytes.saturating_add(refill).min(cap);
         resync.budget_ms = now_ms;
     }
@@ -419,20 +423,22 @@ impl<S: Storage> Primary<S> {
             return true;
         }
         self.local_deferred.iter().any(|&seq| {
-            self.retention.get(seq).is_some_and(|record| match record.kind {
-                RecordKind::Write {
-                    volume: v,
-                    offset: o,
-                    len: l,
-                }
-                | RecordKind::Zero {
-                    volume: v,
-                    offset: o,
-                    len: l,
-                    ..
-                } => v == volume && o < offset + len && offset < o + u64::from(l),
-                RecordKind::Sync { .. } => false,
-            })
+            self.retention
+                .get(seq)
+                .is_some_and(|record| match record.kind {
+                    RecordKind::Write {
+                        volume: v,
+                        offset: o,
+                        len: l,
+                    }
+                    | RecordKind::Zero {
+                        volume: v,
+                        offset: o,
+                        len: l,
+                        ..
+                    } => v == volume && o < offset + len && offset < o + u64::from(l),
+                    RecordKind::Sync { .. } => false,
+                })
         })
     }
 

@@ -19,6 +19,7 @@ pub struct PrimaryStats {
     pub credit_stalls: u64,
     /// The newest data set whose closing sync was sent (every record of it was sent once).
     pub last_sent: DataSetId,
-    /// Times the stream was cut because the window stayed full (`WindowFull::Track`).
-    pub stream_cuts: u64,
+    /// Times the retention window was dropped: it stayed full (`WindowFull::Track`), or a
+    /// secondary could not be served from what it held.
+    pub window_drops: u64,
 }

@@ -79,7 +79,8 @@ const _: () = assert!(BODY_LEN_OFFSET == 4 + 1 + 1 + 2 && CRC_OFFSET == BODY_LEN
 const _: () = assert!(HELLO_FIXED_BYTES == 1 + 3 + 4 + 8 + 4 * 2 + 5 * 8 + 8);
 const _: () = assert!(DIGEST_REQUEST_BYTES == 2 + 2 + 4 + 2 * 8);
 const _: () = assert!(DIGESTS_FIXED_BYTES == 2 + 2 + 4 + 2 * 8);
-const _: () = assert!(MAX_ANCESTORS <= u16::MAX as usize && MAX_DIGESTS <= u16::MAX as usize);
+// Counts fit their u16 fields.
+const _: () = assert!(MAX_ANCESTORS < 1 << 16 && MAX_DIGESTS < 1 << 16);
 const _: () = assert!(VOLUME_ENTRY_BYTES == 8 + 4 + 1 + 3 + MAX_VOLUME_NAME_BYTES);
 const _: () = assert!(MAX_VOLUME_NAME_BYTES == 32 && RANGE_BYTES == 2 * 8);
 const _: () = assert!(WRITE_FIXED_BYTES == 2 + 2 + 4 + 4 * 8);
@@ -590,9 +591,8 @@ fn kind_and_body_len(frame: &Frame<'_>) -> (u8, usize) {
             assert!(volumes <= MAX_VOLUMES, "{volumes} volumes in hello");
             let ancestors = hello.ancestors.len();
             assert!(ancestors <= MAX_ANCESTORS, "{ancestors} ancestors in hello");
-            let body_len = HELLO_FIXED_BYTES
-                + volumes * VOLUME_ENTRY_BYTES
-                + ancestors * ANCESTOR_BYTES;
+            let body_len =
+                HELLO_FIXED_BYTES + volumes * VOLUME_ENTRY_BYTES + ancestors * ANCESTOR_BYTES;
             (KIND_HELLO, body_len + ranges(hello.resume.staged.len()))
         }
         Frame::Write(write) => {

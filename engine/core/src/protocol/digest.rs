@@ -49,8 +49,16 @@ mod tests {
     fn a_span_starts_on_a_unit_and_ends_on_one_or_at_the_volume_end() {
         let size = 10 * 4096 + 512;
         assert_eq!(span_units(size, 512, 0, 8192), Some(2));
-        assert_eq!(span_units(size, 512, 40960, 512), Some(1), "the short last unit");
-        assert_eq!(span_units(size, 512, 4096, 4096 + 512), None, "ends mid-unit");
+        assert_eq!(
+            span_units(size, 512, 40960, 512),
+            Some(1),
+            "the short last unit"
+        );
+        assert_eq!(
+            span_units(size, 512, 4096, 4096 + 512),
+            None,
+            "ends mid-unit"
+        );
         assert_eq!(span_units(size, 512, 512, 4096), None, "starts mid-unit");
         assert_eq!(span_units(size, 512, 0, 0), None);
         assert_eq!(span_units(size, 512, 40960, 4096), None, "past the end");

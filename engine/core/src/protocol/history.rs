@@ -5,7 +5,18 @@
 
 use super::frame::{Hello, HistoryFlags};
 use super::handshake::PeerError;
-use super::ids::GenerationId;
+use super::ids::{DataSetId, GenerationId, Seq};
+
+/// Where a primary's stream starts: every record after this point (the end of a closed
+/// data set) it still holds, so a secondary that re-bases onto its history starts here.
+/// A primary's `Hello` carries it in the fields a secondary's uses for what it applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStart {
+    pub data_set: DataSetId,
+    /// The seq of that data set's sync (0: the stream starts at seq 1).
+    pub seq: Seq,
+    pub stream_offset: u64,
+}
 
 /// What a primary's `Hello` says of its history.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,14 +25,21 @@ pub struct PrimaryHistory {
     /// Newest first.
     pub ancestors: Vec<GenerationId>,
     pub flags: HistoryFlags,
+    pub start: StreamStart,
 }
 
 impl Hello {
+    /// What a primary's `Hello` says of its history.
     pub fn history(&self) -> PrimaryHistory {
         PrimaryHistory {
             generation: self.generation,
             ancestors: self.ancestors.clone(),
             flags: self.flags,
+            start: StreamStart {
+                data_set: self.resume.applied_data_set,
+                seq: self.resume.applied_seq,
+                stream_offset: self.resume.applied_stream_end,
+            },
         }
     }
 }
@@ -45,13 +63,27 @@ pub enum Decision {
     Refuse(PeerError),
 }
 
-/// `primary` is the primary's history, `theirs` and `flags` the secondary's (both sides
-/// passed `check_hello`: group, volumes).
-pub fn decide(primary: &PrimaryHistory, theirs: GenerationId, flags: HistoryFlags) -> Decision {
+/// `primary` is the primary's history, `theirs` and `flags` the secondary's, `holds` the
+/// last seq up to which the secondary holds every record of its history (applied, or
+/// staged durably) (both sides passed `check_hello`: group, volumes).
+pub fn decide(
+    primary: &PrimaryHistory,
+    theirs: GenerationId,
+    flags: HistoryFlags,
+    holds: Seq,
+) -> Decision {
     let ours = primary.generation;
     assert_ne!(ours, GenerationId::NONE, "a primary always has a history");
     if theirs == ours {
-        return Decision::Resume;
+        // Records it lacks before the stream's start are gone from the primary: it
+        // re-bases onto the same history at the start.
+        return if holds >= primary.start.seq {
+            Decision::Resume
+        } else {
+            Decision::Rebase {
+                consistent: !flags.inconsistent,
+            }
+        };
     }
     if theirs == GenerationId::NONE {
         return if flags.replica_zeroed && primary.flags.genesis_stream {
@@ -107,7 +139,7 @@ mod tests {
         primary: &PrimaryHistory,
         &(theirs, flags): &(GenerationId, HistoryFlags),
     ) -> Decision {
-        super::decide(primary, theirs, flags)
+        super::decide(primary, theirs, flags, Seq::NONE)
     }
 
     const NONE: HistoryFlags = HistoryFlags {

@@ -13,5 +13,5 @@ pub use codec::{
 };
 pub use frame::*;
 pub use handshake::{check_hello, PeerError};
-pub use history::{decide, Decision, PrimaryHistory};
+pub use history::{decide, Decision, PrimaryHistory, StreamStart};
 pub use ids::*;

@@ -229,7 +229,10 @@ impl Applier {
         let next = match gate {
             Gate::Closed => return None,
             Gate::Open => {
-                assert!(self.unit_next.is_none(), "a unit is applied only while held");
+                assert!(
+                    self.unit_next.is_none(),
+                    "a unit is applied only while held"
+                );
                 staging.next_complete()
             }
             Gate::Held { end: None } => None,
@@ -237,7 +240,10 @@ impl Applier {
                 let id = self.unit_next.unwrap_or(staging.applied().next());
                 assert!(id <= end, "a unit stops at its end");
                 let next = staging.complete(id);
-                assert!(next.is_some(), "every data set before a durable end is complete");
+                assert!(
+                    next.is_some(),
+                    "every data set before a durable end is complete"
+                );
                 next
             }
         };

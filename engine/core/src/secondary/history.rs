@@ -7,17 +7,19 @@
 //! whole stream) needs no re-base: the lane is ready at once, and the history is written
 //! to the superblock before anything is applied.
 //!
-//! A re-base: lanes go down and stay down; what applies to the old history is applied
-//! (every complete data set; of a held resync, the whole unit if its end point is durable,
-//! else nothing); then one superblock switches to the new generation with an empty log
-//! (its head at the tail, so nothing staged before is ever replayed) and says what the
-//! replica holds; once it is durable the receiving side starts afresh at seq 1.
+//! A re-base (onto a newer generation, or onto the same one when the primary's stream now
+//! starts past what this secondary holds): no lane is ready meanwhile; what applies to the
+//! old stream is applied (every complete data set; of a held resync, the whole unit if its
+//! end point is durable, else nothing); then one superblock moves the watermark to where
+//! the primary's stream starts, with an empty log (its head at the tail, so nothing staged
+//! before is ever replayed), and says what the replica holds; once it is durable the
+//! receiving side starts afresh after the stream's start.
 
 use super::journal::Superblock;
 use super::open::receiving_side;
 use super::*;
 use crate::protocol::digest::{digests_of, MAX_DIGEST_SPAN_BYTES};
-use crate::protocol::{decide, Decision, HistoryFlags, PrimaryHistory};
+use crate::protocol::{decide, Decision, HistoryFlags, PrimaryHistory, StreamStart};
 
 /// Most digest answers waiting for a lane; requests wait in the inbox meanwhile.
 const MAX_DIGEST_REPLIES: usize = 16;
@@ -35,6 +37,8 @@ pub(super) enum RebaseKind {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Rebase {
     to: GenerationId,
+    /// Where the primary's stream starts: the new watermark.
+    start: StreamStart,
     kind: RebaseKind,
     /// The superblock being written (and then flushed), once the old history is drained.
     writing: Option<Superblock>,
@@ -73,7 +77,8 @@ impl<S: Storage> Secondary<S> {
             return Ok(());
         }
         let history = self.followed_history();
-        let kind = match decide(primary, history, self.history_flags()) {
+        let holds = self.holds_through();
+        let kind = match decide(primary, history, self.history_flags(), holds) {
             Decision::Resume => {
                 let state = &mut self.lanes[lane];
                 state.ready = true;
@@ -102,11 +107,31 @@ impl<S: Storage> Secondary<S> {
         );
         self.rebase = Some(Rebase {
             to: primary.generation,
+            start: primary.start,
             kind,
             writing: None,
         });
-        (0..self.lanes.len()).for_each(|lane| self.lane_down(lane));
+        // Connections may stay; no lane is ready until the primary greets it again once
+        // the re-base is durable.
+        for lane in &mut self.lanes {
+            lane.ready = false;
+            lane.hello_pending = false;
+        }
         Ok(())
+    }
+
+    /// The last seq up to which this secondary holds every record of its history:
+    /// applied, or staged durably.
+    pub(super) fn holds_through(&self) -> Seq {
+        let mut through = self.staging.applied_seq();
+        while self
+            .staging
+            .slot(through.next())
+            .is_some_and(|slot| slot.state == SlotState::Durable)
+        {
+            through = through.next();
+        }
+        through
     }
 
     /// A re-base is under way: keep every lane down until it is done.
@@ -184,9 +209,9 @@ impl<S: Storage> Secondary<S> {
             generation: current.generation + 1,
             head_lsn: self.journal.tail_lsn(),
             history: rebase.to,
-            applied_data_set: DataSetId::NONE,
-            applied_seq: Seq::NONE,
-            applied_stream_end: 0,
+            applied_data_set: rebase.start.data_set,
+            applied_seq: rebase.start.seq,
+            applied_stream_end: rebase.start.stream_offset,
             replica: ReplicaState::Consistent,
             base_history: GenerationId::NONE,
             base_data_set: DataSetId::NONE,
@@ -306,7 +331,8 @@ impl<S: Storage> Secondary<S> {
         if self.journal.superblock().replica != ReplicaState::Held {
             return Err("no resync is held back here: there is nothing to allow");
         }
-        self.edit.get_or_insert(Edit::Pending(EditKind::AllowInconsistent));
+        self.edit
+            .get_or_insert(Edit::Pending(EditKind::AllowInconsistent));
         Ok(())
     }
 
@@ -347,7 +373,11 @@ impl<S: Storage> Secondary<S> {
         match kind {
             EditKind::Discard => next.discard = true,
             EditKind::Adopt(history) => {
-                assert_eq!(current.history, GenerationId::NONE, "only a fresh journal adopts");
+                assert_eq!(
+                    current.history,
+                    GenerationId::NONE,
+                    "only a fresh journal adopts"
+                );
                 next.history = history;
                 next.replica_zeroed = false;
             }

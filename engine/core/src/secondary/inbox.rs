@@ -23,7 +23,7 @@ use ordo_lockfree::{ArenaWriter, Producer, Rejected};
 
 use crate::protocol::digest::span_units;
 use crate::protocol::{
-    check_hello, stream_cost, DataSetId, DigestRequestFrame, Frame, Hello, PeerError,
+    check_hello, stream_cost, DataSetId, DigestRequestFrame, Frame, GenerationId, Hello, PeerError,
     PrimaryHistory, RecordKind, Role, Seq, SyncFrame, WriteFrame, ZeroFrame,
 };
 use crate::storage::Geometry;
@@ -147,6 +147,21 @@ impl Inbox {
                 theirs: format!("{} bytes", theirs.max_write_bytes),
             });
         }
+        if theirs.generation == GenerationId::NONE {
+            return Err(PeerError::Violation("a primary's Hello names no history"));
+        }
+        // Where its stream starts becomes our watermark if we re-base onto it: a lie must
+        // not put it where the reorder buffer or the arena cannot follow.
+        let start = theirs.history().start;
+        let plausible = start.seq.0 < ordo_lockfree::SEQ_LIMIT / 4
+            && start.data_set.0 <= start.seq.0
+            && start.stream_offset.is_multiple_of(STAGING_GRANULE_BYTES)
+            && start.stream_offset < u64::MAX / 4;
+        if !plausible {
+            return Err(PeerError::Violation(
+                "a primary's Hello says its stream starts where no stream can",
+            ));
+        }
         Ok(())
     }
 
@@ -192,7 +207,9 @@ impl Inbox {
             ));
         }
         if self.digest_requests.push(*request).is_err() {
-            self.counters.digest_requests_dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .digest_requests_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(Delivered::DigestRequest)
     }
@@ -201,7 +218,6 @@ impl Inbox {
     pub(super) fn next_digest_request(&self) -> Option<DigestRequestFrame> {
         self.digest_requests.pop()
     }
-
 
     pub fn receive_write(&self, write: &WriteFrame<'_>) -> Result<Received, PeerError> {
         let volume = self
@@ -347,7 +363,10 @@ impl Inbox {
             out_of_window: self.counters.out_of_window.load(Ordering::Relaxed),
             reacks_dropped: self.counters.reacks_dropped.load(Ordering::Relaxed),
             before_hello: self.counters.before_hello.load(Ordering::Relaxed),
-            digest_requests_dropped: self.counters.digest_requests_dropped.load(Ordering::Relaxed),
+            digest_requests_dropped: self
+                .counters
+                .digest_requests_dropped
+                .load(Ordering::Relaxed),
         }
     }
 }

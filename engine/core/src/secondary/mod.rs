@@ -30,18 +30,17 @@ use thiserror::Error;
 use applier::{Applier, Gate};
 pub use config::{InjectedBug, SecondaryConfig};
 use history::{Edit, Rebase};
-pub use journal::{ReplicaState, ResyncBasis};
 pub use inbox::{Delivered, Inbox, InboxStats, Received, Staged, STAGING_GRANULE_BYTES};
 use journal::{Journal, JournalError, RecordHeader};
+pub use journal::{ReplicaState, ResyncBasis};
 use open::drain_all;
 use staging::{Slot, SlotState, Staging};
 
 use crate::primary::ConfigError;
 use crate::protocol::{
     encode, push_seq, stream_cost, AckFrame, AppliedFrame, DataSetId, DigestRequestFrame,
-    DigestsFrame, Frame,
-    GenerationId, Hello, PeerError, RecordKind, ResumeState, Seq, SeqRange, VolumeId,
-    MAX_ACK_RANGES,
+    DigestsFrame, Frame, GenerationId, Hello, PeerError, RecordKind, ResumeState, Seq, SeqRange,
+    VolumeId, MAX_ACK_RANGES,
 };
 use crate::storage::{describe, drain, read_blocking, Completion, Storage, StorageError};
 

@@ -185,7 +185,11 @@ fn draw_lifecycle(rng: &mut ChaCha8Rng, faulty: bool) -> (Lifecycle, WindowFull,
     let lifecycle = Lifecycle {
         origin,
         primary_crash: rate(rng, 8),
-        state_lost: if rng.random_bool(0.2) { rate(rng, 2) } else { 0 },
+        state_lost: if rng.random_bool(0.2) {
+            rate(rng, 2)
+        } else {
+            0
+        },
         consent_after_us: rng.random_range(200_000..=3_000_000),
     };
     let on_window_full = if rng.random_bool(0.5) {

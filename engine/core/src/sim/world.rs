@@ -176,6 +176,7 @@ impl World {
     pub fn add_link_stats(&mut self, stats: &mut SimStats) {
         self.add_resync_stats();
         stats.resync_compared = self.stats.resync_compared;
+        stats.window_drops = self.stats.window_drops;
         stats.resync_sent = self.stats.resync_sent;
         stats.resyncs_done = self.stats.resyncs_done;
         let net = self.net.stats;
@@ -224,8 +225,7 @@ impl World {
             self.step()?;
             let target = (self.model.current(), self.model.last_closed());
             if let Some(secondary) = &self.secondary {
-                if secondary.replica_point() == Some(target) && secondary.is_between_data_sets()
-                {
+                if secondary.replica_point() == Some(target) && secondary.is_between_data_sets() {
                     break;
                 }
             }
@@ -245,9 +245,8 @@ impl World {
     /// The state of both sides, for a violation report.
     pub(super) fn describe(&self) -> String {
         let primary = format!(
-            "primary: {} intent {:?} last closed {}, peer applied {}, retention {} bytes from {:?}, {:?}, resync {:?}, stalled {:?}",
+            "primary: {} last closed {}, peer applied {}, retention {} bytes from {:?}, {:?}, resync {:?}, stalled {:?}",
             self.primary.generation(),
-            self.primary.intent_state(),
             self.primary.last_closed(),
             self.primary.peer_applied(),
             self.primary.retention_bytes(),
@@ -318,10 +317,6 @@ impl World {
                 PrimaryEvent::WriteDone { result: Err(e), .. }
                 | PrimaryEvent::FlushDone { result: Err(e), .. } => {
                     return Err(self.violation(format!("primary I/O failed: {e}")));
-                }
-                PrimaryEvent::HistoryBegan { generation } => {
-                    self.stats.stream_cuts += 1;
-                    self.model.begin(generation, None);
                 }
                 PrimaryEvent::WriteDone { .. } | PrimaryEvent::FlushDone { .. } => {}
             }
@@ -557,7 +552,11 @@ impl World {
             return Err(self.violation(format!("recovered copy stopped: {why}")));
         }
         let digest = World::replica_digest(copy.replicas());
-        self.check_point(copy.replica_point(), Some(digest), "replica recovered from a crash now")
+        self.check_point(
+            copy.replica_point(),
+            Some(digest),
+            "replica recovered from a crash now",
+        )
     }
 
     fn check_final_image(&self) -> Result<(), Violation> {

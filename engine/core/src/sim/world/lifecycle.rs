@@ -9,9 +9,9 @@
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
 
-use super::{World, LIVENESS_US};
 #[allow(unused_imports)]
 use super::*;
+use super::{World, LIVENESS_US};
 use crate::primary::intent::{required_bytes, WriteIntent};
 use crate::primary::{format_record, Primary, Start};
 use crate::protocol::{DataSetId, GenerationId, VolumeInfo};
@@ -110,8 +110,13 @@ impl World {
         let record = WriteIntent::open(record, &infos)
             .map_err(|e| self.violation(format!("the primary's record after a crash: {e}")))?;
         self.primary_seed = self.life_rng.next_u64();
-        let primary = Primary::new(self.config.primary.clone(), volumes, record, self.primary_seed)
-            .map_err(|e| self.violation(format!("primary restart: {e}")))?;
+        let primary = Primary::new(
+            self.config.primary.clone(),
+            volumes,
+            record,
+            self.primary_seed,
+        )
+        .map_err(|e| self.violation(format!("primary restart: {e}")))?;
         let image = primary
             .volumes()
             .iter()
@@ -172,6 +177,7 @@ impl World {
     /// What the primary's resync did, into the run's stats (before it is replaced).
     pub(super) fn add_resync_stats(&mut self) {
         let resync = self.primary.resync_stats();
+        self.stats.window_drops += self.primary.stats().window_drops;
         self.stats.resync_compared += resync.bytes_compared;
         self.stats.resync_sent += resync.bytes_sent;
         if matches!(resync.phase, crate::primary::ResyncPhase::Done { .. }) {
