@@ -493,6 +493,11 @@ mod tests {
         let handler = |request: ControlRequest| match request {
             ControlRequest::Status => ControlReply::Status(Box::new(secondary_status())),
             ControlRequest::Digest(d) => ControlReply::error(format!("no {}", d.chunk_bytes)),
+            ControlRequest::AllowInconsistent | ControlRequest::DiscardMyData => {
+                ControlReply::Done {
+                    message: "taken".into(),
+                }
+            }
         };
         serve(&path, Arc::new(handler)).unwrap();
         let timeout = Duration::from_secs(10);

@@ -18,6 +18,9 @@ pub struct Status {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "role", rename_all = "snake_case")]
+// A status is made once per request and boxed in the reply (`ControlReply::Status`): the
+// variants' sizes do not matter, and unboxed they read as plain fields.
+#[allow(clippy::large_enum_variant)]
 pub enum RoleStatus {
     Primary(PrimaryReport),
     Secondary(SecondaryReport),
@@ -319,6 +322,31 @@ pub(crate) mod tests {
                     },
                     stalled: Some("handshake mismatch on group id".into()),
                 },
+                history: PrimaryHistory {
+                    generation: "00000000000000a1".into(),
+                    ancestors: vec!["00000000000000a0".into()],
+                    started: "new_generation".into(),
+                    out_of_sync_bytes: 3 << 20,
+                },
+                window_full: WindowFullReport {
+                    mode: "track".into(),
+                    timeout_ms: 2000,
+                    full_for_ms: 17,
+                    drops: 1,
+                },
+                resync: ResyncReport {
+                    state: "comparing".into(),
+                    bytes_total: 3 << 20,
+                    bytes_compared: 1 << 20,
+                    bytes_to_go: 2 << 20,
+                    bytes_sent: 4096,
+                    percent: 100.0 / 3.0,
+                    rate_bytes_per_s: 1 << 20,
+                    eta_s: Some(2),
+                    end_data_set: None,
+                    reads_deferred: 19,
+                    requests_resent: 21,
+                },
                 data_sets: PrimaryDataSets {
                     last_closed: 12,
                     last_sent: 11,
@@ -372,6 +400,16 @@ pub(crate) mod tests {
                     lanes_dropped: 0,
                     last_error: None,
                 },
+                replica: ReplicaReport {
+                    state: "held".into(),
+                    image: Some(ReplicaImage {
+                        generation: "00000000000000a0".into(),
+                        data_set: 9,
+                    }),
+                    follows: "00000000000000a1".into(),
+                    rebasing: false,
+                    discard_pending: false,
+                },
                 data_sets: SecondaryDataSets {
                     staged: 12,
                     applied: 10,
@@ -393,6 +431,8 @@ pub(crate) mod tests {
                     acks_sent: 15,
                     data_sets_applied: 10,
                     recovered_records: 5,
+                    digests_answered: 16,
+                    rebases: 17,
                     lanes_accepted: 6,
                     lanes_refused: 8,
                 },

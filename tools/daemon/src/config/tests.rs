@@ -194,7 +194,7 @@ fn every_default_is_shown(command: Command, no_default: &[&str]) {
 fn every_option_with_a_default_shows_it() {
     every_default_is_shown(
         Primary::command(),
-        &["config", "connect", "volume", "cores"],
+        &["config", "connect", "volume", "cores", "state_dir"],
     );
     every_default_is_shown(
         Secondary::command(),
@@ -234,7 +234,7 @@ fn the_defaults_resolved_are_the_defaults_shown() {
     assert_eq!(settings.window_bytes, ByteSize(256 << 20));
     assert_eq!(settings.idle, Idle::Park);
     let settings = serde_json::to_value(settings).unwrap();
-    resolved_defaults_are_shown(Primary::command(), settings, 14);
+    resolved_defaults_are_shown(Primary::command(), settings, 17);
     let settings = secondary(&["--state-dir", "/tmp/x", "--volume", "a=mem:1M"])
         .resolve()
         .unwrap();
