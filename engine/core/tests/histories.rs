@@ -3,7 +3,8 @@
 //! resent; a crash begins a new generation, and the secondary re-bases onto it holding its
 //! old image until the resync's end point; a seeded replica's initial sync sends almost
 //! nothing; an unrelated history is refused until the operator discards it; the operator
-//! lets a held resync go on inconsistent. Expected images are plain byte vectors written
+//! lets a held resync go on inconsistent, also one too large for the journal window, which
+//! the secondary reports as stuck. Expected images are plain byte vectors written
 //! here, never read back from the engine. The wire of histories is at the end.
 
 mod pair_support;
@@ -694,6 +695,62 @@ fn a_second_crash_mid_resync_keeps_the_secondary_on_its_first_image_until_the_ne
     assert_eq!(ancestors[..2], [second, GENERATION], "newest first");
     assert_eq!(pair.s.history(), third);
     assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert_replica(&pair.s, &image);
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+}
+
+#[test]
+fn a_held_resync_larger_than_the_journal_window_says_so_and_goes_on_only_when_allowed() {
+    let (mut pair, mut image) = fresh_pair(GENERATION, 0);
+    write(&mut pair, &mut image, 0, 0, 1, 0x61);
+    flush(&mut pair);
+    catch_up(&mut pair);
+    let (followed, image_1) = ((GENERATION, DataSetId(1)), image.clone());
+
+    // Three of the data volume's four extents rewritten while the link is down (more than
+    // the secondary's 2 MiB window), then a crash: the resync must send all of it.
+    pair.linked = false;
+    pair.break_lanes();
+    let blocks_per_write = (MAX_WRITE / BLOCK) as usize;
+    for n in 0..(3 << 20) / MAX_WRITE as u64 {
+        let block = n * blocks_per_write as u64;
+        write(
+            &mut pair,
+            &mut image,
+            0,
+            block,
+            blocks_per_write,
+            0x70 + n as u8,
+        );
+    }
+    flush(&mut pair);
+    pair.run(20);
+    let mut pair = restart_primary(pair, Stop::Crash);
+    pair.run_until("the secondary re-based, held", PATIENCE, |pair| {
+        pair.s.replica_state() == ReplicaState::Held && !pair.s.rebasing()
+    });
+    assert!(!pair.s.held_resync_full(), "not before it filled");
+    pair.run_until("the held resync is reported stuck", PATIENCE, |pair| {
+        pair.s.held_resync_full()
+    });
+    // Stuck for good: nothing moves, the replica is the image it was.
+    let compared = pair.p.resync_stats().bytes_compared;
+    pair.run(3000);
+    assert_eq!(pair.p.resync_stats().bytes_compared, compared);
+    // (The primary compared it all; its end point waits behind what the window refused.)
+    assert!(!matches!(
+        pair.p.resync_stats().phase,
+        ResyncPhase::Done { .. }
+    ));
+    assert!(pair.s.held_resync_full());
+    assert_eq!(pair.s.replica_state(), ReplicaState::Held);
+    assert_eq!(pair.s.replica_point(), Some(followed));
+    assert_replica(&pair.s, &image_1);
+
+    pair.s.allow_inconsistent().unwrap();
+    catch_up(&mut pair);
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert!(!pair.s.held_resync_full());
     assert_replica(&pair.s, &image);
     assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
 }

@@ -169,6 +169,8 @@ pub struct SecondaryNode<S: Storage> {
     inbox: Arc<SharedInbox>,
     last_error: Option<String>,
     stats: NodeStats,
+    /// The secondary said a held resync does not fit (logged once each time it starts to).
+    held_full: bool,
 }
 
 impl<S: Storage> SecondaryNode<S> {
@@ -232,6 +234,7 @@ impl<S: Storage> SecondaryNode<S> {
             inbox,
             last_error: None,
             stats: NodeStats::default(),
+            held_full: false,
         })
     }
 
@@ -309,6 +312,13 @@ impl<S: Storage> SecondaryNode<S> {
             }
         }
         self.secondary.tick(now_ms);
+        let held_full = self.secondary.held_resync_full();
+        if held_full && !self.held_full {
+            tracing::warn!(
+                "the held resync fills the journal window before its end point: it cannot be applied as one unit, so it waits for the operator (`ordo resync --allow-inconsistent` lets it go on, the replica INCONSISTENT until it ends); the replica stays the image it was"
+            );
+        }
+        self.held_full = held_full;
         work |= self.secondary.poll_storage() > 0;
         let version = self.secondary.inbox_version();
         if self.inbox.version() != version {

@@ -173,6 +173,12 @@ fn write_secondary(out: &mut impl Write, r: &SecondaryReport) -> Result<()> {
             ""
         }
     )?;
+    if replica.held_full {
+        writeln!(
+            out,
+            "STUCK       the held resync fills the journal window before its end point, so it cannot be applied as one unit; the replica stays the image above. `ordo resync --allow-inconsistent` lets it go on (the replica INCONSISTENT until it ends)"
+        )?;
+    }
     let d = &r.data_sets;
     writeln!(out, "data sets   staged {} applied {}", d.staged, d.applied)?;
     writeln!(out, "lag         {} data sets", d.lag_data_sets)?;

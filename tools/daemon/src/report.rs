@@ -143,6 +143,10 @@ pub struct ReplicaReport {
     pub rebasing: bool,
     /// The operator allowed any history to overwrite it at the next handshake.
     pub discard_pending: bool,
+    /// A held resync filled the journal window before its end point: it waits for the
+    /// operator (`ordo resync --allow-inconsistent`).
+    #[serde(default)]
+    pub held_full: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -409,6 +413,7 @@ pub(crate) mod tests {
                     follows: "00000000000000a1".into(),
                     rebasing: false,
                     discard_pending: false,
+                    held_full: true,
                 },
                 data_sets: SecondaryDataSets {
                     staged: 12,
@@ -489,6 +494,10 @@ pub(crate) mod tests {
         assert_eq!(json["journal"]["size_bytes"], 1 << 28);
         assert_eq!(json["counters"]["records_staged"], 110);
         assert_eq!(json["counters"]["lanes_refused"], 8);
+        assert_eq!(json["replica"]["state"], "held");
+        assert_eq!(json["replica"]["image"]["data_set"], 9);
+        assert_eq!(json["replica"]["follows"], "00000000000000a1");
+        assert_eq!(json["replica"]["held_full"], true);
         for absent in ["retention", "writes", "failure"] {
             assert!(json.get(absent).is_none(), "{absent} in {json}");
         }

@@ -518,6 +518,7 @@ fn replica_report(secondary: &Secondary<Volume>) -> ReplicaReport {
         },
         rebasing: secondary.rebasing(),
         discard_pending: secondary.discard_pending(),
+        held_full: secondary.held_resync_full(),
     }
 }
 

@@ -199,6 +199,11 @@ pub struct Secondary<S: Storage> {
     /// Raised each time the receiving side is rebuilt (a re-base): receiver threads must be
     /// handed the new `inbox()`.
     inbox_version: u64,
+    /// A held resync filled the journal window before its end point (kept until the
+    /// replica leaves the held state): it cannot finish without the operator.
+    held_full: bool,
+    /// Where the cursor stood at the last tick, and since when (ms), for `held_full`.
+    held_watch: (u64, u64),
 }
 
 impl<S: Storage> Secondary<S> {
@@ -289,11 +294,47 @@ impl<S: Storage> Secondary<S> {
         (journal, replicas)
     }
 
-    /// Advances time: re-announces the applied watermark every `applied_interval_ms`.
+    /// Advances time: re-announces the applied watermark every `applied_interval_ms`, and
+    /// notices a held resync that cannot finish (`held_resync_full`).
     pub fn tick(&mut self, now_ms: u64) {
         if now_ms >= self.next_applied_ms {
             self.applied_dirty = true;
             self.next_applied_ms = now_ms + self.config.applied_interval_ms;
+        }
+        self.watch_held(now_ms);
+    }
+
+    /// Whether a held resync filled the journal window before its end point arrived:
+    /// nothing of it is applied before the end, so no room is freed, and the primary can
+    /// send nothing more of it. It stays so until the operator lets it go on inconsistent
+    /// (`allow_inconsistent`); the replica meanwhile remains the image it was.
+    pub fn held_resync_full(&self) -> bool {
+        self.held_full
+    }
+
+    /// Raises `held_full` once the cursor stood still for `HELD_FULL_AFTER_MS` with less
+    /// room left in the journal window than the largest record takes, a held resync's
+    /// end not yet staged; lowers it when the replica leaves the held state.
+    fn watch_held(&mut self, now_ms: u64) {
+        /// Long enough that a slow (rate-limited) resync still moves within it.
+        const HELD_FULL_AFTER_MS: u64 = 2000;
+        if self.journal.superblock().replica != ReplicaState::Held {
+            self.held_full = false;
+            self.held_watch = (self.cursor.stream_end, now_ms);
+            return;
+        }
+        if self.held_watch.0 != self.cursor.stream_end {
+            self.held_watch = (self.cursor.stream_end, now_ms);
+            return;
+        }
+        let limit = self.staging.applied_stream_end() + self.journal.superblock().window_bytes;
+        let exhausted = self.cursor.stream_end + stream_cost(self.config.max_write_bytes) > limit;
+        if exhausted
+            && self.epoch_end.is_none()
+            && self.rebase.is_none()
+            && now_ms.saturating_sub(self.held_watch.1) >= HELD_FULL_AFTER_MS
+        {
+            self.held_full = true;
         }
     }
 

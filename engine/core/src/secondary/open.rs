@@ -130,6 +130,8 @@ impl<S: Storage> Secondary<S> {
             digest_waiting: None,
             digest_buf: vec![0; MAX_DIGEST_SPAN_BYTES as usize],
             inbox_version: 0,
+            held_full: false,
+            held_watch: (0, 0),
             staging,
             journal,
             replicas,
