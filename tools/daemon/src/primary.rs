@@ -14,7 +14,7 @@ use ordo_core::primary::resync::EXTENT_BYTES;
 use ordo_core::primary::{
     DataSetPolicy, Primary, PrimaryConfig, Replication, ResyncPhase, ResyncStats, Start, WindowFull,
 };
-use ordo_core::protocol::{GroupId, VolumeId};
+use ordo_core::protocol::{DataSetId, GroupId, VolumeId};
 use ordo_core::storage::Storage;
 use ordo_runtime::primary_node::PrimaryNode;
 use ordo_runtime::primary_service::{
@@ -365,6 +365,9 @@ fn status_report(
             generation: s.generation.to_string(),
             ancestors: s.ancestors.iter().map(ToString::to_string).collect(),
             started: match s.start {
+                // A record formatted now (or stopped cleanly before any write): the
+                // history begins here.
+                Start::Resumed { data_set } if data_set == DataSetId::NONE => "new".into(),
                 Start::Resumed { .. } => "resumed".into(),
                 Start::NewGeneration { .. } => "new_generation".into(),
             },

@@ -63,9 +63,9 @@ pub struct PrimaryHistory {
     /// Its generation id (16 hex digits), and those it descends from, newest first.
     pub generation: String,
     pub ancestors: Vec<String>,
-    /// How this primary started: `resumed` (a clean stop before: the same history goes
-    /// on) or `new_generation` (a crash or an undrained stop before: what may differ is
-    /// resynchronised).
+    /// How this primary started: `new` (its history begins: the record was made now),
+    /// `resumed` (a clean stop before: the same history goes on) or `new_generation` (a
+    /// crash or an undrained stop before: what may differ is resynchronised).
     pub started: String,
     /// Bytes the write-intent record marks as possibly differing from the secondary (1 MiB
     /// extents).
