@@ -123,9 +123,12 @@ impl Serving {
                 primary.generation()
             ),
             Start::NewGeneration { extents_to_resync } => tracing::info!(
-                "history {} begins (descending from {:?}); {} MiB may differ from the secondary and are compared when it follows",
+                "history {} begins after a crash of {} (its last run did not stop cleanly): {} MiB may differ from the secondary, compared when it follows",
                 primary.generation(),
-                primary.ancestors().first(),
+                primary
+                    .ancestors()
+                    .first()
+                    .map_or_else(|| "no history".to_string(), ToString::to_string),
                 extents_to_resync
             ),
         }
