@@ -172,13 +172,15 @@ impl World {
         }
     }
 
-    /// Adds what the network and the primary counted to `stats`.
+    /// Adds what the network, the primary and the secondary's re-bases counted to `stats`.
     pub fn add_link_stats(&mut self, stats: &mut SimStats) {
         self.add_resync_stats();
         stats.resync_compared = self.stats.resync_compared;
         stats.window_drops = self.stats.window_drops;
         stats.resync_sent = self.stats.resync_sent;
         stats.resyncs_done = self.stats.resyncs_done;
+        let running = self.secondary.as_ref().map_or(0, |s| s.stats().rebases);
+        stats.rebases = self.stats.rebases + running;
         let net = self.net.stats;
         stats.packets += net.packets;
         stats.dropped += net.dropped;
@@ -417,6 +419,7 @@ impl World {
     fn crash_secondary(&mut self, power_loss: bool) {
         (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
         let secondary = self.secondary.take().expect("running");
+        self.stats.rebases += secondary.stats().rebases;
         let (mut journal, mut replicas) = secondary.into_storages();
         if power_loss || self.rng.random_bool(0.5) {
             // Power loss: what was not flushed may be lost or torn.

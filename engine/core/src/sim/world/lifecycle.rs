@@ -138,6 +138,7 @@ impl World {
     fn lose_secondary_state(&mut self) -> Result<(), Violation> {
         (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
         let secondary = self.secondary.take().expect("running");
+        self.stats.rebases += secondary.stats().rebases;
         let (journal, replicas) = secondary.into_storages();
         let created = Secondary::create(
             self.config.secondary.clone(),
