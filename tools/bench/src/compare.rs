@@ -4,7 +4,7 @@
 //! as ratios, the median of several runs. Ends with one line, the rows by number:
 //! `compare: P1=<ratio> P1nbd=<ratio> P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio>
 //! P6=<ratio> P6s=<ratio> P9=<ratio> P10=<ratio> P10c4=<ratio> P11=<ratio>` (`n/a` for a
-//! row whose tool is missing).
+//! row whose tool is missing; only the rows asked for with `--rows`, in the same order).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,9 +34,52 @@ pub struct CompareArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "ordo-compare.json")]
     output: PathBuf,
+    /// Only these rows (comma-separated ids, e.g. P10,P11); every row without it. Rows
+    /// measured from the same runs (P2, P2c, P5 and P9; P6 and P6s; P10 and P10c4) are
+    /// measured together, but only those asked for are reported.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    rows: Vec<String>,
+}
+
+/// Measures some rows of the suite.
+type Measure = fn(&Settings) -> Result<Vec<Row>>;
+
+/// The suite, in the order it runs: each measurement and the rows it reports, in order.
+const SUITE: &[(&[&str], Measure)] = &[
+    (&["P1"], p1),
+    (&["P1nbd"], crate::seed_row::p1nbd),
+    (&["P2", "P2c", "P5", "P9"], crate::randwrite_rows::p2_p5_p9),
+    (&["P3"], p3),
+    (&["P6", "P6s"], p6),
+    (&["P10", "P10c4"], crate::nbd_rows::p10),
+    (&["P11"], crate::nbd_rows::p11),
+];
+
+/// The row ids `--rows` names, as the suite spells them (every row when it names none); an
+/// error names an id the suite does not have.
+fn chosen_rows(given: &[String]) -> Result<Vec<&'static str>> {
+    let every = SUITE.iter().flat_map(|(ids, _)| ids.iter().copied());
+    if given.is_empty() {
+        return Ok(every.collect());
+    }
+    let mut chosen = Vec::new();
+    for id in given {
+        let Some(known) = every
+            .clone()
+            .find(|known| known.eq_ignore_ascii_case(id.trim()))
+        else {
+            let all: Vec<&str> = every.collect();
+            anyhow::bail!("--rows: no row {id:?} (the rows: {})", all.join(","));
+        };
+        if !chosen.contains(&known) {
+            chosen.push(known);
+        }
+    }
+    Ok(chosen)
 }
 
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
+    let chosen = chosen_rows(&args.rows)?;
     let settings = Settings {
         runs: args.runs.max(1),
         runtime: args.runtime,
@@ -56,24 +99,33 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "compare: {} run(s) of {} s each (ramp {} s), median ratio per row",
-        settings.runs, settings.runtime, settings.ramp
+        "compare: {} run(s) of {} s each (ramp {} s), median ratio per row; rows {}",
+        settings.runs,
+        settings.runtime,
+        settings.ramp,
+        chosen.join(",")
     )?;
     let mut rows = Vec::new();
-    for row in [
-        p1,
-        crate::seed_row::p1nbd,
-        crate::randwrite_rows::p2_p5_p9,
-        p3,
-        p6,
-        crate::nbd_rows::p10,
-        crate::nbd_rows::p11,
-    ] {
-        for done in row(&settings)? {
+    for (ids, measure) in SUITE {
+        if !ids.iter().any(|id| chosen.contains(id)) {
+            continue;
+        }
+        let measured = measure(&settings)?;
+        let made: Vec<&str> = measured.iter().map(|r| r.id).collect();
+        assert_eq!(
+            made, *ids,
+            "a measurement reports the rows the suite lists for it"
+        );
+        for done in measured.into_iter().filter(|r| chosen.contains(&r.id)) {
             print_row(&mut out, &done)?;
             rows.push(done);
         }
     }
+    assert_eq!(
+        rows.len(),
+        chosen.len(),
+        "every row asked for is reported once"
+    );
     // By row number (P2 before P10), then id (P1 before P1nbd, P10 before P10c4).
     rows.sort_by_key(|r| {
         let digits: String = r.id[1..].chars().take_while(char::is_ascii_digit).collect();
@@ -94,6 +146,7 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
         "quick": args.quick,
         "runs": settings.runs,
         "runtime_s": settings.runtime,
+        "rows_asked": if args.rows.is_empty() { None } else { Some(&chosen) },
         "machine": {
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
@@ -327,6 +380,25 @@ mod tests {
         assert_eq!((quick.runs, quick.runtime), (1, 3.0));
         let given = compare(&["--quick", "--runs", "5", "--runtime", "7"]);
         assert_eq!((given.runs, given.runtime), (5, 7.0));
+    }
+
+    #[test]
+    fn rows_are_chosen_by_id_in_the_suites_order_and_an_unknown_one_is_refused() {
+        let every = chosen_rows(&[]).unwrap();
+        let tail = ["P3", "P6", "P6s", "P10", "P10c4", "P11"];
+        assert_eq!(every[..2], ["P1", "P1nbd"]);
+        assert_eq!(every[every.len() - tail.len()..], tail);
+        assert_eq!(every.len(), 12);
+        // P12 is reserved: no row has it yet.
+        assert!(!every.contains(&"P12"));
+        let given = compare(&["--rows", "p11,P6", "--rows", "P11"]).rows;
+        assert_eq!(chosen_rows(&given).unwrap(), ["P11", "P6"]);
+        let error = chosen_rows(&["P12".to_string()]).unwrap_err().to_string();
+        assert!(
+            error.contains("\"P12\"") && error.contains("P1,P1nbd,P2"),
+            "{error}"
+        );
+        assert!(compare(&[]).rows.is_empty(), "every row by default");
     }
 
     #[test]
