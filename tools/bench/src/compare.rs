@@ -3,8 +3,9 @@
 //! off, one data set at a time, nbdkit through the same NBD client, the in-process bench),
 //! as ratios, the median of several runs. Ends with one line, the rows by number:
 //! `compare: P1=<ratio> P1nbd=<ratio> P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio>
-//! P6=<ratio> P6s=<ratio> P9=<ratio> P10=<ratio> P10c4=<ratio> P11=<ratio>` (`n/a` for a
-//! row whose tool is missing; only the rows asked for with `--rows`, in the same order).
+//! P6=<ratio> P6s=<ratio> P9=<ratio> P10=<ratio> P10c4=<ratio> P11=<ratio> P13=<ratio>
+//! P14=<ratio>` (`n/a` for a row whose tool is missing; only the rows asked for with
+//! `--rows`, in the same order).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use crate::rows::{bench, mb, row, Goal, Measured, Row, Settings};
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// One short run of each (under 3 minutes): a smoke test, not a measurement.
+    /// One short run of each (about 3 minutes in all): a smoke test, not a measurement.
     #[arg(long)]
     quick: bool,
     /// Runs of each measurement (the median is reported); 1 with --quick.
@@ -27,14 +28,14 @@ pub struct CompareArgs {
     /// Seconds measured per run; 3 with --quick.
     #[arg(long, default_value_t = 10.0, default_value_if("quick", "true", "3"))]
     runtime: f64,
-    /// Where P6 puts its files (the file system measured), P1nbd its image and the NBD
-    /// rows' daemons their state.
+    /// Where P6 puts its files (the file system measured), P1nbd its image, the resync
+    /// rows (P13, P14) their volumes, and the daemons their state.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Where the JSON report goes.
     #[arg(long, default_value = "ordo-compare.json")]
     output: PathBuf,
-    /// Only these rows (comma-separated ids, e.g. P10,P11); every row without it. Rows
+    /// Only these rows (comma-separated ids, e.g. P13,P14); every row without it. Rows
     /// measured from the same runs (P2, P2c, P5 and P9; P6 and P6s; P10 and P10c4) are
     /// measured together, but only those asked for are reported.
     #[arg(long, value_delimiter = ',', value_name = "IDS")]
@@ -53,6 +54,8 @@ const SUITE: &[(&[&str], Measure)] = &[
     (&["P6", "P6s"], p6),
     (&["P10", "P10c4"], crate::nbd_rows::p10),
     (&["P11"], crate::nbd_rows::p11),
+    (&["P13"], crate::resync_rows::p13),
+    (&["P14"], crate::resync_rows::p14),
 ];
 
 /// The row ids `--rows` names, as the suite spells them (every row when it names none); an
@@ -385,14 +388,14 @@ mod tests {
     #[test]
     fn rows_are_chosen_by_id_in_the_suites_order_and_an_unknown_one_is_refused() {
         let every = chosen_rows(&[]).unwrap();
-        let tail = ["P3", "P6", "P6s", "P10", "P10c4", "P11"];
+        let tail = ["P6", "P6s", "P10", "P10c4", "P11", "P13", "P14"];
         assert_eq!(every[..2], ["P1", "P1nbd"]);
         assert_eq!(every[every.len() - tail.len()..], tail);
-        assert_eq!(every.len(), 12);
+        assert_eq!(every.len(), 14);
         // P12 is reserved: no row has it yet.
         assert!(!every.contains(&"P12"));
-        let given = compare(&["--rows", "p11,P6", "--rows", "P11"]).rows;
-        assert_eq!(chosen_rows(&given).unwrap(), ["P11", "P6"]);
+        let given = compare(&["--rows", "p14,P13", "--rows", "P14"]).rows;
+        assert_eq!(chosen_rows(&given).unwrap(), ["P14", "P13"]);
         let error = chosen_rows(&["P12".to_string()]).unwrap_err().to_string();
         assert!(
             error.contains("\"P12\"") && error.contains("P1,P1nbd,P2"),

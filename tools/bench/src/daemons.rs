@@ -1,6 +1,7 @@
-//! Servers `ordo bench compare` starts as child processes for its rows through NBD: an
-//! `ordo secondary` and an `ordo primary` replicating to it (this same binary, `mem`
-//! volumes, on loopback), and nbdkit's `memory` plugin. Each is killed when dropped.
+//! Servers `ordo bench compare` starts as child processes for its rows through real
+//! daemons: an `ordo secondary` and an `ordo primary` replicating to it (this same binary,
+//! on loopback, `mem` or `file:` volumes), and nbdkit's `memory` plugin. Each is killed
+//! when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ordo_daemon::control;
+use ordo_daemon::report::{PrimaryReport, RoleStatus};
 use ordo_daemon::volume::ByteSize;
 
 use crate::rows::{free_port, not_installed};
@@ -81,9 +83,47 @@ pub(crate) fn nbdkit(size: ByteSize) -> Result<(Killed, String)> {
     Ok((server, format!("nbd://127.0.0.1:{port}/")))
 }
 
+/// Where one side of a pair keeps its volume `data`.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    /// `mem:SIZE`.
+    Mem,
+    /// `file:PATH:SIZE` in the pair's directory, created by the daemon (all zeros) and
+    /// removed with the directory.
+    NewFile,
+    /// `file:PATH:SIZE` on a file already there (the caller's).
+    File(PathBuf),
+}
+
+/// How `OrdoPair::launch` starts a pair.
+#[derive(Clone, Debug)]
+pub(crate) struct PairSpec {
+    pub(crate) size: ByteSize,
+    pub(crate) primary: Store,
+    pub(crate) secondary: Store,
+    /// The primary keeps its write-intent record on a file, in a state directory of its
+    /// own (`--state-dir`); in memory without.
+    pub(crate) primary_state_dir: bool,
+    /// More flags for `ordo primary`.
+    pub(crate) primary_flags: Vec<String>,
+}
+
+impl PairSpec {
+    /// What the NBD rows replicate on: `mem` volumes, no state directory.
+    pub(crate) fn mem(size: ByteSize) -> PairSpec {
+        PairSpec {
+            size,
+            primary: Store::Mem,
+            secondary: Store::Mem,
+            primary_state_dir: false,
+            primary_flags: Vec::new(),
+        }
+    }
+}
+
 /// An `ordo secondary` and an `ordo primary` replicating to it over `LANES` lanes, one
-/// `mem` volume named `data` on each; their state in a directory of their own, removed
-/// when dropped.
+/// volume named `data` on each; their state in a directory of their own, removed when
+/// dropped.
 pub(crate) struct OrdoPair {
     primary: Killed,
     secondary: Killed,
@@ -92,6 +132,8 @@ pub(crate) struct OrdoPair {
     pub(crate) uri: String,
     /// The primary's control socket.
     pub(crate) control: PathBuf,
+    /// Both daemons' commands, as started (`ordo secondary ...; ordo primary ...`).
+    pub(crate) commands: String,
 }
 
 impl Drop for OrdoPair {
@@ -103,51 +145,62 @@ impl Drop for OrdoPair {
 }
 
 impl OrdoPair {
-    /// Started with their state in `dir/ordo-compare-NAME`; returns once every lane is up.
+    /// A pair on `mem` volumes of `size`, its state in `dir/ordo-compare-NAME`; returns
+    /// once every lane is up.
     pub(crate) fn start(dir: &Path, name: &str, size: ByteSize) -> Result<OrdoPair> {
+        let mut pair = OrdoPair::launch(dir, name, &PairSpec::mem(size))?;
+        pair.wait_lanes_up()?;
+        Ok(pair)
+    }
+
+    /// A pair as `spec` says, its state (and its `Store::NewFile` volumes) in
+    /// `dir/ordo-compare-NAME`; returns as soon as the primary answers on its control
+    /// socket, so a resync is watched from its start.
+    pub(crate) fn launch(dir: &Path, name: &str, spec: &PairSpec) -> Result<OrdoPair> {
         let ordo = std::env::current_exe().context("finding the ordo binary")?;
         let (link, nbd) = (free_port()?, free_port()?);
         let state = dir.join(format!("ordo-compare-{name}"));
         std::fs::create_dir_all(&state)?;
-        let volume = format!("data=mem:{size}");
-        let state_dir = state.display().to_string();
-        let mut secondary = spawn(
-            &ordo,
-            &strings(&[
-                "secondary",
-                "--listen",
-                &format!("127.0.0.1:{link}"),
-                "--state-dir",
-                &state_dir,
-                "--volume",
-                &volume,
-                "--window-bytes",
-                "64M",
-            ]),
-        )?;
-        wait_until("ordo secondary", &mut secondary, || listening(link))?;
+        let volume = |store: &Store, file: &str| match store {
+            Store::Mem => format!("data=mem:{}", spec.size),
+            Store::NewFile => format!("data=file:{}:{}", state.join(file).display(), spec.size),
+            Store::File(path) => format!("data=file:{}:{}", path.display(), spec.size),
+        };
+        let secondary_args = strings(&[
+            "secondary",
+            "--listen",
+            &format!("127.0.0.1:{link}"),
+            "--state-dir",
+            &state.display().to_string(),
+            "--volume",
+            &volume(&spec.secondary, "replica.img"),
+            "--window-bytes",
+            "64M",
+        ]);
         let control = state.join("primary.sock");
-        let mut primary = spawn(
-            &ordo,
-            &strings(&[
-                "primary",
-                "--connect",
-                &format!("127.0.0.1:{link}"),
-                "--volume",
-                &volume,
-                "--nbd",
-                &format!("127.0.0.1:{nbd}"),
-                "--control",
-                &control.display().to_string(),
-                "--lanes",
-                &LANES.to_string(),
-            ]),
-        )?;
+        let mut primary_args = strings(&[
+            "primary",
+            "--connect",
+            &format!("127.0.0.1:{link}"),
+            "--volume",
+            &volume(&spec.primary, "primary.img"),
+            "--nbd",
+            &format!("127.0.0.1:{nbd}"),
+            "--control",
+            &control.display().to_string(),
+            "--lanes",
+            &LANES.to_string(),
+        ]);
+        if spec.primary_state_dir {
+            let primary_state = state.join("primary-state");
+            primary_args.extend(["--state-dir".into(), primary_state.display().to_string()]);
+        }
+        primary_args.extend(spec.primary_flags.iter().cloned());
+        let mut secondary = spawn(&ordo, &secondary_args)?;
+        wait_until("ordo secondary", &mut secondary, || listening(link))?;
+        let mut primary = spawn(&ordo, &primary_args)?;
         wait_until("ordo primary", &mut primary, || {
-            control::status(&control, STATUS_TIMEOUT)
-                .ok()
-                .and_then(|s| s.primary().map(|p| p.link.lanes.lanes_up == LANES))
-                .unwrap_or(false)
+            control::status(&control, STATUS_TIMEOUT).is_ok()
         })?;
         Ok(OrdoPair {
             primary,
@@ -155,16 +208,51 @@ impl OrdoPair {
             state,
             uri: format!("nbd://127.0.0.1:{nbd}/data"),
             control,
+            commands: format!(
+                "ordo {}; ordo {}",
+                secondary_args.join(" "),
+                primary_args.join(" ")
+            ),
         })
+    }
+
+    /// Until the primary has every lane up; an error after `START_LIMIT` or if it stopped.
+    pub(crate) fn wait_lanes_up(&mut self) -> Result<()> {
+        let control = &self.control;
+        wait_until("ordo primary", &mut self.primary, || {
+            control::status(control, STATUS_TIMEOUT)
+                .ok()
+                .and_then(|s| s.primary().map(|p| p.link.lanes.lanes_up == LANES))
+                .unwrap_or(false)
+        })
+    }
+
+    /// The primary's status now.
+    pub(crate) fn status(&self) -> Result<PrimaryReport> {
+        let status = control::status(&self.control, STATUS_TIMEOUT)
+            .with_context(|| format!("asking {} for its status", self.control.display()))?;
+        match status.role {
+            RoleStatus::Primary(report) => Ok(report),
+            RoleStatus::Secondary(_) => bail!("the pair's primary answered as a secondary"),
+        }
+    }
+
+    /// An error if either daemon exited.
+    pub(crate) fn check_running(&mut self) -> Result<()> {
+        for (name, child) in [
+            ("primary", &mut self.primary),
+            ("secondary", &mut self.secondary),
+        ] {
+            if let Some(status) = child.0.try_wait()? {
+                bail!("ordo {name} exited ({status})");
+            }
+        }
+        Ok(())
     }
 
     /// The primary's (last closed, applied) data sets now.
     pub(crate) fn data_sets(&self) -> Result<(u64, u64)> {
-        let status = control::status(&self.control, STATUS_TIMEOUT)
-            .with_context(|| format!("asking {} for its status", self.control.display()))?;
-        let primary = status
-            .primary()
-            .context("the pair's primary answered as a secondary")?;
+        let primary = self.status()?;
         Ok((primary.data_sets.last_closed, primary.data_sets.applied))
     }
 

@@ -22,6 +22,7 @@ mod progress;
 mod randwrite_rows;
 pub mod relay;
 pub mod results;
+mod resync_rows;
 mod rows;
 mod seed_row;
 mod status_lag;

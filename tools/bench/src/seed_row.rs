@@ -22,8 +22,8 @@ const QUICK_IMAGE_BYTES: ByteSize = ByteSize(256 << 20);
 /// How long the secondary may take to apply what nbdcopy wrote, after it returned.
 const APPLY_LIMIT: Duration = Duration::from_secs(120);
 
-/// The image nbdcopy reads, removed when dropped.
-struct Image(PathBuf);
+/// An image file a row made (nbdcopy's source, a resync's volume), removed when dropped.
+pub(crate) struct Image(pub(crate) PathBuf);
 
 impl Drop for Image {
     fn drop(&mut self) {
@@ -31,9 +31,9 @@ impl Drop for Image {
     }
 }
 
-/// `size` bytes of pseudo-random data (no zero blocks, which nbdcopy would send as
-/// zeroings rather than writes) at `path`.
-fn image(path: &Path, size: ByteSize) -> Result<Image> {
+/// `size` bytes of pseudo-random data (incompressible, and no zero blocks, which nbdcopy
+/// would send as zeroings rather than writes) at `path`, on disk when this returns.
+pub(crate) fn image(path: &Path, size: ByteSize) -> Result<Image> {
     let made = Image(path.to_path_buf());
     let mut file =
         BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
