@@ -9,10 +9,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log="$work/compare.log"
 "$ordo" bench compare --quick --dir "$work" --output "$work/compare.json" | tee "$log"
-tail -n 1 "$log" | grep -qE '^compare: P1=[0-9.]+ P1nbd=[0-9.]+ P2=[0-9.]+ P2c=[0-9.]+ P3=[0-9.]+ P5=[0-9.]+ P6=[0-9.]+ P6s=[0-9.]+ P9=[0-9.]+ P10=[0-9.]+ P10c4=[0-9.]+ P11=[0-9.]+ P13=[0-9.]+ P14=[0-9.]+$'
+tail -n 1 "$log" | grep -qE '^compare: P1=[0-9.]+ P1nbd=[0-9.]+ P2=[0-9.]+ P2c=[0-9.]+ P3=[0-9.]+ P5=[0-9.]+ P6=[0-9.]+ P6s=[0-9.]+ P9=[0-9.]+ P10=[0-9.]+ P10c4=[0-9.]+ P11=[0-9.]+ P13=[0-9.]+ P14=[0-9.]+ P15=[0-9.]+$'
 # Each row: its id, both measurements with their commands, per-run ratios and a verdict.
 jq -e '
-  (.rows | map(.id)) == ["P1", "P1nbd", "P2", "P2c", "P3", "P5", "P6", "P6s", "P9", "P10", "P10c4", "P11", "P13", "P14"]
+  (.rows | map(.id)) == ["P1", "P1nbd", "P2", "P2c", "P3", "P5", "P6", "P6s", "P9", "P10", "P10c4", "P11", "P13", "P14", "P15"]
   and all(.rows[];
     (.ours.value | type) == "number" and .ours.value > 0
     and (.baseline.value | type) == "number" and .baseline.value > 0

@@ -1,11 +1,11 @@
 //! `ordo bench compare`: a fixed suite, each measurement next to its baseline measured in
 //! the same run (iperf3 on the same loopback, fio on the same file system, replication
-//! off, one data set at a time, nbdkit through the same NBD client, the in-process bench),
-//! as ratios, the median of several runs. Ends with one line, the rows by number:
-//! `compare: P1=<ratio> P1nbd=<ratio> P2=<ratio> P2c=<ratio> P3=<ratio> P5=<ratio>
-//! P6=<ratio> P6s=<ratio> P9=<ratio> P10=<ratio> P10c4=<ratio> P11=<ratio> P13=<ratio>
-//! P14=<ratio>` (`n/a` for a row whose tool is missing; only the rows asked for with
-//! `--rows`, in the same order).
+//! off, one data set at a time, nbdkit through the same NBD client, the in-process bench,
+//! the write-intent record in memory), as ratios, the median of several runs. Ends with
+//! one line, the rows by number: `compare: P1=<ratio> P1nbd=<ratio> P2=<ratio>
+//! P2c=<ratio> P3=<ratio> P5=<ratio> P6=<ratio> P6s=<ratio> P9=<ratio> P10=<ratio>
+//! P10c4=<ratio> P11=<ratio> P13=<ratio> P14=<ratio> P15=<ratio>` (`n/a` for a row whose
+//! tool is missing; only the rows asked for with `--rows`, in the same order).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,13 +29,14 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 10.0, default_value_if("quick", "true", "3"))]
     runtime: f64,
     /// Where P6 puts its files (the file system measured), P1nbd its image, the resync
-    /// rows (P13, P14) their volumes, and the daemons their state.
+    /// rows (P13, P14) their volumes, P15 its daemons' volumes, and the daemons their
+    /// state.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Where the JSON report goes.
     #[arg(long, default_value = "ordo-compare.json")]
     output: PathBuf,
-    /// Only these rows (comma-separated ids, e.g. P13,P14); every row without it. Rows
+    /// Only these rows (comma-separated ids, e.g. P13,P14,P15); every row without it. Rows
     /// measured from the same runs (P2, P2c, P5 and P9; P6 and P6s; P10 and P10c4) are
     /// measured together, but only those asked for are reported.
     #[arg(long, value_delimiter = ',', value_name = "IDS")]
@@ -56,6 +57,7 @@ const SUITE: &[(&[&str], Measure)] = &[
     (&["P11"], crate::nbd_rows::p11),
     (&["P13"], crate::resync_rows::p13),
     (&["P14"], crate::resync_rows::p14),
+    (&["P15"], crate::intent_row::p15),
 ];
 
 /// The row ids `--rows` names, as the suite spells them (every row when it names none); an
@@ -388,14 +390,14 @@ mod tests {
     #[test]
     fn rows_are_chosen_by_id_in_the_suites_order_and_an_unknown_one_is_refused() {
         let every = chosen_rows(&[]).unwrap();
-        let tail = ["P6", "P6s", "P10", "P10c4", "P11", "P13", "P14"];
+        let tail = ["P10", "P10c4", "P11", "P13", "P14", "P15"];
         assert_eq!(every[..2], ["P1", "P1nbd"]);
         assert_eq!(every[every.len() - tail.len()..], tail);
-        assert_eq!(every.len(), 14);
+        assert_eq!(every.len(), 15);
         // P12 is reserved: no row has it yet.
         assert!(!every.contains(&"P12"));
-        let given = compare(&["--rows", "p14,P13", "--rows", "P14"]).rows;
-        assert_eq!(chosen_rows(&given).unwrap(), ["P14", "P13"]);
+        let given = compare(&["--rows", "p15,P13", "--rows", "P15"]).rows;
+        assert_eq!(chosen_rows(&given).unwrap(), ["P15", "P13"]);
         let error = chosen_rows(&["P12".to_string()]).unwrap_err().to_string();
         assert!(
             error.contains("\"P12\"") && error.contains("P1,P1nbd,P2"),

@@ -13,6 +13,7 @@ mod daemons;
 mod driver;
 mod hdrlog;
 mod header;
+mod intent_row;
 mod lag;
 mod meter;
 mod nbd_rows;
@@ -58,7 +59,7 @@ pub struct BenchCommand {
 pub enum BenchSub {
     /// Run the fixed suite of measurements, each next to its baseline measured in the
     /// same run (iperf3, fio, nbdkit, replication off, one data set at a time, the
-    /// in-process bench).
+    /// in-process bench, the write-intent record in memory).
     Compare(compare::CompareArgs),
 }
 

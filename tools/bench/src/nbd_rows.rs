@@ -13,15 +13,15 @@ use crate::daemons::{nbdkit, OrdoPair, LANES};
 use crate::rows::{bench, output, row, Goal, Row, Settings};
 
 /// The export's size on every server: what the writes land on, at random.
-const EXPORT: ByteSize = ByteSize(256 << 20);
+pub(crate) const EXPORT: ByteSize = ByteSize(256 << 20);
 /// The load of P11, on both sides.
 pub(crate) const LOAD: &str = "--rw randwrite --bs 4K --iodepth 32 --size 256M";
 
-/// fio's nbd engine: 4 KiB random writes at depth 32 on `jobs` connections for `seconds`;
-/// write IOPS of all of them, and the command.
-fn fio_nbd(uri: &str, jobs: usize, seconds: f64) -> Result<(f64, String)> {
+/// fio's nbd engine (job `name`): 4 KiB random writes at depth 32 on `jobs` connections
+/// for `seconds`; write IOPS of all of them, and the command.
+pub(crate) fn fio_nbd(name: &str, uri: &str, jobs: usize, seconds: f64) -> Result<(f64, String)> {
     let args: Vec<String> = vec![
-        "--name=p10".into(),
+        format!("--name={name}"),
         "--ioengine=nbd".into(),
         format!("--uri={uri}"),
         "--rw=randwrite".into(),
@@ -64,7 +64,7 @@ pub(crate) fn p10(settings: &Settings) -> Result<Vec<Row>> {
         let mut note = None;
         for _ in 0..settings.runs {
             let baseline = match nbdkit(EXPORT).and_then(|(server, uri)| {
-                let measured = fio_nbd(&uri, jobs, settings.runtime);
+                let measured = fio_nbd("p10", &uri, jobs, settings.runtime);
                 drop(server);
                 measured
             }) {
@@ -75,7 +75,7 @@ pub(crate) fn p10(settings: &Settings) -> Result<Vec<Row>> {
                 }
             };
             let pair = OrdoPair::start(&settings.dir, "p10", EXPORT)?;
-            let ours = fio_nbd(&pair.uri, jobs, settings.runtime);
+            let ours = fio_nbd("p10", &pair.uri, jobs, settings.runtime);
             drop(pair);
             let ours = ours?;
             runs.push((ours.0, baseline.0));
