@@ -369,6 +369,11 @@ fn an_initial_sync_of_a_volume_full_of_data_fresh_seeded_and_over_an_old_replica
     let s = wait_resynced(&pair, Duration::from_secs(600));
     let total = number(&s, &["resync", "bytes_total"]);
     assert_eq!(total, 1 << 30, "an initial sync compares everything: {s}");
+    eprintln!(
+        "initial sync to a fresh secondary: compared {total} bytes, sent {}, at {} bytes/s",
+        number(&s, &["resync", "bytes_sent"]),
+        number(&s, &["resync", "rate_bytes_per_s"])
+    );
     assert_eq!(pair.secondary.status()["replica"]["state"], "consistent");
     assert_verifies(&pair);
 
@@ -383,6 +388,7 @@ fn an_initial_sync_of_a_volume_full_of_data_fresh_seeded_and_over_an_old_replica
         sent < (1 << 30) / 100,
         "{sent} bytes sent to a replica that was equal: {s}"
     );
+    eprintln!("a new state directory over the old replica: sent {sent} bytes");
     assert_verifies(&pair);
 
     // A replica seeded with dd, and a primary and secondary both new.
@@ -408,6 +414,7 @@ fn an_initial_sync_of_a_volume_full_of_data_fresh_seeded_and_over_an_old_replica
         sent < (1 << 30) / 100,
         "{sent} bytes sent to a seeded replica: {s}"
     );
+    eprintln!("a replica seeded with dd: sent {sent} bytes");
     assert_verifies(&pair);
 }
 
