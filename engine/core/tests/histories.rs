@@ -754,3 +754,32 @@ fn a_held_resync_larger_than_the_journal_window_says_so_and_goes_on_only_when_al
     assert_replica(&pair.s, &image);
     assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
 }
+
+#[test]
+fn an_extent_written_all_the_time_keeps_its_bit_and_a_cold_one_is_cleared_once_applied() {
+    let (mut pair, mut image) = fresh_pair(GENERATION, 0);
+    // Extent 2 is written once; extent 0 every 150 ms for three seconds, each write
+    // applied well before the next (so only its being hot keeps its bit).
+    write(&mut pair, &mut image, 0, 512, 1, 0x20);
+    for round in 0..20u8 {
+        write(&mut pair, &mut image, 0, u64::from(round % 8), 1, round);
+        flush(&mut pair);
+        for _ in 0..150 {
+            pair.step();
+            if round >= 4 {
+                // Extent 2: cold and applied, cleared. Extent 0: never cleared between
+                // two writes (each time would cost a record transaction).
+                assert_eq!(
+                    pair.p.out_of_sync_extents(),
+                    1,
+                    "round {round}: {}",
+                    pair.describe()
+                );
+            }
+        }
+    }
+    catch_up(&mut pair);
+    pair.run(500);
+    assert_eq!(pair.p.out_of_sync_extents(), 0, "cold and applied: cleared");
+    assert_replica(&pair.s, &image);
+}

@@ -1,7 +1,8 @@
 //! The primary's history and what it keeps across restarts: which generation it writes
 //! (resumed after a clean stop, new after a crash or a cut stream, descending from the one
 //! before), the write-intent record (an extent's bit is durable before any write to it
-//! starts; cleared once the secondary applied every write to it), what a handshake
+//! starts; cleared once the secondary applied every write to it and it went a clearing
+//! interval without one), what a handshake
 //! decides from both histories, and dropping the window when it stays full
 //! (`WindowFull::Track`).
 
@@ -204,8 +205,7 @@ impl<S: Storage> Primary<S> {
         if self.link.peer_applied() != self.last_closed {
             return Err("the secondary has not applied the last data set");
         }
-        self.next_clear_ms = 0;
-        self.clear_applied_extents(self.now_ms);
+        self.clear_extents_applied_up_to(Seq(u64::MAX));
         let shutdown = Shutdown::Clean {
             last_data_set: self.last_closed,
             last_seq: Seq(self.next_seq.0 - 1),
@@ -334,20 +334,29 @@ impl<S: Storage> Primary<S> {
         false
     }
 
-    /// Clears the bits of extents whose every write the secondary applied (and that no
-    /// resync still has to compare); written lazily, with the next transaction.
+    /// Every `CLEAR_INTERVAL_MS`: clears the bits of extents not written since the pass
+    /// before (cold) whose every write the secondary applied.
     pub(super) fn clear_applied_extents(&mut self, now_ms: u64) {
         if now_ms < self.next_clear_ms {
             return;
         }
         self.next_clear_ms = now_ms + CLEAR_INTERVAL_MS;
+        let horizon = std::mem::replace(&mut self.clear_horizon, Seq(self.next_seq.0 - 1));
+        self.clear_extents_applied_up_to(horizon);
+    }
+
+    /// Clears the bits of extents last written at or before `horizon` whose every write
+    /// the secondary applied (and that no resync still has to compare); written lazily,
+    /// with the next transaction.
+    fn clear_extents_applied_up_to(&mut self, horizon: Seq) {
         let Some(applied_seq) = self.link.peer_applied_seq() else {
             return;
         };
+        let limit = applied_seq.min(horizon);
         let set: Vec<(VolumeId, u64)> = self.intent.set_extents().collect();
         for (volume, extent) in set {
             let written = self.last_write[usize::from(volume.0)][extent as usize];
-            if written <= applied_seq && !self.resync.pending(volume, extent) {
+            if written <= limit && !self.resync.pending(volume, extent) {
                 self.intent.clear(volume, extent);
             }
         }

@@ -121,6 +121,10 @@ pub struct Primary<S: Storage> {
     /// Local writes from a seq on wait for a write-intent transaction: (seq, txn).
     intent_waits: VecDeque<(Seq, u64)>,
     next_clear_ms: u64,
+    /// The last seq given out when the previous clearing pass ran: an extent written after
+    /// it is hot and keeps its bit (as DRBD's activity log keeps hot extents), so a working
+    /// set written all the time costs no record transaction per pass.
+    clear_horizon: Seq,
     resync: Resync,
     /// Since when writes have found the retention window full (`WindowFull::Track`).
     window_full_since_ms: Option<u64>,
@@ -214,6 +218,7 @@ impl<S: Storage> Primary<S> {
                 .collect(),
             intent_waits,
             next_clear_ms: 0,
+            clear_horizon: Seq::NONE,
             resync: Resync::new(&extents, config.resync_rate_bytes),
             window_full_since_ms: None,
             history_txn: running_txn,
