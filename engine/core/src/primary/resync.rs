@@ -29,8 +29,9 @@ use crate::storage::read_blocking;
 
 /// The unit the write-intent record and a resync count in.
 pub const EXTENT_BYTES: u64 = super::intent::EXTENT_BYTES;
-/// Digest requests outstanding at once.
-const SLOTS: usize = 4;
+/// Digest requests outstanding at once: enough that the secondary always has the next
+/// ones to read while the primary compares (one extent a round, see `poll_resync`).
+const SLOTS: usize = 8;
 /// A digest request not answered in this many retransmit intervals is asked again.
 const REQUEST_TIMEOUT_INTERVALS: u64 = 4;
 /// A resync's records may fill at most this share of the retention window, so the
@@ -283,18 +284,24 @@ impl<S: Storage> Primary<S> {
         self.resync = resync;
     }
 
-    /// One round of resync work: asks for digests, compares answered extents, sends what
-    /// differs, and closes the data set that ends it once every extent is compared.
+    /// One round of resync work: asks for digests, compares one answered extent (the
+    /// oldest request first), sends what differs, and closes the data set that ends it
+    /// once every extent is compared. One extent a round (a read of up to 1 MiB) keeps the
+    /// round short for the application's requests, and the request that replaces it goes
+    /// out this round, so the secondary reads the next extents while the primary compares
+    /// (comparing every answered slot at once made the two sides take turns).
     pub(super) fn poll_resync(&mut self, now_ms: u64) {
         if self.resync.phase() != ResyncPhase::Scanning {
             return;
         }
         self.refill_budget(now_ms);
         self.ask_for_digests(now_ms);
-        for index in 0..SLOTS {
-            if self.resync.slots[index].state == SlotState::Answered {
-                self.compare_slot(index);
-            }
+        let oldest = (0..SLOTS)
+            .filter(|&i| self.resync.slots[i].state == SlotState::Answered)
+            .min_by_key(|&i| self.resync.slots[i].id);
+        if let Some(index) = oldest {
+            self.compare_slot(index);
+            self.ask_for_digests(now_ms);
         }
         let idle = self.resync.slots.iter().all(|s| s.state == SlotState::Free);
         if idle && self.resync.to_scan.len() == 0 {

@@ -23,8 +23,10 @@ use crate::protocol::{decide, Decision, HistoryFlags, PrimaryHistory, StreamStar
 
 /// Most digest answers waiting for a lane; requests wait in the inbox meanwhile.
 const MAX_DIGEST_REPLIES: usize = 16;
-/// Most digest requests answered in one poll (each reads up to 1 MiB of a replica).
-const DIGEST_REQUESTS_PER_POLL: usize = 4;
+/// Most digest requests answered in one poll (each reads up to 1 MiB of a replica): one,
+/// so each answer leaves in the round that read it while the primary compares the one
+/// before, and the round stays short for staging and applying.
+const DIGEST_REQUESTS_PER_POLL: usize = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum RebaseKind {
