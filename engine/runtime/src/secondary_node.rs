@@ -537,15 +537,18 @@ impl Receiving {
         let (mut inbox, mut version) = self.inbox.current();
         let mut ready = false;
         let error = loop {
-            if self.inbox.version() != version {
-                // The secondary re-based: what follows belongs to the new stream. The lane
-                // stays as ready as it was: the primary sends records on it only once the
-                // poller answered its Hello, which it does only after the re-base.
-                (inbox, version) = self.inbox.current();
-            }
             let mut hello = None;
             let mut staged = false;
+            let shared = &self.inbox;
             let result = self.reader.read_frames(|frame| {
+                // Looked at for each frame, not once per read: a receiver blocked in its
+                // read across a re-base must hand what then arrives (the first digest
+                // requests of the resync) to the new inbox. The lane stays as ready as it
+                // was: the primary sends records on it only once the poller answered its
+                // Hello, which it does only after the re-base.
+                if shared.version() != version {
+                    (inbox, version) = shared.current();
+                }
                 match inbox.deliver(frame, ready)? {
                     Delivered::Hello(history) => {
                         // Every one, not only the first: a primary that began a new
