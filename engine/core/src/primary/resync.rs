@@ -328,7 +328,7 @@ impl<S: Storage> Primary<S> {
     /// for digests not answered in time.
     fn ask_for_digests(&mut self, now_ms: u64) {
         let timeout = self.config.retransmit_ms * REQUEST_TIMEOUT_INTERVALS;
-        let geometries: Vec<_> = self.volumes.iter().map(|v| v.geometry()).collect();
+        let volumes = &self.volumes;
         let resync = &mut self.resync;
         for slot in &mut resync.slots {
             if let SlotState::Requested { sent_ms: Some(at) } = slot.state {
@@ -347,7 +347,7 @@ impl<S: Storage> Primary<S> {
                 continue;
             };
             resync.cursor = (usize::from(volume.0), extent + 1);
-            let geometry = geometries[usize::from(volume.0)];
+            let geometry = volumes[usize::from(volume.0)].geometry();
             let offset = extent * EXTENT_BYTES;
             let len = (geometry.size_bytes - offset).min(EXTENT_BYTES) as u32;
             assert!(
