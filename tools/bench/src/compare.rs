@@ -29,8 +29,9 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 10.0, default_value_if("quick", "true", "3"))]
     runtime: f64,
     /// Where P6 puts its files (the file system measured), P1nbd its image, the resync
-    /// rows (P13, P14) their volumes, P15 its daemons' volumes, and the daemons their
-    /// state.
+    /// rows (P13, P14) their volumes, and P15 its daemons' volumes and state. The daemons
+    /// on `mem` volumes (P1nbd, P10, P11) keep their journal on /dev/shm where it is a
+    /// tmpfs, as the in-process bench on `mem` keeps it in memory; here otherwise.
     #[arg(long, default_value = ".")]
     dir: PathBuf,
     /// Where the JSON report goes.

@@ -69,6 +69,22 @@ fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
+/// `/dev/shm` when it is a tmpfs this process can write to: where the `mem` pairs keep
+/// their journal, so the rows on memory volumes measure no disk.
+fn memory_dir() -> Option<&'static Path> {
+    const SHM: &str = "/dev/shm";
+    let path = std::ffi::CString::new(SHM).ok()?;
+    // SAFETY: `statfs` is plain data, for which all zeros is a valid value.
+    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `info` is a
+    // valid, writable `statfs` the kernel fills.
+    let found = unsafe { libc::statfs(path.as_ptr(), &mut info) } == 0;
+    let tmpfs = found && info.f_type == libc::TMPFS_MAGIC;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let writable = unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0;
+    (tmpfs && writable).then(|| Path::new(SHM))
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(ToString::to_string).collect()
 }
@@ -145,10 +161,19 @@ impl Drop for OrdoPair {
 }
 
 impl OrdoPair {
-    /// A pair on `mem` volumes of `size`, its state in `dir/ordo-compare-NAME`; returns
-    /// once every lane is up.
+    /// Where the pair's state is (the secondary's journal), for a row's description.
+    pub(crate) fn state(&self) -> &Path {
+        &self.state
+    }
+
+    /// A pair on `mem` volumes of `size`, its state (the secondary's journal) in
+    /// `/dev/shm/ordo-compare-NAME` where that is a memory file system, as the in-process
+    /// bench's `mem` backend keeps its journal in memory and the rows' baselines (nbdkit's
+    /// memory plugin, iperf3) touch no disk, else in `dir/ordo-compare-NAME`; returns once
+    /// every lane is up.
     pub(crate) fn start(dir: &Path, name: &str, size: ByteSize) -> Result<OrdoPair> {
-        let mut pair = OrdoPair::launch(dir, name, &PairSpec::mem(size))?;
+        let root = memory_dir().unwrap_or(dir);
+        let mut pair = OrdoPair::launch(root, name, &PairSpec::mem(size))?;
         pair.wait_lanes_up()?;
         Ok(pair)
     }

@@ -75,13 +75,14 @@ pub(crate) fn p10(settings: &Settings) -> Result<Vec<Row>> {
                 }
             };
             let pair = OrdoPair::start(&settings.dir, "p10", EXPORT)?;
+            let journal = pair.state().display().to_string();
             let ours = fio_nbd("p10", &pair.uri, jobs, settings.runtime);
             drop(pair);
             let ours = ours?;
             runs.push((ours.0, baseline.0));
             how = (
                 format!(
-                    "ordo primary --lanes {LANES} (mem {EXPORT}), then {}",
+                    "ordo primary --lanes {LANES} (mem {EXPORT}, journal in {journal}), then {}",
                     ours.1
                 ),
                 format!("nbdkit memory size={EXPORT}, then {}", baseline.1),
@@ -109,6 +110,7 @@ pub(crate) fn p11(settings: &Settings) -> Result<Vec<Row>> {
     for _ in 0..settings.runs {
         let pair = OrdoPair::start(&settings.dir, "p11", EXPORT)?;
         let uri = pair.uri.clone();
+        let journal = pair.state().display().to_string();
         let ours = bench(settings, &format!("--target {uri} {LOAD}"));
         drop(pair);
         let (ours, ours_how) = ours?;
@@ -117,7 +119,7 @@ pub(crate) fn p11(settings: &Settings) -> Result<Vec<Row>> {
         runs.push((ours.write_iops(), base.write_iops()));
         how = (
             format!(
-                "ordo primary --lanes {LANES} (mem {EXPORT}), then {}",
+                "ordo primary --lanes {LANES} (mem {EXPORT}, journal in {journal}), then {}",
                 ours_how.replace(&uri, "URI")
             ),
             base_how,

@@ -63,7 +63,8 @@ fn seed(settings: &Settings, image: &Path, size: ByteSize) -> Result<(f64, Strin
     pair.wait_applied(APPLY_LIMIT)?;
     let seconds = begun.elapsed().as_secs_f64();
     let how = format!(
-        "ordo primary --lanes {LANES} (mem {size}), then nbdcopy --flush IMAGE({size}) URI, until applied"
+        "ordo primary --lanes {LANES} (mem {size}, journal in {}), then nbdcopy --flush IMAGE({size}) URI, until applied",
+        pair.state().display()
     );
     Ok((size.0 as f64 / seconds, how))
 }
