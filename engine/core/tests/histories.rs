@@ -783,3 +783,38 @@ fn an_extent_written_all_the_time_keeps_its_bit_and_a_cold_one_is_cleared_once_a
     assert_eq!(pair.p.out_of_sync_extents(), 0, "cold and applied: cleared");
     assert_replica(&pair.s, &image);
 }
+
+#[test]
+fn a_held_re_base_decided_before_the_operators_consent_is_written_goes_on_inconsistent() {
+    // Sim seed 447: the secondary decided a held re-base onto a new generation while the
+    // operator's consent to go on inconsistent waited to be written; the consent landed
+    // first, so when the re-base was written there was no image left to hold.
+    let (mut pair, mut image, _, _) = held_mid_resync(1 << 20);
+    write(&mut pair, &mut image, 0, 600, 1, 0x70);
+    flush(&mut pair);
+    pair.run(10);
+    let mut pair = restart_primary_at_rate(pair, Stop::Crash, 1 << 20);
+    pair.run_until("the secondary decides to re-base", PATIENCE, |pair| {
+        pair.s.rebasing()
+    });
+    pair.s.allow_inconsistent().unwrap();
+    let mut rebased_while_pending = false;
+    for _ in 0..PATIENCE {
+        rebased_while_pending |= pair.s.rebasing() && pair.s.edit_pending();
+        if !pair.s.rebasing() && !pair.s.edit_pending() {
+            break;
+        }
+        pair.step();
+    }
+    assert!(
+        rebased_while_pending,
+        "the re-base was decided while the consent waited: {}",
+        pair.describe()
+    );
+    assert_eq!(pair.s.replica_state(), ReplicaState::Inconsistent);
+    assert_eq!(pair.s.replica_point(), None);
+    catch_up(&mut pair);
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert_replica(&pair.s, &image);
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+}

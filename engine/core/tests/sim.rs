@@ -19,8 +19,12 @@ use ordo_core::sim::{run_seed, SimStats};
 /// 51: a read on the primary dropped the device completions polled after its own, so
 /// writes were never acknowledged and the primary never caught up;
 /// 942: a sub-block write whose merge found the volume's queue full was refused for good
-/// instead of retried after a poll.
-const REGRESSION_SEEDS: [u64; 12] = [37, 124, 400, 952, 994, 214, 445, 448, 988, 461, 51, 942];
+/// instead of retried after a poll;
+/// 447: a held re-base decided while the operator's consent to go on inconsistent waited
+/// was written after it, with no consistent image left to hold (a panic).
+const REGRESSION_SEEDS: [u64; 13] = [
+    37, 124, 400, 952, 994, 214, 445, 448, 988, 461, 51, 942, 447,
+];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

@@ -222,14 +222,16 @@ impl<S: Storage> Secondary<S> {
             discard: false,
             ..current
         };
-        // Draining may have applied the old history's resync to its end (the replica is
-        // consistent now though it was not when the re-base was decided).
+        // The replica may have changed while the old history drained: its resync applied
+        // to its end (consistent now though it was not when the re-base was decided), or
+        // the operator's consent to go on inconsistent written (no image left to hold).
         let kind = match rebase.kind {
             RebaseKind::Inconsistent
                 if !fresh && !current.discard && current.replica != ReplicaState::Inconsistent =>
             {
                 RebaseKind::Held
             }
+            RebaseKind::Held if current.replica_point().is_none() => RebaseKind::Inconsistent,
             kind => kind,
         };
         match kind {
