@@ -139,6 +139,19 @@ impl World {
         (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
         let secondary = self.secondary.take().expect("running");
         self.stats.rebases += secondary.stats().rebases;
+        // An error the old secondary polled this step is its own: it must have stopped
+        // on it (as `check` would say), and the new one counts from here.
+        let (journal, replicas) = secondary.storages();
+        let injected =
+            journal.injected_errors + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
+        if injected > self.errors_seen && secondary.failure().is_none() {
+            return Err(self.violation(format!(
+                "the secondary went on after {} injected I/O error(s)",
+                injected - self.errors_seen
+            )));
+        }
+        self.stats.io_errors += injected - self.errors_seen;
+        self.errors_seen = injected;
         let (journal, replicas) = secondary.into_storages();
         let created = Secondary::create(
             self.config.secondary.clone(),
