@@ -4,6 +4,14 @@
 //! superblock; once that is durable the data set's records and journal space are freed.
 //! A crash anywhere in between leaves the old watermark, and the data set is applied again.
 //!
+//! Data sets already complete when one's writes are all submitted follow it into the same
+//! pass (group commit, up to `MAX_DATA_SETS_PER_PASS`): their writes go out behind its
+//! own, and one replica flush and one watermark, the last data set's, cover them all. A
+//! crash mid-pass is the same as a crash mid-data-set: the old watermark stands and every
+//! data set after it is applied again, so the recovered replica is the image of the last
+//! data set of the pass that was persisted. A pass never goes past a data set that ends a
+//! resync (its watermark marks the replica consistent).
+//!
 //! A held resync (`Gate::Held`) is applied as one unit: nothing until the data set that
 //! ends it is durable, then every data set up to it in turn, and one watermark for all, so
 //! a crash mid-way re-applies the whole unit and the replica is never a mix of the old
@@ -19,6 +27,10 @@ use crate::storage::{Storage, StorageError};
 
 /// Replica tags: a write is tagged with its seq; a flush has the top bit set.
 const TAG_REPLICA_FLUSH: u64 = 1 << 63;
+/// Data sets applied under one replica flush and one watermark at most: enough that a
+/// stream of small data sets costs a flush per batch, few enough that the journal space
+/// of applied data sets is freed soon (it is freed when the watermark is durable).
+const MAX_DATA_SETS_PER_PASS: u32 = 16;
 
 /// What the applier may apply now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +50,8 @@ enum State {
     Writing {
         data_set: CompleteDataSet,
         next: Seq,
+        /// Data sets in this pass so far, `data_set` included.
+        passed: u32,
     },
     FlushingReplicas {
         data_set: CompleteDataSet,
@@ -132,9 +146,14 @@ impl Applier {
                     self.state = State::Writing {
                         data_set,
                         next: data_set.first_seq,
+                        passed: 1,
                     };
                 }
-                State::Writing { data_set, next } => {
+                State::Writing {
+                    data_set,
+                    next,
+                    passed,
+                } => {
                     let next = match self.submit_writes(staging, replicas, data_set, next) {
                         Ok(next) => next,
                         Err(error) => {
@@ -142,8 +161,23 @@ impl Applier {
                             return applied;
                         }
                     };
-                    self.state = State::Writing { data_set, next };
-                    if next < data_set.sync_seq || !self.in_flight.is_empty() {
+                    self.state = State::Writing {
+                        data_set,
+                        next,
+                        passed,
+                    };
+                    if next < data_set.sync_seq {
+                        return applied;
+                    }
+                    if let Some(following) = self.following(staging, gate, &data_set, passed) {
+                        self.state = State::Writing {
+                            data_set: following,
+                            next: following.first_seq,
+                            passed: passed + 1,
+                        };
+                        continue;
+                    }
+                    if !self.in_flight.is_empty() {
                         return applied;
                     }
                     // Count only the flushes submitted, so their completions find this state
@@ -222,6 +256,29 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// The data set that joins the pass after `data_set` (all of whose writes are
+    /// submitted), if it is complete and the gate and the pass's bounds allow it.
+    fn following(
+        &self,
+        staging: &Staging,
+        gate: Gate,
+        data_set: &CompleteDataSet,
+        passed: u32,
+    ) -> Option<CompleteDataSet> {
+        if data_set.ends_resync || passed >= MAX_DATA_SETS_PER_PASS || self.stalled.is_some() {
+            return None;
+        }
+        let allowed = match gate {
+            Gate::Open => true,
+            Gate::Held { end: Some(end) } => data_set.id < end,
+            Gate::Held { end: None } | Gate::Closed => false,
+        };
+        if !allowed {
+            return None;
+        }
+        staging.complete(data_set.id.next())
     }
 
     /// The complete data set the gate lets the applier start now, if any.
