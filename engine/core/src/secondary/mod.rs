@@ -498,6 +498,7 @@ impl<S: Storage> Secondary<S> {
         }
         if self.failed.is_none() {
             let gate = self.gate();
+            let before = self.staging.applied();
             let applied = self.applier.drive(
                 &mut self.staging,
                 &mut self.journal,
@@ -506,7 +507,8 @@ impl<S: Storage> Secondary<S> {
                 gate,
             );
             if applied {
-                self.stats.data_sets_applied += 1;
+                // A pass (or a held unit) applies several at once.
+                self.stats.data_sets_applied += self.staging.applied().0 - before.0;
                 self.applied_dirty = true;
                 self.inbox
                     .publish_applied(self.staging.applied_stream_end());
