@@ -22,7 +22,7 @@ use crate::protocol::digest::{digests_of, MAX_DIGEST_SPAN_BYTES};
 use crate::protocol::{decide, Decision, HistoryFlags, PrimaryHistory, StreamStart};
 
 /// Most digest answers waiting for a lane; requests wait in the inbox meanwhile.
-const MAX_DIGEST_REPLIES: usize = 16;
+pub(super) const MAX_DIGEST_REPLIES: usize = 16;
 /// Most digest requests answered in one poll (each reads up to 1 MiB of a replica): one,
 /// so each answer leaves in the round that read it while the primary compares the one
 /// before, and the round stays short for staging and applying.
@@ -446,7 +446,9 @@ impl<S: Storage> Secondary<S> {
                 self.fail(format!("replica {name}: reading for a resync: {error}"));
                 break;
             }
-            let mut digests = Vec::with_capacity(len.div_ceil(4096));
+            // A spare for each answer that can wait (MAX_DIGEST_REPLIES), so none allocates.
+            let mut digests = self.digest_spares.pop().unwrap_or_default();
+            digests.clear();
             digests_of(&self.digest_buf[..len], block_size, &mut digests);
             self.digest_replies.push_back(DigestsFrame {
                 id: request.id,

@@ -192,6 +192,8 @@ pub struct Secondary<S: Storage> {
     epoch_end: Option<DataSetId>,
     /// Answers to digest requests, waiting for a lane.
     digest_replies: VecDeque<DigestsFrame>,
+    /// Digest lists of answers sent, for the next answers (one per answer that can wait).
+    digest_spares: Vec<Vec<u64>>,
     /// A digest request waiting for room in its replica's queue.
     digest_waiting: Option<DigestRequestFrame>,
     /// One digest request's range, read from a replica.
@@ -608,7 +610,11 @@ impl<S: Storage> Secondary<S> {
             let Some(digests) = self.digest_replies.pop_front() else {
                 break;
             };
-            encode(&Frame::Digests(digests), out);
+            let frame = Frame::Digests(digests);
+            encode(&frame, out);
+            if let Frame::Digests(sent) = frame {
+                self.digest_spares.push(sent.digests);
+            }
         }
         out.len() - start
     }

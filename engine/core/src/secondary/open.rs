@@ -5,8 +5,9 @@
 use ordo_lockfree::{ArenaWriter, ReorderBuffer, StagingArena};
 
 use crate::protocol::digest::MAX_DIGEST_SPAN_BYTES;
-use crate::protocol::{HistoryFlags, Role};
+use crate::protocol::{HistoryFlags, Role, MAX_DIGESTS};
 
+use super::history::MAX_DIGEST_REPLIES;
 use super::journal::Superblock;
 
 use super::*;
@@ -126,7 +127,10 @@ impl<S: Storage> Secondary<S> {
             rebase: None,
             edit: None,
             epoch_end,
-            digest_replies: VecDeque::with_capacity(16),
+            digest_replies: VecDeque::with_capacity(MAX_DIGEST_REPLIES),
+            digest_spares: (0..MAX_DIGEST_REPLIES)
+                .map(|_| Vec::with_capacity(MAX_DIGESTS))
+                .collect(),
             digest_waiting: None,
             digest_buf: vec![0; MAX_DIGEST_SPAN_BYTES as usize],
             inbox_version: 0,
