@@ -21,8 +21,6 @@ use super::*;
 use crate::protocol::digest::{digests_of, MAX_DIGEST_SPAN_BYTES};
 use crate::protocol::{decide, Decision, HistoryFlags, PrimaryHistory, StreamStart};
 
-/// Most digest answers waiting for a lane; requests wait in the inbox meanwhile.
-pub(super) const MAX_DIGEST_REPLIES: usize = 16;
 /// Most digest requests answered in one poll (each reads up to 1 MiB of a replica): one,
 /// so each answer leaves in the round that read it while the primary compares the one
 /// before, and the round stays short for staging and applying.

@@ -44,6 +44,8 @@ use crate::protocol::{
 };
 use crate::storage::{describe, drain, read_blocking, Completion, Storage, StorageError};
 
+/// Most digest answers waiting for a lane; requests wait in the inbox meanwhile.
+const MAX_DIGEST_REPLIES: usize = 16;
 /// Journal device tags: a record is tagged with its seq; these have the top bits set.
 const TAG_SUPERBLOCK: u64 = 1 << 62;
 const TAG_FLUSH_RECORDS: u64 = 1 << 63;

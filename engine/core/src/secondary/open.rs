@@ -7,7 +7,6 @@ use ordo_lockfree::{ArenaWriter, ReorderBuffer, StagingArena};
 use crate::protocol::digest::MAX_DIGEST_SPAN_BYTES;
 use crate::protocol::{HistoryFlags, Role, MAX_DIGESTS};
 
-use super::history::MAX_DIGEST_REPLIES;
 use super::journal::Superblock;
 
 use super::*;
