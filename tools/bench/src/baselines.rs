@@ -22,6 +22,13 @@ pub(crate) struct Iperf3 {
     pub(crate) how: String,
 }
 
+/// `iperf3(seconds)`, or `None` with why in `note` (a row then reports the runs it has).
+pub(crate) fn iperf3_noted(seconds: f64, note: &mut Option<String>) -> Option<Iperf3> {
+    iperf3(seconds)
+        .map_err(|why| *note = Some(format!("iperf3: {why:#}")))
+        .ok()
+}
+
 /// iperf3, one stream over loopback for `seconds`.
 pub(crate) fn iperf3(seconds: f64) -> Result<Iperf3> {
     let port = free_port()?.to_string();

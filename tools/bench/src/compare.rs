@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::baselines::{fio, iperf3};
+use crate::baselines::{fio, iperf3_noted};
 use crate::rows::{bench, mb, row, Goal, Measured, Row, Settings};
 
 #[derive(Debug, Args)]
@@ -203,12 +203,8 @@ fn p1(settings: &Settings) -> Result<Vec<Row>> {
     let mut how = (String::new(), String::new());
     let mut note = None;
     for _ in 0..settings.runs {
-        let iperf = match iperf3(settings.runtime) {
-            Ok(found) => found,
-            Err(why) => {
-                note = Some(format!("iperf3: {why:#}"));
-                break;
-            }
+        let Some(iperf) = iperf3_noted(settings.runtime, &mut note) else {
+            break;
         };
         let (results, command) = bench(settings, options)?;
         runs.push((mb(results.applied_bytes_per_s()), mb(iperf.bytes_per_s)));

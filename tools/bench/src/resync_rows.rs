@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use ordo_daemon::volume::ByteSize;
 use serde_json::Value;
 
-use crate::baselines::iperf3;
+use crate::baselines::iperf3_noted;
 use crate::daemons::{OrdoPair, PairSpec, Store};
 use crate::rows::{mb, output, row, Goal, Row, Settings};
 use crate::seed_row::{image, Image};
@@ -155,12 +155,8 @@ pub(crate) fn p13(settings: &Settings) -> Result<Vec<Row>> {
     let mut how = (String::new(), String::new());
     let (mut note, mut resent) = (None, Resent::default());
     for _ in 0..settings.runs {
-        let link = match iperf3(settings.runtime) {
-            Ok(found) => found,
-            Err(why) => {
-                note = Some(format!("iperf3: {why:#}"));
-                break;
-            }
+        let Some(link) = iperf3_noted(settings.runtime, &mut note) else {
+            break;
         };
         let (timed, commands) = resync(settings, "p13", &made.0, None, size)?;
         resent.add(&timed);

@@ -13,7 +13,7 @@ use ordo_daemon::volume::ByteSize;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::baselines::iperf3;
+use crate::baselines::iperf3_noted;
 use crate::daemons::{OrdoPair, LANES};
 use crate::rows::{mb, output, row, Goal, Row, Settings};
 
@@ -89,12 +89,8 @@ pub(crate) fn p1nbd(settings: &Settings) -> Result<Vec<Row>> {
     let made = image(&settings.dir.join("ordo-compare-seed.img"), size)?;
     let mut note = None;
     for _ in 0..settings.runs {
-        let link = match iperf3(settings.runtime) {
-            Ok(found) => found,
-            Err(why) => {
-                note = Some(format!("iperf3: {why:#}"));
-                break;
-            }
+        let Some(link) = iperf3_noted(settings.runtime, &mut note) else {
+            break;
         };
         let ours = seed(settings, &made.0, size)?;
         runs.push((mb(ours.0), mb(link.bytes_per_s)));
