@@ -210,6 +210,15 @@ fn catch_up(pair: &mut Pair) {
     );
 }
 
+/// Catches up, and the replica is consistent, the primary's image, with no error on
+/// either side.
+fn converges(pair: &mut Pair, image: &Image) {
+    catch_up(pair);
+    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
+    assert_replica(&pair.s, image);
+    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+}
+
 fn assert_replica(s: &Secondary<MemStorage>, image: &Image) {
     for (index, expected) in image.0.iter().enumerate() {
         let actual = s.replicas()[index].contents();
@@ -534,10 +543,7 @@ fn allow_inconsistent_lets_a_held_secondary_apply_data_sets_as_they_complete() {
     assert_eq!(pair.s.replica_state(), ReplicaState::Inconsistent);
     assert_eq!(pair.s.replica_point(), None);
 
-    catch_up(&mut pair);
-    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
-    assert_replica(&pair.s, &image);
-    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+    converges(&mut pair, &image);
 }
 
 /// Recomputes the crc of the frame filling `buf` (the header's last four bytes), so that
@@ -813,8 +819,5 @@ fn a_held_re_base_decided_before_the_operators_consent_is_written_goes_on_incons
     );
     assert_eq!(pair.s.replica_state(), ReplicaState::Inconsistent);
     assert_eq!(pair.s.replica_point(), None);
-    catch_up(&mut pair);
-    assert_eq!(pair.s.replica_state(), ReplicaState::Consistent);
-    assert_replica(&pair.s, &image);
-    assert!(pair.primary_errors.is_empty() && pair.secondary_errors.is_empty());
+    converges(&mut pair, &image);
 }
