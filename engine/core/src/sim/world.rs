@@ -416,6 +416,12 @@ impl World {
         }
     }
 
+    /// Errors injected so far into a secondary's journal and replicas.
+    fn injected_errors(secondary: &Secondary<SimDisk>) -> u64 {
+        let (journal, replicas) = secondary.storages();
+        journal.injected_errors + replicas.iter().map(|r| r.injected_errors).sum::<u64>()
+    }
+
     fn crash_secondary(&mut self, power_loss: bool) {
         (0..self.net.lanes()).for_each(|lane| self.break_lane(lane, 0));
         let secondary = self.secondary.take().expect("running");
@@ -447,9 +453,7 @@ impl World {
                     opened.map_err(|e| self.violation(format!("restart failed: {e}")))?;
                 // Errors injected into requests dropped by the crash were never seen by a
                 // running secondary: count from here.
-                let (journal, replicas) = restarted.storages();
-                self.errors_seen = journal.injected_errors
-                    + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
+                self.errors_seen = Self::injected_errors(&restarted);
                 self.stats.recovered_records += restarted.stats().recovered_records;
                 self.secondary = Some(restarted);
                 self.checked = None;
@@ -479,9 +483,7 @@ impl World {
         // Every injected error reaches the secondary in the poll that completes it, and it
         // must stop: a secondary that went on after a failed write or flush would ack or
         // apply what may not be on its disk.
-        let (journal, replicas) = secondary.storages();
-        let injected =
-            journal.injected_errors + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
+        let injected = Self::injected_errors(secondary);
         let new_errors = injected - self.errors_seen;
         if new_errors > 0 && secondary.failure().is_none() {
             return Err(self.violation(format!(

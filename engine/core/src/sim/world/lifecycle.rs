@@ -141,9 +141,7 @@ impl World {
         self.stats.rebases += secondary.stats().rebases;
         // An error the old secondary polled this step is its own: it must have stopped
         // on it (as `check` would say), and the new one counts from here.
-        let (journal, replicas) = secondary.storages();
-        let injected =
-            journal.injected_errors + replicas.iter().map(|r| r.injected_errors).sum::<u64>();
+        let injected = Self::injected_errors(&secondary);
         if injected > self.errors_seen && secondary.failure().is_none() {
             return Err(self.violation(format!(
                 "the secondary went on after {} injected I/O error(s)",
