@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::model::{matching_prefix, replica_digest, MODEL_BLOCKS};
 use common::nbd::NbdClient;
 use common::{
-    assert_file_equals, assert_verifies, free_port, number, ordo, random_bytes, run, wait_until,
-    write_data, Daemon, Pair, BLOCK, CATCH_UP,
+    assert_file_equals, assert_verifies, free_port, number, ordo, random_bytes, run, tail,
+    wait_or_explain, wait_until, write_data, Daemon, Pair, BLOCK, CATCH_UP,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -218,10 +218,20 @@ fn a_primary_killed_ten_times_resyncs_only_what_its_write_intent_record_names() 
     for round in 0..10 {
         let acked = writes.acked.load(Ordering::Relaxed);
         let more = rng.random_range(30..150);
-        wait_until(
+        wait_or_explain(
             "the client wrote some more",
             Duration::from_secs(60),
             || writes.acked.load(Ordering::Relaxed) >= acked + more,
+            || {
+                format!(
+                    "round {round}, client reconnects {}\nprimary: {}\nsecondary: {}\nprimary log:\n{}\nsecondary log:\n{}",
+                    writes.reconnects.load(Ordering::Relaxed),
+                    pair.primary.status(),
+                    pair.secondary.status(),
+                    tail(&pair.primary.log(), 40),
+                    tail(&pair.secondary.log(), 40)
+                )
+            },
         );
         pair.primary.kill9();
         pair.primary.restart();

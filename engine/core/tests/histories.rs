@@ -4,14 +4,16 @@
 //! old image until the resync's end point; a seeded replica's initial sync sends almost
 //! nothing; an unrelated history is refused until the operator discards it; the operator
 //! lets a held resync go on inconsistent, also one too large for the journal window, which
-//! the secondary reports as stuck. Expected images are plain byte vectors written
+//! the secondary reports as stuck; one that fits keeps its room against the application's
+//! writes, which wait for it instead. Expected images are plain byte vectors written
 //! here, never read back from the engine. The wire of histories is at the end.
 
 mod pair_support;
 
 use ordo_core::primary::intent::{required_bytes as record_bytes, WriteIntent};
 use ordo_core::primary::{
-    format_record, DataSetPolicy, PeerError, Primary, PrimaryConfig, ResyncPhase, Start,
+    format_record, DataSetPolicy, PeerError, Primary, PrimaryConfig, ResyncPhase, ResyncRoom,
+    Start, SubmitError,
 };
 use ordo_core::protocol::{
     decode, encode, DataSetId, DecodeError, DigestRequestFrame, DigestsFrame, Frame, GenerationId,
@@ -158,7 +160,20 @@ fn primary_on(
 
 /// A secondary on a new journal over `replicas` (`zeroed`: all zeros, created for it).
 fn secondary_on(replicas: Vec<MemStorage>, zeroed: bool, journal_id: u64) -> Secondary<MemStorage> {
-    let config = secondary_config();
+    let window_bytes = secondary_config().window_bytes;
+    secondary_with_window(replicas, zeroed, journal_id, window_bytes)
+}
+
+fn secondary_with_window(
+    replicas: Vec<MemStorage>,
+    zeroed: bool,
+    journal_id: u64,
+    window_bytes: u64,
+) -> Secondary<MemStorage> {
+    let config = SecondaryConfig {
+        window_bytes,
+        ..secondary_config()
+    };
     let journal = mem(journal_bytes(config.window_bytes, MAX_WRITE, BLOCK).next_multiple_of(4096));
     Secondary::create(config, journal_id, journal, replicas, zeroed).unwrap()
 }
@@ -179,17 +194,22 @@ fn write(
     volume: u16,
     block: u64,
     blocks: usize,
-    fill: u8,
+    fill_byte: u8,
 ) -> Seq {
-    let data: Vec<u8> = (0..blocks * BLOCK as usize)
-        .map(|i| fill.wrapping_add((i / 512) as u8))
-        .collect();
+    let data = fill(blocks, fill_byte);
     let offset = block * u64::from(BLOCK);
     image.write(volume, offset, &data);
     let now = pair.now_ms;
     pair.p
         .submit_write(now, VolumeId(volume), offset, &data, 0)
         .unwrap()
+}
+
+/// `blocks` blocks of `fill` on, each 512 bytes different.
+fn fill(blocks: usize, fill: u8) -> Vec<u8> {
+    (0..blocks * BLOCK as usize)
+        .map(|i| fill.wrapping_add((i / 512) as u8))
+        .collect()
 }
 
 fn flush(pair: &mut Pair) -> DataSetId {
@@ -279,25 +299,32 @@ fn restart_primary_at_rate(mut pair: Pair, stop: Stop, resync_rate_bytes: u64) -
 fn catch_up_holding(pair: &mut Pair, point: (GenerationId, DataSetId), base: &Image) -> u64 {
     let mut held_steps = 0;
     for _ in 0..PATIENCE {
-        let end_staged = match pair.p.resync_stats().phase {
-            ResyncPhase::Ending { end } | ResyncPhase::Done { end } => {
-                pair.s.stats().last_staged >= end
-            }
-            ResyncPhase::Idle | ResyncPhase::Scanning => false,
-        };
-        let held = pair.s.replica_state() == ReplicaState::Held;
-        if held && (!end_staged || pair.s.is_between_data_sets()) {
-            held_steps += 1;
-            assert_eq!(pair.s.replica_point(), Some(point));
-            let unmoved = replica_is(&pair.s, base);
-            assert!(unmoved, "a held replica moved: {}", pair.describe());
-        }
+        held_steps += u64::from(check_holding(pair, point, base));
         if caught_up(pair) {
             return held_steps;
         }
         pair.step();
     }
     panic!("the replica never caught up: {}", pair.describe());
+}
+
+/// Whether the secondary holds its image now, checking that it is `base` at `point`
+/// (once the end point is staged, the unit applied whole: held between data sets).
+fn check_holding(pair: &Pair, point: (GenerationId, DataSetId), base: &Image) -> bool {
+    let end_staged = match pair.p.resync_stats().phase {
+        ResyncPhase::Ending { end } | ResyncPhase::Done { end } => {
+            pair.s.stats().last_staged >= end
+        }
+        ResyncPhase::Idle | ResyncPhase::Scanning => false,
+    };
+    let held = pair.s.replica_state() == ReplicaState::Held;
+    if held && (!end_staged || pair.s.is_between_data_sets()) {
+        assert_eq!(pair.s.replica_point(), Some(point));
+        let unmoved = replica_is(&pair.s, base);
+        assert!(unmoved, "a held replica moved: {}", pair.describe());
+        return true;
+    }
+    false
 }
 
 /// A fresh pair at `resync_rate_bytes` whose secondary applied one data set; then the link
@@ -820,4 +847,58 @@ fn a_held_re_base_decided_before_the_operators_consent_is_written_goes_on_incons
     assert_eq!(pair.s.replica_state(), ReplicaState::Inconsistent);
     assert_eq!(pair.s.replica_point(), None);
     converges(&mut pair, &image);
+}
+
+#[test]
+fn a_held_resync_that_fits_keeps_its_room_and_the_writes_made_meanwhile_wait_for_it() {
+    // An 8 MiB journal window: the resync of what the crash left marked (two extents, at
+    // most 3 MiB of stream each) fits it, but the 16 MiB the application writes meanwhile
+    // would not: without the room kept they filled the window and the resync was stuck.
+    let mut image = Image::zeros();
+    let p = primary_on(image.volumes(), GENERATION, true, 0);
+    let s = secondary_with_window(image.volumes(), true, 0x5EC0_0002, 8 << 20);
+    let mut pair = Pair::new(p, s, LANES, 0);
+    write(&mut pair, &mut image, 0, 0, 1, 0x31);
+    flush(&mut pair);
+    catch_up(&mut pair);
+    let (followed, image_1) = ((GENERATION, DataSetId(1)), image.clone());
+    pair.linked = false;
+    pair.break_lanes();
+    write(&mut pair, &mut image, 0, 256 + 3, 1, 0x32);
+    flush(&mut pair);
+    pair.run(20);
+    let mut pair = restart_primary_at_rate(pair, Stop::Crash, 256 << 10);
+    pair.run_until("the secondary re-based, held", PATIENCE, |pair| {
+        pair.s.replica_state() == ReplicaState::Held && !pair.s.rebasing()
+    });
+    pair.run_until("the resync began", PATIENCE, |pair| {
+        pair.p.resync_stats().phase == ResyncPhase::Scanning
+    });
+    assert_eq!(pair.p.resync_stats().room, ResyncRoom::Kept);
+
+    let blocks = (MAX_WRITE / BLOCK) as usize;
+    let mut refused = 0;
+    for n in 0..(16 << 20) / MAX_WRITE as u64 {
+        let data = fill(blocks, n as u8);
+        let offset = (n % 16) * MAX_WRITE as u64;
+        loop {
+            let now = pair.now_ms;
+            match pair.p.submit_write(now, VolumeId(1), offset, &data, 0) {
+                Ok(_) => break,
+                Err(SubmitError::WindowFull) => refused += 1,
+                Err(error) => panic!("write {n}: {error}"),
+            }
+            assert!(!pair.s.held_resync_full(), "{}", pair.describe());
+            check_holding(&pair, followed, &image_1);
+            pair.step();
+        }
+        image.write(1, offset, &data);
+    }
+    flush(&mut pair);
+    catch_up_holding(&mut pair, followed, &image_1);
+    converges(&mut pair, &image);
+    let resync = pair.p.resync_stats();
+    assert!(matches!(resync.phase, ResyncPhase::Done { .. }));
+    assert!(resync.writes_waited > 0 && refused > 0, "{resync:?}");
+    assert!(!pair.s.held_resync_full());
 }

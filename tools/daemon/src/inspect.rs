@@ -99,6 +99,18 @@ fn write_primary(out: &mut impl Write, p: &PrimaryReport) -> Result<()> {
             "resync      {}: {:.1}% compared ({} of {} bytes, {} to go) at {} bytes/s{eta}, {} bytes sent{end}",
             r.state, r.percent, r.bytes_compared, r.bytes_total, r.bytes_to_go, r.rate_bytes_per_s, r.bytes_sent
         )?;
+        match (r.room.as_str(), r.room_needed_bytes, r.room_free_bytes) {
+            ("kept", ..) => writeln!(
+                out,
+                "            held by the secondary: room kept in its journal window; {} writes waited for it",
+                r.writes_waited
+            )?,
+            ("may_not_fit", Some(needed), Some(free)) => writeln!(
+                out,
+                "            held by the secondary: MAY NOT FIT its journal window (up to {needed} bytes, {free} free); it is reported STUCK there if what differs does not fit"
+            )?,
+            _ => {}
+        }
     }
     let w = &p.window_full;
     writeln!(
@@ -365,4 +377,28 @@ fn first_pass_chunk(status: &Status) -> Result<u64> {
         );
     }
     Ok(chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::report::tests::{primary_status, secondary_status};
+
+    fn text(status: &crate::report::Status) -> String {
+        let mut out = Vec::new();
+        super::write_status(&mut out, status).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn status_text_says_a_held_resync_may_not_fit_and_a_stuck_one_is_stuck() {
+        let primary = text(&primary_status());
+        assert!(
+            primary.contains("resync      comparing: 33.3% compared")
+                && primary
+                    .contains("MAY NOT FIT its journal window (up to 9437184 bytes, 8388608 free)"),
+            "{primary}"
+        );
+        let secondary = text(&secondary_status());
+        assert!(secondary.contains("STUCK"), "{secondary}");
+    }
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use ordo_core::primary::resync::EXTENT_BYTES;
 use ordo_core::primary::{
-    DataSetPolicy, Primary, PrimaryConfig, Replication, ResyncPhase, ResyncStats, Start, WindowFull,
+    DataSetPolicy, Primary, PrimaryConfig, Replication, ResyncPhase, ResyncRoom, ResyncStats,
+    Start, WindowFull,
 };
 use ordo_core::protocol::{DataSetId, GroupId, VolumeId};
 use ordo_core::storage::Storage;
@@ -446,6 +447,11 @@ fn resync_report(r: &ResyncStats, now_ms: u64) -> ResyncReport {
     let elapsed_ms = until.saturating_sub(r.started_ms).max(1);
     let rate = r.bytes_compared.saturating_mul(1000) / elapsed_ms;
     let comparing = r.phase == ResyncPhase::Scanning;
+    let (room, needed, free) = match r.room {
+        ResyncRoom::NotHeld => ("not_held", None, None),
+        ResyncRoom::Kept => ("kept", None, None),
+        ResyncRoom::MayNotFit { needed, free } => ("may_not_fit", Some(needed), Some(free)),
+    };
     ResyncReport {
         state: state.into(),
         bytes_total: r.bytes_total,
@@ -462,6 +468,10 @@ fn resync_report(r: &ResyncStats, now_ms: u64) -> ResyncReport {
         end_data_set: end,
         reads_deferred: r.deferred,
         requests_resent: r.requests_resent,
+        room: room.into(),
+        room_needed_bytes: needed,
+        room_free_bytes: free,
+        writes_waited: r.writes_waited,
     }
 }
 

@@ -111,6 +111,19 @@ pub struct ResyncReport {
     /// window), and digest requests asked again (lost with a lane, or unanswered).
     pub reads_deferred: u64,
     pub requests_resent: u64,
+    /// For a secondary that holds its image until the end point: `kept` (the resync's
+    /// worst case fit the secondary's journal window as it began, and the application's
+    /// writes leave it that room, waiting when they must) or `may_not_fit` (it did not:
+    /// `room_needed_bytes` against `room_free_bytes`); `not_held` otherwise.
+    #[serde(default)]
+    pub room: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub room_needed_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub room_free_bytes: Option<u64>,
+    /// Writes of the application that waited for the room a held resync keeps.
+    #[serde(default)]
+    pub writes_waited: u64,
 }
 
 /// What a secondary says of itself.
@@ -350,6 +363,10 @@ pub(crate) mod tests {
                     end_data_set: None,
                     reads_deferred: 19,
                     requests_resent: 21,
+                    room: "may_not_fit".into(),
+                    room_needed_bytes: Some(9 << 20),
+                    room_free_bytes: Some(8 << 20),
+                    writes_waited: 22,
                 },
                 data_sets: PrimaryDataSets {
                     last_closed: 12,
@@ -475,6 +492,9 @@ pub(crate) mod tests {
         assert_eq!(json["counters"]["lag_queue_full"], 4);
         assert_eq!(json["counters"]["sub_block_writes"], 11);
         assert_eq!(json["counters"]["zeroes"], 12);
+        assert_eq!(json["resync"]["room"], "may_not_fit");
+        assert_eq!(json["resync"]["room_needed_bytes"], 9 << 20);
+        assert_eq!(json["resync"]["writes_waited"], 22);
         assert_eq!(json["volumes"][0]["name"], "data");
         assert_eq!(json["pid"], 4242);
         // Nothing of the other role.

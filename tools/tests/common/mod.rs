@@ -35,6 +35,31 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
+/// As `wait_until`, and the panic also says what `explain` finds then (status, logs).
+pub fn wait_or_explain(
+    what: &str,
+    limit: Duration,
+    mut condition: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {limit:?} waiting until {what}\n{}",
+                explain()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

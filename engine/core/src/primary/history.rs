@@ -265,7 +265,14 @@ impl<S: Storage> Primary<S> {
                     );
                     self.set_every_bit();
                 }
-                self.start_resync(now_ms);
+                let held_credit_end = flags.held.then(|| {
+                    // From the peer: a lie must not overflow.
+                    let resume = &hello.resume;
+                    resume
+                        .applied_stream_end
+                        .saturating_add(resume.window_bytes)
+                });
+                self.start_resync(now_ms, held_credit_end);
             }
         }
         if journal_id != known {

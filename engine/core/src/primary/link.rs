@@ -146,6 +146,14 @@ impl Link {
         self.peer.map(|p| p.applied_seq)
     }
 
+    /// Where the secondary stages the stream up to (its applied point plus its journal
+    /// window), if one answered.
+    pub fn credit_end(&self) -> Option<u64> {
+        // Both come from the peer: a lie must not overflow.
+        self.peer
+            .map(|p| p.applied_stream_end.saturating_add(p.window_bytes))
+    }
+
     pub fn stalled(&self) -> Option<&PeerError> {
         self.stalled.as_ref()
     }
@@ -351,7 +359,6 @@ impl Link {
         let Some(peer) = self.peer else {
             return out.len() - start;
         };
-        // Both come from the peer: a lie must not overflow.
         let credit_end = peer.applied_stream_end.saturating_add(peer.window_bytes);
         // A frame goes in if it fits in `max_bytes`, or if `out` is empty (so a frame
         // larger than the budget still goes, alone): a lane's buffer holding unsent bytes

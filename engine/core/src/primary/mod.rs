@@ -27,7 +27,7 @@ pub use history::{format_record, record_geometry, Start};
 use intent::WriteIntent;
 use link::Link;
 use resync::Resync;
-pub use resync::{ResyncPhase, ResyncStats};
+pub use resync::{ResyncPhase, ResyncRoom, ResyncStats};
 use retention::{RecordKind, Retention};
 pub use stats::PrimaryStats;
 
@@ -375,11 +375,12 @@ impl<S: Storage> Primary<S> {
     }
 
     /// Whether a record of `cost` stream bytes fits the retention window now (with room
-    /// for its data set's sync). When it does not, the open data set is closed (a
+    /// for its data set's sync), leaving a held resync its room (`leaves_resync_room`).
+    /// When it does not, the open data set is closed (a
     /// consistency point, so what is retained can complete) and the wait is timed for
     /// `WindowFull::Track`; a stream being cut takes nothing until the new one begins.
     fn admit(&mut self, now_ms: u64, cost: u64) -> Result<(), SubmitError> {
-        if self.retention.fits(cost, RECORD_OVERHEAD_BYTES) {
+        if self.retention.fits(cost, RECORD_OVERHEAD_BYTES) && self.leaves_resync_room(cost) {
             return Ok(());
         }
         self.close_data_set();

@@ -21,6 +21,19 @@
 //! The replica meanwhile: a held secondary applies nothing of this history until K is
 //! durable, then all of it as a unit (its image stays its base until then); an
 //! inconsistent one applies as data sets complete.
+//!
+//! Room for a held resync: the secondary stages the stream only up to its applied point
+//! plus its journal window, and a held secondary's applied point stands still until K, so
+//! everything sent from the re-base to K (resync records and the application's writes)
+//! must fit that one window. When the resync's worst case (every unit still to compare
+//! differing, each in a record of its own and a sync) fits what is left of the window as
+//! it begins, the resync *keeps its room*: a write of the application is admitted only
+//! while it leaves that worst case free, and while one waits the comparison goes at full
+//! speed, so a held resync that could fit always ends. (Each record covers at least one
+//! unit and costs at most a unit, its header and one sync per unit, so the worst case of
+//! what is left never grows: `reserve_bytes`.) When it does not fit, the primary says so
+//! (`ResyncStats::room`) and the application's writes go on as before; the secondary may
+//! then report the resync stuck (see `secondary`).
 
 use super::*;
 use crate::protocol::digest::{digests_of, span_units, unit_bytes, MAX_DIGEST_SPAN_BYTES};
@@ -70,6 +83,25 @@ pub struct ResyncStats {
     pub requests_resent: u64,
     pub started_ms: u64,
     pub ended_ms: u64,
+    /// Whether the resync keeps its room in a held secondary's window.
+    pub room: ResyncRoom,
+    /// Writes of the application that waited for the room a held resync keeps.
+    pub writes_waited: u64,
+}
+
+/// A resync's room in the secondary's journal window (see the module's doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResyncRoom {
+    /// The secondary applies the resync as data sets complete (inconsistent): it needs no
+    /// room kept.
+    #[default]
+    NotHeld,
+    /// Held, and its worst case fit as it began: the application's writes leave it room,
+    /// so it always ends.
+    Kept,
+    /// Held, and its worst case (`needed` bytes of stream) did not fit the `free` bytes
+    /// left in the secondary's window as it began: it ends only if what differs fits.
+    MayNotFit { needed: u64, free: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +206,17 @@ pub(super) struct Resync {
     rate_bytes: u64,
     budget_bytes: i64,
     budget_ms: u64,
+    /// With `ResyncRoom::Kept`: the stream end a held secondary stages up to (its applied
+    /// point, which stands still until the end point, plus its window).
+    credit_end: Option<u64>,
+    /// Bytes of the extents still to compare (a volume's last extent may be short).
+    bytes_left: u64,
+    /// Stream bytes a unit still to compare can cost at most (`reserve_bytes`).
+    unit_cost: u64,
+    unit: u64,
+    /// A write of the application waits for the room this resync keeps: compare at full
+    /// speed until one is admitted.
+    writes_waiting: bool,
 }
 
 impl Resync {
@@ -199,7 +242,26 @@ impl Resync {
             rate_bytes,
             budget_bytes: 0,
             budget_ms: 0,
+            credit_end: None,
+            bytes_left: 0,
+            unit_cost: 0,
+            unit: 1,
+            writes_waiting: false,
         }
+    }
+
+    /// The most stream bytes what is left to compare can still cost, with the end point's
+    /// sync: every unit differing, each sent alone with a sync of its own. Extents in a
+    /// slot count less what was compared of them already.
+    fn reserve_bytes(&self) -> u64 {
+        let compared: u64 = self
+            .slots
+            .iter()
+            .filter(|s| s.state != SlotState::Free)
+            .map(|s| u64::from(s.done))
+            .sum();
+        let left = self.bytes_left.saturating_sub(compared);
+        left.div_ceil(self.unit) * self.unit_cost + RECORD_OVERHEAD_BYTES
     }
 
     pub(super) fn stats(&self) -> ResyncStats {
@@ -266,22 +328,75 @@ impl Resync {
 
 impl<S: Storage> Primary<S> {
     /// Starts comparing `set` (extents that may differ) for a secondary that re-based
-    /// onto this history.
-    pub(super) fn start_resync(&mut self, now_ms: u64) {
+    /// onto this history. `held_credit_end`: the secondary holds its image until the end
+    /// point, and stages the stream up to there (its applied point plus its window).
+    pub(super) fn start_resync(&mut self, now_ms: u64, held_credit_end: Option<u64>) {
         let extents = self.extent_counts();
         let mut resync = Resync::new(&extents, self.config.resync_rate_bytes);
         for (volume, extent) in self.intent.set_extents() {
             resync.to_scan.insert(volume, extent);
+            let size = self.volumes[usize::from(volume.0)].geometry().size_bytes;
+            resync.bytes_left += (size - extent * EXTENT_BYTES).min(EXTENT_BYTES);
         }
         resync.stats.phase = ResyncPhase::Scanning;
-        resync.stats.bytes_total = resync.to_scan.len() * EXTENT_BYTES;
+        resync.stats.bytes_total = resync.bytes_left;
         resync.stats.started_ms = now_ms;
         resync.budget_ms = now_ms;
+        // The smallest unit makes the most records of a byte: the worst case.
+        let unit = self
+            .volumes
+            .iter()
+            .map(|v| u64::from(unit_bytes(v.geometry().block_size)))
+            .min()
+            .unwrap_or(1); // No volume: nothing to compare.
+        resync.unit = unit;
+        resync.unit_cost = unit + 2 * RECORD_OVERHEAD_BYTES;
+        if let Some(credit_end) = held_credit_end {
+            let needed = resync.reserve_bytes();
+            let free = credit_end.saturating_sub(self.retention.stream_next());
+            if needed <= free {
+                resync.credit_end = Some(credit_end);
+                resync.stats.room = ResyncRoom::Kept;
+            } else {
+                resync.stats.room = ResyncRoom::MayNotFit { needed, free };
+                tracing::warn!(
+                    needed,
+                    free,
+                    "resync: what may differ could need more of the secondary's journal window than is left; the secondary holds its image until the end point, and reports the resync stuck if what differs does not fit"
+                );
+            }
+        }
         tracing::info!(
             extents = resync.to_scan.len(),
+            room = ?resync.stats.room,
             "resync: comparing what may differ"
         );
         self.resync = resync;
+    }
+
+    /// Whether a write of the application costing `cost` stream bytes (and its sync) leaves
+    /// a held resync that keeps its room enough of the secondary's window; when it does
+    /// not, the write waits and the comparison goes at full speed meanwhile.
+    pub(super) fn leaves_resync_room(&mut self, cost: u64) -> bool {
+        if self.resync.phase() != ResyncPhase::Scanning {
+            return true;
+        }
+        let Some(kept) = self.resync.credit_end else {
+            return true;
+        };
+        // The secondary's own word, once it has spoken since (the operator may have let
+        // it apply as data sets complete); the one the resync began with otherwise.
+        let credit_end = self.link.credit_end().unwrap_or(kept).max(kept);
+        let need = self.retention.stream_next() + cost + RECORD_OVERHEAD_BYTES;
+        if need.saturating_add(self.resync.reserve_bytes()) <= credit_end {
+            self.resync.writes_waiting = false;
+            return true;
+        }
+        if !self.resync.writes_waiting {
+            self.resync.writes_waiting = true;
+            self.resync.stats.writes_waited += 1;
+        }
+        false
     }
 
     /// One round of resync work: asks for digests, compares one answered extent (the
@@ -311,7 +426,7 @@ impl<S: Storage> Primary<S> {
 
     fn refill_budget(&mut self, now_ms: u64) {
         let resync = &mut self.resync;
-        if resync.rate_bytes == 0 {
+        if resync.rate_bytes == 0 || resync.writes_waiting {
             resync.budget_bytes = i64::MAX;
             return;
         }
@@ -419,6 +534,7 @@ impl<S: Storage> Primary<S> {
             let extent = slot.offset / EXTENT_BYTES;
             slot.state = SlotState::Free;
             resync.to_scan.remove(volume, extent);
+            resync.bytes_left -= u64::from(slot.len);
         } else {
             resync.stats.deferred += 1;
         }

@@ -56,7 +56,8 @@ pub struct SimStats {
     /// in `WindowFull::Track`, or a secondary could not be served), secondaries started on a
     /// new journal over their replicas,
     /// re-bases, resyncs that reached their end point, bytes a resync compared and sent,
-    /// and held resyncs the operator let go on inconsistent.
+    /// held resyncs that kept their room in the secondary's window and the writes that
+    /// waited for it, and held resyncs the operator let go on inconsistent.
     pub primary_crashes: u64,
     pub window_drops: u64,
     pub states_lost: u64,
@@ -64,6 +65,8 @@ pub struct SimStats {
     pub resyncs_done: u64,
     pub resync_compared: u64,
     pub resync_sent: u64,
+    pub rooms_kept: u64,
+    pub room_waits: u64,
     pub consents: u64,
 }
 
@@ -101,6 +104,8 @@ impl SimStats {
         self.resyncs_done += other.resyncs_done;
         self.resync_compared += other.resync_compared;
         self.resync_sent += other.resync_sent;
+        self.rooms_kept += other.rooms_kept;
+        self.room_waits += other.room_waits;
         self.consents += other.consents;
     }
 }
@@ -109,7 +114,7 @@ impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "steps {} writes {} (partial blocks {}, retried for a full queue {}) zeroings {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {}) | primary crashes {} window drops {} states lost {} re-bases {} resyncs done {} (compared {} B, sent {} B) consents {}",
+            "steps {} writes {} (partial blocks {}, retried for a full queue {}) zeroings {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {}) | primary crashes {} window drops {} states lost {} re-bases {} resyncs done {} (compared {} B, sent {} B) room kept {} (writes waited {}) consents {}",
             self.steps,
             self.writes,
             self.partial_writes,
@@ -141,6 +146,8 @@ impl fmt::Display for SimStats {
             self.resyncs_done,
             self.resync_compared,
             self.resync_sent,
+            self.rooms_kept,
+            self.room_waits,
             self.consents
         )
     }

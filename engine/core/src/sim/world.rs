@@ -178,6 +178,8 @@ impl World {
         stats.resync_compared = self.stats.resync_compared;
         stats.window_drops = self.stats.window_drops;
         stats.resync_sent = self.stats.resync_sent;
+        stats.rooms_kept = self.stats.rooms_kept;
+        stats.room_waits = self.stats.room_waits;
         stats.resyncs_done = self.stats.resyncs_done;
         let running = self.secondary.as_ref().map_or(0, |s| s.stats().rebases);
         stats.rebases = self.stats.rebases + running;
@@ -300,6 +302,7 @@ impl World {
             self.inject_faults();
             self.lifecycle_faults()?;
         }
+        self.check_room()?;
         self.operator();
         self.reconnect()?;
         self.check()

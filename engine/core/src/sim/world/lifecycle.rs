@@ -167,6 +167,30 @@ impl World {
         Ok(())
     }
 
+    /// A held resync that kept its room in the secondary's window (its worst case fit as
+    /// it began, and the application's writes leave it that room) can never fill the
+    /// window: the secondary must not report it stuck.
+    pub(super) fn check_room(&self) -> Result<(), Violation> {
+        let Some(secondary) = &self.secondary else {
+            return Ok(());
+        };
+        let resync = self.primary.resync_stats();
+        let running = matches!(
+            resync.phase,
+            crate::primary::ResyncPhase::Scanning | crate::primary::ResyncPhase::Ending { .. }
+        );
+        if running
+            && resync.room == crate::primary::ResyncRoom::Kept
+            && secondary.history() == self.primary.generation()
+            && secondary.held_resync_full()
+        {
+            return Err(self.violation(format!(
+                "a held resync that kept its room was reported stuck: {resync:?}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The operator: a resync held for longer than the seed's patience is let go on
     /// without a consistent image (it may not fit the journal window at all).
     pub(super) fn operator(&mut self) {
@@ -192,6 +216,8 @@ impl World {
         self.stats.window_drops += self.primary.stats().window_drops;
         self.stats.resync_compared += resync.bytes_compared;
         self.stats.resync_sent += resync.bytes_sent;
+        self.stats.rooms_kept += u64::from(resync.room == crate::primary::ResyncRoom::Kept);
+        self.stats.room_waits += resync.writes_waited;
         if matches!(resync.phase, crate::primary::ResyncPhase::Done { .. }) {
             self.stats.resyncs_done += 1;
         }
