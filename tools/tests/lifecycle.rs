@@ -253,7 +253,12 @@ fn a_primary_killed_ten_times_resyncs_only_what_its_write_intent_record_names() 
             compared <= out_of_sync && sent <= compared,
             "round {round}: compared {compared} and sent {sent} of {out_of_sync} named: {resynced}"
         );
-        eprintln!("round {round}: resync compared {compared} bytes, sent {sent}");
+        assert_eq!(
+            resynced["resync"]["room"], "kept",
+            "round {round}: a held resync of {out_of_sync} bytes fits the 64 MiB window: {resynced}"
+        );
+        let waited = number(&resynced, &["resync", "writes_waited"]);
+        eprintln!("round {round}: resync compared {compared} bytes, sent {sent}; room kept, {waited} writes waited for it");
         let (data_set, crcs) = replica_digest(&pair.secondary);
         let log = writes.log.lock().unwrap().clone();
         let prefix = matching_prefix(&crcs[..MODEL_BLOCKS], &log).unwrap_or_else(|| {
@@ -510,6 +515,58 @@ fn a_secondary_away_longer_than_the_window_lasts_is_tracked_then_resynchronised(
     let log = writes.log.lock().unwrap().clone();
     let replica = std::fs::read(&pair.replica_image).unwrap();
     assert_eq!(&replica[..MODEL_BLOCKS * BLOCK], &model_image(&log)[..]);
+}
+
+/// After a `kill -9` of the primary, its held resync (2 MiB named, at most 6 MiB of stream)
+/// keeps its room in the secondary's 64 MiB journal window while a client writes 96 MiB
+/// through the export: the writes wait for it rather than fill the window, the secondary
+/// never reports the resync stuck, and it ends (without the room it stayed stuck).
+#[test]
+fn a_held_resync_keeps_its_room_while_a_client_writes_more_than_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = with_state(
+        dir.path(),
+        &["--resync-rate", "256K", "--data-set-interval-ms", "5"],
+    );
+    let mut pair = Pair::start(dir.path(), "64M", &strs(&extra));
+    let chunk = random_bytes(1 << 20, 21);
+    let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
+    for extent in 0..2u64 {
+        assert_eq!(client.write(extent << 20, &chunk).unwrap(), 0);
+    }
+    assert_eq!(client.flush().unwrap(), 0);
+    pair.primary.kill9();
+    pair.primary.restart();
+    wait_until("the held resync begins", Duration::from_secs(60), || {
+        pair.primary.status()["resync"]["state"] == "comparing"
+    });
+    let s = pair.primary.status();
+    assert_eq!(s["resync"]["room"], "kept", "{s}");
+
+    let mut client = NbdClient::connect(pair.nbd, "data").unwrap();
+    for n in 0..96u64 {
+        let offset = (8 + n % 48) << 20;
+        assert_eq!(client.write(offset, &chunk).unwrap(), 0);
+        if n % 8 == 7 {
+            assert_eq!(client.flush().unwrap(), 0);
+        }
+        let r = pair.secondary.status();
+        assert_eq!(r["replica"]["held_full"], false, "write {n}: {r}");
+    }
+    assert_eq!(client.flush().unwrap(), 0);
+    client.disconnect();
+    let resynced = wait_resynced(&pair, CATCH_UP);
+    let waited = number(&resynced, &["resync", "writes_waited"]);
+    assert!(
+        waited > 0,
+        "96 MiB do not fit beside the resync: {resynced}"
+    );
+    eprintln!(
+        "held resync: compared {} bytes, sent {}, room kept, {waited} writes waited for it",
+        number(&resynced, &["resync", "bytes_compared"]),
+        number(&resynced, &["resync", "bytes_sent"])
+    );
+    assert_verifies(&pair);
 }
 
 /// `resilient_writer`'s loop without reconnecting, timing each write.
