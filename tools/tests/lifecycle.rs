@@ -257,8 +257,8 @@ fn a_primary_killed_ten_times_resyncs_only_what_its_write_intent_record_names() 
             resynced["resync"]["room"], "kept",
             "round {round}: a held resync of {out_of_sync} bytes fits the 64 MiB window: {resynced}"
         );
-        let waited = number(&resynced, &["resync", "writes_waited"]);
-        eprintln!("round {round}: resync compared {compared} bytes, sent {sent}; room kept, {waited} writes waited for it");
+        let waited = number(&resynced, &["resync", "room_waits"]);
+        eprintln!("round {round}: resync compared {compared} bytes, sent {sent}; room kept, writes waited for it {waited} times");
         let (data_set, crcs) = replica_digest(&pair.secondary);
         let log = writes.log.lock().unwrap().clone();
         let prefix = matching_prefix(&crcs[..MODEL_BLOCKS], &log).unwrap_or_else(|| {
@@ -556,13 +556,13 @@ fn a_held_resync_keeps_its_room_while_a_client_writes_more_than_the_window() {
     assert_eq!(client.flush().unwrap(), 0);
     client.disconnect();
     let resynced = wait_resynced(&pair, CATCH_UP);
-    let waited = number(&resynced, &["resync", "writes_waited"]);
+    let waited = number(&resynced, &["resync", "room_waits"]);
     assert!(
         waited > 0,
         "96 MiB do not fit beside the resync: {resynced}"
     );
     eprintln!(
-        "held resync: compared {} bytes, sent {}, room kept, {waited} writes waited for it",
+        "held resync: compared {} bytes, sent {}, room kept, writes waited for it {waited} times",
         number(&resynced, &["resync", "bytes_compared"]),
         number(&resynced, &["resync", "bytes_sent"])
     );

@@ -899,6 +899,6 @@ fn a_held_resync_that_fits_keeps_its_room_and_the_writes_made_meanwhile_wait_for
     converges(&mut pair, &image);
     let resync = pair.p.resync_stats();
     assert!(matches!(resync.phase, ResyncPhase::Done { .. }));
-    assert!(resync.writes_waited > 0 && refused > 0, "{resync:?}");
+    assert!(resync.room_waits > 0 && refused > 0, "{resync:?}");
     assert!(!pair.s.held_resync_full());
 }

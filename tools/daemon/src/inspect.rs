@@ -102,8 +102,8 @@ fn write_primary(out: &mut impl Write, p: &PrimaryReport) -> Result<()> {
         match (r.room.as_str(), r.room_needed_bytes, r.room_free_bytes) {
             ("kept", ..) => writeln!(
                 out,
-                "            held by the secondary: room kept in its journal window; {} writes waited for it",
-                r.writes_waited
+                "            held by the secondary: room kept in its journal window; writes waited for it {} times",
+                r.room_waits
             )?,
             ("may_not_fit", Some(needed), Some(free)) => writeln!(
                 out,

@@ -471,7 +471,7 @@ fn resync_report(r: &ResyncStats, now_ms: u64) -> ResyncReport {
         room: room.into(),
         room_needed_bytes: needed,
         room_free_bytes: free,
-        writes_waited: r.writes_waited,
+        room_waits: r.room_waits,
     }
 }
 

@@ -121,9 +121,10 @@ pub struct ResyncReport {
     pub room_needed_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub room_free_bytes: Option<u64>,
-    /// Writes of the application that waited for the room a held resync keeps.
+    /// Times the application's writes waited for the room a held resync keeps (each wait
+    /// ends when a write is admitted again).
     #[serde(default)]
-    pub writes_waited: u64,
+    pub room_waits: u64,
 }
 
 /// What a secondary says of itself.
@@ -366,7 +367,7 @@ pub(crate) mod tests {
                     room: "may_not_fit".into(),
                     room_needed_bytes: Some(9 << 20),
                     room_free_bytes: Some(8 << 20),
-                    writes_waited: 22,
+                    room_waits: 22,
                 },
                 data_sets: PrimaryDataSets {
                     last_closed: 12,
@@ -494,7 +495,7 @@ pub(crate) mod tests {
         assert_eq!(json["counters"]["zeroes"], 12);
         assert_eq!(json["resync"]["room"], "may_not_fit");
         assert_eq!(json["resync"]["room_needed_bytes"], 9 << 20);
-        assert_eq!(json["resync"]["writes_waited"], 22);
+        assert_eq!(json["resync"]["room_waits"], 22);
         assert_eq!(json["volumes"][0]["name"], "data");
         assert_eq!(json["pid"], 4242);
         // Nothing of the other role.

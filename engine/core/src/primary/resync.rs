@@ -85,8 +85,9 @@ pub struct ResyncStats {
     pub ended_ms: u64,
     /// Whether the resync keeps its room in a held secondary's window.
     pub room: ResyncRoom,
-    /// Writes of the application that waited for the room a held resync keeps.
-    pub writes_waited: u64,
+    /// Times the application's writes found no room beside a held resync that keeps its
+    /// room (each wait ends when a write is admitted again).
+    pub room_waits: u64,
 }
 
 /// A resync's room in the secondary's journal window (see the module's doc).
@@ -394,7 +395,7 @@ impl<S: Storage> Primary<S> {
         }
         if !self.resync.writes_waiting {
             self.resync.writes_waiting = true;
-            self.resync.stats.writes_waited += 1;
+            self.resync.stats.room_waits += 1;
         }
         false
     }

@@ -114,7 +114,7 @@ impl fmt::Display for SimStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "steps {} writes {} (partial blocks {}, retried for a full queue {}) zeroings {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {}) | primary crashes {} window drops {} states lost {} re-bases {} resyncs done {} (compared {} B, sent {} B) room kept {} (writes waited {}) consents {}",
+            "steps {} writes {} (partial blocks {}, retried for a full queue {}) zeroings {} flushes {} reads {} data sets {} window-full waits {} | packets {} dropped {} duplicated {} delayed {} lost-in-breaks {} retransmits {} | lane breaks {} partitions {} crashes {} (process only {}) torn writes {} records recovered {} recovery checks {} | I/O errors {} (secondary restarts after one {}) | primary crashes {} window drops {} states lost {} re-bases {} resyncs done {} (compared {} B, sent {} B) room kept {} (writes waited {} times) consents {}",
             self.steps,
             self.writes,
             self.partial_writes,

@@ -217,7 +217,7 @@ impl World {
         self.stats.resync_compared += resync.bytes_compared;
         self.stats.resync_sent += resync.bytes_sent;
         self.stats.rooms_kept += u64::from(resync.room == crate::primary::ResyncRoom::Kept);
-        self.stats.room_waits += resync.writes_waited;
+        self.stats.room_waits += resync.room_waits;
         if matches!(resync.phase, crate::primary::ResyncPhase::Done { .. }) {
             self.stats.resyncs_done += 1;
         }
