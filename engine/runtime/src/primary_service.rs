@@ -239,6 +239,8 @@ pub struct PrimaryStatus {
     pub out_of_sync_extents: u64,
     /// Since when writes have found the window full, if they do now.
     pub window_full_since_ms: Option<u64>,
+    /// What they wait for is the room a held resync keeps in the secondary's window.
+    pub waiting_for_resync_room: bool,
 }
 
 #[derive(Debug)]
@@ -609,6 +611,7 @@ impl<S: Storage> PrimaryService<S> {
             resync: primary.resync_stats(),
             out_of_sync_extents: primary.out_of_sync_extents(),
             window_full_since_ms: waiting,
+            waiting_for_resync_room: waiting.is_some() && primary.waits_for_resync_room(),
         }
     }
 }

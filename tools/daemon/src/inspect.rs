@@ -119,7 +119,12 @@ fn write_primary(out: &mut impl Write, p: &PrimaryReport) -> Result<()> {
         w.mode,
         w.timeout_ms,
         w.drops,
-        if w.full_for_ms > 0 {
+        if w.full_for_ms > 0 && w.for_resync_room {
+            format!(
+                "; writes WAIT for the room a held resync keeps, for {} ms",
+                w.full_for_ms
+            )
+        } else if w.full_for_ms > 0 {
             format!("; FULL for {} ms", w.full_for_ms)
         } else {
             String::new()
@@ -395,7 +400,8 @@ mod tests {
         assert!(
             primary.contains("resync      comparing: 33.3% compared")
                 && primary
-                    .contains("MAY NOT FIT its journal window (up to 9437184 bytes, 8388608 free)"),
+                    .contains("MAY NOT FIT its journal window (up to 9437184 bytes, 8388608 free)")
+                && primary.contains("writes WAIT for the room a held resync keeps, for 17 ms"),
             "{primary}"
         );
         let secondary = text(&secondary_status());

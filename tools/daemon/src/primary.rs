@@ -387,6 +387,7 @@ fn status_report(
                 .window_full_since_ms
                 .map_or(0, |since| now_ms.saturating_sub(since)),
             drops: s.primary.window_drops,
+            for_resync_room: s.waiting_for_resync_room,
         },
         resync: resync_report(&s.resync, now_ms),
         data_sets: PrimaryDataSets {

@@ -81,6 +81,10 @@ pub struct WindowFullReport {
     pub timeout_ms: u64,
     /// How long writes have found the window full now (0: not full).
     pub full_for_ms: u64,
+    /// What they wait for is not the retention window but the room a held resync keeps
+    /// in the secondary's journal window (see `ResyncReport::room`).
+    #[serde(default)]
+    pub for_resync_room: bool,
     /// Times the window was dropped (what it held is resynchronised from the write-intent
     /// record once the secondary can take it).
     pub drops: u64,
@@ -350,6 +354,7 @@ pub(crate) mod tests {
                     mode: "track".into(),
                     timeout_ms: 2000,
                     full_for_ms: 17,
+                    for_resync_room: true,
                     drops: 1,
                 },
                 resync: ResyncReport {
@@ -494,6 +499,7 @@ pub(crate) mod tests {
         assert_eq!(json["counters"]["sub_block_writes"], 11);
         assert_eq!(json["counters"]["zeroes"], 12);
         assert_eq!(json["resync"]["room"], "may_not_fit");
+        assert_eq!(json["window_full"]["for_resync_room"], true);
         assert_eq!(json["resync"]["room_needed_bytes"], 9 << 20);
         assert_eq!(json["resync"]["room_waits"], 22);
         assert_eq!(json["volumes"][0]["name"], "data");

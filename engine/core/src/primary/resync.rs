@@ -639,6 +639,12 @@ impl<S: Storage> Primary<S> {
         }
     }
 
+    /// Whether the application's writes wait now for the room a held resync keeps (rather
+    /// than for the retention window).
+    pub fn waits_for_resync_room(&self) -> bool {
+        self.resync.phase() == ResyncPhase::Scanning && self.resync.writes_waiting
+    }
+
     pub fn resync_stats(&self) -> ResyncStats {
         self.resync.stats()
     }
