@@ -22,12 +22,17 @@ pub struct SimArgs {
     seed: Option<u64>,
     /// Run with a deliberately broken applier (persists its watermark before the
     /// replicas are durable), to see the checker catch it.
-    #[arg(long, conflicts_with = "broken_resync")]
+    #[arg(long, conflicts_with_all = ["broken_resync", "broken_room"])]
     broken_applier: bool,
     /// Run with a deliberately broken resync (a secondary that applies a held resync's
     /// data sets before its end point is durable), to see the checker catch it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "broken_room")]
     broken_resync: bool,
+    /// Run with a primary that keeps no room for a held resync in the secondary's window
+    /// (the application's writes may fill it before the end point), to see the checker
+    /// catch it.
+    #[arg(long)]
+    broken_room: bool,
     /// Print every seed's result, not only failures.
     #[arg(long)]
     verbose: bool,
@@ -48,6 +53,8 @@ pub fn run(args: &SimArgs) -> Result<ExitCode> {
         Some(InjectedBug::UnflushedWatermark)
     } else if args.broken_resync {
         Some(InjectedBug::EagerResync)
+    } else if args.broken_room {
+        Some(InjectedBug::ResyncWithoutRoom)
     } else {
         None
     };
@@ -57,10 +64,11 @@ pub fn run(args: &SimArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "sim: seeds {first}..{} (broken applier: {}, broken resync: {})",
+        "sim: seeds {first}..{} (broken applier: {}, broken resync: {}, broken room: {})",
         first.wrapping_add(count),
         args.broken_applier,
-        args.broken_resync
+        args.broken_resync,
+        args.broken_room
     )?;
     for seed in (0..count).map(|i| first.wrapping_add(i)) {
         let (stats, result) = run_seed(seed, bug);

@@ -11,6 +11,7 @@
 //! drives it with threads, sockets and real storage.
 #![forbid(unsafe_code)]
 
+pub mod injected;
 pub mod primary;
 pub mod protocol;
 pub mod secondary;

@@ -100,6 +100,19 @@ fn the_checker_catches_a_resync_applied_before_its_end_point() {
 }
 
 #[test]
+fn the_checker_catches_a_held_resync_that_keeps_no_room() {
+    // Seeds that broke `check_room` when the room was taken out by hand (of 1000); the
+    // swarm's draws may move them, so the test asks for one of the four.
+    let (stats, violations) = run([77, 169, 680, 826], Some(InjectedBug::ResyncWithoutRoom));
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("a held resync that kept its room was reported stuck")),
+        "a primary that keeps no room for a held resync was not caught ({stats}): {violations:?}"
+    );
+}
+
+#[test]
 fn the_checker_catches_a_broken_applier() {
     let (stats, violations) = run(0..300, Some(InjectedBug::UnflushedWatermark));
     assert!(

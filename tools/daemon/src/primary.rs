@@ -318,6 +318,7 @@ fn primary_config(settings: &PrimarySettings) -> PrimaryConfig {
             },
         },
         resync_rate_bytes: settings.resync_rate.0,
+        bug: None,
     }
 }
 

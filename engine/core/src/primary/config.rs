@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::injected::InjectedBug;
+
 use crate::protocol::{
     stream_cost, GroupId, MAX_LANES, MAX_VOLUMES, MAX_VOLUME_NAME_BYTES, MAX_WRITE_PAYLOAD_BYTES,
     RECORD_OVERHEAD_BYTES,
@@ -93,6 +95,8 @@ pub struct PrimaryConfig {
     pub on_window_full: WindowFull,
     /// Bytes per second a resync compares at most (0: no limit).
     pub resync_rate_bytes: u64,
+    /// A fault built in on purpose (the simulation only; `None` everywhere else).
+    pub bug: Option<InjectedBug>,
 }
 
 impl Default for PrimaryConfig {
@@ -109,6 +113,7 @@ impl Default for PrimaryConfig {
             replication: Replication::Pipelined,
             on_window_full: WindowFull::Block,
             resync_rate_bytes: 0,
+            bug: None,
         }
     }
 }

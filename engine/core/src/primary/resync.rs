@@ -36,6 +36,7 @@
 //! then report the resync stuck (see `secondary`).
 
 use super::*;
+use crate::injected::InjectedBug;
 use crate::protocol::digest::{digests_of, span_units, unit_bytes, MAX_DIGEST_SPAN_BYTES};
 use crate::protocol::{DigestRequestFrame, DigestsFrame, MAX_DIGESTS};
 use crate::storage::read_blocking;
@@ -385,6 +386,9 @@ impl<S: Storage> Primary<S> {
         let Some(kept) = self.resync.credit_end else {
             return true;
         };
+        if self.config.bug == Some(InjectedBug::ResyncWithoutRoom) {
+            return true;
+        }
         // The secondary's own word, once it has spoken since (the operator may have let
         // it apply as data sets complete); the one the resync began with otherwise.
         let credit_end = self.link.credit_end().unwrap_or(kept).max(kept);

@@ -7,16 +7,7 @@ use crate::protocol::{
     RECORD_OVERHEAD_BYTES,
 };
 
-/// A fault built in on purpose, so tests can prove the simulator's checker catches it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InjectedBug {
-    /// Persist the applied watermark without flushing the replicas first, so a power
-    /// loss can leave a replica older than the watermark says.
-    UnflushedWatermark,
-    /// Apply a held resync's data sets as they complete, before its end point is
-    /// durable, so the replica stops being the image it claims (its base) mid-resync.
-    EagerResync,
-}
+pub use crate::injected::InjectedBug;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecondaryConfig {

@@ -132,6 +132,7 @@ impl SwarmConfig {
                 replication,
                 on_window_full,
                 resync_rate_bytes,
+                bug,
             },
             secondary: SecondaryConfig {
                 group,
