@@ -56,7 +56,7 @@ pub struct SimStats {
     /// in `WindowFull::Track`, or a secondary could not be served), secondaries started on a
     /// new journal over their replicas,
     /// re-bases, resyncs that reached their end point, bytes a resync compared and sent,
-    /// held resyncs that kept their room in the secondary's window and the writes that
+    /// held resyncs that kept their room in the secondary's window and the times writes
     /// waited for it, and held resyncs the operator let go on inconsistent.
     pub primary_crashes: u64,
     pub window_drops: u64,

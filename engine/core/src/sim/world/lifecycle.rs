@@ -4,7 +4,7 @@
 //! replica, and the operator who lets a resync that does not fit go on without a
 //! consistent image. The checker's side: the replica is always the image of a closed data
 //! set of a history the model knows (or inconsistent where that was allowed), never older
-//! than one it showed before.
+//! than one it showed before, and a held resync that kept its room is never stuck.
 
 use rand::{Rng, RngCore};
 use rand_chacha::ChaCha8Rng;
