@@ -24,15 +24,8 @@ use serde_json::{json, Value};
 pub const ORDO: &str = env!("CARGO_BIN_EXE_ordo");
 
 /// Polls `condition` until it holds; panics with `what` after `limit`.
-pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_until(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
+    wait_or_explain(what, limit, condition, String::new);
 }
 
 /// As `wait_until`, and the panic also says what `explain` finds then (status, logs).

@@ -265,13 +265,8 @@ impl<S: Storage> Primary<S> {
                     );
                     self.set_every_bit();
                 }
-                let held_credit_end = flags.held.then(|| {
-                    // From the peer: a lie must not overflow.
-                    let resume = &hello.resume;
-                    resume
-                        .applied_stream_end
-                        .saturating_add(resume.window_bytes)
-                });
+                // The link took this Hello's applied point and window already.
+                let held_credit_end = flags.held.then(|| self.link.credit_end()).flatten();
                 self.start_resync(now_ms, held_credit_end);
             }
         }

@@ -33,6 +33,14 @@ struct Peer {
     journal_id: u64,
 }
 
+impl Peer {
+    /// Where it stages the stream up to: its applied point plus its journal window.
+    fn credit_end(&self) -> u64 {
+        // Both come from the peer: a lie must not overflow.
+        self.applied_stream_end.saturating_add(self.window_bytes)
+    }
+}
+
 #[derive(Debug)]
 pub struct Link {
     hello: Hello,
@@ -149,9 +157,7 @@ impl Link {
     /// Where the secondary stages the stream up to (its applied point plus its journal
     /// window), if one answered.
     pub fn credit_end(&self) -> Option<u64> {
-        // Both come from the peer: a lie must not overflow.
-        self.peer
-            .map(|p| p.applied_stream_end.saturating_add(p.window_bytes))
+        self.peer.map(|p| p.credit_end())
     }
 
     pub fn stalled(&self) -> Option<&PeerError> {
@@ -359,7 +365,7 @@ impl Link {
         let Some(peer) = self.peer else {
             return out.len() - start;
         };
-        let credit_end = peer.applied_stream_end.saturating_add(peer.window_bytes);
+        let credit_end = peer.credit_end();
         // A frame goes in if it fits in `max_bytes`, or if `out` is empty (so a frame
         // larger than the budget still goes, alone): a lane's buffer holding unsent bytes
         // never grows past its capacity.

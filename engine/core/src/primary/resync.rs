@@ -213,8 +213,7 @@ pub(super) struct Resync {
     credit_end: Option<u64>,
     /// Bytes of the extents still to compare (a volume's last extent may be short).
     bytes_left: u64,
-    /// Stream bytes a unit still to compare can cost at most (`reserve_bytes`).
-    unit_cost: u64,
+    /// The smallest comparison unit of the volumes (the most records per byte).
     unit: u64,
     /// A write of the application waits for the room this resync keeps: compare at full
     /// speed until one is admitted.
@@ -246,7 +245,6 @@ impl Resync {
             budget_ms: 0,
             credit_end: None,
             bytes_left: 0,
-            unit_cost: 0,
             unit: 1,
             writes_waiting: false,
         }
@@ -263,7 +261,9 @@ impl Resync {
             .map(|s| u64::from(s.done))
             .sum();
         let left = self.bytes_left.saturating_sub(compared);
-        left.div_ceil(self.unit) * self.unit_cost + RECORD_OVERHEAD_BYTES
+        // A unit, its record's header and a sync.
+        let unit_cost = self.unit + 2 * RECORD_OVERHEAD_BYTES;
+        left.div_ceil(self.unit) * unit_cost + RECORD_OVERHEAD_BYTES
     }
 
     pub(super) fn stats(&self) -> ResyncStats {
@@ -345,14 +345,12 @@ impl<S: Storage> Primary<S> {
         resync.stats.started_ms = now_ms;
         resync.budget_ms = now_ms;
         // The smallest unit makes the most records of a byte: the worst case.
-        let unit = self
+        resync.unit = self
             .volumes
             .iter()
             .map(|v| u64::from(unit_bytes(v.geometry().block_size)))
             .min()
             .unwrap_or(1); // No volume: nothing to compare.
-        resync.unit = unit;
-        resync.unit_cost = unit + 2 * RECORD_OVERHEAD_BYTES;
         if let Some(credit_end) = held_credit_end {
             let needed = resync.reserve_bytes();
             let free = credit_end.saturating_sub(self.retention.stream_next());

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use super::{World, LIVENESS_US};
 use crate::primary::intent::{required_bytes, WriteIntent};
-use crate::primary::{format_record, Primary, Start};
+use crate::primary::{format_record, Primary, ResyncPhase, ResyncRoom, Start};
 use crate::protocol::{DataSetId, GenerationId, VolumeInfo};
 use crate::secondary::{ReplicaState, Secondary};
 use crate::sim::disk::SimDisk;
@@ -177,10 +177,10 @@ impl World {
         let resync = self.primary.resync_stats();
         let running = matches!(
             resync.phase,
-            crate::primary::ResyncPhase::Scanning | crate::primary::ResyncPhase::Ending { .. }
+            ResyncPhase::Scanning | ResyncPhase::Ending { .. }
         );
         if running
-            && resync.room == crate::primary::ResyncRoom::Kept
+            && resync.room == ResyncRoom::Kept
             && secondary.history() == self.primary.generation()
             && secondary.held_resync_full()
         {
@@ -216,9 +216,9 @@ impl World {
         self.stats.window_drops += self.primary.stats().window_drops;
         self.stats.resync_compared += resync.bytes_compared;
         self.stats.resync_sent += resync.bytes_sent;
-        self.stats.rooms_kept += u64::from(resync.room == crate::primary::ResyncRoom::Kept);
+        self.stats.rooms_kept += u64::from(resync.room == ResyncRoom::Kept);
         self.stats.room_waits += resync.room_waits;
-        if matches!(resync.phase, crate::primary::ResyncPhase::Done { .. }) {
+        if matches!(resync.phase, ResyncPhase::Done { .. }) {
             self.stats.resyncs_done += 1;
         }
     }
